@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system-deps guest demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@bash scripts/system-deps.sh
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+guest: setup
+	$(PY) -m sandbox.wasi_build
+
+demo: guest
+	$(PY) examples/agent_demo.py
+
+test: guest
+	$(PY) -m pytest -q
+
+bench: guest
+	$(PY) -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,227 @@
+"""Capabilities: typed host functions the guest may call.
+
+`@capability` turns a fully type-hinted function into a `Capability`. At call time its
+arguments are bound to the signature and validated by pydantic; its return value is dumped
+to JSON-compatible data, so no host object ever reaches the guest. The same declaration
+renders a Python stub (code mode) and a JSON tool schema (tool mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import keyword
+import re
+import textwrap
+from collections.abc import Callable, Iterable
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from sandbox.runtime import CapabilityFault
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+_RESERVED = frozenset({"secrets", "print", "PolicyDenied", "CapabilityError"})
+
+
+class Capability:
+    """A host function exposed to guest code under ``name``.
+
+    Calling the object calls the function directly (host side, no validation). The guest
+    reaches it only through `invoke`, which validates and converts.
+    """
+
+    def __init__(self, func: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
+        if not callable(func):
+            raise TypeError(f"@capability needs a function, got {type(func).__name__}")
+        self.func = func
+        self.name = name or getattr(func, "__name__", "")
+        if not _NAME.match(self.name) or any(keyword.iskeyword(part) for part in self.name.split(".")):
+            raise ValueError(
+                f"capability name {self.name!r} is not valid: use identifiers joined by dots, e.g. 'sql.query'"
+            )
+        if self.name.split(".")[0] in _RESERVED or self.name.startswith("_"):
+            raise ValueError(f"capability name {self.name!r} is reserved: choose another name")
+        self.description = inspect.cleandoc(description or func.__doc__ or "")
+        self.signature = inspect.signature(func)
+        self.is_async = inspect.iscoroutinefunction(func)
+        hints = _hints(func, self.name)
+        fields: dict[str, Any] = {}
+        for param in self.signature.parameters.values():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise TypeError(
+                    f"capability {self.name!r}: *{param.name} is not supported; declare each parameter with a type"
+                )
+            if param.name not in hints:
+                raise TypeError(
+                    f"capability {self.name!r}: parameter {param.name!r} has no type hint; "
+                    "annotate every parameter so calls can be validated"
+                )
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (hints[param.name], default)
+        if "return" not in hints:
+            raise TypeError(f"capability {self.name!r}: add a return type hint (use '-> None' if it returns nothing)")
+        self.return_type = hints["return"]
+        self.arguments_model: type[BaseModel] = create_model(
+            f"{self.name.replace('.', '_')}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        self._result = TypeAdapter(self.return_type)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Capability {self.name}{self.signature}>"
+
+    def bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind and validate guest arguments; return them by parameter name.
+
+        Raises `CapabilityFault` ``TypeError`` for arity or unknown keywords and ``ValueError``
+        for values that fail validation, with pydantic's message.
+        """
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise CapabilityFault("TypeError", f"{self.name}(): {exc}") from None
+        try:
+            model = self.arguments_model.model_validate(dict(bound.arguments))
+        except ValidationError as exc:
+            raise CapabilityFault("ValueError", f"{self.name}(): invalid arguments: {_summarise(exc)}") from None
+        return {name: getattr(model, name) for name in self.signature.parameters}
+
+    def call_bound(self, arguments: dict[str, Any]) -> Any:
+        """Call the function with validated arguments and return its result as JSON-compatible data.
+
+        A coroutine function runs to completion on a fresh event loop when called from a
+        thread that has none running (see `Sandbox.arun` for running on the host's loop).
+        The function's own exceptions propagate; a result that cannot be dumped raises
+        `CapabilityFault` ``CapabilityError``.
+        """
+        result = self.func(**arguments)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        return self.dump_result(result)
+
+    def dump_result(self, result: Any) -> Any:
+        """Convert a host result to JSON-compatible data through the declared return type."""
+        try:
+            return self._result.dump_python(result, mode="json")
+        except Exception as exc:  # pydantic raises several types for unserialisable values
+            raise CapabilityFault(
+                "CapabilityError", f"{self.name}() returned a value that does not match its declared return type: {exc}"
+            ) from None
+
+    def stub(self) -> str:
+        """A Python stub of this capability for an LLM prompt: signature and docstring."""
+        params = []
+        for param in self.signature.parameters.values():
+            text = f"{param.name}: {_type_name(self.arguments_model.model_fields[param.name].annotation)}"
+            if param.default is not param.empty:
+                text += f" = {param.default!r}"
+            params.append(text)
+        head = f"def {self.name.split('.')[-1]}({', '.join(params)}) -> {_type_name(self.return_type)}:"
+        doc = self.description or "No description."
+        return head + "\n" + textwrap.indent(f'"""{doc}"""\n...', "    ")
+
+    def tool_schema(self) -> dict[str, Any]:
+        """A JSON tool schema (name, description, JSON Schema of the parameters) for tool mode."""
+        schema = self.arguments_model.model_json_schema()
+        schema.pop("title", None)
+        return {"name": self.name, "description": self.description, "parameters": schema}
+
+
+@overload
+def capability(func: Callable[..., Any], /) -> Capability: ...
+@overload
+def capability(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Capability]: ...
+def capability(
+    func: Callable[..., Any] | None = None, /, *, name: str | None = None, description: str | None = None
+) -> Capability | Callable[[Callable[..., Any]], Capability]:
+    """Declare a host function as a capability: ``@capability`` or ``@capability(name="sql.query")``.
+
+    Every parameter and the return value need type hints (raises `TypeError` otherwise);
+    ``*args``/``**kwargs`` are refused. ``name`` defaults to the function's name; dotted names
+    appear in the guest as attributes of a namespace (``sql.query(...)``).
+    """
+    if func is not None:
+        return Capability(func, name=name, description=description)
+    return lambda f: Capability(f, name=name, description=description)
+
+
+def collect(capabilities: Iterable[Capability | Callable[..., Any]]) -> dict[str, Capability]:
+    """Index capabilities by name, wrapping plain functions; raise `ValueError` on duplicates."""
+    result: dict[str, Capability] = {}
+    for item in capabilities:
+        cap = item if isinstance(item, Capability) else Capability(item)
+        if cap.name in result:
+            raise ValueError(f"two capabilities are named {cap.name!r}: rename one with @capability(name=...)")
+        result[cap.name] = cap
+    names = set(result)
+    for cap_name in names:
+        prefix = cap_name + "."
+        if any(other.startswith(prefix) for other in names):
+            raise ValueError(f"capability {cap_name!r} clashes with the namespace of another capability")
+    return result
+
+
+class ApiDescription(BaseModel):
+    """The guest API of a sandbox: a Python stub for code mode and JSON tool schemas for tool mode."""
+
+    stub: str
+    tools: list[dict[str, Any]]
+
+
+def describe(capabilities: dict[str, Capability], secret_names: Iterable[str] = ()) -> ApiDescription:
+    """Render the guest-visible API; namespaced capabilities are grouped under a class."""
+    lines = ['"""Functions available to your code. Call them directly; they run on the host."""', ""]
+    groups: dict[str, list[Capability]] = {}
+    for cap in capabilities.values():
+        if "." in cap.name:
+            groups.setdefault(cap.name.rsplit(".", 1)[0], []).append(cap)
+        else:
+            lines += [cap.stub(), ""]
+    for group, caps in sorted(groups.items()):
+        lines.append(f"class {group.replace('.', '_')}:  # use as {group}.<name>(...)")
+        for cap in caps:
+            lines += [textwrap.indent("@staticmethod\n" + cap.stub(), "    "), ""]
+    secrets = sorted(secret_names)
+    if secrets:
+        lines.append("class secrets:  # opaque handles; pass them to capabilities, their values stay on the host")
+        lines += [f"    {name}: SecretHandle" for name in secrets]
+        lines.append("")
+    lines += [
+        "class CapabilityError(Exception): ...  # a capability failed on the host",
+        "class PolicyDenied(PermissionError): ...  # the policy refused a call",
+    ]
+    return ApiDescription(stub="\n".join(lines).rstrip() + "\n", tools=[c.tool_schema() for c in capabilities.values()])
+
+
+def _hints(func: Callable[..., Any], name: str) -> dict[str, Any]:
+    try:
+        return get_type_hints(func)
+    except Exception as exc:
+        raise TypeError(f"capability {name!r}: cannot resolve its type hints: {exc}") from None
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON; used to cap what crosses the boundary."""
+    return len(json.dumps(value, separators=(",", ":")))

@@ -1,0 +1,81 @@
+"""The `sandbox` command line.
+
+Exit codes of `sandbox run`: 0 when the run is ok, 1 when the guest failed, hit a limit or
+was denied, 2 for bad usage (click's own usage errors and invalid options).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from sandbox.limits import Limits, parse_size
+from sandbox.results import RunResult
+
+
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.group()
+@click.version_option(package_name="sandbox")
+def main() -> None:
+    """Run agent-generated Python inside a boundary the host controls."""
+
+
+@main.command()
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--runtime", type=click.Choice(["restricted", "wasi"]), default="restricted", show_default=True)
+@click.option("--isolation", type=click.Choice(["process"]), default=None, help="Confine each run in a child process.")
+@click.option("--cpu", "cpu_seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="CPU seconds.")
+@click.option("--wall", "wall_seconds", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Wall-clock seconds.")
+@click.option("--memory", "memory_bytes", type=_Size(), default="256M", show_default=True, help="Memory, e.g. 256M.")
+@click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
+def run(file: Any, runtime: str, isolation: str | None, cpu_seconds: float, wall_seconds: float,
+        memory_bytes: int, as_json: bool) -> None:
+    """Run FILE (or - for standard input) and print its output and value."""
+    from sandbox.sandbox import Sandbox
+
+    code = file.read()
+    limits = Limits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_bytes=memory_bytes)
+    try:
+        sandbox = Sandbox(runtime, limits=limits, isolation=isolation)  # type: ignore[arg-type]
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    with sandbox:
+        result = sandbox.run(code)
+    _report(result, as_json)
+    sys.exit(0 if result.ok else 1)
+
+
+def _report(result: RunResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    if result.stdout:
+        click.echo(result.stdout, nl=not result.stdout.endswith("\n"))
+    if result.stderr:
+        click.echo(result.stderr, err=True, nl=not result.stderr.endswith("\n"))
+    if result.output_truncated:
+        click.echo("[output truncated at the limit]", err=True)
+    if result.error is not None:
+        err = result.error
+        where = f" (line {err.lineno})" if err.lineno else ""
+        limit = f" [{err.limit}]" if err.limit else ""
+        click.echo(f"{err.kind}{limit}: {err.type}: {err.message}{where}", err=True)
+    elif result.value is not None:
+        click.echo(repr(result.value))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What a run returns: `RunResult`, `ErrorInfo`, `Usage`.
+
+Guest failures are results, never host exceptions: a syntax error, an uncaught guest
+exception, a limit, a policy denial and an internal fault all come back as a `RunResult` with
+``ok=False`` and an `ErrorInfo` whose ``kind`` says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox.limits import LimitName
+
+ErrorKind = Literal["compile_error", "guest_exception", "limit_exceeded", "policy_denied", "internal"]
+
+
+class ErrorInfo(BaseModel):
+    """Why a run failed.
+
+    ``type`` is the guest-visible exception type name (``"ZeroDivisionError"``), or the limit's
+    name for ``limit_exceeded``; ``lineno`` is the line in the guest's code, when known;
+    ``limit`` is set only for ``limit_exceeded``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: ErrorKind
+    type: str
+    message: str
+    lineno: int | None = None
+    limit: LimitName | None = None
+
+
+class Usage(BaseModel):
+    """Resources one run used. ``peak_memory_bytes`` is None where the runtime cannot measure it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    capability_calls: int = 0
+
+
+class RunResult(BaseModel):
+    """The outcome of one `Sandbox.run`.
+
+    ``value`` is the value of the code's last expression statement, converted to JSON-compatible
+    data (tuples become lists, sets sorted lists where possible; any other object becomes its
+    ``repr`` string), or None. ``output_truncated`` is True when stdout/stderr hit
+    `Limits.max_output_bytes`. ``layers`` names the isolation layers that were actually applied.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    value: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    error: ErrorInfo | None = None
+    usage: Usage = Field(default_factory=Usage)
+    run_id: str
+    runtime: str
+    isolation: str
+    layers: tuple[str, ...] = ()

@@ -1,0 +1,279 @@
+"""The public entry point: `Sandbox` runs guest code, `Session` keeps guest state across runs.
+
+A `Sandbox` is configured once (runtime, isolation, limits, capabilities) and validated at
+construction: bad host input raises `ValueError`/`TypeError` with what to change. Each
+`run` then builds a `Job`, hands it to the runtime's driver and returns a `RunResult`;
+nothing the guest does raises on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from runtimes.wire import WireError, to_wire
+from sandbox.capabilities import ApiDescription, Capability, collect, describe
+from sandbox.errors import ConfigurationError, SandboxClosed
+from sandbox.limits import Limits
+from sandbox.results import ErrorInfo, RunResult, Usage
+from sandbox.runtime import CapabilityFault, Driver, DriverSession, Job, Outcome
+
+log = logging.getLogger("sandbox")
+
+RuntimeName = Literal["restricted", "wasi"]
+IsolationName = Literal["none", "process"]
+RUNTIMES: tuple[str, ...] = ("restricted", "wasi")
+LAYERS = frozenset({"restricted-python", "wasm", "rlimits", "seccomp", "netns", "landlock", "userns"})
+
+
+class _RunBridge:
+    """The host end of one run's capability calls: lookup, validation, invocation, counting."""
+
+    def __init__(self, capabilities: Mapping[str, Capability], loop: asyncio.AbstractEventLoop | None) -> None:
+        self._capabilities = capabilities
+        self._loop = loop
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        cap = self._capabilities.get(name)
+        if cap is None:
+            raise CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
+        with self._lock:
+            self.calls += 1
+        arguments = cap.bind(args, kwargs)
+        try:
+            if cap.is_async and self._loop is not None:
+                future = asyncio.run_coroutine_threadsafe(cap.func(**arguments), self._loop)
+                return cap.dump_result(future.result())
+            return cap.call_bound(arguments)
+        except CapabilityFault:
+            raise
+        except Exception as exc:
+            raise CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}") from None
+
+
+class Sandbox:
+    """Runs untrusted Python under one runtime, one set of limits and one set of capabilities.
+
+    Args:
+        runtime: ``"restricted"`` (default; RestrictedPython in this process) or ``"wasi"``
+            (CPython compiled to WebAssembly, inside Wasmtime). Anything else raises `ValueError`.
+        limits: per-run ceilings; default ``Limits()`` (5 s CPU, 10 s wall, 256 MiB).
+        capabilities: host functions the guest may call, as `Capability` objects or plain
+            fully type-hinted functions. Duplicate names raise `ValueError`; missing type hints
+            raise `TypeError`.
+        isolation: ``None`` for the runtime's own boundary, or ``"process"`` (restricted only):
+            each run in a confined child process with rlimits, seccomp and a network namespace.
+        workers: confined children kept for concurrent runs (``isolation="process"`` only); >= 1.
+        require: isolation layers that must be applied (e.g. ``("seccomp", "netns")``); when
+            one cannot be applied on this machine, construction raises `IsolationUnavailable`
+            instead of running with less isolation.
+
+    One `Sandbox` serves many runs, from several threads at once. Call `close()` (or use it as
+    a context manager) to release workers and engines.
+    """
+
+    def __init__(
+        self,
+        runtime: RuntimeName = "restricted",
+        *,
+        limits: Limits | None = None,
+        capabilities: Iterable[Capability | Callable[..., Any]] = (),
+        isolation: IsolationName | None = None,
+        workers: int = 1,
+        require: Iterable[str] = (),
+    ) -> None:
+        if runtime not in RUNTIMES:
+            raise ConfigurationError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if isolation not in (None, "none", "process"):
+            raise ConfigurationError(f"unknown isolation {isolation!r}: use None or 'process'")
+        if isolation == "process" and runtime != "restricted":
+            raise ConfigurationError(
+                f"isolation='process' applies to the restricted runtime; {runtime!r} is isolated by WebAssembly"
+            )
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a sandbox.Limits, not {type(limits).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigurationError(f"workers must be an int >= 1, got {workers!r}")
+        if workers != 1 and isolation != "process":
+            raise ConfigurationError("workers applies only to isolation='process'")
+        required = frozenset(require)
+        unknown = required - LAYERS
+        if unknown:
+            raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(LAYERS)}")
+        self.runtime = runtime
+        self.limits = limits or Limits()
+        self.capabilities = collect(capabilities)
+        self._driver = _make_driver(runtime, isolation, workers, required)
+        self.isolation = self._driver.isolation
+        self._closed = False
+
+    def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+        """Run ``code`` with fresh guest state and return its `RunResult`.
+
+        ``inputs`` become guest globals; they must be JSON-compatible (`TypeError` otherwise).
+        Never raises for anything the guest does.
+        """
+        return self._run(code, inputs, None, None)
+
+    async def arun(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+        """`run` for asyncio hosts: the guest runs on a worker thread, async capabilities on this loop."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(self._run, code, inputs, None, loop)
+
+    def session(self) -> Session:
+        """A `Session` whose guest globals persist across its runs."""
+        self._check_open()
+        return Session(self, self._driver.open_session())
+
+    def describe(self) -> ApiDescription:
+        """The guest API as a Python stub (code mode) and JSON tool schemas (tool mode)."""
+        return describe(self.capabilities)
+
+    def close(self) -> None:
+        """Release the runtime's workers and engines. Idempotent; later runs raise `SandboxClosed`."""
+        if not self._closed:
+            self._closed = True
+            self._driver.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Sandbox runtime={self.runtime} isolation={self.isolation} capabilities={sorted(self.capabilities)}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosed("this Sandbox is closed; create a new one")
+
+    def _run(
+        self,
+        code: str,
+        inputs: Mapping[str, Any] | None,
+        session: DriverSession | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> RunResult:
+        self._check_open()
+        if not isinstance(code, str):
+            raise TypeError(f"code must be str, not {type(code).__name__}")
+        try:
+            wire_inputs = to_wire(dict(inputs or {}))
+        except WireError as exc:
+            raise TypeError(f"inputs must be JSON-compatible: {exc}") from None
+        for name in wire_inputs:
+            if not name.isidentifier() or name.startswith("_"):
+                raise ValueError(f"input name {name!r} must be an identifier not starting with '_'")
+        run_id = uuid.uuid4().hex
+        bridge = _RunBridge(self.capabilities, loop)
+        job = Job(
+            run_id=run_id,
+            code=code,
+            limits=self.limits,
+            bridge=bridge,
+            inputs=wire_inputs,
+            capabilities=tuple(self.capabilities),
+        )
+        started = time.perf_counter()
+        try:
+            outcome = (session or self._driver).run(job)
+        except Exception as exc:
+            log.exception("driver %s failed on run %s", self._driver.name, run_id)
+            outcome = Outcome(
+                ok=False,
+                error=ErrorInfo(kind="internal", type=type(exc).__name__, message=f"runtime failure: {exc}"),
+            )
+        wall = time.perf_counter() - started
+        return RunResult(
+            ok=outcome.ok,
+            value=outcome.value,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            output_truncated=outcome.output_truncated,
+            error=outcome.error,
+            usage=Usage(
+                wall_seconds=wall,
+                cpu_seconds=outcome.cpu_seconds or 0.0,
+                peak_memory_bytes=outcome.peak_memory_bytes,
+                capability_calls=bridge.calls,
+            ),
+            run_id=run_id,
+            runtime=self.runtime,
+            isolation=self.isolation,
+            layers=outcome.layers,
+        )
+
+
+class Session:
+    """Runs that share guest state (globals, imports, definitions). Made by `Sandbox.session()`.
+
+    Runs in one session are serialised; use several sessions for parallelism. Closing the
+    session (or its sandbox) discards the state.
+    """
+
+    def __init__(self, sandbox: Sandbox, state: DriverSession) -> None:
+        self._sandbox = sandbox
+        self._state: DriverSession | None = state
+        self._lock = threading.Lock()
+
+    def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+        """Like `Sandbox.run`, but globals from earlier runs of this session are visible."""
+        return self._run(code, inputs, None)
+
+    async def arun(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+        """`run` for asyncio hosts."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(self._run, code, inputs, loop)
+
+    def close(self) -> None:
+        """Discard the guest state. Idempotent."""
+        with self._lock:
+            if self._state is not None:
+                self._state.close()
+                self._state = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, code: str, inputs: Mapping[str, Any] | None, loop: asyncio.AbstractEventLoop | None) -> RunResult:
+        with self._lock:
+            if self._state is None:
+                raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
+            return self._sandbox._run(code, inputs, self._state, loop)
+
+
+def _make_driver(runtime: str, isolation: str | None, workers: int, require: frozenset[str]) -> Driver:
+    if runtime == "wasi":
+        from sandbox.wasi import WasiDriver
+
+        driver: Driver = WasiDriver()
+    elif isolation == "process":
+        from sandbox.process import ProcessDriver
+
+        driver = ProcessDriver(workers=workers, require=require)
+    else:
+        from sandbox.restricted import RestrictedDriver
+
+        driver = RestrictedDriver()
+    if isolation != "process" and require:
+        from sandbox.errors import IsolationUnavailable
+
+        available = {"restricted": {"restricted-python"}, "wasi": {"wasm"}}[runtime]
+        missing = require - available
+        if missing:
+            driver.close()
+            raise IsolationUnavailable(
+                f"layers {sorted(missing)} are not applied by runtime={runtime!r} without isolation='process'"
+            )
+    return driver

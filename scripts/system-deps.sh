@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the system libraries the project needs (Debian/Ubuntu), only when they are missing.
+# libseccomp2: the seccomp filter of process isolation (pyseccomp loads it with ctypes).
+set -euo pipefail
+missing=()
+ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || missing+=(libseccomp2)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing system packages: ${missing[*]}; install them with your package manager" >&2
+  exit 1
+fi
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing system packages: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
