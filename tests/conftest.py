@@ -11,6 +11,8 @@ from sandbox import Sandbox
 
 RUNTIMES = [
     pytest.param(("restricted", None), id="restricted"),
+    pytest.param(("restricted", "process"), id="restricted+process"),  # Linux: confined child processes
+    pytest.param(("wasi", None), id="wasi"),
 ]
 
 

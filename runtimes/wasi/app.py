@@ -1,0 +1,450 @@
+"""The wasi guest application: runs agent code inside CPython compiled to WebAssembly.
+
+Built into a component by `sandbox.wasi_build` with componentize-py against the WIT world in
+``wit/``. componentize-py pre-initialises CPython at build time: everything imported at module
+level here is loaded once, snapshotted into the component and bundled, so guest code can
+import it at no cost. Only modules imported here (and their dependencies) are available.
+
+Nothing here is trusted by the host. Guest code can reach and rewrite every object in this
+module; the host re-checks what matters (output cap, secret handles, terminating faults,
+limits) on its own side of the boundary. This module only makes the common case fast and the
+guest's view identical to the restricted runtime's.
+"""
+
+from __future__ import annotations
+
+# --- stdlib the guest may import (bundled because imported here) -------------------------
+import abc
+import array
+import ast
+import base64
+import binascii
+import bisect
+import builtins
+import calendar
+import cmath
+import codecs
+import collections
+import collections.abc
+import colorsys
+import contextlib
+import copy
+import csv
+import dataclasses
+import datetime
+import decimal
+import difflib
+import enum
+import fnmatch
+import fractions
+import functools
+import graphlib
+import hashlib
+import heapq
+import hmac
+import html
+import io
+import ipaddress
+import itertools
+import json
+import keyword
+import math
+import numbers
+import operator
+import pprint
+import random
+import re
+import secrets as _secrets_module
+import shlex
+import statistics
+import string
+import struct
+import sys
+import textwrap
+import time
+import traceback
+import types
+import typing
+import unicodedata
+import urllib.parse
+import uuid
+import zlib
+import socket  # bundled so that guest code can try the network and be refused by WASI
+import select
+import selectors
+import sqlite3
+import pickle
+import queue
+import weakref
+import warnings
+import contextvars
+import gc
+import xml.etree.ElementTree
+
+import wit_world
+from wit_world.imports import host
+
+import wire
+
+# --- guest-visible names ------------------------------------------------------------------
+
+_FILENAME = "<guest>"
+
+
+class PolicyDenied(PermissionError):
+    """A capability call was refused by the host's policy."""
+
+
+class CapabilityError(Exception):
+    """A capability call failed on the host side."""
+
+
+_FAULT_TYPES = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "PolicyDenied": PolicyDenied,
+    "CapabilityError": CapabilityError,
+}
+
+
+class SecretHandle:
+    """``secrets.<name>``: an opaque handle to a host-held secret. It has no value here."""
+
+    __slots__ = ("_resource", "_name", "_description")
+
+    def __init__(self, resource: host.Secret, name: str, description: str) -> None:
+        self._resource = resource
+        self._name = name
+        self._description = description
+
+    def __repr__(self) -> str:
+        return self._description or f"<secret {self._name}>"
+
+    __str__ = __repr__
+
+    def __reduce__(self):
+        raise TypeError("a secret handle cannot be copied or pickled")
+
+
+class _Namespace:
+    """``secrets`` and dotted capability prefixes (``sql`` in ``sql.query``)."""
+
+    def __init__(self, label: str) -> None:
+        self.__dict__["_label"] = label
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(k for k in self.__dict__ if not k.startswith("_")))
+        return f"<{self._label}: {names}>"
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+# Prebuilt C encoder/scanner: ``json.dumps(..., allow_nan=False)`` would build a new encoder on
+# every call, and ``json.loads`` adds two regex scans; a capability call needs neither.
+try:
+    _encode_plain = json.encoder.c_make_encoder(
+        None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+except (TypeError, AttributeError):  # no C accelerator, or another signature
+    _encode_plain = None
+_scan = json.scanner.make_scanner(json.decoder.JSONDecoder())
+
+
+def _dumps_plain(value) -> str:
+    if _encode_plain is None:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return "".join(_encode_plain(value, 0))
+
+
+def _loads(text: str):
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return json.loads(text)  # raises a proper JSONDecodeError
+    if end != len(text):
+        return json.loads(text)
+    return value
+
+
+def _make_capability(name: str):
+    loads, dumps, dumps_plain, to_wire, call, plain = _loads, json.dumps, _dumps_plain, wire.to_wire, host.call, _PLAIN
+
+    def capability(*args, **kwargs):
+        holders: list = []
+        for value in args:
+            if type(value) not in plain:
+                break
+        else:
+            for value in kwargs.values():
+                if type(value) not in plain:
+                    break
+            else:
+                holders = None  # only scalars: no conversion, no handles
+        if holders is None:
+            try:
+                payload = dumps_plain([args, kwargs])
+            except ValueError:  # a non-finite float: let to_wire name it
+                holders = []
+            else:
+                ok, text, returned = call(name, payload, [])
+        if holders is not None:
+
+            def handle_token(obj):
+                if type(obj) is SecretHandle:
+                    for i, held in enumerate(holders):
+                        if held is obj:
+                            return i
+                    holders.append(obj)
+                    return len(holders) - 1
+                return None
+
+            payload = dumps([to_wire(list(args), handle_token=handle_token), to_wire(kwargs, handle_token=handle_token)])
+            ok, text, returned = call(name, payload, [h._resource for h in holders])
+            for holder, resource in zip(holders, returned):
+                holder._resource = resource
+        if ok:
+            return loads(text)
+        fault = loads(text)
+        raise _FAULT_TYPES.get(fault.get("type"), CapabilityError)(fault.get("message", ""))
+
+    short = name.rsplit(".", 1)[-1]
+    capability.__name__ = short
+    capability.__qualname__ = name
+    capability.__doc__ = f"Host capability {name!r}."
+    return capability
+
+
+# --- time ---------------------------------------------------------------------------------
+#
+# WASI's clock subscriptions (behind time.sleep and select timeouts) block inside Wasmtime's
+# host code, where the epoch deadline cannot interrupt them. Route them through `host.sleep`,
+# which the host bounds by the run's remaining wall time.
+
+_real_select = select.select
+
+
+def _sleep(secs) -> None:
+    """sleep(seconds): delay execution for a given number of seconds (bounded by the run's
+    wall-clock limit)."""
+    if not isinstance(secs, (int, float)) or isinstance(secs, bool):
+        raise TypeError(f"'{type(secs).__name__}' object cannot be interpreted as an integer or float")
+    secs = float(secs)
+    if secs != secs:
+        raise ValueError("Invalid value NaN (not a number)")
+    if secs < 0:
+        raise ValueError("sleep length must be non-negative")
+    if secs > 0:
+        host.sleep(secs)
+
+
+def _select(rlist, wlist, xlist, timeout=None):
+    """select() without blocking: ready descriptors now, else sleep out the (bounded) timeout."""
+    ready = _real_select(rlist, wlist, xlist, 0)
+    if any(ready) or timeout == 0:
+        return ready
+    _sleep(86400.0 if timeout is None else timeout)
+    return _real_select(rlist, wlist, xlist, 0)
+
+
+time.sleep = _sleep
+select.select = _select
+for _name in ("poll", "epoll", "kqueue", "devpoll"):
+    if hasattr(select, _name):
+        delattr(select, _name)
+selectors.DefaultSelector = selectors.SelectSelector
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+class _Output(io.TextIOBase):
+    """A bounded text sink for stdout/stderr (the host applies the cap again)."""
+
+    def __init__(self, state: "_OutputState") -> None:
+        self._state = state
+        self._parts: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        state = self._state
+        room = state.room
+        if room <= 0:
+            if text:
+                state.truncated = True
+            return len(text)
+        if len(text) > room:
+            # chars, not bytes: the host trims to the exact byte cap
+            self._parts.append(text[:room])
+            state.room = 0
+            state.truncated = True
+        else:
+            self._parts.append(text)
+            state.room = room - len(text)
+        return len(text)
+
+    def getvalue(self) -> str:
+        return "".join(self._parts)
+
+
+class _OutputState:
+    def __init__(self, cap: int) -> None:
+        self.room = cap
+        self.truncated = False
+
+
+# --- running code -------------------------------------------------------------------------
+
+
+def _guest_lineno(tb) -> int | None:
+    lineno = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == _FILENAME:
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    return lineno
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _compile(code: str):
+    """Compile ``code``; return (body, last_expression) code objects."""
+    tree = ast.parse(code, _FILENAME, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        expr = ast.Expression(tree.body.pop().value)
+        last = compile(expr, _FILENAME, "eval")
+    body = compile(tree, _FILENAME, "exec") if tree.body else None
+    return body, last
+
+
+_session_globals: dict | None = None
+
+
+def _fresh_globals() -> dict:
+    return {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+
+
+def _install(g: dict, options: dict, secrets: list) -> None:
+    g["PolicyDenied"] = PolicyDenied
+    g["CapabilityError"] = CapabilityError
+    for name in options.get("capabilities", ()):
+        parts = name.split(".")
+        target = g
+        for i, part in enumerate(parts[:-1]):
+            ns = target.get(part) if isinstance(target, dict) else getattr(target, part, None)
+            if not isinstance(ns, _Namespace):
+                ns = _Namespace(".".join(parts[: i + 1]))
+                if isinstance(target, dict):
+                    target[part] = ns
+                else:
+                    setattr(target, part, ns)
+            target = ns
+        func = _make_capability(name)
+        if isinstance(target, dict):
+            target[parts[-1]] = func
+        else:
+            setattr(target, parts[-1], func)
+    ns = _Namespace("secrets")
+    for (name, description), resource in zip(options.get("secrets", ()), secrets):
+        setattr(ns, name, SecretHandle(resource, name, description))
+    g["secrets"] = ns
+    for key, value in (options.get("inputs") or {}).items():
+        g[key] = value
+
+
+def _run(code: str, options: dict, secrets: list) -> dict:
+    global _session_globals
+    cap = int(options.get("max_output", 1 << 20))
+    state = _OutputState(cap)
+    out, err = _Output(state), _Output(state)
+    if options.get("session"):
+        if _session_globals is None:
+            _session_globals = _fresh_globals()
+        g = _session_globals
+    else:
+        g = _fresh_globals()
+        # the snapshot froze one PRNG state for every instance: draw fresh entropy (WASI random)
+        random.seed()
+    _install(g, options, secrets)
+    value = None
+    error = None
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    sys.setrecursionlimit(_depth() + int(options.get("recursion", 500)) + 3)
+    try:
+        try:
+            body, last = _compile(code)
+        except SyntaxError as exc:
+            error = wire.error("compile_error", type(exc).__name__, exc.msg or _message(exc), lineno=exc.lineno)
+        except (MemoryError, RecursionError) as exc:
+            error = _limit_error(exc, None)
+        else:
+            try:
+                if body is not None:
+                    exec(body, g)
+                if last is not None:
+                    value = eval(last, g)
+                    value = wire.to_result_value(value)
+            except (MemoryError, RecursionError) as exc:
+                value = None
+                error = _limit_error(exc, _guest_lineno(exc.__traceback__))
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt too: all are guest errors
+                value = None
+                error = wire.error(
+                    "policy_denied" if isinstance(exc, PolicyDenied) else "guest_exception",
+                    type(exc).__name__,
+                    _message(exc),
+                    lineno=_guest_lineno(exc.__traceback__),
+                )
+                exc.__traceback__ = None
+    finally:
+        sys.stdout, sys.stderr = saved
+    return wire.outcome(
+        value=value,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+        output_truncated=state.truncated,
+        error=error,
+    )
+
+
+def _depth() -> int:
+    frame, n = sys._getframe(1), 0
+    while frame is not None:
+        frame, n = frame.f_back, n + 1
+    return n
+
+
+def _limit_error(exc: BaseException, lineno: int | None) -> dict:
+    if isinstance(exc, MemoryError):
+        return wire.error("limit_exceeded", "memory", _message(exc) or "out of memory", lineno=lineno, limit="memory")
+    return wire.error("limit_exceeded", "recursion", _message(exc) or "maximum recursion depth exceeded", lineno=lineno, limit="recursion")
+
+
+class WitWorld(wit_world.WitWorld):
+    def run(self, code: str, options_json: str, secrets: list) -> str:
+        try:
+            result = _run(code, json.loads(options_json), secrets)
+            return json.dumps(result)
+        except (MemoryError, RecursionError) as exc:
+            return json.dumps(wire.outcome(error=_limit_error(exc, None)))
+        except BaseException as exc:
+            return json.dumps(
+                wire.outcome(error=wire.error("internal", type(exc).__name__, f"guest runner failed: {_message(exc)}"))
+            )
+
+
+# Everything above is part of the pre-initialised snapshot: move it out of the collector's
+# reach, so a run's garbage collections scan only the run's own objects (and do not dirty, and
+# copy-on-write fault, every page of the snapshot's heap).
+gc.collect()
+gc.freeze()

