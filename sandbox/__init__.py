@@ -10,15 +10,18 @@
 """
 
 from sandbox.capabilities import ApiDescription, Capability, capability
+from sandbox.egress import Egress
 from sandbox.errors import ConfigurationError, GuestBuildError, IsolationUnavailable, SandboxClosed, SandboxError
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
 from sandbox.sandbox import Sandbox, Session
+from sandbox.secrets import Secret, SecretUnavailable, SecretValue
 
 __all__ = [
     "ApiDescription",
     "Capability",
     "ConfigurationError",
+    "Egress",
     "ErrorInfo",
     "GuestBuildError",
     "IsolationUnavailable",
@@ -27,6 +30,9 @@ __all__ = [
     "Sandbox",
     "SandboxClosed",
     "SandboxError",
+    "Secret",
+    "SecretUnavailable",
+    "SecretValue",
     "Session",
     "Usage",
     "capability",

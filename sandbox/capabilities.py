@@ -206,8 +206,8 @@ def _hints(func: Callable[..., Any], name: str) -> dict[str, Any]:
 
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+        return "SecretHandle" if annotation.__name__ == "SecretValue" else annotation.__name__
+    return re.sub(r"\b(?:[a-z_][a-z0-9_]*\.)+(?=[A-Za-z_])", "", str(annotation)).replace("SecretValue", "SecretHandle")
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -1,9 +1,15 @@
 """The public entry point: `Sandbox` runs guest code, `Session` keeps guest state across runs.
 
-A `Sandbox` is configured once (runtime, isolation, limits, capabilities) and validated at
-construction: bad host input raises `ValueError`/`TypeError` with what to change. Each
-`run` then builds a `Job`, hands it to the runtime's driver and returns a `RunResult`;
+A `Sandbox` is configured once (runtime, isolation, limits, capabilities, secrets, egress) and
+validated at construction: bad host input raises `ValueError`/`TypeError` with what to change.
+Each `run` then builds a `Job`, hands it to the runtime's driver and returns a `RunResult`;
 nothing the guest does raises on the host.
+
+Secrets (see `sandbox.secrets`): at run start a `SecretBroker` reads every secret's value and
+issues one token per secret; the driver exposes them to the guest as ``secrets.<name>`` handles.
+`_RunBridge` resolves handles in capability arguments (scope, TTL and use checks), and redacts
+capability results and fault messages before they reach the guest. When the run ends the tokens
+are revoked, and stdout, stderr, the value and the error of the `RunResult` are redacted.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from typing import Any, Literal
 
 from runtimes.wire import WireError, to_wire
 from sandbox.capabilities import ApiDescription, Capability, collect, describe
+from sandbox.egress import Egress, EgressClient
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
 from sandbox.runtime import CapabilityFault, Driver, DriverSession, Job, Outcome
+from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
 
 log = logging.getLogger("sandbox")
 
@@ -32,20 +40,36 @@ LAYERS = frozenset({"restricted-python", "wasm", "rlimits", "seccomp", "netns", 
 
 
 class _RunBridge:
-    """The host end of one run's capability calls: lookup, validation, invocation, counting."""
+    """The host end of one run's capability calls: lookup, secret resolution, validation,
+    invocation, counting, and redaction of what goes back to the guest."""
 
-    def __init__(self, capabilities: Mapping[str, Capability], loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self,
+        capabilities: Mapping[str, Capability],
+        loop: asyncio.AbstractEventLoop | None,
+        secrets: SecretBroker | None = None,
+    ) -> None:
         self._capabilities = capabilities
         self._loop = loop
+        self._secrets = secrets
+        self._redactor: Redactor = secrets.redactor if secrets is not None else NO_REDACTION
         self._lock = threading.Lock()
         self.calls = 0
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        try:
+            return self._redactor.value(self._call(name, args, kwargs))
+        except CapabilityFault as fault:
+            raise self._redactor.fault(fault) from None
+
+    def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         cap = self._capabilities.get(name)
         if cap is None:
             raise CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
         with self._lock:
             self.calls += 1
+        if self._secrets is not None:
+            args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
         arguments = cap.bind(args, kwargs)
         try:
             if cap.is_async and self._loop is not None:
@@ -74,6 +98,14 @@ class Sandbox:
         require: isolation layers that must be applied (e.g. ``("seccomp", "netns")``); when
             one cannot be applied on this machine, construction raises `IsolationUnavailable`
             instead of running with less isolation.
+        secrets: ``{name: Secret(...)}``; the guest sees ``secrets.<name>``, an opaque handle
+            that only the capabilities in the secret's scope can resolve, on the host. Values are
+            read at the start of each run (`SecretUnavailable` if one cannot be read) and
+            redacted from everything the run returns. A scope naming a capability this sandbox
+            does not grant raises `ValueError`.
+        egress: an `Egress` policy grants the built-in ``http`` capabilities (``http.request``,
+            and ``http.get`` / ``http.post`` when those methods are allowed); without it the
+            guest has no network at all.
 
     One `Sandbox` serves many runs, from several threads at once. Call `close()` (or use it as
     a context manager) to release workers and engines.
@@ -88,6 +120,8 @@ class Sandbox:
         isolation: IsolationName | None = None,
         workers: int = 1,
         require: Iterable[str] = (),
+        secrets: Mapping[str, Secret] | None = None,
+        egress: Egress | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -107,9 +141,22 @@ class Sandbox:
         unknown = required - LAYERS
         if unknown:
             raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(LAYERS)}")
+        if egress is not None and not isinstance(egress, Egress):
+            raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
         self.runtime = runtime
         self.limits = limits or Limits()
-        self.capabilities = collect(capabilities)
+        self.secrets = validate_secrets(secrets)
+        self.egress = egress
+        self._egress = EgressClient(egress) if egress is not None else None
+        granted = list(capabilities) + (self._egress.capabilities if self._egress is not None else [])
+        self.capabilities = collect(granted)
+        for secret_name, secret in self.secrets.items():
+            for pattern in secret.capabilities:
+                if not any(scope_allows_capability([pattern], cap) for cap in self.capabilities):
+                    hint = " (pass egress=Egress(...) to grant http)" if pattern.split(".")[0] == "http" else ""
+                    raise ConfigurationError(
+                        f"secret {secret_name!r} is scoped to capability {pattern!r}, which this sandbox does not grant{hint}"
+                    )
         self._driver = _make_driver(runtime, isolation, workers, required)
         self.isolation = self._driver.isolation
         self._closed = False
@@ -133,14 +180,17 @@ class Sandbox:
         return Session(self, self._driver.open_session())
 
     def describe(self) -> ApiDescription:
-        """The guest API as a Python stub (code mode) and JSON tool schemas (tool mode)."""
-        return describe(self.capabilities)
+        """The guest API as a Python stub (code mode) and JSON tool schemas (tool mode),
+        listing the secret handles (names only) the guest will find under ``secrets``."""
+        return describe(self.capabilities, self.secrets)
 
     def close(self) -> None:
         """Release the runtime's workers and engines. Idempotent; later runs raise `SandboxClosed`."""
         if not self._closed:
             self._closed = True
             self._driver.close()
+            if self._egress is not None:
+                self._egress.close()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -149,7 +199,10 @@ class Sandbox:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Sandbox runtime={self.runtime} isolation={self.isolation} capabilities={sorted(self.capabilities)}>"
+        return (
+            f"<Sandbox runtime={self.runtime} isolation={self.isolation} capabilities={sorted(self.capabilities)}"
+            f" secrets={sorted(self.secrets)}>"
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -173,7 +226,10 @@ class Sandbox:
             if not name.isidentifier() or name.startswith("_"):
                 raise ValueError(f"input name {name!r} must be an identifier not starting with '_'")
         run_id = uuid.uuid4().hex
-        bridge = _RunBridge(self.capabilities, loop)
+        # Secret values are read now (just in time); SecretUnavailable propagates to the host.
+        broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None
+        redactor = broker.redactor if broker is not None else NO_REDACTION
+        bridge = _RunBridge(self.capabilities, loop, broker)
         job = Job(
             run_id=run_id,
             code=code,
@@ -181,24 +237,37 @@ class Sandbox:
             bridge=bridge,
             inputs=wire_inputs,
             capabilities=tuple(self.capabilities),
+            secrets=broker.handles if broker is not None else (),
         )
         started = time.perf_counter()
         try:
             outcome = (session or self._driver).run(job)
         except Exception as exc:
-            log.exception("driver %s failed on run %s", self._driver.name, run_id)
+            message = redactor.text(str(exc))
+            # A traceback repeats the messages of the exception and its chain: attach it only
+            # when none of them holds a secret.
+            log.error(
+                "driver %s failed on run %s: %s: %s", self._driver.name, run_id, type(exc).__name__, message,
+                exc_info=exc if not _holds_secret(exc, redactor) else None,
+            )
             outcome = Outcome(
                 ok=False,
-                error=ErrorInfo(kind="internal", type=type(exc).__name__, message=f"runtime failure: {exc}"),
+                error=ErrorInfo(kind="internal", type=type(exc).__name__, message=f"runtime failure: {message}"),
             )
+        finally:
+            if broker is not None:
+                broker.revoke()
         wall = time.perf_counter() - started
+        error = outcome.error
+        if error is not None and redactor:
+            error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
         return RunResult(
             ok=outcome.ok,
-            value=outcome.value,
-            stdout=outcome.stdout,
-            stderr=outcome.stderr,
+            value=redactor.value(outcome.value),
+            stdout=redactor.text(outcome.stdout, truncated=outcome.output_truncated),
+            stderr=redactor.text(outcome.stderr, truncated=outcome.output_truncated),
             output_truncated=outcome.output_truncated,
-            error=outcome.error,
+            error=error,
             usage=Usage(
                 wall_seconds=wall,
                 cpu_seconds=outcome.cpu_seconds or 0.0,
@@ -251,6 +320,18 @@ class Session:
             if self._state is None:
                 raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
             return self._sandbox._run(code, inputs, self._state, loop)
+
+
+def _holds_secret(exc: BaseException, redactor: Redactor) -> bool:
+    """True when ``exc`` or an exception chained to it has a message that ``redactor`` changes."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 20:
+        text = str(current)
+        if redactor.text(text) != text:
+            return True
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return False
 
 
 def _make_driver(runtime: str, isolation: str | None, workers: int, require: frozenset[str]) -> Driver:

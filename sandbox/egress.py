@@ -1,0 +1,590 @@
+"""Network egress: the built-in ``http`` capability and its `Egress` policy.
+
+Guest code has no network of its own. A sandbox configured with ``egress=Egress(...)`` grants
+the guest ``http.request(method, url, ...)`` plus ``http.get`` / ``http.post`` when those
+methods are allowed. Every request, and every redirect hop, is checked on the host:
+
+1. scheme, method and host against `Egress` (``allow`` host patterns, ``methods``, ``schemes``);
+2. the host is resolved **at connect time, by our own network backend**, and every address it
+   resolves to must be public (not loopback, private, link-local/metadata, multicast, reserved,
+   CGNAT, or an IPv4 address hidden in IPv6), unless ``allow_private`` / ``allow_networks``
+   say otherwise; the socket is then opened to one of exactly those checked addresses, so a
+   DNS answer that changes between check and connect (rebinding) cannot bypass the check;
+3. secret handles given as ``auth=`` or as header values are injected only if the hop's host
+   matches the secret's ``hosts`` scope (a first request outside the scope is denied; on a
+   redirect outside it the secret headers are dropped). A handle anywhere else (URL, body,
+   params) fails validation: only ``str`` values are accepted there, so at most a handle's
+   description, which holds its name and never its value, can be sent.
+
+Responses are bounded by ``max_response_bytes`` (after decompression) and ``timeout`` (the
+whole exchange, redirects included). Proxy environment variables are ignored. Failures reach
+the guest as ``PolicyDenied`` (refused by policy, nothing was sent), ``ValueError`` (bad
+arguments) or ``CapabilityError`` (network failure, timeout, oversized response).
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpcore
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+
+from sandbox.capabilities import Capability
+from sandbox.runtime import CapabilityFault
+from sandbox.secrets import Redactor, SecretValue, canonical_host, host_matches, normalize_host_pattern
+
+__all__ = ["Egress", "EgressClient", "address_refusal"]
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_FORBIDDEN_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-connection",
+        "accept-encoding",
+    }
+)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_METADATA = (
+    ipaddress.ip_network("169.254.0.0/16"),  # link-local, cloud metadata 169.254.169.254
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),  # AWS IPv6 metadata
+    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba metadata
+)
+
+
+class Egress(BaseModel):
+    """What the built-in ``http`` capability may reach.
+
+    Args:
+        allow: host patterns the guest may request (``"api.github.com"``, ``"*.example.com"``,
+            ``"127.0.0.1:8080"``; ``"*"`` allows any host, addresses are still checked).
+        methods: HTTP methods allowed (default ``GET`` only).
+        schemes: URL schemes allowed (default ``https`` only; add ``"http"`` explicitly).
+        max_response_bytes: ceiling on a response body after decompression (default 1 MiB).
+        max_request_bytes: ceiling on a request body (default 1 MiB).
+        timeout: seconds for one call, redirects included (default 10).
+        max_redirects: redirect hops followed, each re-checked (default 5; 0 returns the 3xx).
+        allow_private: also allow loopback, private (RFC 1918, ULA), CGNAT and reserved
+            addresses. Link-local and cloud metadata addresses stay refused.
+        allow_networks: CIDR networks allowed whatever their kind, e.g. ``["127.0.0.1/32"]``
+            for a local test server, or ``["169.254.169.254/32"]`` if you really mean it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow: tuple[str, ...]
+    methods: tuple[str, ...] = ("GET",)
+    schemes: tuple[str, ...] = ("https",)
+    max_response_bytes: PositiveInt = 1 << 20
+    max_request_bytes: PositiveInt = 1 << 20
+    timeout: PositiveFloat = 10.0
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    allow_private: bool = False
+    allow_networks: tuple[str, ...] = ()
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _patterns(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else list(value)
+        if not items:
+            raise ValueError("Egress(allow=[...]) needs at least one host pattern, e.g. ['api.github.com']")
+        return tuple(normalize_host_pattern(item) for item in items)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else list(value)
+        result = []
+        for item in items:
+            method = str(item).upper()
+            if method not in _METHODS:
+                raise ValueError(f"method {item!r} is not supported: use {', '.join(sorted(_METHODS))}")
+            result.append(method)
+        if not result:
+            raise ValueError("Egress(methods=[...]) needs at least one method")
+        return tuple(result)
+
+    @field_validator("schemes", mode="before")
+    @classmethod
+    def _schemes(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else list(value)
+        result = tuple(str(item).lower() for item in items)
+        if not result or any(item not in ("http", "https") for item in result):
+            raise ValueError("Egress(schemes=...) accepts 'https' and 'http'")
+        return result
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else list(value)
+        result = []
+        for item in items:
+            try:
+                result.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError:
+                raise ValueError(f"allow_networks entry {item!r} is not a CIDR network (e.g. '127.0.0.1/32')") from None
+        return tuple(result)
+
+    def address_allowed(self, address: str) -> bool:
+        """True when a resolved address may be connected to under this policy."""
+        return address_refusal(address, self) is None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in ipaddress.ip_network("::/96") and int(ip) > 1:  # deprecated IPv4-compatible
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_refusal(address: str, egress: Egress) -> str | None:
+    """Why ``address`` is refused under ``egress`` (a short reason), or None when it is allowed."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    for network in egress.allow_networks:
+        if ip in ipaddress.ip_network(network):
+            return None
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            candidates.insert(0, inner)  # judge by the IPv4 address it really reaches
+            for network in egress.allow_networks:
+                if inner in ipaddress.ip_network(network):
+                    return None
+    for candidate in candidates:
+        if any(candidate in network for network in _METADATA if network.version == candidate.version):
+            return "link-local / cloud metadata address"
+        if candidate.is_multicast:
+            return "multicast address"
+        if candidate.is_unspecified:
+            return "unspecified address"
+        if candidate.is_loopback:
+            kind = "loopback address"
+        elif not candidate.is_global or candidate.is_private or candidate.is_reserved:
+            kind = "private or reserved address"
+        else:
+            continue
+        if not egress.allow_private:
+            return kind
+    return None
+
+
+class _Refused(Exception):
+    """Raised inside the network backend when no address of a host may be connected to."""
+
+
+class _PinnedBackend(httpcore.NetworkBackend):
+    """Resolves, checks every address, and connects to a checked address: no second lookup."""
+
+    def __init__(self, egress: Egress, resolve: Callable[[str, int], list[str]]) -> None:
+        self._egress = egress
+        self._resolve = resolve
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            addresses = self._resolve(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}")
+        for address in addresses:
+            reason = address_refusal(address, self._egress)
+            if reason is not None:
+                raise _Refused(f"{host} resolves to {address}, a {reason}")
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        raise _Refused("unix sockets are not reachable through http")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def system_resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (IPv4 and IPv6), in resolver order, deduplicated."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[str] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        address = str(sockaddr[0])
+        if address not in seen:
+            seen.append(address)
+    return seen
+
+
+class _BodyStream(httpx.SyncByteStream):
+    def __init__(self, response: httpcore.Response) -> None:
+        self._response = response
+
+    def __iter__(self) -> Any:
+        yield from self._response.stream  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _deny(message: str) -> CapabilityFault:
+    return CapabilityFault("PolicyDenied", message)
+
+
+class _TraceLogGuard(logging.Filter):
+    """Keeps secrets out of httpcore's DEBUG traces of our requests.
+
+    httpcore logs ``receive_response_headers.complete return_value=(..., headers)`` at DEBUG;
+    a server that echoes a header we injected would put the value in the host's logs. While a
+    thread is inside `EgressClient.request`, this filter drops that event's headers and
+    redacts every value revealed in the call from any other httpcore trace line.
+    """
+
+    _LOGGERS = ("httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.connection_pool")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+        for name in self._LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactor: Redactor | None = getattr(self.local, "redactor", None)
+        if redactor is None:
+            return True
+        message = record.getMessage()
+        if message.startswith("receive_response_headers.complete"):
+            message = "receive_response_headers.complete (headers omitted by sandbox.egress)"
+        record.msg, record.args = redactor.text(message), ()
+        return True
+
+    def active(self, values: dict[str, str]) -> Any:
+        guard = self
+
+        class _Scope:
+            def __enter__(self) -> None:
+                self.previous = getattr(guard.local, "redactor", None)
+                guard.local.redactor = Redactor(values)
+
+            def __exit__(self, *exc: object) -> None:
+                guard.local.redactor = self.previous
+
+        return _Scope()
+
+
+_TRACE_GUARD = _TraceLogGuard()
+
+
+class EgressClient:
+    """The ``http`` capabilities of one `Sandbox` under one `Egress` policy; thread-safe.
+
+    Holds a connection pool whose network backend pins every connection to a checked address.
+    `close` releases it.
+    """
+
+    def __init__(self, egress: Egress, *, resolve: Callable[[str, int], list[str]] = system_resolve) -> None:
+        if not isinstance(egress, Egress):
+            raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
+        self.egress = egress
+        self._resolve = resolve
+        self._pool: httpcore.ConnectionPool | None = None
+        self._lock = threading.Lock()
+        self.capabilities = self._build_capabilities()
+
+    # -- public -------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str | SecretValue] | None = None,
+        params: dict[str, str] | None = None,
+        body: str | None = None,
+        json_body: Any = None,
+        auth: SecretValue | tuple[str, SecretValue] | None = None,
+    ) -> dict[str, Any]:
+        """Send one request under the policy; see the module docstring for every check."""
+        egress = self.egress
+        method = method.upper()
+        self._check_method(method)
+        if body is not None and json_body is not None:
+            raise CapabilityFault("ValueError", "http: give body= or json_body=, not both")
+        try:
+            target = httpx.URL(url)
+            if params:
+                target = target.copy_merge_params(params)
+        except Exception as exc:
+            raise CapabilityFault("ValueError", f"http: invalid url: {exc}") from None
+        plain: list[tuple[str, str]] = []
+        secret_headers: list[tuple[str, SecretValue, Callable[[str], str]]] = []  # (header, handle, format)
+        for key, value in (headers or {}).items():
+            if key.lower() in _FORBIDDEN_HEADERS:
+                raise CapabilityFault("ValueError", f"http: header {key!r} is set by the host and cannot be given")
+            if isinstance(value, SecretValue):
+                secret_headers.append((key, value, _raw))
+            else:
+                plain.append((key, value))
+        if auth is not None:
+            if any(k.lower() == "authorization" for k, _ in plain):
+                raise CapabilityFault("ValueError", "http: give auth= or an Authorization header, not both")
+            if isinstance(auth, SecretValue):
+                secret_headers.append(("Authorization", auth, _bearer))
+            else:
+                secret_headers.append(("Authorization", auth[1], _basic(auth[0])))
+        content: bytes | None = None
+        if json_body is not None:
+            content = httpx.Request("POST", "http://x", json=json_body).read()
+            plain.append(("Content-Type", "application/json"))
+        elif body is not None:
+            content = body.encode("utf-8")
+        if content is not None and len(content) > egress.max_request_bytes:
+            raise CapabilityFault(
+                "ValueError", f"http: request body is {len(content)} bytes, over max_request_bytes={egress.max_request_bytes}"
+            )
+
+        revealed: dict[str, str] = {}
+        with _TRACE_GUARD.active(revealed):
+            return self._exchange(method, target, plain, secret_headers, content, revealed)
+
+    def _exchange(
+        self,
+        method: str,
+        target: httpx.URL,
+        plain: list[tuple[str, str]],
+        secret_headers: list[tuple[str, SecretValue, Callable[[str], str]]],
+        content: bytes | None,
+        revealed: dict[str, str],
+    ) -> dict[str, Any]:
+        egress = self.egress
+        deadline = time.monotonic() + egress.timeout
+        for hop in range(egress.max_redirects + 1):
+            host, port = self._check_target(target, hop)
+            request_headers = [("Accept-Encoding", "gzip, deflate"), ("User-Agent", "sandbox-http")] + plain
+            for key, handle, render in secret_headers:
+                if not handle.allows_host(host, port):
+                    if hop == 0:
+                        handle.reveal_for(host, port)  # raises PolicyDenied naming the rule
+                    continue  # a redirect left the secret's scope: do not send it
+                value = handle.reveal_for(host, port)
+                if handle.name not in revealed:
+                    revealed[handle.name] = value
+                    _TRACE_GUARD.local.redactor = Redactor(revealed)
+                request_headers.append((key, render(value)))
+            response = self._send(method, target, request_headers, content, deadline)
+            location = response.headers.get("location")
+            if response.status_code in _REDIRECTS and location and egress.max_redirects:
+                response.close()
+                if hop == egress.max_redirects:
+                    break
+                try:
+                    target = target.join(location)
+                except Exception as exc:
+                    raise CapabilityFault("CapabilityError", f"http: invalid redirect location: {exc}") from None
+                if response.status_code == 303 or (response.status_code in (301, 302) and method not in ("GET", "HEAD")):
+                    method = "GET" if method != "HEAD" else "HEAD"
+                    content = None
+                    plain = [(k, v) for k, v in plain if k.lower() != "content-type"]
+                    self._check_method(method)
+                continue
+            return self._read(response, deadline)
+        raise CapabilityFault("CapabilityError", f"http: more than max_redirects={egress.max_redirects} redirects")
+
+    def close(self) -> None:
+        """Close pooled connections; idempotent."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_method(self, method: str) -> None:
+        if method not in self.egress.methods:
+            raise _deny(f"http: method {method} is not allowed (rule: methods={','.join(self.egress.methods)})")
+
+    def _check_target(self, url: httpx.URL, hop: int) -> tuple[str, int]:
+        egress = self.egress
+        where = "redirect to " if hop else ""
+        scheme = url.scheme
+        if scheme not in egress.schemes:
+            raise _deny(f"http: {where}scheme {scheme or '(none)'!r} is not allowed (rule: schemes={','.join(egress.schemes)})")
+        if not url.host:
+            raise CapabilityFault("ValueError", f"http: {where}url has no host")
+        host = canonical_host(url.raw_host.decode("ascii"))
+        port = url.port or (443 if scheme == "https" else 80)
+        if not host_matches(host, port, egress.allow):
+            raise _deny(f"http: {where}host {host}:{port} is not allowed (rule: allow={','.join(egress.allow)})")
+        return host, port
+
+    def _get_pool(self) -> httpcore.ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = httpcore.ConnectionPool(
+                    ssl_context=httpx.create_ssl_context(trust_env=False),
+                    max_connections=20,
+                    max_keepalive_connections=10,
+                    keepalive_expiry=5.0,
+                    network_backend=_PinnedBackend(self.egress, self._resolve),
+                )
+            return self._pool
+
+    def _send(
+        self, method: str, url: httpx.URL, headers: list[tuple[str, str]], content: bytes | None, deadline: float
+    ) -> httpx.Response:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s")
+        request = httpx.Request(method, url, headers=headers, content=content)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=content or b"",
+            extensions={"timeout": {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}},
+        )
+        try:
+            raw = self._get_pool().handle_request(core)
+        except _Refused as exc:
+            raise _deny(f"http: {exc} (rule: private, loopback and metadata addresses are refused)") from None
+        except httpcore.TimeoutException:
+            raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            raise CapabilityFault("CapabilityError", f"http: {type(exc).__name__}: {exc}") from None
+        response = httpx.Response(status_code=raw.status, headers=raw.headers, stream=_BodyStream(raw), request=request)
+        return response
+
+    def _read(self, response: httpx.Response, deadline: float) -> dict[str, Any]:
+        limit = self.egress.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise CapabilityFault("CapabilityError", f"http: response is larger than max_response_bytes={limit}")
+                if time.monotonic() > deadline:
+                    raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s")
+                chunks.append(chunk)
+        except httpcore.TimeoutException:
+            raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpx.DecodingError) as exc:
+            raise CapabilityFault("CapabilityError", f"http: reading the response failed: {type(exc).__name__}") from None
+        finally:
+            response.close()
+        data = b"".join(chunks)
+        encoding = response.charset_encoding or "utf-8"
+        try:
+            text = data.decode(encoding, errors="replace")
+        except LookupError:
+            text = data.decode("utf-8", errors="replace")
+        return {
+            "status": response.status_code,
+            "url": str(response.request.url),
+            "headers": {key: value for key, value in response.headers.items()},
+            "text": text,
+        }
+
+    def _build_capabilities(self) -> list[Capability]:
+        client = self
+
+        def request(
+            method: str,
+            url: str,
+            headers: dict[str, str | SecretValue] | None = None,
+            params: dict[str, str] | None = None,
+            body: str | None = None,
+            json_body: Any = None,
+            auth: SecretValue | tuple[str, SecretValue] | None = None,
+        ) -> dict[str, Any]:
+            """Send an HTTP request to an allowed host. Returns {"status", "url", "headers", "text"}.
+
+            `auth=secrets.<name>` sends "Authorization: Bearer <value>" and `auth=(user, secrets.<name>)`
+            Basic auth; a handle may also be a header value. Secrets are sent only to hosts in their scope.
+            """
+            return client.request(
+                method, url, headers=headers, params=params, body=body, json_body=json_body, auth=auth
+            )
+
+        def get(
+            url: str,
+            headers: dict[str, str | SecretValue] | None = None,
+            params: dict[str, str] | None = None,
+            auth: SecretValue | tuple[str, SecretValue] | None = None,
+        ) -> dict[str, Any]:
+            """HTTP GET an allowed URL. Returns {"status", "url", "headers", "text"}."""
+            return client.request("GET", url, headers=headers, params=params, auth=auth)
+
+        def post(
+            url: str,
+            headers: dict[str, str | SecretValue] | None = None,
+            body: str | None = None,
+            json_body: Any = None,
+            auth: SecretValue | tuple[str, SecretValue] | None = None,
+        ) -> dict[str, Any]:
+            """HTTP POST to an allowed URL (`body` text or `json_body` data). Returns {"status", "url", "headers", "text"}."""
+            return client.request("POST", url, headers=headers, body=body, json_body=json_body, auth=auth)
+
+        policy = f"Allowed hosts: {', '.join(self.egress.allow)}; methods: {', '.join(self.egress.methods)}."
+
+        def declare(func: Callable[..., Any], name: str) -> Capability:
+            return Capability(func, name=name, description=inspect.cleandoc(func.__doc__ or "") + "\n" + policy)
+
+        caps = [declare(request, "http.request")]
+        if "GET" in self.egress.methods:
+            caps.append(declare(get, "http.get"))
+        if "POST" in self.egress.methods:
+            caps.append(declare(post, "http.post"))
+        return caps
+
+
+def _raw(value: str) -> str:
+    return value
+
+
+def _bearer(value: str) -> str:
+    return "Bearer " + value
+
+
+def _basic(user: str) -> Callable[[str], str]:
+    def render(value: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{value}".encode()).decode("ascii")
+
+    return render

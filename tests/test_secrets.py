@@ -1,0 +1,635 @@
+"""Host side of secrets: configuration, the per-run broker, `SecretValue`, redaction, and the
+`Sandbox` integration (with a stand-in runtime, see `fake_runtime`). The same guarantees are
+checked through real runtimes in `tests/conformance/test_secrets.py`."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import pickle
+import time
+import urllib.parse
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from fake_runtime import fake_driver
+from runtimes.wire import SECRET_MARKER
+from sandbox import Sandbox, capability
+from sandbox.runtime import CapabilityFault
+from sandbox.secrets import Redactor, Secret, SecretBroker, SecretUnavailable, SecretValue, host_matches, normalize_host_pattern
+
+CANARY = "CANARY-7f3a9c1e5b2d4f60a8e1c3b5d7f9a2c4"
+
+
+def encodings(value: str) -> dict[str, str]:
+    data = value.encode()
+    return {
+        "plain": value,
+        "base64": base64.b64encode(data).decode(),
+        "base64url": base64.urlsafe_b64encode(data).decode(),
+        "base64-nopad": base64.b64encode(data).decode().rstrip("="),
+        "hex": data.hex(),
+        "HEX": data.hex().upper(),
+        "percent": urllib.parse.quote(value, safe=""),
+        "percent-plus": urllib.parse.quote_plus(value),
+        "json": json.dumps(value)[1:-1],
+    }
+
+
+def assert_clean(text: str, value: str = CANARY) -> None:
+    for form, encoded in encodings(value).items():
+        assert encoded not in text, f"{form} form of the secret leaked: {text!r}"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_secret_needs_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one source"):
+        Secret(capabilities=["x"])
+    with pytest.raises(ValueError, match="exactly one source"):
+        Secret(value="a", env="B", capabilities=["x"])
+
+
+def test_secret_needs_capabilities():
+    with pytest.raises(ValueError, match="capabilities="):
+        Secret(value="abcdefgh")
+
+
+@pytest.mark.parametrize("pattern", ["http://x.com", "a..b", "*x.com", "x.*.com", "[::1", "host:0", "1.2.3.4:99999", ""])
+def test_bad_host_patterns_are_refused(pattern):
+    with pytest.raises(ValueError):
+        normalize_host_pattern(pattern)
+
+
+def test_bad_scope_values_are_refused():
+    with pytest.raises(ValueError):
+        Secret(value="abcdefgh", capabilities=["x"], ttl=0)
+    with pytest.raises(ValueError):
+        Secret(value="abcdefgh", capabilities=["x"], max_uses=0)
+    with pytest.raises(ValueError):
+        Secret(value="abcdefgh", capabilities=["not a name"])
+
+
+def test_secret_repr_hides_the_value():
+    secret = Secret(value=CANARY, capabilities=["x"])
+    assert_clean(repr(secret))
+    assert_clean(str(secret.model_dump()))
+
+
+def test_host_patterns():
+    patterns = [normalize_host_pattern(p) for p in ["API.GitHub.com.", "*.example.org", "127.0.0.1:8080", "[::1]"]]
+    assert patterns == ["api.github.com", "*.example.org", "127.0.0.1:8080", "[::1]"]
+    assert host_matches("api.github.com", 443, patterns)
+    assert host_matches("API.GITHUB.COM.", 443, patterns)
+    assert not host_matches("github.com", 443, patterns)
+    assert host_matches("a.b.example.org", 80, patterns)
+    assert not host_matches("example.org", 80, patterns)
+    assert not host_matches("evilexample.org", 80, patterns)
+    assert host_matches("127.0.0.1", 8080, patterns)
+    assert not host_matches("127.0.0.1", 8081, patterns)
+    assert host_matches("::1", 1, patterns)
+    assert host_matches("anything", 1, ["*"])
+
+
+def _sandbox(monkeypatch, secrets, capabilities=(), **kwargs):
+    ctx = fake_driver(monkeypatch)
+    driver = ctx.__enter__()
+    return Sandbox(capabilities=list(capabilities), secrets=secrets, **kwargs), driver
+
+
+@capability
+def use(token: SecretValue) -> str:
+    """Reveals the secret and reports its length (never the value)."""
+    return f"{token.name}:{len(token.reveal())}"
+
+
+@capability
+def leak(token: SecretValue) -> str:
+    """A careless capability that returns the value itself."""
+    return token.reveal()
+
+
+@capability
+def leak_encoded(token: SecretValue, form: str) -> dict:
+    """A careless capability that returns an encoded form of the value."""
+    return {form: encodings(token.reveal())[form]}
+
+
+@capability
+def leak_in_error(token: SecretValue) -> str:
+    """A careless capability whose exception message holds the value."""
+    raise RuntimeError(f"failed with {token.reveal()}")
+
+
+@capability
+def leak_in_fault(token: SecretValue) -> str:
+    """A careless capability whose fault message holds the value."""
+    raise CapabilityFault("ValueError", f"bad token {token.reveal()}")
+
+
+@capability
+def leak_halves(token: SecretValue) -> list[str]:
+    """Returns the value in two pieces that are each below the redactor's radar."""
+    value = token.reveal()
+    return [value[:20], value[20:]]
+
+
+@capability
+def echo(x: Any) -> Any:
+    """Echoes its argument."""
+    return x
+
+
+@capability
+def text_only(s: str) -> str:
+    """Takes a string."""
+    return s
+
+
+@capability
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+CAPS = [use, leak, leak_encoded, leak_in_error, leak_in_fault, leak_halves, echo, text_only, nap]
+LEAKERS = ["use", "leak", "leak_encoded", "leak_in_error", "leak_in_fault", "leak_halves"]
+
+
+def test_sandbox_validates_secrets(monkeypatch):
+    with fake_driver(monkeypatch):
+        with pytest.raises(ValueError, match="not starting with '_'"):
+            Sandbox(capabilities=[use], secrets={"_x": Secret(value="abcdefgh", capabilities=["use"])})
+        with pytest.raises(ValueError, match="not a keyword"):
+            Sandbox(capabilities=[use], secrets={"class": Secret(value="abcdefgh", capabilities=["use"])})
+        with pytest.raises(TypeError, match="sandbox.Secret"):
+            Sandbox(capabilities=[use], secrets={"x": "abcdefgh"})
+        with pytest.raises(ValueError, match="does not grant"):
+            Sandbox(capabilities=[use], secrets={"x": Secret(value="abcdefgh", capabilities=["deploy"])})
+        with pytest.raises(ValueError, match="egress=Egress"):
+            Sandbox(capabilities=[use], secrets={"x": Secret(value="abcdefgh", capabilities=["http"])})
+
+
+def test_describe_and_repr_list_secret_names_only(monkeypatch):
+    with fake_driver(monkeypatch):
+        sb = Sandbox(capabilities=[use], secrets={"github": Secret(value=CANARY, capabilities=["use"])})
+        stub = sb.describe().stub
+        assert "github: SecretHandle" in stub
+        assert "secrets=['github']" in repr(sb)
+        assert_clean(stub + repr(sb) + json.dumps(sb.describe().tools))
+
+
+# ----------------------------------------------------------------------------- sources, just in time
+
+
+def test_sources_are_read_at_each_run_start(monkeypatch, tmp_path):
+    calls = []
+
+    def provider() -> str:
+        calls.append(1)
+        return f"provided-{len(calls)}-abcdefgh"
+
+    path = tmp_path / "token"
+    path.write_text("from-file-abcdefgh\n")
+    monkeypatch.setenv("SANDBOX_TEST_TOKEN", "env-one-abcdefgh")
+    with fake_driver(monkeypatch) as driver:
+        sb = Sandbox(
+            capabilities=[leak],
+            secrets={
+                "p": Secret(provider=provider, capabilities=["leak"]),
+                "f": Secret(file=path, capabilities=["leak"]),
+                "e": Secret(env="SANDBOX_TEST_TOKEN", capabilities=["leak"]),
+            },
+        )
+        assert calls == []  # nothing read at construction
+        # Reveal through each run's broker (outputs would show only [REDACTED:...]).
+        values = []
+
+        def guest(g):
+            broker = g.job.bridge._secrets
+            values.append({name: broker.resolve(spec.token, "leak").reveal() for name, spec in
+                           ((s.name, s) for s in g.job.secrets)})
+
+        driver.guest = guest
+        sb.run("")
+        monkeypatch.setenv("SANDBOX_TEST_TOKEN", "env-two-abcdefgh")
+        path.write_text("rotated-file-abcdefgh")
+        sb.run("")
+    assert values[0] == {"p": "provided-1-abcdefgh", "f": "from-file-abcdefgh", "e": "env-one-abcdefgh"}
+    assert values[1] == {"p": "provided-2-abcdefgh", "f": "rotated-file-abcdefgh", "e": "env-two-abcdefgh"}
+
+
+def test_unreadable_source_raises_naming_secret_and_source(monkeypatch, tmp_path):
+    monkeypatch.delenv("SANDBOX_TEST_MISSING", raising=False)
+
+    def failing() -> str:
+        raise RuntimeError(f"backend said {CANARY}")
+
+    with fake_driver(monkeypatch):
+        sb = Sandbox(capabilities=[use], secrets={"gh": Secret(env="SANDBOX_TEST_MISSING", capabilities=["use"])})
+        with pytest.raises(SecretUnavailable, match="'gh': environment variable SANDBOX_TEST_MISSING is not set"):
+            sb.run("1")
+        sb = Sandbox(capabilities=[use], secrets={"gh": Secret(provider=failing, capabilities=["use"])})
+        with pytest.raises(SecretUnavailable) as info:
+            sb.run("1")
+        assert "RuntimeError" in str(info.value)
+        assert_clean(str(info.value))
+        sb = Sandbox(capabilities=[use], secrets={"gh": Secret(file=tmp_path / "nope", capabilities=["use"])})
+        with pytest.raises(SecretUnavailable, match="file"):
+            sb.run("1")
+
+
+# ----------------------------------------------------------------------------- broker
+
+
+def broker(**scope: Any) -> tuple[SecretBroker, str]:
+    scope.setdefault("capabilities", ["use"])
+    b = SecretBroker({"canary": Secret(value=CANARY, **scope)})
+    return b, b.handles[0].token
+
+
+def test_tokens_are_unguessable_and_per_run():
+    b1, t1 = broker()
+    b2, t2 = broker()
+    assert t1 != t2 and len(t1) >= 43
+    assert CANARY not in t1
+    description = b1.handles[0].description
+    assert "canary" in description and "capabilities=use" in description
+    assert_clean(description)
+
+
+def test_resolve_checks_capability_scope_with_namespaces():
+    b, token = broker(capabilities=["use", "http"])
+    assert b.resolve(token, "use").reveal() == CANARY
+    assert b.resolve(token, "http.get").name == "canary"
+    with pytest.raises(CapabilityFault) as info:
+        b.resolve(token, "echo")
+    assert info.value.guest_type == "PolicyDenied"
+    assert "'canary'" in info.value.message and "capability 'echo'" in info.value.message
+    assert "capabilities=use,http" in info.value.message
+    with pytest.raises(CapabilityFault):
+        b.resolve(token, "httpx")
+
+
+def test_ttl_expires():
+    b, token = broker(ttl=0.05)
+    b.resolve(token, "use").reveal()
+    time.sleep(0.08)
+    with pytest.raises(CapabilityFault, match=r"'canary': handle expired \(rule: ttl=0.05s"):
+        b.resolve(token, "use")
+
+
+def test_max_uses_counts_reveals_not_resolutions():
+    b, token = broker(max_uses=2)
+    first = b.resolve(token, "use")
+    unused = b.resolve(token, "use")  # resolved but never revealed: no use
+    assert first.reveal() == CANARY
+    assert first.reveal() == CANARY  # the same SecretValue counts once
+    assert b.resolve(token, "use").reveal() == CANARY
+    with pytest.raises(CapabilityFault, match=r"'canary': handle used up \(rule: max_uses=2\)"):
+        b.resolve(token, "use")
+    with pytest.raises(CapabilityFault, match="used up"):
+        unused.reveal()
+
+
+def test_revoked_handles_are_dead_and_named():
+    b, token = broker()
+    kept = b.resolve(token, "use")
+    b.revoke()
+    with pytest.raises(CapabilityFault, match="'canary': handle revoked"):
+        b.resolve(token, "use")
+    with pytest.raises(CapabilityFault, match="revoked"):
+        kept.reveal()
+    other, _ = broker()
+    with pytest.raises(CapabilityFault, match="'canary': handle revoked") as info:
+        other.resolve(token, "use")  # a smuggled handle from an ended run
+    assert info.value.guest_type == "PolicyDenied"
+
+
+def test_unknown_and_malformed_handles_are_denied():
+    b, token = broker()
+    for forged in ["guess", 0, None, token[:-1]]:
+        with pytest.raises(CapabilityFault, match="unknown secret handle"):
+            b.resolve_arguments("use", [{SECRET_MARKER: forged}], {})
+    with pytest.raises(CapabilityFault, match="malformed"):
+        b.resolve_arguments("use", [{SECRET_MARKER: token, "x": 1}], {})
+    args, kwargs = b.resolve_arguments("use", [[{"a": {SECRET_MARKER: token}}]], {"k": {SECRET_MARKER: token}})
+    assert isinstance(args[0][0]["a"], SecretValue) and isinstance(kwargs["k"], SecretValue)
+
+
+def test_secret_value_is_opaque_on_the_host():
+    b, token = broker(hosts=["api.example.com"])
+    value = b.resolve(token, "use")
+    assert repr(value) == str(value) == "SecretValue('canary')"
+    assert f"{value}" == "SecretValue('canary')"
+    with pytest.raises(TypeError):
+        pickle.dumps(value)
+    assert copy.deepcopy(value) is value
+    assert value.allows_host("API.example.com", 443) and not value.allows_host("example.com")
+    with pytest.raises(CapabilityFault, match=r"may not be sent to evil.com \(rule: hosts=api.example.com\)"):
+        value.reveal_for("evil.com")
+    assert value.reveal_for("api.example.com") == CANARY
+
+
+def test_pydantic_accepts_only_broker_made_values():
+    b, token = broker()
+    with pytest.raises(CapabilityFault) as info:
+        use.bind(["a plain string"], {})
+    assert info.value.guest_type == "ValueError"
+    with pytest.raises(CapabilityFault) as info:
+        text_only.bind([b.resolve(token, "use")], {})
+    assert info.value.guest_type == "ValueError"
+    assert_clean(info.value.message)
+    assert use.tool_schema()["parameters"]["properties"]["token"]["title"] == "SecretHandle"
+
+
+# ----------------------------------------------------------------------------- sandbox integration
+
+
+def run_guest(monkeypatch, guest, *, scope_caps=("use", *LEAKERS[1:]), truncate_at=None, **secret_kwargs):
+    with fake_driver(monkeypatch) as driver:
+        sb = Sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=list(scope_caps), **secret_kwargs)})
+        driver.guest = guest
+        driver.truncate_at = truncate_at
+        return sb.run("")
+
+
+def assert_result_clean(result) -> None:
+    assert_clean(result.model_dump_json())
+    assert_clean(repr(result))
+
+
+def test_handle_in_a_capability_outside_the_scope_is_denied(monkeypatch):
+    result = run_guest(monkeypatch, lambda g: g.call("echo", g.secrets.canary))
+    assert result.error.kind == "policy_denied"
+    assert "secret 'canary' may not be used by capability 'echo'" in result.error.message
+
+
+def test_allowed_use(monkeypatch):
+    result = run_guest(monkeypatch, lambda g: g.call("use", g.secrets.canary))
+    assert result.ok and result.value == f"canary:{len(CANARY)}"
+
+
+@pytest.mark.parametrize("form", list(encodings(CANARY)))
+def test_capability_results_are_redacted_before_the_guest_sees_them(monkeypatch, form):
+    received = []
+
+    def guest(g):
+        received.append(g.call("leak", g.secrets.canary))
+        received.append(g.call("leak_encoded", g.secrets.canary, form))
+        g.print(received)
+        return received
+
+    result = run_guest(monkeypatch, guest)
+    assert result.ok, result.error
+    assert received[0] == "[REDACTED:canary]"
+    assert received[1] == {form: "[REDACTED:canary]"}
+    assert_result_clean(result)
+
+
+@pytest.mark.parametrize("cap", ["leak_in_error", "leak_in_fault"])
+def test_fault_messages_are_redacted(monkeypatch, cap):
+    seen = []
+
+    def guest(g):
+        try:
+            g.call(cap, g.secrets.canary)
+        except CapabilityFault as fault:
+            seen.append(fault.message)
+            raise
+
+    result = run_guest(monkeypatch, guest)
+    assert "[REDACTED:canary]" in seen[0]
+    assert_clean(seen[0])
+    assert_result_clean(result)
+
+
+def test_values_split_across_prints_are_redacted(monkeypatch):
+    def guest(g):
+        a, b = g.call("leak_halves", g.secrets.canary)
+        assert a + b == CANARY  # each half slips past result redaction...
+        g.print(a, end="")
+        g.print(b)  # ...but the whole output is redacted
+        g.print(base64.b64encode((a + b).encode()).decode(), file="stderr")
+        return {"k": [a + b], a + b: 1}
+
+    result = run_guest(monkeypatch, guest)
+    assert result.stdout == "[REDACTED:canary]\n"
+    assert result.stderr == "[REDACTED:canary]\n"
+    assert result.value == {"k": ["[REDACTED:canary]"], "[REDACTED:canary]": 1}
+    assert_result_clean(result)
+
+
+def test_error_messages_are_redacted(monkeypatch):
+    def guest(g):
+        a, b = g.call("leak_halves", g.secrets.canary)
+        raise ValueError("the key is " + a + b)
+
+    result = run_guest(monkeypatch, guest)
+    assert result.error.message == "the key is [REDACTED:canary]"
+    assert_result_clean(result)
+
+
+def test_truncation_cannot_cut_a_value_in_half(monkeypatch):
+    def guest(g):
+        a, b = g.call("leak_halves", g.secrets.canary)
+        g.print("x" * 10 + a + b)
+
+    result = run_guest(monkeypatch, guest, truncate_at=30)
+    assert result.output_truncated
+    assert CANARY[:12] not in result.stdout
+    assert result.stdout.startswith("x" * 10) and "[REDACTED:canary]" in result.stdout
+
+
+def test_ttl_and_uses_through_the_sandbox(monkeypatch):
+    def guest(g):
+        g.call("use", g.secrets.canary)
+        g.call("nap", 0.1)
+        return g.call("use", g.secrets.canary)
+
+    result = run_guest(monkeypatch, guest, ttl=0.05)
+    assert result.error.kind == "policy_denied" and "ttl=0.05s" in result.error.message
+
+    result = run_guest(monkeypatch, guest, max_uses=1)
+    assert result.error.kind == "policy_denied" and "max_uses=1" in result.error.message
+
+
+def test_handles_die_with_their_run_in_a_session_and_across_sessions(monkeypatch):
+    with fake_driver(monkeypatch) as driver:
+        sb = Sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
+        session = sb.session()
+        driver.guest = lambda g: g.state.setdefault("h", g.secrets.canary) and g.call("use", g.secrets.canary)
+        assert session.run("").ok
+        driver.guest = lambda g: g.call("use", g.state["h"])  # the handle kept from the first run
+        result = session.run("")
+        assert result.error.kind == "policy_denied"
+        assert "secret 'canary': handle revoked" in result.error.message
+        driver.guest = lambda g: g.call("use", g.secrets.canary)  # this run's own handle works
+        assert session.run("").ok
+        token = driver.jobs[-1].secrets[0].token
+        other = sb.session()
+        driver.guest = lambda g: g.call("use", {SECRET_MARKER: token})  # forged from a leaked token
+        result = other.run("")
+        assert result.error.kind == "policy_denied" and "revoked" in result.error.message
+
+
+def test_concurrent_runs_cannot_use_each_others_handles(monkeypatch):
+    with fake_driver(monkeypatch) as driver:
+        sb = Sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
+        outer_tokens = []
+
+        def inner(g):
+            return g.call("use", {SECRET_MARKER: outer_tokens[0]})
+
+        def outer(g):
+            outer_tokens.append(g.job.secrets[0].token)
+            driver.guest = inner
+            nested = sb.run("")  # another run while this one is live
+            driver.guest = outer
+            return nested.error.message
+
+        driver.guest = outer
+        result = sb.run("")
+        assert result.value.startswith("unknown secret handle")
+
+
+def _crash_with_value_in_message(job):
+    raise RuntimeError(f"driver crashed holding {CANARY}")
+
+
+def _crash_with_value_in_context(job):
+    try:
+        raise KeyError(CANARY)
+    except KeyError:
+        raise RuntimeError("driver crashed")  # the KeyError rides along as __context__
+
+
+@pytest.mark.parametrize("crash", [_crash_with_value_in_message, _crash_with_value_in_context])
+def test_logs_never_carry_the_value(monkeypatch, caplog, crash):
+    caplog.set_level("DEBUG")
+
+    class Boom:
+        name, isolation = "boom", "none"
+        run = staticmethod(crash)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("sandbox.sandbox._make_driver", lambda *a, **k: Boom())
+    sb = Sandbox(capabilities=[use], secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
+    result = sb.run("")
+    assert result.error.kind == "internal"
+    assert_result_clean(result)
+    assert "driver crashed" in caplog.text
+    assert_clean(caplog.text)
+    assert_clean("".join(r.exc_text or "" for r in caplog.records))
+
+
+def test_driver_tracebacks_are_kept_when_they_hold_no_secret(monkeypatch, caplog):
+    class Boom:
+        name, isolation = "boom", "none"
+
+        def run(self, job):
+            raise RuntimeError("plain failure")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("sandbox.sandbox._make_driver", lambda *a, **k: Boom())
+    sb = Sandbox(capabilities=[use], secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
+    sb.run("")
+    assert any(r.exc_info for r in caplog.records)
+
+
+# ----------------------------------------------------------------------------- redaction properties
+
+VALUES = st.text(min_size=8, max_size=48).filter(lambda v: v.strip() == v and "\x00" not in v)
+TOKEN_VALUES = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~+/=", min_size=8, max_size=64)
+SURROUNDINGS = st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.one_of(VALUES, TOKEN_VALUES), before=SURROUNDINGS, after=SURROUNDINGS, form=st.sampled_from(list(encodings("x"))))
+def test_every_encoded_form_is_redacted(value, before, after, form):
+    redactor = Redactor({"s": value})
+    encoded = encodings(value)[form]
+    out = redactor.text(before + encoded + after)
+    assert encoded not in out
+    assert value not in out
+    assert "[REDACTED:s]" in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.one_of(VALUES, TOKEN_VALUES), data=st.data(), upper=st.booleans())
+def test_any_subset_of_percent_encoded_characters_is_redacted(value, data, upper):
+    encoded = []
+    for char in value:
+        if data.draw(st.booleans()):
+            piece = "".join(f"%{b:02X}" for b in char.encode())
+            encoded.append(piece if upper else piece.lower())
+        else:
+            encoded.append(char)
+    out = Redactor({"s": value}).text("q=" + "".join(encoded) + "&x=1")
+    assert out == "q=[REDACTED:s]&x=1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(VALUES, TOKEN_VALUES), prefix=st.binary(max_size=12), suffix=st.binary(max_size=12), url=st.booleans())
+def test_base64_of_a_larger_blob_hides_the_value_at_every_alignment(value, prefix, suffix, url):
+    data = value.encode()
+    blob = prefix + data + suffix
+    encoded = (base64.urlsafe_b64encode if url else base64.b64encode)(blob).decode()
+    out = Redactor({"s": value}).text(encoded)
+    # Characters whose 6 bits all come from the value, computed from this very encoding:
+    first = -(-8 * len(prefix) // 6)
+    last = 8 * (len(prefix) + len(data)) // 6
+    core = encoded[first:last]
+    assert core not in out
+    # And no window of the output decodes to the value.
+    for piece in out.split("[REDACTED:s]"):
+        for start in range(4):
+            chunk = piece[start:]
+            chunk = chunk[: len(chunk) // 4 * 4]
+            try:
+                decoded = base64.b64decode(chunk, altchars=b"-_" if url else None)
+            except Exception:
+                continue
+            assert data not in decoded
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=TOKEN_VALUES, cut=st.integers(min_value=1, max_value=7), noise=SURROUNDINGS)
+def test_split_writes_are_caught_when_the_whole_output_is_redacted(value, cut, noise):
+    pieces = [noise, value[:cut], value[cut:], noise]
+    out = Redactor({"s": value}).text("".join(pieces))
+    assert value not in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=VALUES, text=st.text(max_size=200))
+def test_redaction_is_idempotent_and_leaves_other_text_alone(value, text):
+    redactor = Redactor({"s": value})
+    once = redactor.text(text)
+    assert redactor.text(once) == once
+    assume(not set(value) & set(text) and "%" not in text)
+    assert once == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(TOKEN_VALUES, min_size=2, max_size=4, unique=True), data=st.data())
+def test_several_secrets_are_each_named(values, data):
+    names = [f"s{i}" for i in range(len(values))]
+    redactor = Redactor(dict(zip(names, values)))
+    order = data.draw(st.permutations(range(len(values))))
+    text = " | ".join(values[i] for i in order)
+    out = redactor.text(text)
+    for value in values:
+        assume(not any(value != other and value in other for other in values))
+        assert value not in out
+    for name in names:
+        assert f"[REDACTED:{name}]" in out
