@@ -1,0 +1,544 @@
+"""Cooperative limits for one restricted run: ticks, deadlines, recursion, sizes, output.
+
+A `Budget` is created per run. Compiled guest code calls into it through names the
+transformer inserts (``_tick_``, ``_getiter_``, ``_mul_`` ...):
+
+* **Ticks** are C-level: ``_tick_`` is the ``__next__`` of an `itertools.chain` over chunks of
+  a list, and ``_getiter_`` wraps a loop's iterable in a chain of `islice` chunks. Python code
+  (the *check*) runs only once per chunk, so a tick costs one C call. A check compares
+  ``time.thread_time()`` with ``cpu_seconds`` and ``time.monotonic()`` with ``wall_seconds``.
+* A shared **watchdog** thread looks at every active run every few milliseconds and, when one is
+  over its deadline, empties its chunk lists so the very next tick runs the check.
+* **Recursion** is checked on function entry every few calls by probing the frame stack.
+* **Size guards** estimate the result of ``*``, ``**``, ``<<``, ``%``, format widths,
+  ``bytes(n)`` and materialising ranges, and refuse results larger than ``memory_bytes``.
+
+When a limit trips, the budget becomes *stopped*: `LimitExceeded` (a `BaseException`, so
+``except Exception`` does not catch it) is raised at once and again at every later tick, and
+the executor reports the stop whatever the guest did with the exception.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain, count, cycle, islice, repeat
+from typing import Any
+
+_LOOP_CHUNK = 1000
+"""Most loop iterations between two checks of the same loop (a check also runs when a loop starts)."""
+_FIRST_CHUNK = 8
+"""Iterations before a loop's first check after its start; also the largest iterable that
+`Budget.getiter` hands out unwrapped (when it cannot grow)."""
+_CHUNK_SECONDS = 0.002
+"""Target time of one loop chunk: chunks shrink when iterations are slow."""
+_CALL_CHUNK = 32
+"""Function entries between two recursion probes; a recursion overshoots the cap by less."""
+_TIME_EVERY = 8
+"""Checks between two wall-clock reads; the watchdog bounds the latency in between."""
+_CPU_EVERY = 8
+"""Wall-clock reads between two thread-CPU-clock reads."""
+_WATCHDOG_PERIOD = 0.005
+
+_ITEM_BYTES = 8
+"""Estimated bytes per element when a sequence is materialised (one pointer)."""
+
+_INFINITE = (count, cycle, repeat)
+
+
+class LimitExceeded(BaseException):
+    """A resource limit tripped. ``limit`` is one of cpu, wall, memory, output, recursion, size."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.message = message
+
+
+class Terminated(BaseException):
+    """The host ended the run (a capability fault with ``terminate`` set)."""
+
+    def __init__(self, kind: str, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.type = type_
+        self.message = message
+
+
+class _Check:
+    """Source of tick chunks: each request for a new chunk runs the budget's check first."""
+
+    __slots__ = ("_budget", "_chunk", "_depth")
+
+    def __init__(self, budget: Budget, chunk: list, depth: bool) -> None:
+        self._budget = budget
+        self._chunk = chunk
+        self._depth = depth
+
+    def __iter__(self) -> _Check:
+        return self
+
+    def __next__(self) -> Iterator[None]:
+        budget = self._budget
+        budget.check()
+        if self._depth:
+            budget.check_depth()
+        return iter(self._chunk)
+
+
+class _LoopChunks:
+    """Chunks of one loop's iterator; the budget is checked before each chunk.
+
+    A chunk is the next item (fetched here, so exhaustion is detected) followed by an
+    `islice` of further items, pulled lazily: items are taken from the guest's iterator
+    exactly when the loop asks for them. Chunks start at `_FIRST_CHUNK` items and adapt so
+    one chunk takes about `_CHUNK_SECONDS`: slow iterations get checked often, fast ones
+    rarely (at most `_LOOP_CHUNK` items per chunk).
+    """
+
+    __slots__ = ("_budget", "_it", "_rest", "_size", "_started")
+
+    def __init__(self, budget: Budget, it: Iterator[Any]) -> None:
+        self._budget = budget
+        self._it = it
+        self._rest = False
+        self._size = _FIRST_CHUNK
+        self._started = 0.0
+
+    def __iter__(self) -> _LoopChunks:
+        return self
+
+    def __next__(self) -> Iterable[Any]:
+        if self._rest:
+            self._rest = False
+            self._started = time.perf_counter()
+            return islice(self._it, self._size - 1)
+        if self._started:
+            elapsed = time.perf_counter() - self._started
+            if elapsed < _CHUNK_SECONDS / 2:
+                self._size = min(self._size * 2, _LOOP_CHUNK)
+            elif elapsed > _CHUNK_SECONDS:
+                self._size = max(2, int(self._size * _CHUNK_SECONDS / elapsed))
+        self._budget.check()
+        for first in self._it:
+            self._rest = True
+            return (first,)
+        raise StopIteration
+
+
+class Budget:
+    """Limits and usage of one run; see the module docstring for how each limit is enforced."""
+
+    def __init__(self, limits: Mapping[str, Any], cpu_start: float | None = None) -> None:
+        self._loop_chunk: list[None] = []
+        self._call_chunk: list[None] = []
+        self.tick = chain.from_iterable(_Check(self, self._loop_chunk, False)).__next__
+        self.enter = chain.from_iterable(_Check(self, self._call_chunk, True)).__next__
+        self.anchor: Any = None
+        """The executor's code object; frames above it are guest frames (for the depth probe)."""
+        self.reset(limits, cpu_start)
+
+    def reset(self, limits: Mapping[str, Any], cpu_start: float | None = None) -> None:
+        """Start a new run with ``limits``. A session reuses its budget, so loops and generators
+        suspended in an earlier run are checked against the current run's limits."""
+        self.cpu_limit = float(limits["cpu_seconds"])
+        self.wall_limit = float(limits["wall_seconds"])
+        self.memory_bytes = int(limits["memory_bytes"])
+        self.max_recursion_depth = int(limits["max_recursion_depth"])
+        self.size_cap = self.memory_bytes
+        self.cpu_start = time.thread_time() if cpu_start is None else cpu_start
+        self.wall_start = time.monotonic()
+        self.wall_deadline = self.wall_start + self.wall_limit
+        self.clock_id: int | None = None
+        self.stop: BaseException | None = None
+        self.host_failure: BaseException | None = None
+        """An exception raised by the host's ``call_host`` (not a Fault); re-raised to the host."""
+        self._countdown = _TIME_EVERY
+        self._cpu_countdown = _CPU_EVERY
+        self._base_depth: int | None = None
+        self._loop_chunk[:] = [None] * _LOOP_CHUNK
+        self._call_chunk[:] = [None] * _CALL_CHUNK
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def trip(self, exc: BaseException) -> BaseException:
+        """Stop the run with ``exc`` (the first stop wins) and make the next tick raise it."""
+        if self.stop is None:
+            self.stop = exc
+        self._loop_chunk.clear()
+        self._call_chunk.clear()
+        return self.stop
+
+    def trip_limit(self, limit: str, message: str) -> LimitExceeded:
+        """Stop the run on ``limit`` and return the exception to raise."""
+        exc = self.trip(LimitExceeded(limit, message))
+        return exc if isinstance(exc, LimitExceeded) else LimitExceeded(limit, message)
+
+    def reraise(self) -> BaseException:
+        """A fresh copy of the stop exception (the guest may have kept the first one)."""
+        stop = self.stop
+        if isinstance(stop, LimitExceeded):
+            return LimitExceeded(stop.limit, stop.message)
+        if isinstance(stop, Terminated):
+            return Terminated(stop.kind, stop.type, stop.message)
+        return LimitExceeded("cpu", "run stopped")
+
+    def check(self) -> None:
+        """Raise if the run is stopped or over its CPU or wall time. Cheap: reads clocks rarely."""
+        if self.stop is not None:
+            raise self.reraise()
+        self._countdown -= 1
+        if self._countdown > 0:
+            return
+        self._countdown = _TIME_EVERY
+        self.check_time()
+
+    def check_time(self) -> None:
+        """Read the clocks and raise `LimitExceeded` for cpu or wall when over.
+
+        The wall clock is cheap and read every time; the thread CPU clock is a system call
+        (about 1 µs here) and is read every `_CPU_EVERY` calls (the watchdog reads it too).
+        """
+        if time.monotonic() > self.wall_deadline:
+            raise self.trip_limit("wall", f"wall time limit of {self.wall_limit:g} s exceeded")
+        self._cpu_countdown -= 1
+        if self._cpu_countdown > 0:
+            return
+        self._cpu_countdown = _CPU_EVERY
+        if time.thread_time() - self.cpu_start > self.cpu_limit:
+            raise self.trip_limit("cpu", f"CPU time limit of {self.cpu_limit:g} s exceeded")
+
+    def check_depth(self) -> None:
+        """Raise `LimitExceeded` recursion when the guest stack is deeper than the cap."""
+        if self._base_depth is None:
+            self._base_depth = self._depth_below_guest()
+        # From check_depth: itself, _Check.__next__, then the guest frames, then the anchor.
+        try:
+            sys._getframe(self._base_depth + self.max_recursion_depth + 2)
+        except ValueError:
+            return
+        raise self.trip_limit("recursion", f"maximum recursion depth of {self.max_recursion_depth} exceeded")
+
+    def _depth_below_guest(self) -> int:
+        frame = sys._getframe(1)
+        depth = 0
+        anchor_depth = 0
+        while frame is not None:
+            depth += 1
+            if frame.f_code is self.anchor:
+                anchor_depth = depth
+            frame = frame.f_back
+        # Frames from the anchor (the executor's frame) down to the thread's first frame; when
+        # the anchor is missing, count the whole current stack as host frames (lenient).
+        return depth - anchor_depth + 1 if anchor_depth else depth
+
+    def cpu_used(self) -> float:
+        return time.thread_time() - self.cpu_start
+
+    def watchdog_poll(self, now: float) -> None:
+        """Called by the watchdog thread: trip the run when it is over a deadline."""
+        if self.stop is not None:
+            return
+        if now > self.wall_deadline:
+            self.trip(LimitExceeded("wall", f"wall time limit of {self.wall_limit:g} s exceeded"))
+        elif self.clock_id is not None:
+            try:
+                used = time.clock_gettime(self.clock_id) - self.cpu_start
+            except OSError:
+                return
+            if used > self.cpu_limit:
+                self.trip(LimitExceeded("cpu", f"CPU time limit of {self.cpu_limit:g} s exceeded"))
+
+    # --- loops ------------------------------------------------------------------------------
+
+    def getiter(self, iterable: Any) -> Iterator[Any]:
+        """``iter(iterable)`` with a budget check every `_LOOP_CHUNK` items (``_getiter_``).
+
+        Immutable iterables of at most `_FIRST_CHUNK` items (a small range, tuple or str) get
+        one check and their plain iterator: they cannot grow while the loop runs.
+        """
+        if type(iterable) in _FIXED and len(iterable) <= _FIRST_CHUNK:
+            if self.stop is not None:
+                raise self.reraise()
+            self._countdown -= 1
+            if self._countdown <= 0:
+                self._countdown = _TIME_EVERY
+                self.check_time()
+            return iter(iterable)
+        if type(iterable) is range:
+            try:
+                return chain.from_iterable(self._range_chunks(iterable, len(iterable)))
+            except OverflowError:  # longer than sys.maxsize: iterate it generically
+                pass
+        return chain.from_iterable(_LoopChunks(self, iter(iterable)))
+
+    def _range_chunks(self, whole: range, length: int) -> Iterator[range]:
+        """Sub-ranges of ``whole``, sized like `_LoopChunks`, with a check before each."""
+        size = _FIRST_CHUNK
+        start = 0
+        while start < length:
+            self.check()
+            stop = start + size
+            began = time.perf_counter()
+            yield whole[start:stop]
+            elapsed = time.perf_counter() - began
+            if elapsed < _CHUNK_SECONDS / 2:
+                size = min(size * 2, _LOOP_CHUNK)
+            elif elapsed > _CHUNK_SECONDS:
+                size = max(2, int(size * _CHUNK_SECONDS / elapsed))
+            start = stop
+
+    # --- sizes ------------------------------------------------------------------------------
+
+    def refuse_size(self, what: str, size: float) -> LimitExceeded:
+        return self.trip_limit(
+            "size", f"{what} would need about {_human(size)}, over the memory limit of {_human(self.size_cap)}"
+        )
+
+    def check_count(self, what: str, items: float, item_bytes: float = _ITEM_BYTES) -> None:
+        """Raise `LimitExceeded` size when ``items * item_bytes`` exceeds the memory limit."""
+        if items * item_bytes > self.size_cap:
+            raise self.refuse_size(what, items * item_bytes)
+
+    def mul(self, a: Any, b: Any) -> Any:
+        """``a * b`` after refusing a sequence repeat larger than the memory limit.
+
+        A repeat count given by an object's ``__index__`` is read once, checked, and the
+        checked int is what multiplies (so a second ``__index__`` call cannot differ).
+        """
+        ta = type(a)
+        if (ta is int or ta is float) and type(b) in _NUMBERS:
+            return a * b
+        if _is_sized_sequence(a) and _has_index(b):
+            b = operator.index(b)
+            self._check_repeat(a, b)
+        elif _is_sized_sequence(b) and _has_index(a):
+            a = operator.index(a)
+            self._check_repeat(b, a)
+        return a * b
+
+    def _check_repeat(self, seq: Any, times: int) -> None:
+        if times <= 1:
+            return
+        unit = _ITEM_BYTES if isinstance(seq, (list, tuple)) else 1
+        size = len(seq) * times * unit
+        if size > self.size_cap:
+            raise self.refuse_size(f"repeating a {type(seq).__name__} {times} times", size)
+
+    def pow(self, a: Any, b: Any, mod: Any = None) -> Any:
+        """``a ** b`` (or ``pow(a, b, mod)``) after refusing an integer result larger than the limit."""
+        if mod is not None:
+            return pow(a, b, mod)
+        if isinstance(b, int) and b > 64 and isinstance(a, int) and not isinstance(a, bool) and abs(a) > 1:
+            bits = (abs(a).bit_length() - 1) * b
+            if bits / 8 > self.size_cap:
+                raise self.refuse_size(f"{_short(a)} ** {_short(b)}", bits / 8)
+        elif isinstance(b, int) and b > 64 and type(a).__name__ == "Fraction":
+            bits = (max(abs(a.numerator), abs(a.denominator)).bit_length() - 1) * b
+            if bits / 8 > self.size_cap:
+                raise self.refuse_size(f"Fraction ** {_short(b)}", bits / 8)
+        return a**b
+
+    def lshift(self, a: Any, b: Any) -> Any:
+        """``a << b`` after refusing an integer result larger than the limit."""
+        if isinstance(a, int) and isinstance(b, int) and b > 64 and a:
+            size = (abs(a).bit_length() + b) / 8
+            if size > self.size_cap:
+                raise self.refuse_size(f"{_short(a)} << {_short(b)}", size)
+        return a << b
+
+    def mod(self, a: Any, b: Any) -> Any:
+        """``a % b`` after refusing a %-format whose widths exceed the limit."""
+        if type(a) is int or type(a) is float:
+            return a % b
+        if isinstance(a, (str, bytes)):
+            self.check_widths(a)
+            args = b if isinstance(b, tuple) else (b,)
+            if b"*" in a if isinstance(a, bytes) else "*" in a:
+                for item in args:
+                    if isinstance(item, int) and abs(item) > self.size_cap:
+                        raise self.refuse_size("a %-format width", abs(item))
+        return a % b
+
+    def inplace(self, op: str, target: Any, value: Any) -> Any:
+        """``target op= value`` for the size-guarded operators ``*=``, ``**=``, ``<<=``, ``%=``."""
+        if op == "*=":
+            if _is_sized_sequence(target) and _has_index(value):
+                value = operator.index(value)
+                self._check_repeat(target, value)
+            elif _is_sized_sequence(value) and _has_index(target):
+                target = operator.index(target)
+                self._check_repeat(value, target)
+            target *= value
+            return target
+        if op == "**=":
+            return self.pow(target, value)
+        if op == "<<=":
+            return self.lshift(target, value)
+        if op == "%=":
+            return self.mod(target, value)
+        return _INPLACE[op](target, value)
+
+    def check_widths(self, spec: str | bytes) -> None:
+        """Refuse a format spec or %-format with a width or precision above the limit."""
+        digits = _DIGITS.findall(spec) if isinstance(spec, str) else _BDIGITS.findall(spec)
+        for run in digits:
+            if len(run) > 6 and int(run) > self.size_cap:
+                raise self.refuse_size("a format width or precision", int(run))
+
+    def format(self, value: Any, spec: Any = "") -> str:
+        """``format(value, spec)`` with the width check."""
+        if spec:
+            self.check_widths(spec)
+        return format(value, spec)
+
+    def formatted(self, value: Any, conversion: int, spec: str) -> str:
+        """An f-string replacement field with a computed format spec: ``f'{value!r:{spec}}'``."""
+        if conversion == 114:
+            value = repr(value)
+        elif conversion == 115:
+            value = str(value)
+        elif conversion == 97:
+            value = ascii(value)
+        return self.format(value, spec)
+
+    def starred(self, value: Any) -> Any:
+        """The operand of ``*value`` in a call or display: refuse materialising a huge range."""
+        self.check_materialise(value)
+        return value
+
+    def check_materialise(self, value: Any) -> None:
+        """Refuse turning a huge range or an infinite iterator into a collection."""
+        if type(value) is range:
+            try:
+                items = len(value)
+            except OverflowError:
+                items = float("inf")
+            self.check_count("materialising a range", items)
+        elif isinstance(value, _INFINITE):
+            hint = operator.length_hint(value, -1)
+            if hint < 0:
+                raise self.refuse_size(f"materialising an endless {type(value).__name__}", float("inf"))
+            self.check_count(f"materialising a {type(value).__name__}", hint)
+
+    def sized(self, value: Any) -> Any:
+        """First argument of ``list(...)``, ``set(...)`` and the like (``_sized_``): refuse a
+        huge range or an endless iterator; returns ``value``."""
+        self.check_materialise(value)
+        return value
+
+    def sized_bytes(self, value: Any) -> Any:
+        """First argument of ``bytes(...)``/``bytearray(...)`` (``_sized_bytes_``): a count (an
+        int or an object with ``__index__``, read once) is checked as that many bytes and
+        returned as an int; anything else is checked like `sized`."""
+        if _has_index(value) and not isinstance(value, (str, bytes, bytearray, memoryview)):
+            value = operator.index(value)
+            self.check_count("allocating that many bytes", value, 1)
+            return value
+        self.check_materialise(value)
+        return value
+
+    def check_text(self, what: str, size: float) -> None:
+        """Refuse producing text or bytes of ``size`` bytes when it exceeds the limit."""
+        if size > self.size_cap:
+            raise self.refuse_size(what, size)
+
+
+_NUMBERS = frozenset({int, float, bool, complex})
+_FIXED = frozenset({range, tuple, str, bytes, frozenset})
+_DIGITS = re.compile(r"\d+")
+_BDIGITS = re.compile(rb"\d+")
+_INPLACE = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
+    ">>=": operator.irshift, "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
+    "@=": operator.imatmul,
+}
+
+
+def _has_index(value: Any) -> bool:
+    return isinstance(value, int) or hasattr(type(value), "__index__")
+
+
+def _is_sized_sequence(value: Any) -> bool:
+    return isinstance(value, (str, bytes, bytearray, list, tuple))
+
+
+def _short(number: int) -> str:
+    text = str(number) if abs(number) < 10**12 else f"<{abs(number).bit_length()}-bit int>"
+    return text
+
+
+def _human(size: float) -> str:
+    if size == float("inf"):
+        return "unbounded memory"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}"
+        size /= 1024
+    return f"{size:.0f} PiB"
+
+
+class Watchdog:
+    """One daemon thread that polls active budgets every few milliseconds.
+
+    `register`/`unregister` are cheap (a dict operation under a lock). The thread starts on
+    the first registration and exits after a second without runs. If a thread cannot be
+    started (for example under a seccomp filter), runs rely on their own tick checks.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, Budget] = {}
+        self._thread: threading.Thread | None = None
+
+    def register(self, budget: Budget) -> None:
+        try:
+            budget.clock_id = time.pthread_getcpuclockid(threading.get_ident())
+        except (AttributeError, OSError):
+            budget.clock_id = None
+        with self._lock:
+            self._active[id(budget)] = budget
+            if self._thread is None:
+                try:
+                    thread = threading.Thread(target=self._loop, name="sandbox-restricted-watchdog", daemon=True)
+                    thread.start()
+                except Exception:  # cannot start threads here: ticks still check on their own
+                    return
+                self._thread = thread
+
+    def unregister(self, budget: Budget) -> None:
+        with self._lock:
+            self._active.pop(id(budget), None)
+
+    def _loop(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            time.sleep(_WATCHDOG_PERIOD)
+            now = time.monotonic()
+            with self._lock:
+                if self._active:
+                    idle_since = now
+                    for budget in self._active.values():
+                        budget.watchdog_poll(now)
+                elif now - idle_since > 1.0:
+                    self._thread = None
+                    return
+
+
+    def _after_fork_in_child(self) -> None:
+        # A forked child inherits the lock in whatever state the parent's watchdog left it, and
+        # no watchdog thread: start afresh.
+        self._lock = threading.Lock()
+        self._active = {}
+        self._thread = None
+
+
+WATCHDOG = Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=WATCHDOG._after_fork_in_child)

@@ -1,0 +1,456 @@
+"""Run guest code under the restricted policy and report a wire outcome.
+
+`execute` is the one entry point, called in-process by the host driver and inside the
+confined worker's child. It never raises for anything the guest does: compile errors, guest
+exceptions, limits and capability terminations all come back as `runtimes.wire.outcome`
+dicts. Only host misuse (invalid input names, inputs that are not JSON data) raises
+`ValueError`/`TypeError` before any guest code runs.
+"""
+
+from __future__ import annotations
+
+import keyword
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated
+from runtimes.restricted.guards import (
+    GUEST_MODULE,
+    CapabilityError,
+    Guards,
+    Namespace,
+    PolicyDenied,
+    SecretHandle,
+    base_builtins,
+    sized_builtins,
+)
+from runtimes.restricted.modules import MODULES
+from runtimes.restricted.transformer import GUEST_FILENAME, RESULT_NAME, STRING_FILENAME, compile_guest
+from runtimes.wire import Fault, WireError, error, outcome, to_result_value, to_wire
+
+_BASE_BUILTINS = base_builtins()
+_NUMBER_TYPES = frozenset({int, float})
+"""Operand types for which the transformer's inline fast path skips the size guards."""
+_GUEST_ERRORS: dict[str, type[Exception]] = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "PolicyDenied": PolicyDenied,
+    "CapabilityError": CapabilityError,
+}
+
+
+_MAX_STALE_HANDLES = 4096
+
+
+class GuestState:
+    """Guest globals that persist across runs of a session. Opaque to callers.
+
+    Holds the guest's globals, one builtins dict that every run refreshes in place (functions
+    defined in an earlier run keep the builtins they were created with, so they print into
+    the current run's output), and one `Budget` that every run resets (loops and generators
+    suspended in an earlier run are checked against the current run's limits).
+    """
+
+    __slots__ = ("globals", "builtins", "budget", "stale_handles")
+
+    def __init__(self) -> None:
+        self.globals: dict[str, Any] = {}
+        self.builtins: dict[str, Any] = dict(_BASE_BUILTINS)
+        self.budget: Budget | None = None
+        # Handles issued by earlier runs, with their (revoked) tokens: a handle kept in the
+        # session's globals is sent to the host as its old token, which the host refuses by name.
+        self.stale_handles: dict[int, tuple[SecretHandle, str]] = {}
+
+
+class Output:
+    """stdout of one run: kept up to ``cap`` bytes (UTF-8), the rest dropped and flagged."""
+
+    __slots__ = ("parts", "size", "cap", "truncated")
+
+    def __init__(self, cap: int) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.cap = cap
+        self.truncated = False
+
+    def write(self, text: str) -> int:
+        if self.truncated:
+            return len(text)
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if self.size + size <= self.cap:
+            self.parts.append(text)
+            self.size += size
+        else:
+            room = self.cap - self.size
+            self.parts.append(text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore"))
+            self.size = self.cap
+            self.truncated = True
+        return len(text)
+
+    def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+        """The guest's ``print``; ``file`` may be an object of the guest's with a ``write`` method."""
+        if sep is None:
+            sep = " "
+        if end is None:
+            end = "\n"
+        if type(sep) is not str or type(end) is not str:
+            raise TypeError("print(): sep and end must be strings")
+        if file is None and self.truncated:
+            return
+        text = sep.join([str(arg) for arg in args]) + end
+        if file is None:
+            self.write(text)
+        else:
+            file.write(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def execute(
+    code: str,
+    *,
+    limits: Mapping[str, Any],
+    call_host: Callable[[str, list, dict], Any],
+    capabilities: Sequence[str] = (),
+    secrets: Sequence[tuple[str, str, str]] = (),
+    inputs: Mapping[str, Any] | None = None,
+    state: GuestState | None = None,
+) -> dict:
+    """Run ``code`` with the restricted policy and return a `runtimes.wire.outcome` dict.
+
+    ``limits`` needs cpu_seconds, wall_seconds, memory_bytes, max_output_bytes and
+    max_recursion_depth. ``capabilities`` are guest names (``sql.query`` becomes ``sql.query``
+    on a namespace ``sql``) that call ``call_host(name, args, kwargs)`` with wire data;
+    ``secrets`` are (name, token, description) triples the guest sees as ``secrets.<name>``
+    handles; ``inputs`` become guest globals (copied as JSON data); ``state`` keeps globals
+    across runs (None = fresh globals).
+
+    The outcome's value is the last expression statement's value, as `to_result_value` makes
+    it. Raises only for host-side problems: `ValueError`/`TypeError` for an input name that is
+    not a public identifier or an input value that is not JSON data, and whatever
+    ``call_host`` raised when it failed with something other than a `Fault` (e.g. a closed
+    channel), after the run has been stopped.
+    """
+    cpu_start = time.thread_time()
+    guest_inputs = _check_inputs(inputs)
+    try:
+        return _execute(code, limits, call_host, capabilities, secrets, guest_inputs, state, cpu_start)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except _HostFailure as failure:
+        raise failure.original from None
+    except BaseException as exc:  # a fault in our own code, never the guest's
+        return outcome(
+            error=error("internal", "InternalError", f"restricted executor failed: {type(exc).__name__}: {exc}"),
+            cpu_seconds=time.thread_time() - cpu_start,
+        )
+
+
+class _HostFailure(Exception):
+    """Carries an exception from ``call_host`` (other than a `Fault`) out to the caller."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not inputs:
+        return {}
+    result = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            raise ValueError(f"input name {name!r} is not usable in guest code: use a public identifier")
+        try:
+            result[name] = to_wire(value)
+        except WireError as exc:
+            raise TypeError(f"input {name!r}: {exc}") from None
+    return result
+
+
+def _execute(
+    code: str,
+    limits: Mapping[str, Any],
+    call_host: Callable[[str, list, dict], Any],
+    capabilities: Sequence[str],
+    secrets: Sequence[tuple[str, str, str]],
+    inputs: dict[str, Any],
+    state: GuestState | None,
+    cpu_start: float,
+) -> dict:
+    compiled = compile_guest(code) if isinstance(code, str) else None
+    if compiled is None or compiled.code is None:
+        message = compiled.error_message if compiled is not None else "code must be a str"
+        lineno = compiled.lineno if compiled is not None else None
+        return outcome(
+            error=error("compile_error", compiled.error_type if compiled else "TypeError", message, lineno=lineno),
+            cpu_seconds=time.thread_time() - cpu_start,
+        )
+
+    output = Output(int(limits["max_output_bytes"]))
+    if state is None:
+        budget = Budget(limits, cpu_start)
+        guest_globals: dict[str, Any] = {}
+        guest_builtins = dict(_BASE_BUILTINS)
+    else:
+        if state.budget is None:
+            state.budget = Budget(limits, cpu_start)
+        else:
+            state.budget.reset(limits, cpu_start)
+        budget = state.budget
+        guest_globals = state.globals
+        guest_builtins = state.builtins
+        guest_globals.pop(RESULT_NAME, None)
+    budget.anchor = _run_program.__code__
+    tokens: dict[int, tuple[SecretHandle, str]] = {}
+    stale = state.stale_handles if state is not None else {}
+    _install(guest_globals, guest_builtins, budget, output, call_host, capabilities, secrets, tokens, stale)
+    guest_globals.update(inputs)
+
+    WATCHDOG.register(budget)
+    try:
+        err, value = _run_program(compiled.code, guest_globals, budget)
+    finally:
+        WATCHDOG.unregister(budget)
+        if state is not None and len(stale) < _MAX_STALE_HANDLES:
+            stale.update(tokens)
+        tokens.clear()
+    if budget.host_failure is not None:
+        raise _HostFailure(budget.host_failure)
+    return outcome(
+        value=value,
+        stdout=output.text(),
+        output_truncated=output.truncated,
+        error=err,
+        cpu_seconds=time.thread_time() - cpu_start,
+    )
+
+
+def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
+    """Execute and convert the result while the budget is active; returns (error, value)."""
+    try:
+        exec(code, guest_globals)
+        value = to_result_value(guest_globals.pop(RESULT_NAME, None))
+    except (LimitExceeded, Terminated) as exc:
+        return _stop_error(budget.stop or exc, _guest_lineno(exc)), None
+    except BaseException as exc:
+        if budget.stop is not None:
+            return _stop_error(budget.stop, _guest_lineno(exc)), None
+        return _exception_error(exc, budget), None
+    if budget.stop is not None:  # the guest caught the stop and finished anyway
+        return _stop_error(budget.stop), None
+    return None, value
+
+
+def _stop_error(stop: BaseException, lineno: int | None = None) -> dict:
+    if isinstance(stop, Terminated):
+        return error(stop.kind, stop.type, stop.message, lineno=lineno)
+    if isinstance(stop, LimitExceeded):
+        return error("limit_exceeded", stop.limit, stop.message, lineno=lineno, limit=stop.limit)
+    return error("internal", "InternalError", "run stopped for an unknown reason")
+
+
+def _exception_error(exc: BaseException, budget: Budget) -> dict:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)) and type(exc).__module__ == "builtins":
+        raise exc
+    lineno = _guest_lineno(exc)
+    name = type(exc).__name__
+    if isinstance(exc, RecursionError):
+        return error("limit_exceeded", "recursion", "maximum recursion depth exceeded", lineno=lineno, limit="recursion")
+    if isinstance(exc, MemoryError):
+        return error("limit_exceeded", "memory", "out of memory", lineno=lineno, limit="memory")
+    try:
+        message = str(exc)
+    except (LimitExceeded, Terminated):
+        return _stop_error(budget.stop) if budget.stop else error("limit_exceeded", "cpu", "limit", limit="cpu")
+    except BaseException:
+        message = f"<{name} with an unprintable message>"
+    kind = "policy_denied" if isinstance(exc, PolicyDenied) else "guest_exception"
+    return error(kind, name, message, lineno=lineno)
+
+
+def _guest_lineno(exc: BaseException) -> int | None:
+    lineno = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == GUEST_FILENAME:
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    if lineno is None and isinstance(exc, SyntaxError) and exc.filename in (GUEST_FILENAME, STRING_FILENAME):
+        lineno = exc.lineno
+    return lineno
+
+
+# --- the guest's namespace -------------------------------------------------------------------
+
+
+def _install(
+    guest_globals: dict[str, Any],
+    guest_builtins: dict[str, Any],
+    budget: Budget,
+    output: Output,
+    call_host: Callable[[str, list, dict], Any],
+    capabilities: Sequence[str],
+    secrets: Sequence[tuple[str, str, str]],
+    tokens: dict[int, tuple[SecretHandle, str]],
+    stale: dict[int, tuple[SecretHandle, str]],
+) -> None:
+    """Bind this run's guards, builtins, capabilities and secret handles into the namespace."""
+    guards = Guards(budget)
+    guest_builtins.update(sized_builtins(budget))
+    guest_builtins.update(
+        {
+            "print": output.print,
+            "getattr": guards.getattr_dynamic,
+            "hasattr": guards.hasattr_,
+            "setattr": guards.setattr_,
+            "delattr": guards.delattr_,
+            "dir": guards.dir_,
+            "__import__": MODULES.import_,
+        }
+    )
+    evaluator = _Evaluator(guest_globals, guest_builtins)
+    guest_builtins["eval"] = evaluator.eval
+    guest_builtins["exec"] = evaluator.exec
+    guest_globals.update(
+        {
+            "__builtins__": guest_builtins,
+            "__name__": GUEST_MODULE,
+            "_getattr_": guards.getattr_static,
+            "_getattr_dunder_": guards.getattr_dunder,
+            "_getitem_": _getitem,
+            "_write_": guards.write,
+            "_getiter_": budget.getiter,
+            "_tick_": budget.tick,
+            "_enter_": budget.enter,
+            "_inplacevar_": budget.inplace,
+            "_mul_": budget.mul,
+            "_pow_": budget.pow,
+            "_lshift_": budget.lshift,
+            "_mod_": budget.mod,
+            "_formatted_": budget.formatted,
+            "_starred_": budget.starred,
+            "_sized_": budget.sized,
+            "_sized_bytes_": budget.sized_bytes,
+            "_numbers_": _NUMBER_TYPES,
+        }
+    )
+    if secrets:
+        handles = {}
+        for name, token, description in secrets:
+            handle = SecretHandle(name, description)
+            handles[name] = handle
+            tokens[id(handle)] = (handle, token)
+        guest_globals["secrets"] = Namespace("secrets", handles)
+
+    def handle_token(obj: Any) -> str | None:
+        entry = tokens.get(id(obj)) or stale.get(id(obj))
+        return entry[1] if entry is not None and entry[0] is obj else None
+
+    tree: dict[str, Any] = {}
+    for name in capabilities:
+        *path, leaf = name.split(".")
+        node = tree
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = _capability(name, call_host, budget, handle_token)
+    for key, value in tree.items():
+        guest_globals[key] = _namespace(key, value)
+
+
+def _getitem(obj: Any, key: Any) -> Any:
+    return obj[key]
+
+
+def _namespace(label: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        return Namespace(label, {key: _namespace(f"{label}.{key}", item) for key, item in value.items()})
+    return value
+
+
+def _capability(
+    name: str, call_host: Callable[[str, list, dict], Any], budget: Budget, handle_token: Callable[[Any], Any]
+) -> Callable[..., Any]:
+    """A guest-callable for capability ``name``: wire-converts arguments, maps faults to exceptions."""
+
+    def capability(*args: Any, **kwargs: Any) -> Any:
+        try:
+            wire_args = to_wire(list(args), handle_token=handle_token)
+            wire_kwargs = to_wire(kwargs, handle_token=handle_token)
+        except WireError as exc:
+            raise TypeError(f"{name}(): {exc}") from None
+        budget.check()
+        try:
+            return call_host(name, wire_args, wire_kwargs)
+        except Fault as fault:
+            exc_type = _GUEST_ERRORS.get(fault.guest_type, CapabilityError)
+            if fault.terminate:
+                budget.trip(Terminated(fault.terminate, fault.guest_type, fault.message))
+            raise exc_type(fault.message) from None
+        except (LimitExceeded, Terminated, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the host side broke (e.g. a closed channel): not the guest's doing
+            budget.host_failure = exc
+            stop = budget.trip(
+                Terminated("internal", "InternalError", f"capability {name} failed on the host: {type(exc).__name__}")
+            )
+            raise stop from None
+
+    capability.__name__ = capability.__qualname__ = name.rsplit(".", 1)[-1]
+    capability.__doc__ = f"Capability {name}: runs on the host."
+    return capability
+
+
+class _Evaluator:
+    """The guest's ``eval``/``exec``: strings compiled through the same restrictions."""
+
+    def __init__(self, guest_globals: dict[str, Any], guest_builtins: dict[str, Any]) -> None:
+        self._globals = guest_globals
+        self._builtins = guest_builtins
+
+    def eval(self, source: Any, globals: Any = None, locals: Any = None, /) -> Any:
+        return self._run(source, "eval", globals, locals, sys._getframe(1))
+
+    def exec(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
+        self._run(source, "exec", globals, locals, sys._getframe(1))
+
+    def _run(self, source: Any, mode: str, globals_: Any, locals_: Any, caller: Any) -> Any:
+        if not isinstance(source, str):
+            raise TypeError(f"{mode}() takes a string of code here")
+        compiled = compile_guest(source, mode, STRING_FILENAME)
+        if compiled.code is None:
+            exc = SyntaxError(compiled.error_message)
+            exc.lineno = compiled.lineno
+            raise exc
+        if locals_ is not None and not isinstance(locals_, dict):
+            raise TypeError(f"{mode}(): locals must be a dict")
+        if locals_ is not None and any(not isinstance(k, str) or k.startswith("_") for k in locals_):
+            raise ValueError(f"{mode}(): names starting with '_' are not allowed in locals")
+        if globals_ is None:
+            if caller.f_globals is self._globals:
+                namespace = self._globals
+                locals_ = caller.f_locals if locals_ is None else locals_
+            else:
+                namespace = self._globals
+            return exec_or_eval(compiled.code, namespace, locals_, mode)
+        if not isinstance(globals_, dict):
+            raise TypeError(f"{mode}(): globals must be a dict")
+        scratch = {key: value for key, value in globals_.items() if isinstance(key, str) and not key.startswith("_")}
+        scratch.update({key: value for key, value in self._globals.items() if key.startswith("_")})
+        scratch["__builtins__"] = self._builtins
+        try:
+            return exec_or_eval(compiled.code, scratch, locals_, mode)
+        finally:
+            for key, value in scratch.items():
+                if not key.startswith("_"):
+                    globals_[key] = value
+
+
+def exec_or_eval(code: Any, namespace: dict[str, Any], locals_: Any, mode: str) -> Any:
+    if mode == "eval":
+        return eval(code, namespace, locals_)
+    exec(code, namespace, locals_)
+    return None

@@ -1,0 +1,433 @@
+"""The guest's view of objects: attribute, item and write guards, safe builtins, handles.
+
+Guarantees (with the transformer, which refuses ``_names`` and ``._attributes`` in source):
+
+* No attribute whose name starts with ``_`` is read through the guards; the only
+  dunders a guest reads are `DUNDER_METHODS` on its *own* objects (instances and classes
+  defined by guest code, and ``super()`` inside them) plus `DUNDER_ANY` (names and ``__class__``).
+* Frames, code objects and tracebacks' links (`INSPECT_ATTRIBUTES`) and module objects are
+  never returned, so ``f_globals``/``__builtins__``/``os`` cannot be reached by walking.
+* ``str.format``/``format_map`` are replaced by a formatter whose fields go through the same
+  guards (the ``'{0.__class__}'.format(x)`` advisory) and whose widths are size-checked.
+* Only the guest's own containers and objects are written to (`Guards.write`).
+* `SecretHandle` carries no token: the executor maps handle identity to token on the host side.
+* An ``AttributeError`` from a guard carries in ``.obj`` at most the object the guest passed
+  in, never a hidden one (refusals carry none; proxies do not delegate lookups).
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import collections
+import decimal
+import operator
+import string
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES
+
+GUEST_MODULE = "__guest__"
+"""``__name__`` of guest globals, hence ``__module__`` of every class and function guest code defines."""
+
+DUNDER_METHODS = frozenset(
+    "__" + name + "__"
+    for name in """
+    init repr str format bytes len length_hint iter next reversed contains getitem setitem delitem missing
+    eq ne lt le gt ge hash bool call enter exit post_init
+    add sub mul truediv floordiv mod divmod pow matmul lshift rshift and or xor
+    radd rsub rmul rtruediv rfloordiv rmod rdivmod rpow rmatmul rlshift rrshift rand ror rxor
+    iadd isub imul itruediv ifloordiv imod ipow imatmul ilshift irshift iand ior ixor
+    neg pos abs invert int float complex index round floor ceil trunc
+    """.split()
+)
+"""Dunder methods a guest class may define, and read on its own objects (``super().__init__``)."""
+
+DUNDER_ANY = frozenset({"__name__", "__qualname__", "__doc__", "__module__", "__class__"})
+"""Dunder attributes readable on any object: names, docs, and the type (as `guest_type` gives it)."""
+
+_FORBIDDEN_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {"f_locals", "f_trace", "tb_frame", "gi_frame", "mro_entries"}
+_FORMAT_NAMES = frozenset({"format", "format_map"})
+_ModuleType = types.ModuleType
+
+
+class PolicyDenied(PermissionError):
+    """The host's policy refused a capability call."""
+
+
+class CapabilityError(Exception):
+    """A capability failed on the host."""
+
+
+def _refused(name: str, obj: Any) -> AttributeError:
+    return AttributeError(f"access to attribute {name!r} of {type(obj).__name__} object is not allowed")
+
+
+def is_guest_object(obj: Any) -> bool:
+    """True for instances of guest-defined classes and for guest-defined classes."""
+    if type(obj).__module__ == GUEST_MODULE:
+        return True
+    return isinstance(obj, type) and obj.__dict__.get("__module__") == GUEST_MODULE
+
+
+# --- type() ---------------------------------------------------------------------------------
+
+
+class _GuestTypeMeta(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, type)
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        return isinstance(sub, type) and issubclass(sub, type)
+
+    def __repr__(cls) -> str:
+        return "<class 'type'>"
+
+
+class GuestType(metaclass=_GuestTypeMeta):
+    """The guest's ``type``: ``type(x)`` only; metaclasses (``type`` itself) show as this class.
+
+    So ``type(x) is int``, ``isinstance(C, type)`` and ``type(C) is type`` behave, but the
+    three-argument form (building a class from a dict, bypassing the transformer's checks on
+    class bodies) raises TypeError.
+    """
+
+    def __new__(cls, *args: Any) -> Any:  # noqa: D102
+        if len(args) != 1:
+            raise TypeError("type() takes one argument here; define classes with a class statement")
+        kind = type(args[0])
+        return GuestType if issubclass(kind, type) else kind
+
+
+GuestType.__name__ = GuestType.__qualname__ = "type"
+
+
+# --- formatting -----------------------------------------------------------------------------
+
+
+class GuardedFormatter(string.Formatter):
+    """``str.format`` whose field lookups go through the guards and whose widths are checked."""
+
+    def __init__(self, getattr_: Callable[[Any, str], Any], check_widths: Callable[[str], None]) -> None:
+        self._getattr = getattr_
+        self._check_widths = check_widths
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        import _string  # the C helper string.Formatter itself uses
+
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            obj = self._getattr(obj, key) if is_attr else obj[key]
+        return obj, first
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if format_spec:
+            self._check_widths(format_spec)
+        return format(value, format_spec)
+
+
+def _format_methods(formatter: GuardedFormatter) -> tuple[Callable[..., str], Callable[..., str]]:
+    def format_(template: str, /, *args: Any, **kwargs: Any) -> str:
+        if not isinstance(template, str):
+            raise TypeError("format() needs a str template")
+        return formatter.vformat(template, args, kwargs)
+
+    def format_map(template: str, mapping: Mapping[str, Any], /) -> str:
+        if not isinstance(template, str):
+            raise TypeError("format_map() needs a str template")
+        return formatter.vformat(template, (), mapping)
+
+    return format_, format_map
+
+
+# --- the per-run guard set ------------------------------------------------------------------
+
+
+_WRITABLE_TYPES = frozenset(
+    {list, dict, set, bytearray, collections.deque, collections.OrderedDict, collections.defaultdict,
+     collections.Counter, decimal.Context}
+)
+_STR_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "replace", "join"})
+_OTHER_SPECIAL = frozenset({"to_bytes", "register"})
+"""``int.to_bytes(length)`` allocates ``length`` bytes; ``ABC.register`` edits a process-wide registry."""
+
+
+class Guards:
+    """The guard functions of one run, bound to its `Budget` (for size checks)."""
+
+    def __init__(self, budget: Any) -> None:
+        self.budget = budget
+        self.formatter = GuardedFormatter(self.getattr_dynamic, budget.check_widths)
+        self.format_, self.format_map = _format_methods(self.formatter)
+
+    # attribute reads ---------------------------------------------------------------------
+
+    def getattr_static(self, obj: Any, name: str) -> Any:
+        """``obj.name`` as compiled (``_getattr_``): the transformer already refused the name's form."""
+        value = getattr(obj, name)
+        if type(value) is _ModuleType:
+            raise _refused(name, obj)
+        if name in _FORMAT_NAMES or (name in _STR_WIDTH_METHODS and _is_text(obj)):
+            return self._special(obj, name, value)
+        if name in _OTHER_SPECIAL:
+            return self._other(obj, name, value)
+        return value
+
+    def getattr_dynamic(self, obj: Any, name: Any, *default: Any) -> Any:
+        """The guest's ``getattr(obj, name[, default])``: refuses ``_`` names and frame links.
+
+        A refused name raises AttributeError even with a default, so ``getattr`` cannot be used
+        to probe what exists behind the guards.
+        """
+        if type(name) is not str:
+            raise TypeError("attribute name must be a string")
+        if name[:1] == "_" or name in _FORBIDDEN_ATTRS:
+            raise _refused(name, obj)
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            if default:
+                return default[0]
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}") from None
+        if type(value) is _ModuleType:
+            raise _refused(name, obj)
+        if name in _FORMAT_NAMES or (name in _STR_WIDTH_METHODS and _is_text(obj)):
+            return self._special(obj, name, value)
+        if name in _OTHER_SPECIAL:
+            return self._other(obj, name, value)
+        return value
+
+    def getattr_dunder(self, obj: Any, name: str) -> Any:
+        """``obj.__name__``-style reads the transformer allowed (``_getattr_dunder_``)."""
+        if name in DUNDER_ANY:
+            if name == "__class__":
+                return GuestType(obj)
+            value = getattr(obj, name)
+            if value is None or type(value) is str:
+                return value
+            raise _refused(name, obj)
+        if name in DUNDER_METHODS:
+            if type(obj) is super:
+                owner = obj.__thisclass__
+                if owner.__dict__.get("__module__") == GUEST_MODULE:
+                    return getattr(obj, name)
+            elif is_guest_object(obj):
+                return getattr(obj, name)
+        raise _refused(name, obj)
+
+    def hasattr_(self, obj: Any, name: Any) -> bool:
+        """The guest's ``hasattr``: False for refused names."""
+        try:
+            self.getattr_dynamic(obj, name)
+        except AttributeError:
+            return False
+        return True
+
+    def _special(self, obj: Any, name: str, value: Any) -> Any:
+        if name in _FORMAT_NAMES:
+            if value is str.format:
+                return self.format_
+            if value is str.format_map:
+                return self.format_map
+            owner = getattr(value, "__self__", None)
+            if isinstance(owner, str) and type(value) is types.BuiltinMethodType:
+                method = self.format_ if name == "format" else self.format_map
+                return lambda *args, **kwargs: method(owner, *args, **kwargs)
+            return value
+        if isinstance(obj, type):  # str.ljust(s, n): guard the call on its first argument
+            budget = self.budget
+            return lambda text, *args, **kwargs: _sized_text_method(budget, text, name, getattr(text, name))(*args, **kwargs)
+        return _sized_text_method(self.budget, obj, name, value)
+
+    def _other(self, obj: Any, name: str, value: Any) -> Any:
+        if name == "register":
+            if isinstance(obj, abc.ABCMeta) and not is_guest_object(obj):
+                raise AttributeError(f"{obj.__name__}.register() would change a registry shared with the host")
+            return value
+        if isinstance(obj, int) or (isinstance(obj, type) and issubclass(obj, int)):
+            budget = self.budget
+            bound = not isinstance(obj, type)
+
+            def to_bytes(*args: Any, **kwargs: Any) -> bytes:
+                target, rest = (obj, list(args)) if bound else (args[0], list(args[1:]))
+                length = kwargs.get("length", rest[0] if rest else 1)
+                length = operator.index(length)
+                budget.check_count("int.to_bytes", length, 1)
+                if "length" in kwargs:
+                    kwargs["length"] = length
+                elif rest:
+                    rest[0] = length
+                return int.to_bytes(target, *rest, **kwargs)
+
+            return to_bytes
+        return value
+
+    # writes ------------------------------------------------------------------------------
+
+    def write(self, obj: Any) -> Any:
+        """``_write_``: the target of an item or attribute store/delete, if the guest owns it."""
+        kind = type(obj)
+        if kind in _WRITABLE_TYPES or kind.__module__ == GUEST_MODULE:
+            return obj
+        if isinstance(obj, type) and obj.__dict__.get("__module__") == GUEST_MODULE:
+            return obj
+        if kind is types.FunctionType and obj.__module__ == GUEST_MODULE:
+            return obj
+        raise TypeError(f"cannot modify a {kind.__name__} object: only your own lists, dicts, sets and objects")
+
+    def setattr_(self, obj: Any, name: Any, value: Any) -> None:
+        """The guest's ``setattr``: public names on objects the guest owns."""
+        if type(name) is not str or name[:1] == "_":
+            raise AttributeError(f"cannot set attribute {name!r}")
+        setattr(self.write(obj), name, value)
+
+    def delattr_(self, obj: Any, name: Any) -> None:
+        """The guest's ``delattr``: public names on objects the guest owns."""
+        if type(name) is not str or name[:1] == "_":
+            raise AttributeError(f"cannot delete attribute {name!r}")
+        delattr(self.write(obj), name)
+
+    def dir_(self, *obj: Any) -> list[str]:
+        """The guest's ``dir(obj)``: public names only (``dir()`` without argument is refused)."""
+        if len(obj) != 1:
+            raise TypeError("dir() needs exactly one argument here")
+        return [name for name in dir(obj[0]) if name[:1] != "_"]
+
+
+def _is_text(obj: Any) -> bool:
+    return isinstance(obj, (str, bytes, bytearray)) or (isinstance(obj, type) and issubclass(obj, (str, bytes, bytearray)))
+
+
+def _sized_text_method(budget: Any, obj: Any, name: str, method: Any) -> Any:
+    """Wrap str/bytes methods whose result can be far larger than their inputs."""
+    if name == "join":
+        def join(iterable: Any) -> Any:
+            items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
+            if items:
+                try:
+                    size = sum(map(len, items)) + len(obj) * (len(items) - 1)
+                except TypeError:  # not all sized: join itself raises the right error
+                    size = 0
+                budget.check_text(f"{type(obj).__name__}.join", size)
+            return method(items)
+        return join
+    if name == "replace":
+        def replace(old: Any, new: Any, count: int = -1) -> Any:
+            if isinstance(old, (str, bytes)) and isinstance(new, (str, bytes)) and len(new) > len(old):
+                hits = obj.count(old) if count < 0 else min(count, obj.count(old))
+                budget.check_text(f"{type(obj).__name__}.replace", len(obj) + hits * (len(new) - len(old)))
+            return method(old, new, count)
+        return replace
+    if name == "expandtabs":
+        def expandtabs(tabsize: int = 8) -> Any:
+            tabsize = operator.index(tabsize)
+            budget.check_text(f"{type(obj).__name__}.expandtabs", len(obj) * max(tabsize, 1))
+            return method(tabsize)
+        return expandtabs
+
+    def widen(width: Any, *args: Any) -> Any:
+        width = operator.index(width)  # read a guest __index__ once; the checked int is used
+        budget.check_text(f"{type(obj).__name__}.{name}", width)
+        return method(width, *args)
+    return widen
+
+
+# --- handles and namespaces -----------------------------------------------------------------
+
+
+class SecretHandle:
+    """An opaque secret handle: shows its name and description, holds no token.
+
+    Immutable; the token lives on the host side of the executor, keyed by this object's
+    identity, so copies or look-alikes resolve to nothing.
+    """
+
+    __slots__ = ("name", "description")
+
+    def __init__(self, name: str, description: str) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "description", description)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("secret handles are read-only")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("secret handles cannot be copied or pickled")
+
+    def __repr__(self) -> str:
+        return self.description or f"<secret {self.name}>"
+
+    __str__ = __repr__
+
+
+class Namespace:
+    """A read-only bag of guest-visible attributes (``secrets``, ``sql`` for ``sql.query``)."""
+
+    def __init__(self, label: str, members: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_label", label)
+        for key, value in members.items():
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{self._label} is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{self._label} is read-only")
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(k for k in vars(self) if not k.startswith("_")))
+        return f"<{self._label}: {names}>"
+
+
+# --- builtins -------------------------------------------------------------------------------
+
+_PLAIN_BUILTINS = """
+    abs all any ascii bin bool bytes bytearray callable chr complex dict divmod enumerate filter float frozenset hash hex id
+    int isinstance issubclass iter len map max min next object oct ord property range repr reversed
+    round slice staticmethod classmethod str sum super tuple zip list set
+""".split()
+_EXCEPTIONS = """
+    ArithmeticError AssertionError AttributeError BaseException EOFError Exception FloatingPointError
+    GeneratorExit ImportError IndexError KeyError LookupError MemoryError ModuleNotFoundError NameError
+    NotImplementedError OSError OverflowError PermissionError RecursionError RuntimeError StopIteration
+    SyntaxError TimeoutError TypeError UnboundLocalError UnicodeDecodeError UnicodeEncodeError UnicodeError
+    ValueError ZeroDivisionError Warning UserWarning DeprecationWarning
+""".split()
+
+
+def base_builtins() -> dict[str, Any]:
+    """The run-independent part of the guest's builtins (per-run functions are added on top)."""
+    result: dict[str, Any] = {name: getattr(builtins, name) for name in _PLAIN_BUILTINS + _EXCEPTIONS}
+    result.update(
+        {
+            "__build_class__": builtins.__build_class__,
+            "None": None, "True": True, "False": False,
+            "Ellipsis": Ellipsis, "NotImplemented": NotImplemented,
+            "type": GuestType,
+            "PolicyDenied": PolicyDenied,
+            "CapabilityError": CapabilityError,
+        }
+    )
+    return result
+
+
+def sized_builtins(budget: Any) -> dict[str, Callable[..., Any]]:
+    """Builtin functions that allocate in proportion to an argument, wrapped with size checks.
+
+    Types (``list``, ``bytes`` ...) stay the real types so ``isinstance`` works; the
+    transformer guards their constructor calls instead (``list(_sized_(x))``).
+    """
+
+    def sorted_(iterable: Any, /, *, key: Any = None, reverse: bool = False) -> list:
+        budget.check_materialise(iterable)
+        return sorted(iterable, key=key, reverse=reverse)
+
+    def pow_(base: Any, exp: Any, mod: Any = None) -> Any:
+        return budget.pow(base, exp, mod)
+
+    sorted_.__name__ = sorted_.__qualname__ = "sorted"
+    pow_.__name__ = pow_.__qualname__ = "pow"
+    return {"sorted": sorted_, "pow": pow_, "format": budget.format}

@@ -1,0 +1,141 @@
+"""The guest's ``import``: an allowlist of stdlib modules handed out as read-only proxies.
+
+A `ModuleProxy` exposes a module's public attributes minus modules (``json.codecs``,
+``textwrap.re``), minus names listed in `_EXCLUDED` (functions that evaluate strings as code,
+touch host-global state, or start processes), with mutable containers frozen. Proxies are
+built once per process and shared, so they are immutable; ``random`` is the exception: each
+import gets its own ``Random`` instance, so a guest's ``seed`` never touches the host's
+generator or another run's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random as _random
+import threading
+import types
+from collections.abc import Mapping
+from typing import Any
+
+ALLOWED_MODULES = (
+    "math", "json", "re", "datetime", "collections", "collections.abc", "itertools", "functools",
+    "statistics", "decimal", "fractions", "random", "string", "typing", "dataclasses", "heapq",
+    "bisect", "textwrap", "enum", "base64", "hashlib", "uuid", "csv", "io", "copy",
+)
+"""The issue's default allowlist plus ``copy`` (HumanEval's tests import it; it only rebuilds
+objects the guest already holds, through their ``__reduce_ex__``/``__deepcopy__``)."""
+
+_ONLY: Mapping[str, frozenset[str]] = {"io": frozenset({"StringIO", "BytesIO"})}
+"""Modules of which only the listed names are exposed."""
+
+_EXCLUDED: Mapping[str, frozenset[str]] = {
+    # string.Formatter.get_field walks attributes unguarded (RestrictedPython advisory).
+    "string": frozenset({"Formatter"}),
+    # get_type_hints/ForwardRef evaluate annotation strings with the real eval and builtins.
+    "typing": frozenset({"get_type_hints", "ForwardRef"}),
+    # singledispatch evaluates string annotations through get_type_hints too.
+    "functools": frozenset({"singledispatch", "singledispatchmethod"}),
+    # Host-global (thread or process) state.
+    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext", "BasicContext", "ExtendedContext"}),
+    "csv": frozenset({"field_size_limit", "register_dialect", "unregister_dialect"}),
+    # getnode() (and uuid1 without a node) may run ifconfig/ip in a subprocess.
+    "uuid": frozenset({"getnode", "uuid1"}),
+    "random": frozenset({"SystemRandom"}),
+    "copy": frozenset({"dispatch_table"}),
+    # make_dataclass takes attribute names and defaults as data, so it could put any dunder
+    # on a class and bypass the transformer's list of definable dunder methods.
+    "dataclasses": frozenset({"make_dataclass"}),  # copyreg's process-wide table
+}
+
+
+class ModuleProxy:
+    """A read-only view of an allowed module's public, non-module attributes."""
+
+    def __init__(self, name: str, members: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "__name__", name)
+        for key, value in members.items():
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"module {self.__name__!r} is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"module {self.__name__!r} is read-only")
+
+    def __repr__(self) -> str:
+        return f"<module {self.__name__!r} (sandboxed)>"
+
+
+def _freeze(value: Any) -> Any:
+    if type(value) is list:
+        return tuple(value)
+    if type(value) is set:
+        return frozenset(value)
+    if type(value) is dict:
+        return types.MappingProxyType(dict(value))
+    return value
+
+
+def _members(name: str) -> dict[str, Any]:
+    module = importlib.import_module(name)
+    only = _ONLY.get(name)
+    excluded = _EXCLUDED.get(name, frozenset())
+    members = {}
+    for key in dir(module):
+        if key.startswith("_") or key in excluded or (only is not None and key not in only):
+            continue
+        value = getattr(module, key)
+        if isinstance(value, types.ModuleType):
+            continue
+        members[key] = _freeze(value)
+    return members
+
+
+class ModuleTable:
+    """Builds proxies lazily and serves the guest's ``__import__``."""
+
+    def __init__(self, allowed: tuple[str, ...] = ALLOWED_MODULES) -> None:
+        self.allowed = frozenset(allowed)
+        self._proxies: dict[str, ModuleProxy] = {}
+        self._lock = threading.RLock()  # building a package's proxy builds its allowed submodules
+
+    def proxy(self, name: str) -> ModuleProxy:
+        """The proxy for allowed module ``name`` (a fresh one for ``random``)."""
+        if name == "random":
+            return self._random()
+        proxy = self._proxies.get(name)
+        if proxy is None:
+            with self._lock:
+                proxy = self._proxies.get(name)
+                if proxy is None:
+                    members = _members(name)
+                    prefix = name + "."
+                    for sub in self.allowed:
+                        if sub.startswith(prefix) and "." not in sub[len(prefix):]:
+                            members[sub[len(prefix):]] = self.proxy(sub) if sub != "random" else None
+                    proxy = ModuleProxy(name, members)
+                    self._proxies[name] = proxy
+        return proxy
+
+    def _random(self) -> ModuleProxy:
+        members = _members("random")
+        generator = _random.Random()
+        shared = _random._inst  # the host's hidden generator, whose bound methods the module exports
+        for key, value in list(members.items()):
+            if getattr(value, "__self__", None) is shared:
+                members[key] = getattr(generator, key)
+        return ModuleProxy("random", members)
+
+    def import_(self, name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
+        """The guest's ``__import__``: raises ImportError naming the module when not allowed."""
+        if level != 0:
+            raise ImportError("relative imports are not allowed")
+        if type(name) is not str or name not in self.allowed:
+            allowed = ", ".join(sorted(self.allowed))
+            raise ImportError(f"import of {name!r} is not allowed; allowed modules: {allowed}")
+        if fromlist:
+            return self.proxy(name)
+        return self.proxy(name.split(".")[0])
+
+
+MODULES = ModuleTable()

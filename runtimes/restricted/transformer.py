@@ -1,0 +1,340 @@
+"""Our RestrictedPython transformer and the compile cache.
+
+On top of RestrictedPython 9's `RestrictingNodeTransformer` (names and attributes starting
+with ``_`` refused, attribute reads through ``_getattr_``, item reads through ``_getitem_``,
+item/attribute stores through ``_write_``, no ``except*``, no ``match``, no async), this:
+
+* inserts ticks: ``_getiter_`` around every ``for``/comprehension iterable, ``_tick_()`` at the
+  top of every ``while`` body and ``_enter_()`` at the top of every function and lambda;
+* routes ``*``, ``**``, ``<<`` and ``%`` (and their augmented forms), f-string format specs,
+  ``*args`` and the first argument of ``list(...)``/``bytes(...)``-style calls through size
+  guards;
+* allows ``d[k] += 1`` and ``obj.x += 1`` (the container goes through ``_write_``);
+* allows ``eval``/``exec`` calls (the guest's ``eval``/``exec`` compile through this module);
+* allows guest classes to *define* the dunder methods in `guards.DUNDER_METHODS`, and compiles
+  reads of those (and of `guards.DUNDER_ANY`) to ``_getattr_dunder_``, which grants them on
+  the guest's own objects only;
+* allows ``nonlocal`` and annotated assignments; unpacks tuple targets natively (see `visit_Assign`);
+* in ``exec`` mode, stores the value of a final expression statement in ``_result_``.
+
+Print is not rewritten: ``print`` is an ordinary name bound to the run's bounded output.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+
+from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
+
+from runtimes.restricted.guards import DUNDER_ANY, DUNDER_METHODS
+
+RESULT_NAME = "_result_"
+GUEST_FILENAME = "<guest>"
+STRING_FILENAME = "<guest-string>"
+
+_SIZED_OPS = {ast.Mult: "_mul_", ast.Pow: "_pow_", ast.LShift: "_lshift_", ast.Mod: "_mod_"}
+_SIZED_AUG = {ast.Mult: "*=", ast.Pow: "**=", ast.LShift: "<<=", ast.Mod: "%="}
+_SIZED_CALLS = frozenset({"list", "tuple", "set", "frozenset", "bytes", "bytearray", "dict"})
+_SAFE_SPEC_DIGITS = 4
+"""A constant format spec whose numbers have at most this many digits needs no runtime check."""
+
+
+def _name(id_: str) -> ast.Name:
+    return ast.Name(id_, ast.Load())
+
+
+def _call(func: str, *args: ast.expr) -> ast.Call:
+    return ast.Call(func=_name(func), args=list(args), keywords=[])
+
+
+def _is_name_or_number(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) or (isinstance(node, ast.Constant) and type(node.value) in (int, float))
+
+
+def _clone(node: ast.expr) -> ast.expr:
+    if isinstance(node, ast.Name):
+        return ast.Name(node.id, ast.Load())
+    return ast.Constant(node.value)
+
+
+def _is_small_number(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) in (int, float)
+        and abs(node.value) <= 2**32
+    )
+
+
+class GuestTransformer(RestrictingNodeTransformer):
+    """RestrictedPython's transformer with our extensions (see the module docstring)."""
+
+    def __init__(self, *, capture_result: bool) -> None:
+        super().__init__()
+        self.capture_result = capture_result
+        self._scopes: list[str] = []
+
+    # names -------------------------------------------------------------------------------
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id == "print":
+            return node
+        self.check_name(node, node.id)
+        return node
+
+    # module ------------------------------------------------------------------------------
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if self.capture_result and node.body and isinstance(node.body[-1], ast.Expr):
+            last = node.body[-1]
+            store = ast.Assign(targets=[ast.Name(RESULT_NAME, ast.Store())], value=last.value)
+            copy_locations(store, last)
+            node.body[-1] = store
+        return node
+
+    # functions and classes -----------------------------------------------------------------
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        in_class = bool(self._scopes) and self._scopes[-1] == "class"
+        if in_class and node.name in DUNDER_METHODS:
+            pass
+        else:
+            self.check_name(node, node.name)
+        self.check_function_argument_names(node)
+        self._scopes.append("function")
+        try:
+            node = self.node_contents_visit(node)
+        finally:
+            self._scopes.pop()
+        self._prepend(node, node.body, "_enter_")
+        return node
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.check_name(node, node.name)
+        if any(keyword.arg == "metaclass" for keyword in node.keywords):
+            self.error(node, 'The keyword argument "metaclass" is not allowed.')
+        self._scopes.append("class")
+        try:
+            return self.node_contents_visit(node)
+        finally:
+            self._scopes.pop()
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        """Lambdas tick on entry too (``_enter_() or body``): C loops such as ``reduce`` or
+        ``sorted(key=...)`` may call them endlessly without any guest loop in between."""
+        self.check_function_argument_names(node)
+        self._scopes.append("function")
+        try:
+            node = self.node_contents_visit(node)
+        finally:
+            self._scopes.pop()
+        body = ast.BoolOp(ast.Or(), [_call("_enter_"), node.body])
+        copy_locations(body, node.body)
+        node.body = body
+        return node
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> ast.AST:
+        for name in node.names:
+            self.check_name(node, name)
+        return node
+
+    @staticmethod
+    def _prepend(owner: ast.AST, body: list[ast.stmt], tick: str) -> None:
+        stmt = ast.Expr(_call(tick))
+        copy_locations(stmt, body[0] if body else owner)
+        start = 1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str) else 0
+        body.insert(start, stmt)
+
+    # loops -------------------------------------------------------------------------------
+
+    def guard_iter(self, node: ast.For | ast.comprehension) -> ast.AST:
+        node = self.node_contents_visit(node)
+        wrapped = _call("_getiter_", node.iter)
+        copy_locations(wrapped, node.iter)
+        node.iter = wrapped
+        return node
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        node = self.node_contents_visit(node)
+        self._prepend(node, node.body, "_tick_")
+        return node
+
+    # unpacking ---------------------------------------------------------------------------
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST:
+        """Tuple targets unpack natively (RestrictedPython routes them through
+        ``_unpack_sequence_`` so Zope security proxies see the iteration; unpacking binds only
+        elements of a value the guest already holds, so there is nothing to guard here)."""
+        return self.node_contents_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        """``x: int = 1`` (needed by dataclasses). The target is checked like any assignment and
+        the annotation is compiled with the same guards; annotation *strings* stay strings
+        (the host functions that would evaluate them, like ``typing.get_type_hints``, are not
+        offered to the guest)."""
+        return self.node_contents_visit(node)
+
+    def visit_With(self, node: ast.With) -> ast.AST:
+        """``with a as (x, y)`` unpacks natively, like `visit_Assign`."""
+        return self.node_contents_visit(node)
+
+    # operators ---------------------------------------------------------------------------
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        node = self.node_contents_visit(node)
+        guard = _SIZED_OPS.get(type(node.op))
+        if guard is None:
+            return node
+        left, right = node.left, node.right
+        if _is_small_number(left) and _is_small_number(right) and not isinstance(node.op, (ast.Pow, ast.LShift)):
+            return node
+        if isinstance(node.op, ast.Mod) and _is_small_number(left):
+            return node
+        new: ast.expr = _call(guard, left, right)
+        # Fast path for plain numbers, tested inline (no call): ``a * b`` when both are numbers,
+        # ``a % b`` when ``a`` is one. Only for names and constants, which are safe to evaluate twice.
+        checked = [left, right] if isinstance(node.op, ast.Mult) else [left] if isinstance(node.op, ast.Mod) else []
+        if checked and all(_is_name_or_number(x) for x in (left, right)):
+            tests = [
+                ast.Compare(ast.Attribute(_clone(x), "__class__", ast.Load()), [ast.In()], [_name("_numbers_")])
+                for x in checked
+                if isinstance(x, ast.Name)
+            ]
+            if tests:
+                test = tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
+                new = ast.IfExp(test, ast.BinOp(_clone(left), node.op, _clone(right)), new)
+        copy_locations(new, node)
+        return new
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | list[ast.AST]:
+        node = self.node_contents_visit(node)  # an Attribute/Subscript target now reads _write_(obj)
+        op = _SIZED_AUG.get(type(node.op))
+        if op is None:
+            return node
+        target = node.target
+        if isinstance(target, ast.Name):
+            new = ast.Assign(
+                targets=[ast.Name(target.id, ast.Store())],
+                value=_call("_inplacevar_", ast.Constant(op), ast.Name(target.id, ast.Load()), node.value),
+            )
+            copy_locations(new, node)
+            return new
+        # obj.attr op= v / obj[key] op= v: evaluate obj (and key) once, as Python does.
+        holder = self.gen_tmp_name()
+        stmts: list[ast.stmt] = [ast.Assign(targets=[ast.Name(holder, ast.Store())], value=target.value)]
+        if isinstance(target, ast.Subscript):
+            key = self.gen_tmp_name()
+            stmts.append(ast.Assign(targets=[ast.Name(key, ast.Store())], value=target.slice))
+            read = ast.Subscript(_name(holder), _name(key), ast.Load())
+            write = ast.Subscript(_name(holder), _name(key), ast.Store())
+        else:
+            read = ast.Attribute(_name(holder), target.attr, ast.Load())
+            write = ast.Attribute(_name(holder), target.attr, ast.Store())
+        stmts.append(ast.Assign(targets=[write], value=_call("_inplacevar_", ast.Constant(op), read, node.value)))
+        for stmt in stmts:
+            copy_locations(stmt, node)
+        return stmts
+
+    # calls -------------------------------------------------------------------------------
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in _SIZED_CALLS and node.args:
+            first = node.args[0]
+            if not isinstance(first, ast.Starred):
+                guard = "_sized_bytes_" if node.func.id in ("bytes", "bytearray") else "_sized_"
+                node.args[0] = _call(guard, first)
+                copy_locations(node.args[0], first)
+        return node
+
+    def visit_Starred(self, node: ast.Starred) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if isinstance(node.ctx, ast.Load):
+            node.value = _call("_starred_", node.value)
+            copy_locations(node.value, node)
+        return node
+
+    # f-strings ---------------------------------------------------------------------------
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        node = self.node_contents_visit(node)
+        spec = node.format_spec
+        if spec is None or _constant_spec_is_small(spec):
+            return node
+        new = ast.FormattedValue(
+            value=_call("_formatted_", node.value, ast.Constant(node.conversion), spec),
+            conversion=-1,
+            format_spec=None,
+        )
+        copy_locations(new, node)
+        return new
+
+    # attributes --------------------------------------------------------------------------
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        attr = node.attr
+        if isinstance(node.ctx, ast.Load) and (attr in DUNDER_METHODS or attr in DUNDER_ANY):
+            node = self.node_contents_visit(node)
+            new = _call("_getattr_dunder_", node.value, ast.Constant(attr))
+            copy_locations(new, node)
+            return new
+        return super().visit_Attribute(node)
+
+
+def _constant_spec_is_small(spec: ast.expr) -> bool:
+    if not isinstance(spec, ast.JoinedStr):
+        return False
+    for part in spec.values:
+        if not (isinstance(part, ast.Constant) and isinstance(part.value, str)):
+            return False
+        digits = "".join(ch if ch.isdigit() else " " for ch in part.value).split()
+        if any(len(run) > _SAFE_SPEC_DIGITS for run in digits):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A guest program ready to run. ``code`` is None when it did not compile."""
+
+    code: object | None
+    error_type: str = ""
+    error_message: str = ""
+    lineno: int | None = None
+
+
+@functools.lru_cache(maxsize=512)
+def compile_guest(source: str, mode: str = "exec", filename: str = GUEST_FILENAME) -> Compiled:
+    """Parse, check and compile ``source``; cached by source text (an LRU of 512 programs).
+
+    Never raises for bad source: a syntax error or a refused construct comes back as a
+    `Compiled` with ``code=None``, the error type (``SyntaxError``), a message listing every
+    refusal, and the first offending line.
+    """
+    try:
+        tree = ast.parse(source, filename, mode)
+    except SyntaxError as exc:
+        return Compiled(None, type(exc).__name__, exc.msg or str(exc), exc.lineno)
+    except (ValueError, MemoryError, RecursionError) as exc:  # NUL bytes, absurd nesting
+        return Compiled(None, "SyntaxError", str(exc), None)
+    transformer = GuestTransformer(capture_result=(mode == "exec" and filename == GUEST_FILENAME))
+    try:
+        tree = transformer.visit(tree)
+    except RecursionError:
+        return Compiled(None, "SyntaxError", "program nested too deeply", None)
+    if transformer.errors:
+        first = transformer.errors[0]
+        lineno = None
+        if first.startswith("Line "):
+            head = first[5:].split(":", 1)[0]
+            lineno = int(head) if head.isdigit() else None
+        return Compiled(None, "SyntaxError", "; ".join(transformer.errors), lineno)
+    ast.fix_missing_locations(tree)
+    try:
+        code = compile(tree, filename, mode, dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return Compiled(None, "SyntaxError", str(exc), getattr(exc, "lineno", None))
+    return Compiled(code)
+
