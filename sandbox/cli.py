@@ -41,21 +41,55 @@ def main() -> None:
               help="Wall-clock seconds.")
 @click.option("--memory", "memory_bytes", type=_Size(), default="256M", show_default=True, help="Memory, e.g. 256M.")
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as JSON.")
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A TOML policy deciding each capability call (see docs/governance.md).")
 def run(file: Any, runtime: str, isolation: str | None, cpu_seconds: float, wall_seconds: float,
-        memory_bytes: int, as_json: bool) -> None:
+        memory_bytes: int, as_json: bool, policy_path: str | None) -> None:
     """Run FILE (or - for standard input) and print its output and value."""
     from sandbox.sandbox import Sandbox
 
     code = file.read()
     limits = Limits(cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_bytes=memory_bytes)
     try:
-        sandbox = Sandbox(runtime, limits=limits, isolation=isolation)  # type: ignore[arg-type]
+        sandbox = Sandbox(runtime, limits=limits, isolation=isolation, policy=policy_path)  # type: ignore[arg-type]
     except (ValueError, TypeError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from None
     with sandbox:
         result = sandbox.run(code)
     _report(result, as_json)
     sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("records", type=click.Path(exists=True, dir_okay=False))
+@click.option("--public-key", "public_key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key file (PEM, OpenSSH, or raw/hex/base64).")
+@click.option("--head", "expected_head", default=None, help="Expected hash of the last record (detects cut-off tails).")
+def verify(records: str, public_key: str, expected_head: str | None) -> None:
+    """Check the signatures and hash chain of a RECORDS.jsonl file; exit 1 naming the first bad record."""
+    from sandbox.audit import load_public_key, verify as verify_records
+
+    try:
+        key = load_public_key(public_key)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(f"--public-key: {exc}") from None
+    report = verify_records(records, key, expected_head=expected_head)
+    click.echo(str(report), err=not report.ok)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("records", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run", "run_id", default=None, help="Only this run (an id prefix is enough).")
+def audit(records: str, run_id: str | None) -> None:
+    """Summarise each run in RECORDS.jsonl: who, what was allowed, what was called, what was denied."""
+    from sandbox.audit import summarize_file
+
+    try:
+        text = summarize_file(records, run_id=run_id)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise click.ClickException(f"{records}: not a run-record file: {exc}") from None
+    click.echo(text or "no matching runs")
 
 
 def _report(result: RunResult, as_json: bool) -> None:

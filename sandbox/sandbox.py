@@ -10,17 +10,24 @@ issues one token per secret; the driver exposes them to the guest as ``secrets.<
 `_RunBridge` resolves handles in capability arguments (scope, TTL and use checks), and redacts
 capability results and fault messages before they reach the guest. When the run ends the tokens
 are revoked, and stdout, stderr, the value and the error of the `RunResult` are redacted.
+
+Policy and records (see `sandbox.policy`, `sandbox.audit`): with a `Policy`, each run gets a
+`PolicyState` that `_RunBridge` asks about every call once its arguments are validated (allow,
+deny with a reason the guest sees as `PolicyDenied`, or ask an approver; the escalation rule
+ends the run with ``policy_denied``). With a `RecordSink`, a `RunRecorder` notes every call
+and one redacted `RunRecord` per run (Session runs included) is emitted after the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runtimes.wire import WireError, to_wire
 from sandbox.capabilities import ApiDescription, Capability, collect, describe
@@ -30,6 +37,10 @@ from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
 from sandbox.runtime import CapabilityFault, Driver, DriverSession, Job, Outcome
 from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
+
+if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
+    from sandbox.audit import RecordSink, RunRecorder
+    from sandbox.policy import Policy, PolicyState, Principal
 
 log = logging.getLogger("sandbox")
 
@@ -41,18 +52,22 @@ LAYERS = frozenset({"restricted-python", "wasm", "rlimits", "seccomp", "netns", 
 
 class _RunBridge:
     """The host end of one run's capability calls: lookup, secret resolution, validation,
-    invocation, counting, and redaction of what goes back to the guest."""
+    policy, invocation, counting, recording, and redaction of what goes back to the guest."""
 
     def __init__(
         self,
         capabilities: Mapping[str, Capability],
         loop: asyncio.AbstractEventLoop | None,
         secrets: SecretBroker | None = None,
+        policy: PolicyState | None = None,
+        recorder: RunRecorder | None = None,
     ) -> None:
         self._capabilities = capabilities
         self._loop = loop
         self._secrets = secrets
         self._redactor: Redactor = secrets.redactor if secrets is not None else NO_REDACTION
+        self._policy = policy
+        self._recorder = recorder
         self._lock = threading.Lock()
         self.calls = 0
 
@@ -63,23 +78,58 @@ class _RunBridge:
             raise self._redactor.fault(fault) from None
 
     def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        started = time.perf_counter()
         cap = self._capabilities.get(name)
         if cap is None:
-            raise CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
+            fault = CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
+            self._record(name, None, args, kwargs, "invalid", started, error=fault.message)
+            raise fault
         with self._lock:
             self.calls += 1
-        if self._secrets is not None:
-            args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
-        arguments = cap.bind(args, kwargs)
+        arguments: dict[str, Any] | None = None
+        verdict = None
         try:
+            if self._secrets is not None:
+                args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
+            arguments = cap.bind(args, kwargs)
+            if self._policy is not None:
+                verdict = self._policy.check(name, arguments)
+                if not verdict.allowed:
+                    raise CapabilityFault(
+                        "PolicyDenied", verdict.reason, terminate="policy_denied" if verdict.terminate else None
+                    )
             if cap.is_async and self._loop is not None:
                 future = asyncio.run_coroutine_threadsafe(cap.func(**arguments), self._loop)
-                return cap.dump_result(future.result())
-            return cap.call_bound(arguments)
-        except CapabilityFault:
-            raise
+                result = cap.dump_result(future.result())
+            else:
+                result = cap.call_bound(arguments)
+        except CapabilityFault as fault:
+            denied = fault.guest_type == "PolicyDenied"
+            if denied and (verdict is None or verdict.allowed) and self._policy is not None and not fault.terminate:
+                # A denial made elsewhere (a secret's scope, the capability itself) counts too.
+                if self._policy.note_denial(name, fault.message):
+                    fault = CapabilityFault(
+                        "PolicyDenied", f"{fault.message}; too many denials in this run: the run ends",
+                        terminate="policy_denied",
+                    )
+            status = "denied" if denied else "invalid" if arguments is None else "failed"
+            self._record(name, arguments, args, kwargs, status, started, verdict,
+                         reason=fault.message if denied else None, error=None if denied else fault.message)
+            raise fault from None
         except Exception as exc:
-            raise CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}") from None
+            fault = CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}")
+            self._record(name, arguments, args, kwargs, "failed", started, verdict, error=fault.message)
+            raise fault from None
+        self._record(name, arguments, args, kwargs, "ok", started, verdict)
+        return result
+
+    def _record(self, name: str, arguments: Mapping[str, Any] | None, args: list[Any], kwargs: dict[str, Any],
+                status: Any, started: float, verdict: Any = None, **detail: Any) -> None:
+        if self._recorder is not None:
+            if arguments is None:  # not bound: summarise what the guest passed
+                arguments = {**{f"#{i}": a for i, a in enumerate(args)}, **kwargs}
+            self._recorder.call(name, arguments, status, verdict=verdict, duration=time.perf_counter() - started,
+                                **detail)
 
 
 class Sandbox:
@@ -106,6 +156,13 @@ class Sandbox:
         egress: an `Egress` policy grants the built-in ``http`` capabilities (``http.request``,
             and ``http.get`` / ``http.post`` when those methods are allowed); without it the
             guest has no network at all.
+        policy: a `sandbox.policy.Policy` (or the path of a TOML policy file) that decides every
+            capability call at call time; a rule constraining an argument a capability does not
+            have raises `ValueError`. Without one, every granted capability is allowed.
+        principal: who the runs are for (`sandbox.policy.Principal`, a dict of its fields, or an
+            id string): seen by the policy and written into every record.
+        records: a `sandbox.audit.RecordSink` (e.g. ``JsonlSink("runs.jsonl", signing_key=...)``)
+            that receives one `RunRecord` per run, redacted like the result.
 
     One `Sandbox` serves many runs, from several threads at once. Call `close()` (or use it as
     a context manager) to release workers and engines.
@@ -122,6 +179,9 @@ class Sandbox:
         require: Iterable[str] = (),
         secrets: Mapping[str, Secret] | None = None,
         egress: Egress | None = None,
+        policy: Policy | str | os.PathLike[str] | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        records: RecordSink | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -157,6 +217,18 @@ class Sandbox:
                     raise ConfigurationError(
                         f"secret {secret_name!r} is scoped to capability {pattern!r}, which this sandbox does not grant{hint}"
                     )
+        self.policy: Policy | None = None
+        self.principal: Principal | None = None
+        self.records: RecordSink | None = None
+        if policy is not None or principal is not None or records is not None:
+            from sandbox.audit import check_sink
+            from sandbox.policy import coerce_policy, coerce_principal
+
+            self.policy = coerce_policy(policy)
+            if self.policy is not None:
+                self.policy.validate_for(self.capabilities)
+            self.principal = coerce_principal(principal)
+            self.records = check_sink(records)
         self._driver = _make_driver(runtime, isolation, workers, required)
         self.isolation = self._driver.isolation
         self._closed = False
@@ -214,6 +286,7 @@ class Sandbox:
         inputs: Mapping[str, Any] | None,
         session: DriverSession | None,
         loop: asyncio.AbstractEventLoop | None,
+        session_id: str | None = None,
     ) -> RunResult:
         self._check_open()
         if not isinstance(code, str):
@@ -229,7 +302,20 @@ class Sandbox:
         # Secret values are read now (just in time); SecretUnavailable propagates to the host.
         broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None
         redactor = broker.redactor if broker is not None else NO_REDACTION
-        bridge = _RunBridge(self.capabilities, loop, broker)
+        state = recorder = None
+        if self.policy is not None:
+            state = self.policy.start(run_id, self.principal)
+            state.bind_loop(loop)
+        if self.records is not None:
+            from sandbox.audit import RunRecorder, secret_grants
+
+            recorder = RunRecorder(
+                run_id=run_id, code=code, runtime=self.runtime, isolation=self.isolation, principal=self.principal,
+                session_id=session_id, limits=self.limits, capabilities=self.capabilities,
+                policy=self.policy.describe() if self.policy is not None else None,
+                secrets=secret_grants(self.secrets), redact=redactor.text if redactor else None,
+            )
+        bridge = _RunBridge(self.capabilities, loop, broker, state, recorder)
         job = Job(
             run_id=run_id,
             code=code,
@@ -261,7 +347,7 @@ class Sandbox:
         error = outcome.error
         if error is not None and redactor:
             error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
-        return RunResult(
+        result = RunResult(
             ok=outcome.ok,
             value=redactor.value(outcome.value),
             stdout=redactor.text(outcome.stdout, truncated=outcome.output_truncated),
@@ -279,6 +365,12 @@ class Sandbox:
             isolation=self.isolation,
             layers=outcome.layers,
         )
+        if recorder is not None and self.records is not None:
+            try:
+                self.records.emit(recorder.finish(result))
+            except Exception:
+                log.exception("could not emit the run record of run %s", run_id)
+        return result
 
 
 class Session:
@@ -292,6 +384,8 @@ class Session:
         self._sandbox = sandbox
         self._state: DriverSession | None = state
         self._lock = threading.Lock()
+        self.id = uuid.uuid4().hex
+        """Names this session in run records."""
 
     def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
         """Like `Sandbox.run`, but globals from earlier runs of this session are visible."""
@@ -319,7 +413,7 @@ class Session:
         with self._lock:
             if self._state is None:
                 raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
-            return self._sandbox._run(code, inputs, self._state, loop)
+            return self._sandbox._run(code, inputs, self._state, loop, self.id)
 
 
 def _holds_secret(exc: BaseException, redactor: Redactor) -> bool:

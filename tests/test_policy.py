@@ -1,0 +1,383 @@
+"""`sandbox.policy`: decisions at call time, approvals, caps, rate limits, constraints, escalation, TOML."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.policy import (
+    CallContext,
+    Constraint,
+    Decision,
+    Policy,
+    Principal,
+    RateLimit,
+    Rule,
+    sql_tables,
+)
+
+BOT = Principal(id="agent:etl", on_behalf_of="alice", task="T-12", roles=("analyst",))
+
+
+def check(policy: Policy, capability: str, **arguments):
+    return policy.start("run-1", BOT).check(capability, arguments)
+
+
+def test_principal_is_validated_and_described():
+    assert BOT.describe() == "agent:etl for alice (task T-12)"
+    with pytest.raises(ValueError):
+        Principal(id="")
+    with pytest.raises(ValueError):
+        Principal(id="x", unknown=1)
+
+
+def test_default_allow_deny_ask():
+    assert check(Policy(), "anything").allowed
+    denied = check(Policy(default="deny"), "anything")
+    assert not denied.allowed and denied.decision == "deny" and "anything()" in denied.reason
+    asked = check(Policy(default="ask"), "anything")
+    assert not asked.allowed and asked.approval == "unavailable" and "no approver" in asked.reason
+
+
+def test_rule_decision_and_reason_shown_to_guest():
+    policy = Policy(rules={"fs.delete": Rule(decision="deny", reason="deleting files is never allowed")})
+    verdict = check(policy, "fs.delete", path="/tmp/x")
+    assert (verdict.allowed, verdict.reason, verdict.rule) == (False, "deleting files is never allowed",
+                                                                "capabilities.fs.delete")
+    assert check(policy, "fs.read", path="/tmp/x").allowed
+
+
+def test_glob_rules_and_exact_names_win():
+    policy = Policy(rules={"sql.*": {"decision": "deny"}, "sql.query": {"decision": "allow"}})
+    assert check(policy, "sql.query", sql="select 1").allowed
+    assert not check(policy, "sql.execute", sql="drop table t").allowed
+
+
+def test_call_cap_is_per_run():
+    policy = Policy(rules={"add": Rule(max_calls=2)}, escalate_after=0)
+    state = policy.start("r1", BOT)
+    assert [state.check("add", {}).allowed for _ in range(3)] == [True, True, False]
+    assert "at most 2" in state.check("add", {}).reason
+    assert policy.start("r2", BOT).check("add", {}).allowed
+
+
+def test_rate_limit_sliding_window_per_principal_across_runs():
+    now = [1000.0]
+    policy = Policy(rules={"send": Rule(rate="2/minute")}, clock=lambda: now[0], escalate_after=0)
+    assert policy.start("r1", BOT).check("send", {}).allowed
+    assert policy.start("r2", BOT).check("send", {}).allowed
+    limited = policy.start("r3", BOT).check("send", {})
+    assert not limited.allowed and "rate limit" in limited.reason and limited.rule == "capabilities.send.rate"
+    assert policy.start("r4", Principal(id="other")).check("send", {}).allowed
+    now[0] += 60.5
+    assert policy.start("r5", BOT).check("send", {}).allowed
+
+
+def test_rate_parsing():
+    assert RateLimit.parse("10/minute") == RateLimit(calls=10, seconds=60)
+    assert RateLimit.parse("3/10s") == RateLimit(calls=3, seconds=10)
+    assert RateLimit.parse("100 / hour").seconds == 3600
+    with pytest.raises(ValueError, match="cannot parse rate"):
+        RateLimit.parse("often")
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/data/a.csv", True),
+        ("/data", True),
+        ("/data/sub/../b.csv", True),
+        ("/data/../etc/passwd", False),
+        ("/database/x", False),
+        ("relative/data", False),
+        ("", False),
+        ("/data/\x00x", False),
+    ],
+)
+def test_path_prefix_constraint(path, ok):
+    policy = Policy(rules={"fs.read": Rule(args={"path": Constraint(prefix="/data/")})}, escalate_after=0)
+    verdict = check(policy, "fs.read", path=path)
+    assert verdict.allowed is ok
+    if not ok:
+        assert "'path'" in verdict.reason and verdict.rule == "capabilities.fs.read.args.path"
+
+
+def test_sql_table_list_and_read_only():
+    rule = Rule(args={"sql": Constraint(tables=["orders", "sales.customers"], read_only=True)})
+    policy = Policy(rules={"sql.query": rule}, escalate_after=0)
+    assert check(policy, "sql.query", sql="SELECT * FROM orders o JOIN customers c ON o.c = c.id").allowed
+    assert check(policy, "sql.query", sql="with t as (select 1) select * from t, orders").allowed
+    assert check(policy, "sql.query", sql="select 'from users' as s from orders -- join users").allowed
+    denied = check(policy, "sql.query", sql="select * from orders join users on 1=1")
+    assert not denied.allowed and "users" in denied.reason
+    assert not check(policy, "sql.query", sql="select 1 from orders; drop table orders").allowed
+    assert not check(policy, "sql.query", sql="delete from orders").allowed
+    assert not check(policy, "sql.query", sql="update orders set x = 1").allowed
+
+
+def test_sql_tables_parser():
+    sql = 'SELECT a FROM "Sales"."Orders", b LEFT JOIN [c] ON x /* from hidden */ WHERE s = \'from z\''
+    assert sql_tables(sql) == {"sales.orders", "b", "c"}
+
+
+def test_other_constraints():
+    policy = Policy(
+        rules={
+            "pick": Rule(args={
+                "color": Constraint(one_of=["red", "blue"]),
+                "n": Constraint(min=1, max=10),
+                "code": Constraint(pattern=r"[A-Z]{3}", max_length=3),
+                "even": Constraint(check=lambda v: v % 2 == 0),
+            })
+        },
+        escalate_after=0,
+    )
+    good = {"color": "red", "n": 5, "code": "ABC", "even": 2}
+    assert check(policy, "pick", **good).allowed
+    for bad in ({"color": "green"}, {"n": 11}, {"n": 0}, {"n": True}, {"code": "abc"}, {"even": 3}):
+        verdict = check(policy, "pick", **{**good, **bad})
+        assert not verdict.allowed, bad
+        assert repr(next(iter(bad))) in verdict.reason
+
+
+def test_missing_constrained_argument_fails_closed():
+    policy = Policy(rules={"fs.read": Rule(args={"path": Constraint(prefix="/data")})})
+    assert not check(policy, "fs.read", file="/data/x").allowed
+
+
+def test_python_checks_deny_overrides_and_context():
+    seen: list[CallContext] = []
+
+    def no_night_shift(ctx: CallContext) -> Decision | None:
+        seen.append(ctx)
+        if ctx.arguments.get("amount", 0) > 100:
+            return Decision.ask("large amounts need a human")
+        if ctx.principal.on_behalf_of != "alice":
+            return Decision.deny("only for alice", "owner")
+        return None
+
+    policy = Policy(checks=[no_night_shift], approve=lambda req: req.arguments["amount"] < 1000)
+    state = policy.start("r", BOT)
+    assert state.check("pay", {"amount": 5}).allowed
+    assert state.check("pay", {"amount": 500}).approval == "approved"
+    assert not state.check("pay", {"amount": 5000}).allowed
+    last = seen[-1]
+    assert (last.run_id, last.capability, last.calls, last.total_calls) == ("r", "pay", {"pay": 2}, 2)
+    assert [d.capability for d in last.denials] == []
+    other = policy.start("r2", Principal(id="x", on_behalf_of="mallory")).check("pay", {"amount": 1})
+    assert (other.allowed, other.reason, other.rule) == (False, "only for alice", "owner")
+
+
+def test_a_failing_check_denies():
+    def broken(ctx):
+        raise RuntimeError("bug")
+
+    verdict = check(Policy(checks=[broken]), "x")
+    assert not verdict.allowed and "failed" in verdict.reason
+
+
+def test_approval_sync_approve_and_deny_and_decision():
+    asked = []
+
+    def approver(request):
+        asked.append((request.principal.id, request.capability, dict(request.arguments), request.reason))
+        if request.arguments["to"] == "boss":
+            return Decision.deny("not the boss")
+        return request.arguments["to"] == "team"
+
+    policy = Policy(rules={"send": Rule(decision="ask", reason="mail needs approval")}, approve=approver,
+                    escalate_after=0)
+    ok = check(policy, "send", to="team")
+    assert (ok.allowed, ok.decision, ok.approval) == (True, "ask", "approved")
+    no = check(policy, "send", to="world")
+    assert (no.allowed, no.approval) == (False, "denied") and "not approved" in no.reason
+    boss = check(policy, "send", to="boss")
+    assert (boss.allowed, boss.reason) == (False, "not the boss")
+    assert asked[0] == ("agent:etl", "send", {"to": "team"}, "mail needs approval")
+
+
+def test_approval_timeout_is_a_denial_sync_and_async():
+    def slow(request):
+        time.sleep(3)
+        return True
+
+    async def aslow(request):
+        await asyncio.sleep(3)
+        return True
+
+    for approver in (slow, aslow):
+        policy = Policy(default="ask", approve=approver, approval_timeout=0.1)
+        started = time.perf_counter()
+        verdict = check(policy, "x")
+        assert time.perf_counter() - started < 1.5
+        assert (verdict.allowed, verdict.approval) == (False, "timeout")
+        assert "0.1 s" in verdict.reason
+
+
+def test_async_approver_on_fresh_loop_and_on_host_loop():
+    async def approve(request):
+        await asyncio.sleep(0)
+        return True
+
+    assert check(Policy(default="ask", approve=approve), "x").approval == "approved"
+
+    async def host() -> str | None:
+        loop = asyncio.get_running_loop()
+        state = Policy(default="ask", approve=approve).start("r", BOT)
+        state.bind_loop(loop)
+        verdict = await asyncio.to_thread(state.check, "x", {})
+        return verdict.approval
+
+    assert asyncio.run(host()) == "approved"
+
+
+def test_approver_that_raises_denies():
+    def boom(request):
+        raise RuntimeError("down")
+
+    verdict = check(Policy(default="ask", approve=boom), "x")
+    assert (verdict.allowed, verdict.approval) == (False, "error")
+
+
+def test_escalation_after_n_denials():
+    policy = Policy(rules={"bad": Rule(decision="deny")}, escalate_after=3)
+    state = policy.start("r", BOT)
+    verdicts = [state.check("bad", {}) for _ in range(3)]
+    assert [v.terminate for v in verdicts] == [False, False, True]
+    assert "3 denials" in verdicts[-1].reason
+    assert state.escalated
+    after = state.check("good", {})
+    assert not after.allowed and after.terminate
+    assert len(state.denials) == 3
+
+
+def test_escalation_counts_outside_denials_and_can_be_disabled():
+    state = Policy(escalate_after=2).start("r", BOT)
+    assert state.note_denial("http", "secret scope") is False
+    assert state.note_denial("http", "secret scope") is True
+    off = Policy(rules={"bad": Rule(decision="deny")}, escalate_after=0).start("r", BOT)
+    assert not any(off.check("bad", {}).terminate for _ in range(10))
+
+
+def test_counts_are_thread_safe():
+    policy = Policy(rules={"x": Rule(max_calls=50)}, escalate_after=0)
+    state = policy.start("r", BOT)
+    results: list[bool] = []
+
+    def worker():
+        for _ in range(20):
+            results.append(state.check("x", {}).allowed)
+
+    threads = [threading.Thread(target=worker) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 50 and state.calls["x"] == 50
+
+
+def test_bad_configuration_raises():
+    with pytest.raises(ValueError):
+        Policy(default="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Policy(escalate_after=-1)
+    with pytest.raises(ValueError):
+        Policy(approval_timeout=0)
+    with pytest.raises(ValueError):
+        Rule(rate="fast")
+    with pytest.raises(ValueError):
+        Constraint(pattern="(")
+    with pytest.raises(ValueError):
+        Constraint(prefix="")
+
+
+def test_validate_for_checks_argument_names():
+    from sandbox import capability
+
+    @capability
+    def read(path: str) -> str:
+        return path
+
+    Policy(rules={"read": Rule(args={"path": Constraint(prefix="/d")})}).validate_for({"read": read})
+    Policy(rules={"other": Rule(args={"zzz": Constraint(prefix="/d")})}).validate_for({"read": read})
+    with pytest.raises(ValueError, match="file"):
+        Policy(rules={"read": Rule(args={"file": Constraint(prefix="/d")})}).validate_for({"read": read})
+
+
+POLICY_TOML = """
+default = "deny"
+escalate_after = 2
+approval_timeout = 5
+
+[capabilities.get_weather]
+decision = "allow"
+max_calls = 3
+rate = "10/minute"
+
+[capabilities."fs.read"]
+decision = "allow"
+args.path = { prefix = "/data/" }
+
+[capabilities."sql.query"]
+decision = "allow"
+[capabilities."sql.query".args.sql]
+tables = ["orders"]
+read_only = true
+
+[capabilities.send_email]
+decision = "ask"
+"""
+
+
+def test_from_toml(tmp_path: Path):
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY_TOML)
+    policy = Policy.from_toml(path, approve=lambda r: True)
+    assert (policy.default, policy.escalate_after, policy.approval_timeout) == ("deny", 2, 5.0)
+    assert policy.rules["get_weather"].rate == RateLimit(calls=10, seconds=60)
+    state = policy.start("r", BOT)
+    assert state.check("get_weather", {"city": "Paris"}).allowed
+    assert state.check("fs.read", {"path": "/data/x"}).allowed
+    assert state.check("sql.query", {"sql": "select * from orders"}).allowed
+    assert state.check("send_email", {"to": "x"}).approval == "approved"
+    assert not state.check("fs.read", {"path": "/etc/passwd"}).allowed
+    assert state.check("unknown", {}).terminate  # default deny, second denial
+
+
+def test_from_toml_accepts_a_policy_table(tmp_path: Path):
+    path = tmp_path / "p.toml"
+    path.write_text('[policy]\ndefault = "deny"\nescalate_after = 0\n')
+    assert Policy.from_toml(path).default == "deny"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('default = "sometimes"', "default"),
+        ("escalate_afterr = 3", "escalate_afterr"),
+        ('[capabilities.x]\nmax_call = 3', "max_call"),
+        ('[capabilities.x]\nrate = "quickly"', "rate"),
+        ('[capabilities.x]\nargs.path = { prefixx = "/a" }', "prefixx"),
+        ("default = ", "TOML"),
+    ],
+)
+def test_from_toml_errors_name_the_key(tmp_path: Path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        Policy.from_toml(path)
+
+
+def test_subclassing_decide():
+    class OnlyReads(Policy):
+        def decide(self, ctx):
+            if ctx.capability.endswith(".read"):
+                return Decision.allow()
+            return Decision.deny(f"{ctx.capability} is not a read")
+
+    assert check(OnlyReads(), "fs.read").allowed
+    assert check(OnlyReads(), "fs.write").reason == "fs.write is not a read"
