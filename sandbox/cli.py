@@ -111,5 +111,29 @@ def _report(result: RunResult, as_json: bool) -> None:
         click.echo(repr(result.value))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmark the runtimes against the peers (`sandbox bench --help`; needs a source checkout)."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "__main__.py").is_file():
+        raise click.UsageError("sandbox bench runs from a source checkout: the benchmarks/ package is not installed")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from benchmarks import main as bench_main
+
+    sys.exit(bench_main(list(ctx.args)))
+
+
+def _register_adapters() -> None:
+    from sandbox.adapters.mcp import mcp_command
+
+    main.add_command(mcp_command)
+
+
+_register_adapters()
+
 if __name__ == "__main__":
     main()

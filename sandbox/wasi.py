@@ -24,8 +24,10 @@ Nothing ambient: the WasiConfig grants no preopened directories, an empty enviro
 arguments, empty stdin, stdout/stderr discarded (guest ``print`` is captured in the guest),
 and no network (Wasmtime's WASI context allows no socket addresses unless
 ``inherit_network`` is called, which we never do). What WASI still gives by default: the
-wall clock and monotonic clock (real host time, full resolution), and random bytes from a
-cryptographically secure host RNG (``os.urandom``, ``random``'s seed). The guest's ``hash()``
+wall clock (real host time, full resolution) and random bytes from a cryptographically secure
+host RNG (``os.urandom``, ``random``'s seed). The monotonic clock is the driver's own (host
+time since this process started, 1 ns resolution): its clock *waits* would block inside
+Wasmtime where no limit can stop them, so they are refused (see `_refuse_clock_wait`). The guest's ``hash()``
 salt is fixed at build time (pre-initialisation), identical in every instance.
 
 Secret handles are WIT resources (``sandbox:guest/host.secret``) owned by the guest's
@@ -138,10 +140,34 @@ class _RunState:
     deadline: float = math.inf
     calls: int = 0
     terminate: Fault | None = None
+    refused: str | None = None
+    """The WASI call the host refused (see `_refuse_clock_wait`), if one ended the run."""
+    refused_past_deadline: bool = False
+    """Whether that call asked to wait past the run's wall deadline."""
 
 
 _tls = threading.local()
 _reps = itertools.count(1)
+# Handles of finished runs (rep -> token, newest last): a handle a session kept is sent to the
+# host as its revoked token, which the secrets broker refuses by name.
+_retired: collections.OrderedDict[int, str] = collections.OrderedDict()
+_retired_lock = threading.Lock()
+_MAX_RETIRED = 4096
+
+
+def _retire(tokens: dict[int, str]) -> None:
+    with _retired_lock:
+        _retired.update(tokens)
+        while len(_retired) > _MAX_RETIRED:
+            _retired.popitem(last=False)
+
+
+def _token_of(state: _RunState, rep: int) -> str | None:
+    token = state.tokens.get(rep)
+    if token is None:
+        with _retired_lock:
+            token = _retired.get(rep)
+    return token
 
 
 def _fault_payload(fault: Fault) -> str:
@@ -193,7 +219,7 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
             raise Fault("TypeError", "malformed capability call")
         args, kwargs = decoded
         if reps or SECRET_MARKER in args_json:
-            tokens = [state.tokens.get(rep) for rep in reps]
+            tokens = [_token_of(state, rep) for rep in reps]
             args = _resolve_handles(args, tokens)
             kwargs = _resolve_handles(kwargs, tokens)
         result = state.job.bridge.call(name, args, kwargs)
@@ -403,6 +429,101 @@ def _host_sleep(store: Any, seconds: float) -> None:
     return None
 
 
+# -- WASI clock waits ------------------------------------------------------------------------
+#
+# `wasi:clocks/monotonic-clock` `subscribe-duration` / `subscribe-instant` return a pollable that
+# `wasi:io/poll.poll` then waits on inside Wasmtime's host code, where neither fuel nor the
+# epoch deadline can interrupt it. The guest app routes `time.sleep` / `select.select` to
+# `host.sleep` instead, but guest code can reach CPython's original C functions (re-create the
+# builtin `time` module, or keep a reference), so the host shadows the whole monotonic-clock
+# instance: `now` and `resolution` are the host's monotonic clock, and both subscriptions are
+# refused with a trap, which ends the run. A pollable cannot be made ready from here (the
+# resource belongs to Wasmtime's WASI), so there is no way to let a bounded wait through.
+#
+# A refused wait that would have ended at or past the run's deadline first waits out the
+# remaining wall time, then ends as `limit_exceeded` / `wall`: the same result, at the same
+# moment, as the rerouted `time.sleep`. A shorter one ends the run at once as
+# `guest_exception` / `WasiCallRefused`. Nothing else in the guest's WASI can block: stdin is
+# closed, stdout/stderr are sinks, there are no preopens, sockets and name lookups are refused
+# before they start, so every other pollable is ready at once.
+
+MONOTONIC_CLOCK = "wasi:clocks/monotonic-clock@"
+_CLOCK_ORIGIN_NS = time.monotonic_ns()
+"""The guest's monotonic clock counts from here (process start), not from host boot."""
+_K_U64 = ffi.WASMTIME_COMPONENT_U64
+_monotonic_ns = time.monotonic_ns
+
+
+@ffi.wasmtime_component_func_callback_t
+def _clock_now(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+    """``monotonic-clock.now: func() -> instant`` (nanoseconds, u64)."""
+    results[0].kind = _K_U64
+    results[0].of.u64 = _monotonic_ns() - _CLOCK_ORIGIN_NS
+    return 0
+
+
+@ffi.wasmtime_component_func_callback_t
+def _clock_resolution(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+    """``monotonic-clock.resolution: func() -> duration``: 1 ns."""
+    results[0].kind = _K_U64
+    results[0].of.u64 = 1
+    return 0
+
+
+def _refuse_clock_wait(call: str, end_ns: int | None) -> int:
+    """Record the refusal on the run, wait out the deadline if the wait would pass it, trap."""
+    try:
+        state: _RunState | None = getattr(_tls, "state", None)
+        if state is not None and state.refused is None:
+            state.refused = call
+            if end_ns is None or end_ns / 1e9 >= state.deadline:
+                state.refused_past_deadline = True
+                remaining = state.deadline - time.monotonic()
+                if remaining > 0:
+                    time.sleep(remaining)
+    except BaseException:  # noqa: BLE001 - never unwind into C; the trap below still happens
+        pass
+    error = WasmtimeError(f"sandbox: the host refused {call} (a WASI clock wait it could not interrupt)")
+    return ctypes.cast(error._consume(), ctypes.c_void_p).value or 0
+
+
+def _clock_waiter(call: str, absolute: bool) -> Any:
+    @ffi.wasmtime_component_func_callback_t
+    def refuse(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+        end_ns = None
+        try:
+            value = int(args[0].of.u64) if nargs >= 1 and args[0].kind == _K_U64.value else None
+            if value is not None:
+                end_ns = value + _CLOCK_ORIGIN_NS if absolute else _monotonic_ns() + value
+        except BaseException:  # noqa: BLE001
+            end_ns = None
+        return _refuse_clock_wait(call, end_ns)
+
+    return refuse
+
+
+def _define_clock(root: Any, name: str) -> None:
+    """Shadow ``name`` (the guest's monotonic-clock import) with the host's own functions."""
+    with root.add_instance(name) as clock:
+        for func, callback in (
+            ("now", _clock_now),
+            ("resolution", _clock_resolution),
+            ("subscribe-duration", _clock_waiter(f"{name}#subscribe-duration", absolute=False)),
+            ("subscribe-instant", _clock_waiter(f"{name}#subscribe-instant", absolute=True)),
+        ):
+            _CALLBACKS.append(callback)
+            raw = func.encode()
+            error = ffi.wasmtime_component_linker_instance_add_func(
+                clock.ptr(), ctypes.create_string_buffer(raw), len(raw), callback, None, _no_finalizer
+            )
+            if error:
+                raise WasmtimeError._from_ptr(error)
+
+
+_CALLBACKS: list = []
+"""Keeps the ctypes callbacks handed to the linker alive."""
+
+
 class _Runtime:
     """Engine + compiled guest + Linker, shared by every driver in the process."""
 
@@ -411,7 +532,11 @@ class _Runtime:
         self.component: Component = load_component(self.engine)
         self.linker = Linker(self.engine)
         self.linker.add_wasip2()
+        clocks = [name for name in self.component.type.imports(self.engine) if name.startswith(MONOTONIC_CLOCK)]
+        self.linker.allow_shadowing = True  # replace WASI's monotonic clock (see `_refuse_clock_wait`)
         with self.linker.root() as root:
+            for name in clocks:
+                _define_clock(root, name)
             with root.add_instance(INTERFACE) as host:
                 host.add_resource("secret", ResourceType.host(SECRET_TYPE), _drop_secret)
                 name = b"call"
@@ -421,6 +546,7 @@ class _Runtime:
                 if error:
                     raise WasmtimeError._from_ptr(error)
                 host.add_func("sleep", _host_sleep)
+        self.linker.allow_shadowing = False
         index = self.component.get_export_index("run")
         if index is None:
             raise WasiBuildError("the cached wasi guest has no `run` export; rebuild it with `python -m sandbox.wasi_build --force`")
@@ -512,8 +638,18 @@ def _terminate_error(fault: Fault) -> ErrorInfo:
     return ErrorInfo(kind=kind, type=fault.guest_type, message=fault.message)  # type: ignore[arg-type]
 
 
+_ALLOC_FAILURE_FRAMES = ("!std::alloc::rust_oom", "!__rustc::__rust_alloc_error_handler", "!alloc::alloc::handle_alloc_error")
+"""Backtrace frames of the abort the guest's Rust runtime (componentize-py) takes when an
+allocation fails."""
+
+
 def _trap_cause(text: str) -> str:
     """The reason line of a wasmtime trap ("wasm trap: ..."), without the backtrace."""
+    if "Caused by:" in text:  # "error while executing at wasm backtrace: ... Caused by: <why>"
+        causes = [line.strip().split(": ", 1)[-1] if line.strip()[:1].isdigit() else line.strip()
+                  for line in text.rsplit("Caused by:", 1)[1].splitlines() if line.strip()]
+        if causes:
+            return causes[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith("wasm trap:") or "trap" in line and not line[0].isdigit():
@@ -600,6 +736,7 @@ class WasiDriver:
             trap = exc
         finally:
             _tls.state = previous
+            _retire(tokens)
             cpu = time.thread_time() - started_cpu
             wall = time.monotonic() - started_wall
         try:
@@ -617,6 +754,15 @@ class WasiDriver:
         text = str(trap)
         if state.terminate is not None:
             return _terminate_error(state.terminate)
+        if state.refused is not None:
+            if state.refused_past_deadline:
+                return _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded (waiting in {state.refused})")
+            return ErrorInfo(
+                kind="guest_exception",
+                type="WasiCallRefused",
+                message=f"{state.refused} is refused: a WASI clock wait blocks where the wall-clock limit cannot stop it; "
+                "use time.sleep or select.select",
+            )
         if remaining == 0 or "all fuel consumed" in text:
             return _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
         if "interrupt" in text:
@@ -626,6 +772,11 @@ class WasiDriver:
         if wall >= limits.wall_seconds:
             return _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
         cause = _trap_cause(text)
+        if "unreachable" in cause and any(frame in text for frame in _ALLOC_FAILURE_FRAMES):
+            # the guest's Rust runtime aborts when an allocation fails: the memory is full.
+            # (Wasmtime's component API does not expose the guest's memory, so the host cannot
+            # compare its size with the limit; the abort path in the backtrace is the evidence.)
+            return _limit("memory", f"the guest runtime ran out of memory (memory limit {limits.memory_bytes} bytes)")
         if "out of bounds" in text or "memory" in cause:
             return _limit("memory", f"the guest interpreter stopped: {cause} (memory limit {limits.memory_bytes} bytes)")
         # `unreachable`: the interpreter or its runtime aborted (e.g. a made-up resource handle)

@@ -288,10 +288,138 @@ def test_sleeping_cannot_outlast_the_wall_limit(driver, code):
     assert time.monotonic() - started < 3
 
 
+def bounded(fn, timeout: float = 20.0):
+    """``fn()`` on a thread: a run that hangs fails the test instead of hanging the suite."""
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the run did not return within {timeout} s"
+    assert box, "the run raised on the host instead of returning a result"
+    return box[0], time.monotonic() - started
+
+
+_BUILTIN = (
+    "import _imp, importlib.machinery\n"
+    "def fresh(name):\n"
+    "    m = _imp.create_builtin(importlib.machinery.BuiltinImporter.find_spec(name))\n"
+    "    _imp.exec_builtin(m)\n"
+    "    return m\n"
+)
+
+# Guest code reaching CPython's own blocking C functions past the guest app's rerouting: each
+# ends in a WASI clock subscription, which would block inside Wasmtime for the full 60 s.
+CLOCK_BYPASSES = {
+    "recreated-time-module": _BUILTIN + "t = fresh('time')\nassert t.sleep is not time_sleep\nt.sleep(60)",
+    "kept-real-select": "import sys\nsys.modules['app']._real_select([], [], [], 60)",
+    "recreated-select-poll": _BUILTIN + "fresh('select').poll().poll(60_000)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOCK_BYPASSES))
+def test_wasi_clock_waits_that_bypass_time_sleep_cannot_outlast_the_wall_limit(driver, name):
+    code = "import time\ntime_sleep = time.sleep\n" + CLOCK_BYPASSES[name]
+    result, elapsed = bounded(lambda: run(driver, code, wall_seconds=1))
+    assert not result.ok
+    # the same result, at the same moment, as the rerouted time.sleep(60)
+    assert result.error.kind == "limit_exceeded" and result.error.limit == "wall", result.error
+    assert "monotonic-clock" in result.error.message
+    assert 0.9 < elapsed < 4
+    after, _ = bounded(lambda: run(driver, "sum(range(10))"))
+    assert after.ok and after.value == 45
+
+
+def test_a_short_wasi_clock_wait_is_refused_at_once(driver):
+    code = "import sys\nsys.modules['app']._real_select([], [], [], 0)"
+    result, elapsed = bounded(lambda: run(driver, code, wall_seconds=5))
+    assert result.error.kind == "guest_exception" and result.error.type == "WasiCallRefused"
+    assert "subscribe-duration" in result.error.message
+    assert elapsed < 2
+
+
+def test_a_clock_bypass_through_the_public_api_and_in_a_session(driver):
+    from sandbox import Sandbox
+
+    code = _BUILTIN + "fresh('time').sleep(60)"
+    with Sandbox("wasi", limits=Limits(wall_seconds=1)) as sandbox:
+        result, elapsed = bounded(lambda: sandbox.run(code))
+        assert not result.ok and result.error.limit == "wall" and elapsed < 4
+        assert bounded(lambda: sandbox.run("6 * 7"))[0].value == 42
+        session = sandbox.session()
+        try:
+            assert bounded(lambda: session.run("x = 1"))[0].ok
+            result, elapsed = bounded(lambda: session.run(code))
+            assert not result.ok and result.error.limit == "wall" and elapsed < 4
+            result, _ = bounded(lambda: session.run("'x' in globals()"))  # a fresh instance
+            assert result.ok and result.value is False
+        finally:
+            session.close()
+
+
+def test_waiting_that_goes_through_the_guest_app_still_works(driver):
+    code = (
+        "import time, select, selectors\n"
+        "t = time.monotonic()\n"
+        "time.sleep(0.02)\n"
+        "out = [time.monotonic() - t >= 0.02]\n"
+        "out.append(select.select([], [], [], 0.01))\n"
+        "out.append(select.select([0], [1, 2], [], None))  # stdin at EOF, output sinks: always ready\n"
+        "out.append(selectors.DefaultSelector().select(0.01))\n"
+        "out.append(hasattr(selectors, 'PollSelector'))\n"
+        "out.append(time.get_clock_info('monotonic').resolution)\n"
+        "out"
+    )
+    result, _ = bounded(lambda: run(driver, code, wall_seconds=5))
+    assert result.ok, result.error
+    assert result.value == [True, [[], [], []], [[0], [1, 2], []], [], False, 1e-09]
+    result, elapsed = bounded(lambda: run(driver, "import selectors\nselectors.DefaultSelector().select(60)", wall_seconds=0.5))
+    assert result.error.limit == "wall" and elapsed < 3
+
+
+def test_stdio_cannot_block_stdin_is_closed_and_output_is_discarded(driver, capfd):
+    code = (
+        "import os, sys\n"
+        "out = [os.read(0, 100), sys.stdin.read()]\n"
+        "n = 0\n"
+        "for _ in range(200):\n"
+        "    n += os.write(1, b'guest-raw-stdout' * 4096) + os.write(2, b'guest-raw-stderr' * 4096)\n"
+        "out.append(n)\n"
+        "try:\n"
+        "    input()\n"
+        "except EOFError:\n"
+        "    out.append('EOF')\n"
+        "out"
+    )
+    result, elapsed = bounded(lambda: run(driver, code, wall_seconds=5))
+    assert result.ok, result.error
+    assert result.value[:2] == ["b''", ""] and result.value[2] > 0 and result.value[3] == "EOF"
+    captured = capfd.readouterr()
+    assert "guest-raw" not in captured.out and "guest-raw" not in captured.err
+    assert elapsed < 4
+
+
 @pytest.mark.parametrize("code", ["x = bytearray(10**9)", "x = []\nwhile True:\n    x.append(bytearray(10**6))"])
 def test_memory_limit(driver, code):
     result = run(driver, code, memory_bytes=96 << 20, wall_seconds=20)
     assert result.error.kind == "limit_exceeded" and result.error.limit == "memory", result.error
+
+
+def test_running_out_of_memory_while_reporting_is_still_the_memory_limit(driver):
+    # fills the memory in small steps, so the guest is still at the cap when its runner builds
+    # the outcome (fresh run) or when the runtime copies the result out (session: the globals,
+    # and the memory they hold, outlive the run); both used to end as an `unreachable` abort
+    code = "x = {}\ni = 0\nwhile True:\n    x[i] = str(i) * 10\n    i += 1"
+    result = run(driver, code, memory_bytes=48 << 20, wall_seconds=30, cpu_seconds=30)
+    assert result.error.kind == "limit_exceeded" and result.error.limit == "memory", result.error
+    session = driver.open_session()
+    try:
+        job = Job(run_id="m", code=code, limits=Limits(memory_bytes=48 << 20, wall_seconds=30, cpu_seconds=30), bridge=Bridge())
+        result = session.run(job)
+        assert result.error.kind == "limit_exceeded" and result.error.limit == "memory", result.error
+        assert session.run(Job(run_id="m", code="1 + 1", limits=Limits(), bridge=Bridge())).value == 2
+    finally:
+        session.close()
 
 
 def test_memory_error_can_be_caught_and_the_run_continues(driver):

@@ -217,8 +217,9 @@ def _make_capability(name: str):
 # --- time ---------------------------------------------------------------------------------
 #
 # WASI's clock subscriptions (behind time.sleep and select timeouts) block inside Wasmtime's
-# host code, where the epoch deadline cannot interrupt them. Route them through `host.sleep`,
-# which the host bounds by the run's remaining wall time.
+# host code, where the epoch deadline cannot interrupt them, so the host refuses them: calling
+# one ends the run. Route sleeping through `host.sleep`, which the host bounds by the run's
+# remaining wall time, and never give the real select a timeout (even 0 is a subscription).
 
 _real_select = select.select
 
@@ -238,12 +239,21 @@ def _sleep(secs) -> None:
 
 
 def _select(rlist, wlist, xlist, timeout=None):
-    """select() without blocking: ready descriptors now, else sleep out the (bounded) timeout."""
-    ready = _real_select(rlist, wlist, xlist, 0)
-    if any(ready) or timeout == 0:
-        return ready
-    _sleep(86400.0 if timeout is None else timeout)
-    return _real_select(rlist, wlist, xlist, 0)
+    """select() without WASI clock waits: sleep out the (bounded) timeout when there is
+    nothing to wait for, else ask the real select without a timeout. Every descriptor the
+    guest can hold (stdin at end of file, stdout and stderr discarding sinks) is ready at
+    once or refused, so that returns immediately."""
+    rlist, wlist, xlist = list(rlist), list(wlist), list(xlist)
+    if rlist or wlist or xlist:
+        return _real_select(rlist, wlist, xlist)
+    if timeout is not None:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            raise TypeError("timeout must be a float or None")
+        if timeout < 0:
+            raise ValueError("timeout must be non-negative")
+    if timeout != 0:
+        _sleep(86400.0 if timeout is None else timeout)
+    return [], [], []
 
 
 time.sleep = _sleep
@@ -251,6 +261,10 @@ select.select = _select
 for _name in ("poll", "epoll", "kqueue", "devpoll"):
     if hasattr(select, _name):
         delattr(select, _name)
+for _name in ("PollSelector", "EpollSelector", "DevpollSelector", "KqueueSelector"):
+    if hasattr(selectors, _name):
+        delattr(selectors, _name)
+selectors.SelectSelector._select = staticmethod(_select)  # it kept the real select.select
 selectors.DefaultSelector = selectors.SelectSelector
 
 
@@ -430,17 +444,38 @@ def _limit_error(exc: BaseException, lineno: int | None) -> dict:
     return wire.error("limit_exceeded", "recursion", _message(exc) or "maximum recursion depth exceeded", lineno=lineno, limit="recursion")
 
 
+# Built now, so that reporting an exhausted memory needs no allocation: a run that fills the
+# memory up to the store's limit can fail again while its outcome is being built, and an
+# exception escaping `run` aborts the whole guest (a wasm `unreachable` trap).
+_LIMIT_OUTCOMES = {
+    kind: json.dumps(wire.outcome(error=_limit_error(kind(), None))) for kind in (MemoryError, RecursionError)
+}
+
+
 class WitWorld(wit_world.WitWorld):
     def run(self, code: str, options_json: str, secrets: list) -> str:
+        limit = None
         try:
             result = _run(code, json.loads(options_json), secrets)
             return json.dumps(result)
-        except (MemoryError, RecursionError) as exc:
-            return json.dumps(wire.outcome(error=_limit_error(exc, None)))
+        except MemoryError:
+            limit = MemoryError
+        except RecursionError:
+            limit = RecursionError
         except BaseException as exc:
-            return json.dumps(
-                wire.outcome(error=wire.error("internal", type(exc).__name__, f"guest runner failed: {_message(exc)}"))
-            )
+            try:
+                return json.dumps(
+                    wire.outcome(error=wire.error("internal", type(exc).__name__, f"guest runner failed: {_message(exc)}"))
+                )
+            except MemoryError:
+                limit = MemoryError
+        # the exception and its traceback (which holds the run's frames and globals) are gone
+        # now; collect their cycles too, so that the caller can copy the outcome out
+        try:
+            gc.collect()
+        except BaseException:
+            pass
+        return _LIMIT_OUTCOMES[limit]
 
 
 # Everything above is part of the pre-initialised snapshot: move it out of the collector's
