@@ -496,6 +496,12 @@ class Watchdog:
         self._lock = threading.Lock()
         self._active: dict[int, Budget] = {}
         self._thread: threading.Thread | None = None
+        self._disabled = False
+
+    def disable(self) -> None:
+        """Never start the thread again (a process that forks or forbids threads); runs then
+        rely on their own tick checks. A thread already running stops within a second of idling."""
+        self._disabled = True
 
     def register(self, budget: Budget) -> None:
         try:
@@ -504,7 +510,7 @@ class Watchdog:
             budget.clock_id = None
         with self._lock:
             self._active[id(budget)] = budget
-            if self._thread is None:
+            if self._thread is None and not self._disabled:
                 try:
                     thread = threading.Thread(target=self._loop, name="sandbox-restricted-watchdog", daemon=True)
                     thread.start()

@@ -20,13 +20,26 @@ from typing import Any
 ALLOWED_MODULES = (
     "math", "json", "re", "datetime", "collections", "collections.abc", "itertools", "functools",
     "statistics", "decimal", "fractions", "random", "string", "typing", "dataclasses", "heapq",
-    "bisect", "textwrap", "enum", "base64", "hashlib", "uuid", "csv", "io", "copy",
+    "bisect", "textwrap", "enum", "base64", "hashlib", "uuid", "csv", "io", "copy", "time", "_strptime",
 )
 """The issue's default allowlist plus ``copy`` (HumanEval's tests import it; it only rebuilds
-objects the guest already holds, through their ``__reduce_ex__``/``__deepcopy__``)."""
+objects the guest already holds, through their ``__reduce_ex__``/``__deepcopy__``), ``time``
+(clocks and conversions only) and ``_strptime``, which C code imports on the guest's behalf
+(``date.today()``, ``strftime`` and ``strptime`` import them through the caller's
+``__import__``); guest code cannot name ``_strptime`` itself (underscore names do not compile)."""
 
-_ONLY: Mapping[str, frozenset[str]] = {"io": frozenset({"StringIO", "BytesIO"})}
-"""Modules of which only the listed names are exposed."""
+_ONLY: Mapping[str, frozenset[str]] = {
+    "io": frozenset({"StringIO", "BytesIO"}),
+    # No sleep: a sleeping guest would hold the host thread past the wall-clock limit.
+    "time": frozenset({
+        "time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
+        "process_time", "process_time_ns", "thread_time", "thread_time_ns", "gmtime", "localtime",
+        "mktime", "strftime", "strptime", "asctime", "ctime", "struct_time", "timezone", "altzone",
+        "daylight", "tzname",
+    }),
+    "_strptime": frozenset({"_strptime_datetime", "_strptime_time"}),
+}
+"""Modules of which exactly the listed names are exposed (private ones included)."""
 
 _EXCLUDED: Mapping[str, frozenset[str]] = {
     # string.Formatter.get_field walks attributes unguarded (RestrictedPython advisory).
@@ -81,8 +94,8 @@ def _members(name: str) -> dict[str, Any]:
     only = _ONLY.get(name)
     excluded = _EXCLUDED.get(name, frozenset())
     members = {}
-    for key in dir(module):
-        if key.startswith("_") or key in excluded or (only is not None and key not in only):
+    for key in sorted(only) if only is not None else dir(module):
+        if (only is None and key.startswith("_")) or key in excluded or not hasattr(module, key):
             continue
         value = getattr(module, key)
         if isinstance(value, types.ModuleType):
@@ -131,7 +144,7 @@ class ModuleTable:
         if level != 0:
             raise ImportError("relative imports are not allowed")
         if type(name) is not str or name not in self.allowed:
-            allowed = ", ".join(sorted(self.allowed))
+            allowed = ", ".join(sorted(m for m in self.allowed if not m.startswith("_")))
             raise ImportError(f"import of {name!r} is not allowed; allowed modules: {allowed}")
         if fromlist:
             return self.proxy(name)

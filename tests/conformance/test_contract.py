@@ -362,3 +362,15 @@ def test_host_is_unchanged_by_guest_globals(make_sandbox):
     import json
 
     assert json.dumps([1]) == "[1]"
+
+
+def test_dates_and_clocks(make_sandbox):
+    code = (
+        "import time\nfrom datetime import date, datetime\n"
+        "parsed = datetime.strptime('2024-02-29 13:05', '%Y-%m-%d %H:%M')\n"
+        "[parsed.strftime('%d/%m/%Y'), date.today().year >= 2024, time.time() > 1.7e9,"
+        " time.strptime('2020', '%Y').tm_year, datetime.now().year >= 2024]"
+    )
+    result = make_sandbox().run(code)
+    assert result.ok, result.error
+    assert result.value == ["29/02/2024", True, True, 2020, True]

@@ -1,0 +1,4 @@
+"""The confined worker for ``isolation="process"``: zygote, child loop, confinement, framing.
+
+Host side: `sandbox.process.ProcessDriver`. Nothing here imports `sandbox`.
+"""

@@ -1,0 +1,169 @@
+"""The confined child: forked from the zygote, pre-warmed, confined, then serves one job
+(fresh run) or a series of jobs (session) over its channel to the host.
+
+Lifecycle (all before any job arrives, so none of it is on a run's critical path):
+
+1. parent-death signal SIGKILL; close every descriptor but the channel (stdio is /dev/null);
+2. run a dummy restricted job, paying the copy-on-write faults and warming caches;
+3. drop to the sandbox uid (root hosts), load the seccomp allowlist;
+4. write ``ready`` and block reading the job.
+
+Per job: apply the rlimits the host planned (``job["rlimits"]``), run the code with the executor, answer capability calls through the host,
+write ``done`` with the outcome and this process's own rusage. A fresh-run child then exits;
+a session child keeps its `GuestState` and waits for the next job.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from typing import Any
+
+from runtimes import wire
+from runtimes.process import confine
+from runtimes.process.framing import ChannelClosed, read_message, write_message
+
+WARMUP_CODE = """\
+total = 0
+for i in range(50):
+    total += i * i
+words = {w: len(w) for w in "a warm child is a fast child".split()}
+print(total, sorted(words))
+[total, max(words.values())]
+"""
+
+
+WARMUP_LIMITS = {"cpu_seconds": 5.0, "wall_seconds": 10.0, "memory_bytes": 256 << 20,
+                 "max_output_bytes": 1 << 20, "max_recursion_depth": 500}
+
+
+def _rusage() -> tuple[float, int]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+
+
+def _no_host(name: str, args: list, kwargs: dict) -> Any:
+    raise wire.Fault("CapabilityError", "no capabilities during warm-up")
+
+
+def _raw_execute(code: str, *, inputs: dict | None = None, **_: Any) -> dict:
+    """TEST-ONLY: plain `exec` with no language layer, under the same process confinement.
+
+    Only reachable when the zygote was started with ``--allow-raw`` (the driver's
+    ``_allow_raw=True``). The value is the global ``result`` after the code ran.
+    """
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    g: dict[str, Any] = {"__name__": "__raw__", **(inputs or {})}
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "<raw>", "exec"), g)
+    except MemoryError:
+        return wire.outcome(stdout=out.getvalue(),
+                            error=wire.error("limit_exceeded", "memory", "MemoryError", limit="memory"))
+    except BaseException as exc:  # noqa: BLE001 - report everything, including SystemExit
+        return wire.outcome(stdout=out.getvalue(), error=wire.error("guest_exception", type(exc).__name__, str(exc)))
+    return wire.outcome(value=wire.to_result_value(g.get("result")), stdout=out.getvalue())
+
+
+def _memory_to_limit(result: dict) -> dict:
+    err = result.get("error")
+    if err and err.get("kind") == "guest_exception" and err.get("type") == "MemoryError":
+        result = dict(result)
+        result["error"] = wire.error("limit_exceeded", "memory", "memory limit exceeded (MemoryError)",
+                                     lineno=err.get("lineno"), limit="memory")
+        result["ok"] = False
+    return result
+
+
+def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid: int | None,
+          zygote_pid: int, layers: list[str], allow_raw: bool) -> None:
+    """Run in the forked child; never returns."""
+    code = 0
+    try:
+        confine.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != zygote_pid:
+            os._exit(1)
+        os.closerange(3, chan)
+        os.closerange(chan + 1, 1 << 16)
+        layers = list(layers)
+        # Warm-up: same code path as a real job, before any confinement of our own.
+        # Twice: once through the compile cache the zygote filled, once with a small source unique
+        # to this child, so the compiler's pages are copied-on-write now rather than during the job.
+        for code in (WARMUP_CODE, f"child = {os.getpid()}\nchild + 1"):
+            executor.execute(code, limits=WARMUP_LIMITS, call_host=_no_host)
+        if uid is not None:
+            confine.drop_to_uid(uid, gid if gid is not None else uid)
+            layers.append("uid")
+        if seccomp_filter is not None:
+            confine.load_bpf(seccomp_filter)
+            layers.append("seccomp")
+        cpu, _ = _rusage()
+        write_message(chan, {"t": "ready", "layers": layers, "cpu": cpu})
+        _loop(chan, executor, allow_raw)
+    except ChannelClosed:
+        pass
+    except BaseException:  # noqa: BLE001 - a child must never unwind into the zygote's code
+        code = 70
+    os._exit(code)
+
+
+def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
+    state = None
+
+    def call_host(name: str, args: list, kwargs: dict) -> Any:
+        write_message(chan, {"t": "call", "name": name, "args": args, "kwargs": kwargs})
+        reply = read_message(chan)
+        if reply.get("t") == "ret":
+            return reply.get("value")
+        if reply.get("t") == "fault":
+            raise wire.Fault.from_wire(reply.get("fault") or {})
+        raise ChannelClosed(f"unexpected reply {reply.get('t')!r}")
+
+    while True:
+        job = read_message(chan)
+        if job.get("t") != "job":
+            raise ChannelClosed(f"unexpected message {job.get('t')!r}")
+        session = bool(job.get("session"))
+        if session and state is None:
+            state = executor.GuestState()
+        try:
+            confine.apply_rlimits(job.get("rlimits") or [])
+        except (OSError, ValueError, TypeError) as exc:
+            write_message(chan, {"t": "done", "cpu": 0.0, "cpu_total": _rusage()[0], "maxrss": 0,
+                                 "outcome": wire.outcome(error=wire.error(
+                                     "internal", "InternalError", f"could not apply rlimits: {exc}"))})
+            raise ChannelClosed("rlimits failed") from None
+        cpu0, _ = _rusage()
+        if job.get("raw"):
+            if not allow_raw:
+                result = wire.outcome(error=wire.error("internal", "InternalError", "raw jobs are disabled"))
+            else:
+                result = _raw_execute(job.get("code", ""), inputs=job.get("inputs"))
+        else:
+            try:
+                result = executor.execute(
+                    job.get("code", ""), limits=job.get("limits") or {}, call_host=call_host,
+                    capabilities=tuple(job.get("capabilities") or ()),
+                    secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
+                    inputs=job.get("inputs") or {}, state=state)
+            except MemoryError:
+                result = wire.outcome(error=wire.error("limit_exceeded", "memory", "memory limit exceeded",
+                                                       limit="memory"))
+            except ChannelClosed:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
+                result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
+        result = _memory_to_limit(result)
+        cpu1, maxrss = _rusage()
+        try:
+            write_message(chan, {"t": "done", "outcome": result, "cpu": cpu1 - cpu0, "cpu_total": cpu1,
+                                 "maxrss": maxrss})
+        except (TypeError, ValueError) as exc:  # not JSON-serialisable: report, do not die
+            write_message(chan, {"t": "done", "cpu": cpu1 - cpu0, "cpu_total": cpu1, "maxrss": maxrss,
+                                 "outcome": wire.outcome(error=wire.error("internal", "WireError", str(exc)))})
+        if not session:
+            return

@@ -1,0 +1,623 @@
+"""Process confinement for the restricted runtime: `ProcessDriver` (``isolation="process"``).
+
+Each run executes in a child process forked from a warm zygote (`runtimes.process.zygote`,
+a fresh interpreter started once per driver, never a fork of this multi-threaded host):
+
+- the zygote sits in its own network namespace (only ``lo``, down) and, where the kernel
+  has Landlock, may only read the Python stdlib, site-packages and the ``runtimes`` package;
+- each child is pre-forked and pre-warmed (it already ran a dummy restricted job), dropped
+  to a dedicated unprivileged uid (root hosts), and has loaded a seccomp allowlist (default
+  EPERM; no sockets, exec, process or thread creation, ptrace, mounts, bpf, io_uring, ...)
+  *before* it is handed a job;
+- per run the host sends, with the job, the rlimits the child sets on itself before running
+  the code: AS and DATA at the warm child's size (/proc/<pid>/statm, read once per zygote:
+  all children are identical) + ``memory_bytes`` -- RLIMIT_AS counts the interpreter's own
+  ~100 MiB of mappings, so an absolute ``memory_bytes`` would be meaningless -- CPU at
+  ceil(used + ``cpu_seconds``) whole seconds (SIGXCPU; hard = soft + 1 s, SIGKILL), NOFILE
+  64, FSIZE 0, CORE 0, NPROC 0 (soft == hard except CPU; the child is already unprivileged,
+  so the guest can lower them but never raise them). The host cannot set them from outside
+  with prlimit(2): that needs CAP_SYS_RESOURCE, which this VM's root lacks;
+- usage: CPU time and peak RSS (``ru_maxrss``, which includes the ~16 MiB the child
+  inherits) come from the child's own ``getrusage`` when it reports, and from the zygote's
+  ``wait4`` when it dies; a compromised child could misreport its own usage, not its limits;
+- capability calls come back over that channel; the host answers them through
+  ``job.bridge`` (capabilities and secrets never enter the child);
+- at the wall deadline the host SIGKILLs the child through its pidfd; a death by signal is
+  mapped to ``limit_exceeded`` (cpu, wall, memory) or ``internal``; the pool replaces the
+  child and keeps serving.
+
+``Outcome.layers`` lists only the layers actually in force for that run; a layer in
+``require`` that cannot be applied raises `IsolationUnavailable` at construction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from runtimes.process import confine
+from runtimes.process.framing import MAX_FRAME, ChannelClosed, decode, encode
+from runtimes.wire import Fault
+from sandbox.errors import IsolationUnavailable
+from sandbox.results import ErrorInfo
+from sandbox.runtime import Job, Outcome
+
+LAYERS = frozenset({"restricted-python", "rlimits", "seccomp", "netns", "userns", "landlock", "uid"})
+"""Layer names this driver can report (and a caller can require)."""
+
+DEFAULT_UID = 65534
+"""Unprivileged uid/gid the children drop to on a root host (``nobody`` unless configured
+with ``SANDBOX_PROCESS_UID``). RLIMIT_NPROC=0 only binds a non-root uid."""
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_START_TIMEOUT = 60.0
+_EXIT_TIMEOUT = 5.0
+
+
+class _Child:
+    """One child of the zygote, as the host sees it: its channel and its pidfd."""
+
+    def __init__(self, zygote: "_Zygote", pid: int, chan: socket.socket, pidfd: int) -> None:
+        self.zygote = zygote
+        self.pid = pid
+        self.chan = chan
+        self.pidfd = pidfd
+        self.ready: dict | None = None
+        self.exited = threading.Event()
+        self.exit_info: dict | None = None
+        self.kill_reason: str | None = None  # "wall" or "protocol" once the host killed it
+        self.closed = False
+        self.cpu_total = 0.0
+        self.limits_plan: dict[int, tuple[int, int]] | None = None
+
+    # -- channel -------------------------------------------------------------------------
+    def _recv_exact(self, size: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.chan.settimeout(remaining)
+            try:
+                chunk = self.chan.recv(min(size - len(buf), 1 << 20))
+            except socket.timeout:
+                raise TimeoutError from None
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from None
+            if not chunk:
+                raise ChannelClosed("child closed its channel")
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self, deadline: float, max_frame: int = MAX_FRAME) -> dict:
+        size = int.from_bytes(self._recv_exact(4, deadline), "big")
+        if size > max_frame:
+            raise ChannelClosed(f"child sent a {size}-byte frame (cap {max_frame})")
+        try:
+            return decode(self._recv_exact(size, deadline))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ChannelClosed(f"child sent a malformed frame: {exc}") from None
+
+    def send(self, message: dict) -> None:
+        self.chan.settimeout(None)
+        self.chan.sendall(encode(message))
+
+    def wait_ready(self, deadline: float) -> dict:
+        if self.ready is None:
+            msg = self.recv(deadline)
+            if msg.get("t") != "ready":
+                raise ChannelClosed(f"expected ready, got {msg.get('t')!r}")
+            self.ready = msg
+            self.cpu_total = float(msg.get("cpu") or 0.0)
+        return self.ready
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def kill(self, reason: str = "protocol") -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        if not self.closed:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def alive(self) -> bool:
+        """False once the child has exited (its pidfd turns readable), even before it is reaped."""
+        if self.closed or self.exited.is_set():
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def wait_exit(self, timeout: float = _EXIT_TIMEOUT) -> dict | None:
+        self.exited.wait(timeout)
+        return self.exit_info
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.chan.close()
+            os.close(self.pidfd)
+
+
+class _Zygote:
+    """The zygote process, its control socket and the reader thread that collects spares."""
+
+    def __init__(self, *, spares: int, uid: int | None, allow_raw: bool, disable: frozenset[str]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        boot = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
+                "from runtimes.process.zygote import main; main()")
+        cmd = [sys.executable, "-I", "-B", "-c", boot, "--ctrl-fd", str(theirs.fileno()), "--spares", str(spares)]
+        if uid is not None:
+            cmd += ["--uid", str(uid), "--gid", str(uid)]
+        if allow_raw:
+            cmd.append("--allow-raw")
+        cmd += [f"--no-{layer}" for layer in sorted(disable & {"seccomp", "landlock", "netns"})]
+        debug = os.environ.get("SANDBOX_PROCESS_DEBUG")
+        self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=None if debug else subprocess.DEVNULL,
+                                     env={"LC_ALL": "C.UTF-8"}, cwd="/", close_fds=True)
+        theirs.close()
+        self.sock = ours
+        self.sock.settimeout(_START_TIMEOUT)
+        try:
+            hello = json.loads(self.sock.recv(1 << 16) or b"null")
+        except (OSError, ValueError):
+            hello = None
+        finally:
+            self.sock.settimeout(None)
+        if not isinstance(hello, dict) or hello.get("t") != "hello":
+            self.close()
+            raise IsolationUnavailable("the process zygote failed to start (set SANDBOX_PROCESS_DEBUG=1 to see why)")
+        self.hello = hello
+        self.pid = int(hello["pid"])
+        self.spares: queue.Queue[_Child | None] = queue.Queue()
+        self.children: dict[int, _Child] = {}
+        self.lock = threading.Lock()
+        self.dead = False
+        self.size: tuple[int, int] | None = None
+        self.reader = threading.Thread(target=self._read_loop, name="sandbox-zygote-reader", daemon=True)
+        self.reader.start()
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 2)
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    break
+                msg = json.loads(data)
+                if msg.get("t") == "spare" and len(fds) == 2:
+                    child = _Child(self, int(msg["pid"]), socket.socket(fileno=fds[0]), fds[1])
+                    with self.lock:
+                        self.children[child.pid] = child
+                    self.spares.put(child)
+                elif msg.get("t") == "exit":
+                    with self.lock:
+                        child = self.children.pop(int(msg["pid"]), None)
+                    if child is not None:
+                        child.exit_info = msg
+                        child.exited.set()
+                else:
+                    for fd in fds:
+                        os.close(fd)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.dead = True
+            with self.lock:
+                orphans = list(self.children.values())
+                self.children.clear()
+            for child in orphans:
+                child.exited.set()
+            self.spares.put(None)
+
+    def take(self, timeout: float) -> _Child:
+        """The next pre-forked child. Call `replenish` once the run is over."""
+        if self.dead:
+            raise ChannelClosed("the zygote is gone")
+        try:
+            child = self.spares.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("no process worker became available in time") from None
+        if child is None:
+            self.spares.put(None)
+            raise ChannelClosed("the zygote is gone")
+        return child
+
+    def replenish(self) -> None:
+        """Ask the zygote for one more spare (done after a run, so the fork and warm-up of the
+        replacement do not compete with the run for CPU; spares = workers + 1 covers the next run)."""
+        try:
+            self.sock.send(b"F")
+        except OSError:
+            pass
+
+    def child_size(self, pid: int) -> tuple[int, int]:
+        """(VmSize, data) of a warm child, read from /proc once per zygote: every child is forked
+        from the same frozen zygote and ran the same warm-up, so they have the same size."""
+        if self.size is None:
+            self.size = _statm(pid)
+        return self.size
+
+    def put_back(self, child: _Child) -> None:
+        self.spares.put(child)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=_EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        reader = getattr(self, "reader", None)
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=_EXIT_TIMEOUT)
+        spares = getattr(self, "spares", None)
+        while spares is not None:
+            try:
+                child = spares.get_nowait()
+            except queue.Empty:
+                break
+            if child is not None:
+                child.close()
+
+
+def _statm(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/statm", "rb") as handle:
+        fields = handle.read().split()
+    return int(fields[0]) * _PAGE, int(fields[5]) * _PAGE
+
+
+class ProcessDriver:
+    """The restricted runtime in confined child processes (see the module docstring).
+
+    ``workers`` bounds concurrent runs (and the spares kept warm); ``require`` names layers
+    that must be in force (`LAYERS`), else `IsolationUnavailable` is raised here.
+    ``uid`` overrides the dedicated unprivileged uid (root hosts only). ``_allow_raw`` is a
+    test-only switch enabling `_run_raw` (plain ``exec`` under the same confinement);
+    ``_disable`` (test-only) skips layers (``"seccomp"``, ``"landlock"``, ``"netns"``) so a
+    test can show that each remaining layer holds on its own.
+    """
+
+    name = "restricted"
+    isolation = "process"
+
+    def __init__(self, workers: int = 1, require: frozenset[str] | set[str] | tuple[str, ...] = frozenset(), *,
+                 uid: int | None = None, spares: int | None = None, _allow_raw: bool = False,
+                 _disable: frozenset[str] = frozenset()) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        require = frozenset(require)
+        unknown = require - LAYERS - {"wasm"}  # "wasm" is known, just never applied here
+        if unknown:
+            raise ValueError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(LAYERS)}")
+        if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+            raise IsolationUnavailable("isolation='process' needs Linux >= 5.3 (pidfd_open)")
+        self.workers = workers
+        self.require = require
+        if uid is None and os.geteuid() == 0:
+            uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
+        self._uid = uid if os.geteuid() == 0 else None
+        self._spares = spares if spares is not None else workers + 1
+        self._allow_raw = _allow_raw
+        self._disable = frozenset(_disable)
+        self._slots = threading.BoundedSemaphore(workers)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._zygote: _Zygote | None = None
+        zygote = self._ensure_zygote()
+        # Check the layers of a real child, not just the zygote's promise.
+        child = zygote.take(_START_TIMEOUT)
+        try:
+            ready = child.wait_ready(time.monotonic() + _START_TIMEOUT)
+        except (ChannelClosed, TimeoutError) as exc:
+            child.kill()
+            child.close()
+            self.close()
+            raise IsolationUnavailable(f"the first process worker failed to start: {exc}") from None
+        zygote.put_back(child)
+        self.layers: tuple[str, ...] = tuple(ready.get("layers") or ())
+        self.unavailable: dict[str, str] = dict(zygote.hello.get("errors") or {})
+        missing = require - set(self.layers)
+        if missing:
+            reasons = "; ".join(f"{layer}: {self.unavailable.get(layer, 'not applied on this host')}"
+                                for layer in sorted(missing))
+            self.close()
+            raise IsolationUnavailable(f"required isolation layer(s) unavailable: {reasons}")
+
+    # -- pool ----------------------------------------------------------------------------
+    def _ensure_zygote(self) -> _Zygote:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this ProcessDriver is closed")
+            if self._zygote is None or self._zygote.dead:
+                if self._zygote is not None:
+                    self._zygote.close()
+                self._zygote = _Zygote(spares=self._spares, uid=self._uid, allow_raw=self._allow_raw,
+                                       disable=self._disable)
+            return self._zygote
+
+    def _take(self, deadline: float) -> _Child:
+        for _attempt in range(3):
+            zygote = self._ensure_zygote()
+            try:
+                child = zygote.take(max(0.01, deadline - time.monotonic()))
+            except ChannelClosed:
+                continue
+            try:
+                ready = child.wait_ready(deadline)
+            except ChannelClosed:  # a spare that died while waiting: replace it, take the next
+                child.kill()
+                child.close()
+                zygote.replenish()
+                continue
+            except TimeoutError:
+                child.kill()
+                child.close()
+                zygote.replenish()
+                raise
+            if not child.alive():  # it was ready, then something outside killed it
+                child.close()
+                zygote.replenish()
+                continue
+            missing = self.require - set(ready.get("layers") or ())
+            if missing:
+                child.kill()
+                child.close()
+                raise IsolationUnavailable(f"a process worker came up without {sorted(missing)}")
+            return child
+        raise ChannelClosed("could not obtain a process worker")
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, job: Job) -> Outcome:
+        return self._run(job, raw=False)
+
+    def _run_raw(self, code: str, limits: Any, inputs: dict | None = None) -> Outcome:
+        """TEST-ONLY: run plain ``exec(code)`` in a confined child (no language layer)."""
+        if not self._allow_raw:
+            raise RuntimeError("raw runs are disabled; construct the driver with _allow_raw=True")
+        job = Job(run_id="raw", code=code, limits=limits, bridge=_NoBridge(), inputs=inputs or {})
+        return self._run(job, raw=True)
+
+    def _run(self, job: Job, *, raw: bool) -> Outcome:
+        start = time.monotonic()
+        deadline = start + job.limits.wall_seconds
+        with self._slots:
+            try:
+                child = self._take(deadline)
+            except TimeoutError:
+                return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+            except (ChannelClosed, OSError) as exc:
+                return _internal(f"no process worker: {exc}")
+            done = False
+            try:
+                outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
+                done = True
+                return outcome
+            finally:
+                if not done:
+                    child.kill()
+                child.close()  # a fresh-run child exits after its outcome; the zygote reaps it
+                child.zygote.replenish()
+
+    def _run_on(self, child: _Child, job: Job, deadline: float, *, session: bool, raw: bool = False
+                ) -> tuple[Outcome, bool]:
+        """Run ``job`` on ``child``; returns the outcome and whether the child is still usable."""
+        limits = job.limits
+        layers = tuple(child.ready.get("layers") or ()) if child.ready else ()
+        if raw:
+            layers = tuple(layer for layer in layers if layer != "restricted-python")
+        try:
+            if child.limits_plan is None:
+                vm, data = child.zygote.child_size(child.pid)
+                child.limits_plan = confine.rlimit_plan(
+                    vm_bytes=vm, data_bytes=data, cpu_used=child.cpu_total, memory_bytes=limits.memory_bytes,
+                    cpu_seconds=limits.cpu_seconds, nproc=self._uid is not None, cpu_hard=not session)
+                plan = child.limits_plan
+            else:  # session: the memory ceiling stays, the CPU budget is cumulative
+                plan = {resource.RLIMIT_CPU: confine.rlimit_plan(
+                    vm_bytes=0, data_bytes=0, cpu_used=child.cpu_total, memory_bytes=1,
+                    cpu_seconds=limits.cpu_seconds, cpu_hard=False)[resource.RLIMIT_CPU]}
+            child.send({"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
+                        "rlimits": [[res, soft, hard] for res, (soft, hard) in plan.items()],
+                        "capabilities": list(job.capabilities), "inputs": dict(job.inputs),
+                        "secrets": [[s.name, s.token, s.description] for s in job.secrets]})
+        except (OSError, ValueError, TypeError) as exc:
+            child.kill()
+            return self._death(child, job, f"could not start the run: {exc}"), False
+        max_frame = min(MAX_FRAME, 8 * limits.max_output_bytes + (16 << 20))
+        while True:
+            try:
+                msg = child.recv(deadline, max_frame)
+            except TimeoutError:
+                child.kill("wall")
+                child.wait_exit()
+                return self._with_usage(child, _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded"),
+                                        layers), False
+            except ChannelClosed as exc:
+                if not child.exited.wait(1.0):  # closed its channel but lives on: end it
+                    child.kill()
+                return self._death(child, job, str(exc), layers), False
+            kind = msg.get("t")
+            if kind == "call":
+                reply = self._call(job, msg)
+                try:
+                    child.send(reply)
+                except OSError:
+                    pass  # the child died; the next recv reports it
+            elif kind == "done":
+                child.cpu_total = float(msg.get("cpu_total") or child.cpu_total)
+                return self._outcome(msg, layers), True
+            else:
+                child.kill()
+                return self._death(child, job, f"unexpected message {kind!r} from the child", layers), False
+
+    @staticmethod
+    def _call(job: Job, msg: dict) -> dict:
+        name, args, kwargs = msg.get("name"), msg.get("args"), msg.get("kwargs")
+        if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+            return {"t": "fault", "fault": Fault("TypeError", "malformed capability call").to_wire()}
+        try:
+            return {"t": "ret", "value": job.bridge.call(name, args, kwargs)}
+        except Fault as fault:
+            return {"t": "fault", "fault": fault.to_wire()}
+        except Exception as exc:  # noqa: BLE001 - a bridge bug must not kill the run loop
+            return {"t": "fault", "fault": Fault("CapabilityError", f"capability {name!r} failed: "
+                                                                    f"{type(exc).__name__}").to_wire()}
+
+    @staticmethod
+    def _outcome(msg: dict, layers: tuple[str, ...]) -> Outcome:
+        data = msg.get("outcome")
+        if not isinstance(data, dict):
+            return _internal("the child sent no outcome")
+        try:
+            error = data.get("error")
+            return Outcome(
+                ok=bool(data.get("ok")) and not error, value=data.get("value") if not error else None,
+                stdout=str(data.get("stdout") or ""), stderr=str(data.get("stderr") or ""),
+                output_truncated=bool(data.get("output_truncated")),
+                error=ErrorInfo.model_validate(error) if error else None,
+                cpu_seconds=float(msg.get("cpu") or 0.0), peak_memory_bytes=int(msg.get("maxrss") or 0) or None,
+                layers=layers)
+        except (ValidationError, TypeError, ValueError) as exc:
+            return _internal(f"the child sent a malformed outcome: {exc}")
+
+    def _with_usage(self, child: _Child, outcome: Outcome, layers: tuple[str, ...]) -> Outcome:
+        info = child.exit_info or {}
+        cpu = float(info.get("utime", 0.0)) + float(info.get("stime", 0.0))
+        return outcome.model_copy(update={
+            "cpu_seconds": max(0.0, cpu - child.cpu_total) if info else None,
+            "peak_memory_bytes": int(info.get("maxrss") or 0) or None, "layers": layers})
+
+    def _death(self, child: _Child, job: Job, why: str, layers: tuple[str, ...] = ()) -> Outcome:
+        """Map a child that ended without an outcome to a limit or an internal error."""
+        info = child.wait_exit()
+        if child.kill_reason == "wall":
+            return self._with_usage(child, _limit("wall", "wall-clock limit exceeded"), layers)
+        if not info or info.get("status", -1) < 0:
+            return self._with_usage(child, _internal(f"the process worker was lost ({why})"), layers)
+        status = int(info["status"])
+        cpu = float(info.get("utime", 0.0)) + float(info.get("stime", 0.0)) - child.cpu_total
+        limits = job.limits
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.99):
+                result = _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
+            elif sig == signal.SIGKILL and child.kill_reason == "protocol":
+                result = _internal(f"the process worker was stopped by the host ({why})")
+            elif sig == signal.SIGKILL:
+                result = _limit("memory", "the process worker was killed (out of memory)")
+            elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT) and self._near_memory_limit(child, info):
+                result = _limit("memory", f"memory limit exceeded (worker died with {signal.Signals(sig).name})")
+            elif sig == signal.SIGXFSZ:
+                result = _internal("the guest tried to write a file (SIGXFSZ)")
+            else:
+                result = _internal(f"the process worker died with {signal.Signals(sig).name}")
+        else:
+            result = _internal(f"the process worker exited with status {os.WEXITSTATUS(status)} ({why})")
+        return self._with_usage(child, result, layers)
+
+    @staticmethod
+    def _near_memory_limit(child: _Child, info: dict) -> bool:
+        plan = child.limits_plan or {}
+        as_limit = plan.get(resource.RLIMIT_AS, (0, 0))[0]
+        return bool(as_limit) and int(info.get("maxrss") or 0) >= 0.5 * as_limit
+
+    # -- sessions ------------------------------------------------------------------------
+    def open_session(self) -> "ProcessSession":
+        return ProcessSession(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
+
+    def __enter__(self) -> "ProcessDriver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class ProcessSession:
+    """A pinned child that keeps its guest globals across runs.
+
+    If a run kills the child (a limit), the outcome says so and the next run starts on a
+    fresh child with empty globals.
+    """
+
+    def __init__(self, driver: ProcessDriver) -> None:
+        self._driver = driver
+        self._child: _Child | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, job: Job) -> Outcome:
+        start = time.monotonic()
+        deadline = start + job.limits.wall_seconds
+        with self._lock, self._driver._slots:
+            if self._closed:
+                return _internal("the session is closed")
+            if self._child is None:
+                try:
+                    self._child = self._driver._take(deadline)
+                    self._child.zygote.replenish()
+                except TimeoutError:
+                    return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+                except (ChannelClosed, OSError) as exc:
+                    return _internal(f"no process worker: {exc}")
+            outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
+            if not alive:
+                self._child.close()
+                self._child = None
+                if outcome.error is not None:
+                    outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
+                        "message": outcome.error.message + " (the session's worker ended; its globals are lost)"})})
+            return outcome
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._child is not None:
+                self._child.close()  # EOF on its channel: the child exits, the zygote reaps it
+                self._child = None
+
+
+class _NoBridge:
+    def call(self, name: str, args: list, kwargs: dict) -> Any:
+        raise Fault("CapabilityError", "no capabilities in raw runs")
+
+
+def _limit(limit: str, message: str) -> Outcome:
+    return Outcome(ok=False, error=ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit))
+
+
+def _internal(message: str) -> Outcome:
+    return Outcome(ok=False, error=ErrorInfo(kind="internal", type="InternalError", message=message))
