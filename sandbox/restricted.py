@@ -46,6 +46,7 @@ class RestrictedDriver:
 
     name = "restricted"
     isolation = "none"
+    layers = LAYERS
 
     def run(self, job: Job) -> Outcome:
         return _execute(job, None)

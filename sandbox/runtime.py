@@ -91,6 +91,8 @@ class Driver(Protocol):
 
     name: str
     isolation: str
+    layers: tuple[str, ...]
+    """The isolation layers this driver applies to every run (checked against ``require``)."""
 
     def run(self, job: Job) -> Outcome:
         """Run ``job`` with fresh guest state."""

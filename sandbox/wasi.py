@@ -683,6 +683,7 @@ class WasiDriver:
 
     name = "wasi"
     isolation = "wasm"
+    layers = _LAYERS
 
     def __init__(self, *, fuel_per_cpu_second: int = FUEL_PER_CPU_SECOND) -> None:
         self.fuel_per_cpu_second = fuel_per_cpu_second

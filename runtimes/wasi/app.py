@@ -14,6 +14,7 @@ guest's view identical to the restricted runtime's.
 from __future__ import annotations
 
 # --- stdlib the guest may import (bundled because imported here) -------------------------
+import _strptime  # noqa: F401  (datetime.strptime and time.strptime import it lazily)
 import abc
 import array
 import ast
