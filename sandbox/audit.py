@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from runtimes.wire import SECRET_MARKER as _SECRET_MARKER
 from sandbox.policy import Principal, Verdict
@@ -76,6 +76,17 @@ class CallRecord(BaseModel):
     rule: str | None = None
     error: str | None = None
     duration_seconds: float = 0.0
+    detail: dict[str, Any] | None = None
+    """Capability-specific evidence (`sandbox.capabilities.record_detail`), e.g. for ``sql.query``
+    the statement hash, tables touched, rows returned and the decision. None when not given,
+    and then left out of the JSON, so records of other calls keep their exact shape."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_detail(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("detail", 0) is None:
+            del data["detail"]
+        return data
 
 
 class SecretGrant(BaseModel):
@@ -202,6 +213,12 @@ def _summary(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _detail(detail: Mapping[str, Any], redact: Redactor | None) -> dict[str, Any]:
+    """Capability detail as canonical JSON data (non-JSON values become their ``str``), redacted."""
+    data = json.loads(json.dumps(dict(detail), default=str))
+    return _map_strings(data, redact) if redact is not None else data
+
+
 def _map_strings(value: Any, func: Redactor) -> Any:
     if isinstance(value, str):
         return func(value)
@@ -266,6 +283,7 @@ class RunRecorder:
         reason: str | None = None,
         error: str | None = None,
         duration: float = 0.0,
+        detail: Mapping[str, Any] | None = None,
     ) -> None:
         """Record one call. ``arguments`` are summarised and redacted here; ``reason`` defaults
         to the verdict's (give it for denials made elsewhere, e.g. a secret's scope)."""
@@ -283,6 +301,7 @@ class RunRecorder:
                     rule=verdict.rule if verdict is not None else None,
                     error=error,
                     duration_seconds=duration,
+                    detail=_detail(detail, self.redact) if detail else None,
                 )
             )
 

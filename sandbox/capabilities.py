@@ -9,6 +9,7 @@ renders a Python stub (code mode) and a JSON tool schema (tool mode).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import keyword
@@ -20,6 +21,31 @@ from typing import Any, get_type_hints, overload
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from sandbox.runtime import CapabilityFault
+
+_CALL_DETAIL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("sandbox_call_detail", default=None)
+
+
+def record_detail(**detail: Any) -> None:
+    """Attach capability-specific detail (JSON-compatible) to the run record of the current call.
+
+    Call it from inside a capability function (e.g. the SQL capability notes the statement
+    hash, tables touched and rows returned); it lands in `sandbox.audit.CallRecord.detail`.
+    Outside a call made by a sandbox run it does nothing.
+    """
+    bucket = _CALL_DETAIL.get()
+    if bucket is not None:
+        bucket.update(detail)
+
+
+def open_call_detail() -> tuple[dict[str, Any], contextvars.Token]:
+    """Start collecting `record_detail` for one call (host bridge use): the dict and a reset token."""
+    bucket: dict[str, Any] = {}
+    return bucket, _CALL_DETAIL.set(bucket)
+
+
+def close_call_detail(token: contextvars.Token) -> None:
+    _CALL_DETAIL.reset(token)
+
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 _RESERVED = frozenset({"secrets", "print", "PolicyDenied", "CapabilityError"})

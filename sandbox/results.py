@@ -44,12 +44,34 @@ class Usage(BaseModel):
     capability_calls: int = 0
 
 
+class FileChange(BaseModel):
+    """One file the guest created, modified or deleted in a `sandbox.overlay.Overlay` scratch layer.
+
+    ``path`` is the guest path (``mount/inner/path``, or just ``inner/path`` for a single
+    mount); ``diff`` is a unified diff (``a/path`` -> ``b/path``, ``/dev/null`` for a created or
+    deleted side; ``"Binary files differ"`` when the old content is not UTF-8 text);
+    ``before_sha256`` is the host file's hash when the run read it (None: it did not exist);
+    ``content`` is the new text (None for a deletion). `Sandbox.apply` writes ``content`` only
+    if the host file still has ``before_sha256``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    action: Literal["created", "modified", "deleted"]
+    diff: str
+    before_sha256: str | None = None
+    after_sha256: str | None = None
+    content: str | None = None
+
+
 class RunResult(BaseModel):
     """The outcome of one `Sandbox.run`.
 
     ``value`` is the value of the code's last expression statement, converted to JSON-compatible
     data (tuples become lists, sets sorted lists where possible; any other object becomes its
-    ``repr`` string), or None. ``output_truncated`` is True when stdout/stderr hit
+    ``repr`` string), or None. ``changes`` lists the files written to the scratch layer of the run's file overlay
+    (None without an overlay). ``output_truncated`` is True when stdout/stderr hit
     `Limits.max_output_bytes`. ``layers`` names the isolation layers that were actually applied.
     """
 
@@ -66,3 +88,6 @@ class RunResult(BaseModel):
     runtime: str
     isolation: str
     layers: tuple[str, ...] = ()
+    changes: tuple[FileChange, ...] | None = None
+    """Files written in the run's overlay (`Sandbox(files=Overlay(...))`), not yet applied;
+    None when the sandbox has no overlay. Commit them with `Sandbox.apply(result.changes)`."""

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from runtimes.wire import WireError, to_wire
-from sandbox.capabilities import ApiDescription, Capability, collect, describe
+from sandbox.capabilities import ApiDescription, Capability, close_call_detail, collect, describe, open_call_detail
 from sandbox.egress import Egress, EgressClient
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.limits import Limits
@@ -39,15 +39,24 @@ from sandbox.runtime import CapabilityFault, Driver, DriverSession, Job, Outcome
 from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
 
 if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
+    from pydantic import BaseModel
+
     from sandbox.audit import RecordSink, RunRecorder
+    from sandbox.overlay import Overlay
     from sandbox.policy import Policy, PolicyState, Principal
+    from sandbox.results import FileChange
+    from sandbox.transform import TransformResult
 
 log = logging.getLogger("sandbox")
 
 RuntimeName = Literal["restricted", "wasi"]
 IsolationName = Literal["none", "process"]
 RUNTIMES: tuple[str, ...] = ("restricted", "wasi")
-LAYERS = frozenset({"restricted-python", "wasm", "rlimits", "seccomp", "netns", "landlock", "userns"})
+LAYERS = frozenset({
+    "restricted-python",                                                    # restricted
+    "rlimits", "seccomp", "netns", "landlock", "userns", "uid",              # + isolation="process"
+    "wasm", "wasi-no-ambient", "fuel", "epoch-deadline", "store-memory-limit",  # wasi
+})
 
 
 class _RunBridge:
@@ -88,6 +97,7 @@ class _RunBridge:
             self.calls += 1
         arguments: dict[str, Any] | None = None
         verdict = None
+        detail, token = open_call_detail()  # filled by the capability through record_detail()
         try:
             if self._secrets is not None:
                 args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
@@ -113,14 +123,16 @@ class _RunBridge:
                         terminate="policy_denied",
                     )
             status = "denied" if denied else "invalid" if arguments is None else "failed"
-            self._record(name, arguments, args, kwargs, status, started, verdict,
+            self._record(name, arguments, args, kwargs, status, started, verdict, detail=detail,
                          reason=fault.message if denied else None, error=None if denied else fault.message)
             raise fault from None
         except Exception as exc:
             fault = CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}")
-            self._record(name, arguments, args, kwargs, "failed", started, verdict, error=fault.message)
+            self._record(name, arguments, args, kwargs, "failed", started, verdict, detail=detail, error=fault.message)
             raise fault from None
-        self._record(name, arguments, args, kwargs, "ok", started, verdict)
+        finally:
+            close_call_detail(token)
+        self._record(name, arguments, args, kwargs, "ok", started, verdict, detail=detail)
         return result
 
     def _record(self, name: str, arguments: Mapping[str, Any] | None, args: list[Any], kwargs: dict[str, Any],
@@ -163,6 +175,9 @@ class Sandbox:
             id string): seen by the policy and written into every record.
         records: a `sandbox.audit.RecordSink` (e.g. ``JsonlSink("runs.jsonl", signing_key=...)``)
             that receives one `RunRecord` per run, redacted like the result.
+        files: a `sandbox.overlay.Overlay` grants ``files.read/write/delete/list`` over host
+            directories mounted read-only; each run writes to its own scratch layer, listed in
+            `RunResult.changes`, and nothing reaches the host until `apply`.
 
     One `Sandbox` serves many runs, from several threads at once. Call `close()` (or use it as
     a context manager) to release workers and engines.
@@ -182,6 +197,7 @@ class Sandbox:
         policy: Policy | str | os.PathLike[str] | None = None,
         principal: Principal | Mapping[str, Any] | str | None = None,
         records: RecordSink | None = None,
+        files: Overlay | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -208,7 +224,14 @@ class Sandbox:
         self.secrets = validate_secrets(secrets)
         self.egress = egress
         self._egress = EgressClient(egress) if egress is not None else None
+        if files is not None:
+            from sandbox.overlay import Overlay
+
+            if not isinstance(files, Overlay):
+                raise TypeError(f"files must be a sandbox.overlay.Overlay, not {type(files).__name__}")
+        self.files = files
         granted = list(capabilities) + (self._egress.capabilities if self._egress is not None else [])
+        granted += files.capabilities if files is not None else []
         self.capabilities = collect(granted)
         for secret_name, secret in self.secrets.items():
             for pattern in secret.capabilities:
@@ -245,6 +268,42 @@ class Sandbox:
         """`run` for asyncio hosts: the guest runs on a worker thread, async capabilities on this loop."""
         loop = asyncio.get_running_loop()
         return await asyncio.to_thread(self._run, code, inputs, None, loop)
+
+    def transform(
+        self,
+        code: str,
+        data: Any,
+        *,
+        output_model: type[BaseModel] | None = None,
+        max_rows: int | None = None,
+        max_bytes: int | None = None,
+    ) -> TransformResult:
+        """Run generated code defining ``transform(rows)`` over ``data`` and validate its output.
+
+        ``data`` is a list of dicts or a ``.csv``/``.jsonl`` path; ``output_model`` an optional
+        pydantic model every output row must satisfy. Input over ``max_rows`` (default 100 000)
+        or ``max_bytes`` (default 8 MiB as JSON) raises `ValueError`. Returns a
+        `sandbox.transform.TransformResult`; see `sandbox.transform` for the details.
+        """
+        from sandbox import transform as _t
+
+        return _t.run_transform(
+            self, code, data, output_model=output_model,
+            max_rows=_t.DEFAULT_MAX_ROWS if max_rows is None else max_rows,
+            max_bytes=_t.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+        )
+
+    def apply(self, changes: Iterable[FileChange] | None) -> list[str]:
+        """Commit a run's overlay changes (``result.changes``) to the host directories.
+
+        All or nothing: raises `sandbox.overlay.OverlayConflict` (a `ValueError`) when a host
+        file changed since the run or a path is not confined, before writing anything.
+        Returns the guest paths written or deleted.
+        """
+        self._check_open()
+        if self.files is None:
+            raise ConfigurationError("this Sandbox has no file overlay: pass files=Overlay(...)")
+        return self.files.apply(changes or ())
 
     def session(self) -> Session:
         """A `Session` whose guest globals persist across its runs."""
@@ -287,14 +346,19 @@ class Sandbox:
         session: DriverSession | None,
         loop: asyncio.AbstractEventLoop | None,
         session_id: str | None = None,
+        *,
+        prewired: bool = False,
     ) -> RunResult:
         self._check_open()
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
-        try:
-            wire_inputs = to_wire(dict(inputs or {}))
-        except WireError as exc:
-            raise TypeError(f"inputs must be JSON-compatible: {exc}") from None
+        if prewired:  # already checked as JSON data by the caller (transform): no second copy
+            wire_inputs = dict(inputs or {})
+        else:
+            try:
+                wire_inputs = to_wire(dict(inputs or {}))
+            except WireError as exc:
+                raise TypeError(f"inputs must be JSON-compatible: {exc}") from None
         for name in wire_inputs:
             if not name.isidentifier() or name.startswith("_"):
                 raise ValueError(f"input name {name!r} must be an identifier not starting with '_'")
@@ -315,7 +379,11 @@ class Sandbox:
                 policy=self.policy.describe() if self.policy is not None else None,
                 secrets=secret_grants(self.secrets), redact=redactor.text if redactor else None,
             )
-        bridge = _RunBridge(self.capabilities, loop, broker, state, recorder)
+        layer = self.files.layer() if self.files is not None else None
+        granted = self.capabilities
+        if layer is not None:  # the overlay's capabilities, bound to this run's scratch layer
+            granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in self.files.capabilities})}
+        bridge = _RunBridge(granted, loop, broker, state, recorder)
         job = Job(
             run_id=run_id,
             code=code,
@@ -364,6 +432,7 @@ class Sandbox:
             runtime=self.runtime,
             isolation=self.isolation,
             layers=outcome.layers,
+            changes=layer.changes() if layer is not None else None,
         )
         if recorder is not None and self.records is not None:
             try:
@@ -441,14 +510,13 @@ def _make_driver(runtime: str, isolation: str | None, workers: int, require: fro
         from sandbox.restricted import RestrictedDriver
 
         driver = RestrictedDriver()
-    if isolation != "process" and require:
+    missing = require - set(driver.layers)
+    if missing:
         from sandbox.errors import IsolationUnavailable
 
-        available = {"restricted": {"restricted-python"}, "wasi": {"wasm"}}[runtime]
-        missing = require - available
-        if missing:
-            driver.close()
-            raise IsolationUnavailable(
-                f"layers {sorted(missing)} are not applied by runtime={runtime!r} without isolation='process'"
-            )
+        driver.close()
+        raise IsolationUnavailable(
+            f"layers {sorted(missing)} are not applied by runtime={runtime!r}, isolation={isolation!r} "
+            f"(it applies {', '.join(driver.layers)}); choose a runtime or isolation that applies them"
+        )
     return driver
