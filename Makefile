@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps guest demo test bench clean
+.PHONY: setup system-deps guest demo test bench soak security-counts clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ demo: guest
 
 test: guest
 	$(PY) -m pytest -q
+
+soak: guest
+	SANDBOX_SOAK_RUNS=10000 $(PY) -m pytest -q -s tests/adversarial/test_soak.py
+
+security-counts: setup
+	$(PY) -m tests.adversarial.counts
 
 bench: guest
 	$(PY) -m benchmarks --quick

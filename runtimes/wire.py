@@ -25,6 +25,10 @@ from typing import Any
 
 SECRET_MARKER = "__sandbox_secret_handle__"
 
+MAX_INT_BITS = 14_000
+"""Larger ints cannot be turned into decimal text (Python's 4300-digit limit), so neither JSON
+nor redaction could handle them: `to_wire` refuses them, `to_result_value` describes them."""
+
 GUEST_ERROR_TYPES = ("TypeError", "ValueError", "PolicyDenied", "CapabilityError")
 """Exception types a capability fault may name. `PolicyDenied` subclasses `PermissionError`,
 `CapabilityError` subclasses `Exception`; runtimes define both for the guest."""
@@ -70,6 +74,8 @@ def to_wire(value: Any, *, depth: int = 0, handle_token: Any = None) -> Any:
         return value
     kind = type(value)
     if kind is int or (isinstance(value, int) and not isinstance(value, bool)):
+        if value.bit_length() > MAX_INT_BITS:
+            raise WireError(f"an int of {value.bit_length()} bits is too large to cross the boundary")
         return int(value)
     if isinstance(value, float):
         value = float(value)
@@ -108,7 +114,7 @@ def to_result_value(value: Any, *, depth: int = 0) -> Any:
     if isinstance(value, str):
         return str(value)
     if isinstance(value, int):
-        return int(value)
+        return int(value) if value.bit_length() <= MAX_INT_BITS else f"<int of {value.bit_length()} bits>"
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):

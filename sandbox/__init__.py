@@ -13,7 +13,6 @@ from sandbox.capabilities import ApiDescription, Capability, capability
 from sandbox.egress import Egress
 from sandbox.errors import ConfigurationError, GuestBuildError, IsolationUnavailable, SandboxClosed, SandboxError
 from sandbox.limits import Limits
-from sandbox.policy import Policy, Principal
 from sandbox.results import ErrorInfo, RunResult, Usage
 from sandbox.sandbox import Sandbox, Session
 from sandbox.secrets import Secret, SecretUnavailable, SecretValue
@@ -27,8 +26,6 @@ __all__ = [
     "GuestBuildError",
     "IsolationUnavailable",
     "Limits",
-    "Policy",
-    "Principal",
     "RunResult",
     "Sandbox",
     "SandboxClosed",

@@ -585,7 +585,7 @@ def _percent_or_literal(value: str) -> _Form:
     parts = []
     for char in value:
         encoded = "".join(f"%{_hex_class(f'{b:02X}')}" for b in char.encode("utf-8"))
-        options = [re.escape(char), encoded]
+        options = [encoded, re.escape(char)]  # encoded first: "%25" must win over the literal "%"
         if char == " ":
             options.append(r"\+")
         parts.append("(?:" + "|".join(options) + ")")

@@ -10,12 +10,16 @@ generator or another run's.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import random as _random
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from runtimes.restricted.guards import GUEST_MODULE, is_guest_object
 
 ALLOWED_MODULES = (
     "math", "json", "re", "datetime", "collections", "collections.abc", "itertools", "functools",
@@ -48,8 +52,11 @@ _EXCLUDED: Mapping[str, frozenset[str]] = {
     "typing": frozenset({"get_type_hints", "ForwardRef"}),
     # singledispatch evaluates string annotations through get_type_hints too.
     "functools": frozenset({"singledispatch", "singledispatchmethod"}),
-    # Host-global (thread or process) state.
-    "decimal": frozenset({"getcontext", "setcontext", "DefaultContext", "BasicContext", "ExtendedContext"}),
+    # Host-global (thread or process) state; localcontext() left open in a suspended generator
+    # would keep the host thread's decimal context changed after the run.
+    "decimal": frozenset({
+        "getcontext", "setcontext", "localcontext", "DefaultContext", "BasicContext", "ExtendedContext",
+    }),
     "csv": frozenset({"field_size_limit", "register_dialect", "unregister_dialect"}),
     # getnode() (and uuid1 without a node) may run ifconfig/ip in a subprocess.
     "uuid": frozenset({"getnode", "uuid1"}),
@@ -59,6 +66,68 @@ _EXCLUDED: Mapping[str, frozenset[str]] = {
     # on a class and bypass the transformer's list of definable dunder methods.
     "dataclasses": frozenset({"make_dataclass"}),  # copyreg's process-wide table
 }
+
+
+def _guest_owned(obj: Any) -> bool:
+    """True for classes and functions the guest defined (never for host objects)."""
+    if type(obj) is types.FunctionType:
+        return obj.__module__ == GUEST_MODULE
+    return isinstance(obj, type) and is_guest_object(obj)
+
+
+def _refuse_host_target(func_name: str, target: Any) -> TypeError:
+    what = getattr(target, "__qualname__", None) or type(target).__name__
+    return TypeError(f"{func_name}() applies only to classes and functions defined by the guest, not {what!s:.60}")
+
+
+def _update_wrapper(wrapper: Any, wrapped: Any, assigned: Any = None, updated: Any = None) -> Any:
+    """``functools.update_wrapper`` for guests: copies ``__name__``, ``__qualname__`` and
+    ``__doc__`` (strings only) onto a guest function. The guest cannot choose the attribute
+    names: the real function reads and writes any names it is given with unguarded
+    getattr/setattr (``updated=('__globals__',)`` would hand the guest the host's builtins)."""
+    if assigned is not None or updated is not None:
+        raise TypeError("functools.update_wrapper(): choosing the attributes to copy is not allowed in the sandbox")
+    if not _guest_owned(wrapper):
+        raise _refuse_host_target("functools.update_wrapper", wrapper)
+    for attr in ("__name__", "__qualname__", "__doc__"):
+        value = getattr(wrapped, attr, None)
+        if type(value) is str or (attr == "__doc__" and value is None):
+            setattr(wrapper, attr, value)
+    return wrapper
+
+
+def _wraps(wrapped: Any, assigned: Any = None, updated: Any = None) -> Callable[[Any], Any]:
+    """``functools.wraps`` for guests (see `_update_wrapper`)."""
+    if assigned is not None or updated is not None:
+        raise TypeError("functools.wraps(): choosing the attributes to copy is not allowed in the sandbox")
+    return lambda wrapper: _update_wrapper(wrapper, wrapped)
+
+
+def _guest_class_decorator(name: str, decorator: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a class decorator that sets attributes on its argument so it only touches guest
+    classes (``dataclass(json.JSONEncoder)`` would rewrite a host class for every later run).
+    Supports both ``@deco`` and ``@deco(**options)``."""
+
+    @functools.wraps(decorator)
+    def guarded(cls: Any = None, /, **options: Any) -> Any:
+        if cls is None:
+            return lambda target: guarded(target, **options)
+        if not _guest_owned(cls):
+            raise _refuse_host_target(name, cls)
+        return decorator(cls, **options)
+
+    return guarded
+
+
+_REPLACED: Mapping[str, Mapping[str, Any]] = {
+    "functools": {
+        "update_wrapper": _update_wrapper,
+        "wraps": _wraps,
+        "total_ordering": _guest_class_decorator("functools.total_ordering", functools.total_ordering),
+    },
+    "dataclasses": {"dataclass": _guest_class_decorator("dataclasses.dataclass", dataclasses.dataclass)},
+}
+"""Module functions that write attributes onto their arguments, replaced by guarded versions."""
 
 
 class ModuleProxy:
@@ -101,6 +170,7 @@ def _members(name: str) -> dict[str, Any]:
         if isinstance(value, types.ModuleType):
             continue
         members[key] = _freeze(value)
+    members.update({key: value for key, value in _REPLACED.get(name, {}).items() if key in members})
     return members
 
 
