@@ -246,8 +246,3 @@ def _summarise(exc: ValidationError) -> str:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
-
-
-def json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON; used to cap what crosses the boundary."""
-    return len(json.dumps(value, separators=(",", ":")))
