@@ -49,6 +49,7 @@ from pydantic import ValidationError
 
 from runtimes.process import confine
 from runtimes.process.framing import MAX_FRAME, ChannelClosed, decode, encode
+from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes.wire import Fault
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
@@ -65,6 +66,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _START_TIMEOUT = 60.0
 _EXIT_TIMEOUT = 5.0
+_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+"""numpy's BLAS must not start a thread pool in the zygote (it forks) or try to in a child (seccomp)."""
 
 
 class _Child:
@@ -156,7 +159,8 @@ class _Child:
 class _Zygote:
     """The zygote process, its control socket and the reader thread that collects spares."""
 
-    def __init__(self, *, spares: int, uid: int | None, allow_raw: bool, disable: frozenset[str]) -> None:
+    def __init__(self, *, spares: int, uid: int | None, allow_raw: bool, disable: frozenset[str],
+                 modules: tuple[str, ...] = ()) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         boot = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
                 "from runtimes.process.zygote import main; main()")
@@ -166,10 +170,12 @@ class _Zygote:
         if allow_raw:
             cmd.append("--allow-raw")
         cmd += [f"--no-{layer}" for layer in sorted(disable & {"seccomp", "landlock", "netns"})]
+        for name in modules:
+            cmd += ["--module", name]
         debug = os.environ.get("SANDBOX_PROCESS_DEBUG")
         self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=None if debug else subprocess.DEVNULL,
-                                     env={"LC_ALL": "C.UTF-8"}, cwd="/", close_fds=True)
+                                     env={"LC_ALL": "C.UTF-8", **_ONE_THREAD}, cwd="/", close_fds=True)
         theirs.close()
         self.sock = ours
         self.sock.settimeout(_START_TIMEOUT)
@@ -296,14 +302,19 @@ class ProcessDriver:
     test-only switch enabling `_run_raw` (plain ``exec`` under the same confinement);
     ``_disable`` (test-only) skips layers (``"seccomp"``, ``"landlock"``, ``"netns"``) so a
     test can show that each remaining layer holds on its own.
+    ``modules`` (default none) adds optional heavy modules (`OPTIONAL_MODULES`: numpy, and
+    pandas, which implies numpy) to the import allowlist of this driver's children only; the
+    zygote imports them (every submodule) and builds their proxies before confinement. An
+    unknown name raises `ValueError`; one that does not import on the host makes the zygote
+    fail to start (`IsolationUnavailable`).
     """
 
     name = "restricted"
     isolation = "process"
 
     def __init__(self, workers: int = 1, require: frozenset[str] | set[str] | tuple[str, ...] = frozenset(), *,
-                 uid: int | None = None, spares: int | None = None, _allow_raw: bool = False,
-                 _disable: frozenset[str] = frozenset()) -> None:
+                 uid: int | None = None, spares: int | None = None, modules: tuple[str, ...] = (),
+                 _allow_raw: bool = False, _disable: frozenset[str] = frozenset()) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         require = frozenset(require)
@@ -314,6 +325,12 @@ class ProcessDriver:
             raise IsolationUnavailable("isolation='process' needs Linux >= 5.3 (pidfd_open)")
         self.workers = workers
         self.require = require
+        self.modules = tuple(dict.fromkeys(modules))
+        unknown_modules = set(self.modules) - set(OPTIONAL_MODULES)
+        if unknown_modules:
+            raise ValueError(f"unknown optional module(s) {sorted(unknown_modules)}: choose from {list(OPTIONAL_MODULES)}")
+        if "pandas" in self.modules and "numpy" not in self.modules:
+            self.modules = ("numpy", *self.modules)  # pandas hands out ndarrays and imports numpy from C
         if uid is None and os.geteuid() == 0:
             uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
         self._uid = uid if os.geteuid() == 0 else None
@@ -353,7 +370,7 @@ class ProcessDriver:
                 if self._zygote is not None:
                     self._zygote.close()
                 self._zygote = _Zygote(spares=self._spares, uid=self._uid, allow_raw=self._allow_raw,
-                                       disable=self._disable)
+                                       disable=self._disable, modules=self.modules)
             return self._zygote
 
     def _take(self, deadline: float) -> _Child:

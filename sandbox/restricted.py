@@ -7,23 +7,45 @@ single long C-level operation cannot be interrupted. Use ``isolation="process"``
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from runtimes.restricted.executor import GuestState, execute
+from sandbox.limits import Limits
+from sandbox.results import ErrorInfo
 from sandbox.runtime import Job, Outcome
 
 LAYERS = ("restricted-python",)
 
 
+@functools.lru_cache(maxsize=64)
+def _limits_dict(limits: Limits) -> dict[str, Any]:
+    return limits.model_dump()
+
+
 def _execute(job: Job, state: GuestState | None) -> Outcome:
     raw = execute(
         job.code,
-        limits=job.limits.model_dump(),
+        limits=_limits_dict(job.limits),
         call_host=job.bridge.call,
         capabilities=job.capabilities,
         secrets=[(s.name, s.token, s.description) for s in job.secrets],
         inputs=job.inputs,
         state=state,
     )
-    return Outcome.model_validate({**raw, "layers": LAYERS})
+    # The executor is host code building plain data in the wire format: construct, don't re-validate.
+    error = raw["error"]
+    return Outcome.model_construct(
+        ok=raw["ok"],
+        value=raw["value"],
+        stdout=raw["stdout"],
+        stderr=raw["stderr"],
+        output_truncated=raw["output_truncated"],
+        error=ErrorInfo(**error) if error is not None else None,
+        cpu_seconds=raw["cpu_seconds"],
+        peak_memory_bytes=raw["peak_memory_bytes"],
+        layers=LAYERS,
+    )
 
 
 class RestrictedSession:

@@ -160,6 +160,11 @@ class Sandbox:
         require: isolation layers that must be applied (e.g. ``("seccomp", "netns")``); when
             one cannot be applied on this machine, construction raises `IsolationUnavailable`
             instead of running with less isolation.
+        modules: optional heavy modules the guest may import, from `OPTIONAL_MODULES`
+            (``"numpy"``, ``"pandas"``); default none. Offered only with
+            ``isolation="process"``, where the OS layers contain them; with any other
+            runtime or isolation, an unknown name, or a module not installed on the host
+            (``pip install 'sandbox[dataframes]'``), construction raises `ConfigurationError`.
         secrets: ``{name: Secret(...)}``; the guest sees ``secrets.<name>``, an opaque handle
             that only the capabilities in the secret's scope can resolve, on the host. Values are
             read at the start of each run (`SecretUnavailable` if one cannot be read) and
@@ -192,6 +197,7 @@ class Sandbox:
         isolation: IsolationName | None = None,
         workers: int = 1,
         require: Iterable[str] = (),
+        modules: Iterable[str] = (),
         secrets: Mapping[str, Secret] | None = None,
         egress: Egress | None = None,
         policy: Policy | str | os.PathLike[str] | None = None,
@@ -217,6 +223,7 @@ class Sandbox:
         unknown = required - LAYERS
         if unknown:
             raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(LAYERS)}")
+        extra_modules = _check_modules(modules, runtime, isolation)
         if egress is not None and not isinstance(egress, Egress):
             raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
         self.runtime = runtime
@@ -252,7 +259,7 @@ class Sandbox:
                 self.policy.validate_for(self.capabilities)
             self.principal = coerce_principal(principal)
             self.records = check_sink(records)
-        self._driver = _make_driver(runtime, isolation, workers, required)
+        self._driver = _make_driver(runtime, isolation, workers, required, extra_modules)
         self.isolation = self._driver.isolation
         self._closed = False
 
@@ -362,7 +369,7 @@ class Sandbox:
         for name in wire_inputs:
             if not name.isidentifier() or name.startswith("_"):
                 raise ValueError(f"input name {name!r} must be an identifier not starting with '_'")
-        run_id = uuid.uuid4().hex
+        run_id = os.urandom(16).hex()
         # Secret values are read now (just in time); SecretUnavailable propagates to the host.
         broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None
         redactor = broker.redactor if broker is not None else NO_REDACTION
@@ -415,14 +422,16 @@ class Sandbox:
         error = outcome.error
         if error is not None and redactor:
             error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
-        result = RunResult(
+        # Every field below is already validated (the driver's Outcome) or made here: construct
+        # without validating again, which is most of the host's cost on a trivial run.
+        result = RunResult.model_construct(
             ok=outcome.ok,
             value=redactor.value(outcome.value),
             stdout=redactor.text(outcome.stdout, truncated=outcome.output_truncated),
             stderr=redactor.text(outcome.stderr, truncated=outcome.output_truncated),
             output_truncated=outcome.output_truncated,
             error=error,
-            usage=Usage(
+            usage=Usage.model_construct(
                 wall_seconds=wall,
                 cpu_seconds=outcome.cpu_seconds or 0.0,
                 peak_memory_bytes=outcome.peak_memory_bytes,
@@ -497,7 +506,39 @@ def _holds_secret(exc: BaseException, redactor: Redactor) -> bool:
     return False
 
 
-def _make_driver(runtime: str, isolation: str | None, workers: int, require: frozenset[str]) -> Driver:
+def _check_modules(modules: Iterable[str], runtime: str, isolation: str | None) -> tuple[str, ...]:
+    """Validate ``Sandbox(modules=...)``: optional modules, process isolation only, installed."""
+    from runtimes.restricted.modules import OPTIONAL_MODULES
+
+    if isinstance(modules, str):
+        modules = (modules,)
+    names = tuple(dict.fromkeys(modules))
+    if not names:
+        return ()
+    unknown = [name for name in names if name not in OPTIONAL_MODULES]
+    if unknown:
+        raise ConfigurationError(f"unknown optional module(s) {unknown}: choose from {list(OPTIONAL_MODULES)}")
+    if isolation != "process" or runtime != "restricted":
+        where = "in the guest image" if runtime == "wasi" else "safe in-process"
+        raise ConfigurationError(
+            f"modules={list(names)} are offered only with isolation='process' (not {where}): in-process the "
+            "language layer is the only boundary, and these C extensions expose raw memory (ndarray.ctypes, the "
+            "buffer protocol) and file I/O (np.load, ndarray.tofile, pd.read_*) that its guards cannot see; "
+            "the wasi runtime's guest image does not contain them. See docs/data.md."
+        )
+    import importlib.util
+
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigurationError(
+            f"modules={list(names)}: {', '.join(missing)} not installed on the host; "
+            "pip install 'sandbox[dataframes]'"
+        )
+    return names
+
+
+def _make_driver(runtime: str, isolation: str | None, workers: int, require: frozenset[str],
+                 modules: tuple[str, ...] = ()) -> Driver:
     if runtime == "wasi":
         from sandbox.wasi import WasiDriver
 
@@ -505,7 +546,7 @@ def _make_driver(runtime: str, isolation: str | None, workers: int, require: fro
     elif isolation == "process":
         from sandbox.process import ProcessDriver
 
-        driver = ProcessDriver(workers=workers, require=require)
+        driver = ProcessDriver(workers=workers, require=require, modules=modules)
     else:
         from sandbox.restricted import RestrictedDriver
 

@@ -42,21 +42,46 @@ ALLOWED_MODULES = ("contextlib", "types", "operator", "copy", "encodings.idna", 
 are built in `_load_executor`), so no run needs the filesystem to import."""
 
 
-def _load_executor() -> object:
+def _load_executor(extra_modules: tuple[str, ...] = ()) -> object:
     """The restricted executor, with its module proxies built and its watchdog thread off.
 
-    There is no fallback: without the language layer the zygote refuses to start.
+    ``extra_modules`` (``--module``, from `runtimes.restricted.modules.OPTIONAL_MODULES`) join
+    the allowlist of this zygote's children only. There is no fallback: without the language
+    layer (or an extra module) the zygote refuses to start.
     """
     from runtimes.restricted import executor
 
     _no_watchdog_thread()
     from runtimes.restricted.modules import MODULES
 
+    MODULES.allow(extra_modules)
+    for name in extra_modules:
+        _import_tree(name)
+
     # Build every module proxy now: a child can neither read files nor import later.
     # Submodules first ("collections.abc" before "collections"): a parent's proxy embeds them.
     for name in sorted(MODULES.allowed, key=lambda n: (-n.count("."), n)):
         MODULES.proxy(name)
     return executor
+
+
+_SKIP_PARTS = frozenset({"tests", "testing", "conftest", "_pyinstaller", "f2py", "distutils", "typing", "_typing"})
+
+
+def _import_tree(package: str) -> None:
+    """Import ``package`` and every submodule (test suites aside): children can neither read
+    files nor import later, and numpy/pandas import submodules lazily (``DataFrame.to_dict``,
+    ``np.sum``). A submodule whose optional dependency is missing is skipped."""
+    import importlib
+    import pkgutil
+
+    module = importlib.import_module(package)
+    for info in pkgutil.walk_packages(module.__path__, package + ".", onerror=lambda _name: None):
+        if _SKIP_PARTS.isdisjoint(info.name.split(".")):
+            try:
+                importlib.import_module(info.name)
+            except Exception:  # noqa: BLE001 - optional dependency missing, platform-specific, ...
+                pass
 
 
 def _no_watchdog_thread() -> None:
@@ -97,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-netns", action="store_true")
     parser.add_argument("--no-seccomp", action="store_true")
     parser.add_argument("--allow-raw", action="store_true")
+    parser.add_argument("--module", action="append", default=[])
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
 
     sys.dont_write_bytecode = True
@@ -106,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from runtimes.process import child, confine
 
-    executor = _load_executor()
+    executor = _load_executor(tuple(args.module))
     for name in ALLOWED_MODULES:
         try:
             __import__(name)

@@ -65,6 +65,11 @@ def _refused(name: str, obj: Any) -> AttributeError:
     return AttributeError(f"access to attribute {name!r} of {type(obj).__name__} object is not allowed")
 
 
+WRITABLE_PACKAGES: set[str] = set()
+"""Packages whose instances the guest may modify (``df["b"] = ...``, ``arr[0] = 1``): empty
+except in a process zygote that allowed optional modules (`ModuleTable.allow`)."""
+
+
 def is_guest_object(obj: Any) -> bool:
     """True for instances of guest-defined classes and for guest-defined classes."""
     if type(obj).__module__ == GUEST_MODULE:
@@ -275,6 +280,9 @@ class Guards:
         if isinstance(obj, type) and obj.__dict__.get("__module__") == GUEST_MODULE:
             return obj
         if kind is types.FunctionType and obj.__module__ == GUEST_MODULE:
+            return obj
+        if WRITABLE_PACKAGES and not isinstance(obj, type) and \
+                str(kind.__module__).partition(".")[0] in WRITABLE_PACKAGES:
             return obj
         raise TypeError(f"cannot modify a {kind.__name__} object: only your own lists, dicts, sets and objects")
 

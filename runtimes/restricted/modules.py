@@ -19,7 +19,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runtimes.restricted.guards import GUEST_MODULE, is_guest_object
+from runtimes.restricted.guards import GUEST_MODULE, WRITABLE_PACKAGES, is_guest_object
 
 ALLOWED_MODULES = (
     "math", "json", "re", "datetime", "collections", "collections.abc", "itertools", "functools",
@@ -44,6 +44,12 @@ _ONLY: Mapping[str, frozenset[str]] = {
     "_strptime": frozenset({"_strptime_datetime", "_strptime_time"}),
 }
 """Modules of which exactly the listed names are exposed (private ones included)."""
+
+OPTIONAL_MODULES = ("numpy", "pandas")
+"""Heavy C-extension modules a `ProcessDriver` may add to its children's allowlist (never the
+in-process runtime's: see docs/data.md, "Why numpy and pandas are not offered in-process").
+Their proxies carry every public attribute; raw memory, file I/O and runaway C calls are
+contained by the process layers (rlimits, seccomp, netns, Landlock), not by the guards."""
 
 _EXCLUDED: Mapping[str, frozenset[str]] = {
     # string.Formatter.get_field walks attributes unguarded (RestrictedPython advisory).
@@ -182,6 +188,17 @@ class ModuleTable:
         self._proxies: dict[str, ModuleProxy] = {}
         self._lock = threading.RLock()  # building a package's proxy builds its allowed submodules
 
+    def allow(self, names: tuple[str, ...]) -> None:
+        """Add `OPTIONAL_MODULES` to this table (the process zygote does so, before confinement,
+        for its own children only); any other name raises `ValueError`. Their instances become
+        writable by the guest, and their submodules importable (see `import_`)."""
+        unknown = set(names) - set(OPTIONAL_MODULES)
+        if unknown:
+            raise ValueError(f"not optional modules: {sorted(unknown)}; choose from {list(OPTIONAL_MODULES)}")
+        with self._lock:
+            self.allowed = self.allowed | frozenset(names)
+            WRITABLE_PACKAGES.update(names)
+
     def proxy(self, name: str) -> ModuleProxy:
         """The proxy for allowed module ``name`` (a fresh one for ``random``)."""
         if name == "random":
@@ -213,6 +230,12 @@ class ModuleTable:
         """The guest's ``__import__``: raises ImportError naming the module when not allowed."""
         if level != 0:
             raise ImportError("relative imports are not allowed")
+        if type(name) is str and name.partition(".")[0] in WRITABLE_PACKAGES and name not in self.allowed:
+            # A submodule of an optional package: C code imports these through the caller's
+            # __import__ (np.sum -> numpy._core._methods) and uses sys.modules, not the result.
+            private = any(part.startswith("_") for part in name.split("."))
+            importlib.import_module(name)
+            return self.proxy(name) if fromlist and not private else self.proxy(name.partition(".")[0])
         if type(name) is not str or name not in self.allowed:
             allowed = ", ".join(sorted(m for m in self.allowed if not m.startswith("_")))
             raise ImportError(f"import of {name!r} is not allowed; allowed modules: {allowed}")

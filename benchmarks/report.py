@@ -1,0 +1,198 @@
+"""Terminal report of a results dict (rich tables) and shared number formatting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs" if seconds < 1e-4 else f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms" if seconds < 1e-2 else f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}×" if value < 10 else f"{value:.0f}×"
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
+        value /= 1024
+    return "-"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def fmt_value(value: Any, unit: str) -> str:
+    if value is None:
+        return "not measured"
+    if unit == "s":
+        return fmt_time(value)
+    if unit == "x":
+        return fmt_ratio(value)
+    if unit == "bytes":
+        return fmt_bytes(value)
+    if unit == "runs/s":
+        return f"{value:.0f} runs/s"
+    return str(value)
+
+
+def cell(entry: dict[str, Any]) -> str:
+    """One workload × subject cell: median, or why there is none."""
+    status = entry.get("status")
+    if status == "ok" and "median" in entry:
+        return fmt_time(entry["median"])
+    return {"n/a": "n/a", "skipped": "skipped", "unsupported": "unsupported", "failed": "failed"}.get(status, "-")
+
+
+def subject_names(results: dict[str, Any]) -> list[str]:
+    return list(results.get("subjects", {}))
+
+
+def print_report(results: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    names = subject_names(results)
+    workloads = results.get("workloads", {})
+    subjects = results.get("subjects", {})
+
+    summary = Table(title="Median latency per run (ratio vs native exec)", title_justify="left")
+    summary.add_column("subject", style="bold")
+    for w in workloads.values():
+        summary.add_column(w["title"], justify="right")
+    for name in names:
+        row = [name]
+        for wname, w in workloads.items():
+            entry = w["results"].get(name, {})
+            if wname == "humaneval":
+                row.append(f"{entry['passed']}/{entry['problems']}" if entry.get("status") == "ok" else cell(entry))
+                continue
+            text = cell(entry)
+            if entry.get("status") == "ok" and entry.get("ratio_native") is not None and name != "native":
+                text += f"\n[dim]{fmt_ratio(entry['ratio_native'])}[/]"
+            row.append(text)
+        summary.add_row(*row)
+    console.print(summary)
+
+    for wname, w in workloads.items():
+        if wname == "humaneval":
+            continue
+        table = Table(title=f"{w['title']} — {w['description']}", title_justify="left")
+        for col in ("subject", "n", "median", "p90", "p99", "min", "× native", "× Monty", "note"):
+            table.add_column(col, justify="left" if col in ("subject", "note") else "right")
+        for name in names:
+            e = w["results"].get(name, {})
+            if e.get("status") == "ok":
+                table.add_row(name, str(e["n"]), fmt_time(e["median"]), fmt_time(e["p90"]), fmt_time(e["p99"]),
+                              fmt_time(e["min"]), fmt_ratio(e.get("ratio_native")), fmt_ratio(e.get("ratio_monty")), "")
+            else:
+                table.add_row(name, "", "", "", "", "", "", "", f"[yellow]{e.get('status')}[/]: {e.get('reason', '')}")
+        console.print(table)
+
+    he = workloads.get("humaneval")
+    if he:
+        table = Table(title=f"HumanEval: {he['problems']} programs, fresh state each (compatibility and time)",
+                      title_justify="left")
+        for col in ("subject", "passed", "total", "median / program", "× native", "first failures"):
+            table.add_column(col, justify="left" if col in ("subject", "first failures") else "right")
+        for name in names:
+            e = he["results"].get(name, {})
+            if e.get("status") == "ok":
+                fails = ", ".join(list(e["failures"])[:3]) + (" …" if len(e["failures"]) > 3 else "")
+                table.add_row(name, f"{e['passed']}/{e['problems']}", fmt_time(e["total_seconds"]),
+                              fmt_time(e.get("median")), fmt_ratio(e.get("ratio_native")), fails)
+            else:
+                table.add_row(name, "", "", "", "", f"[yellow]{e.get('status')}[/]: {e.get('reason', '')}")
+        console.print(table)
+
+    scaling = results.get("scaling")
+    if scaling:
+        levels = [str(c) for c in results["config"]["concurrency"]]
+        table = Table(title="Throughput, trivial snippet fresh (runs/s) by concurrency", title_justify="left")
+        table.add_column("subject")
+        for level in levels:
+            table.add_column(f"×{level}", justify="right")
+        for name in names:
+            e = scaling["results"].get(name, {})
+            if e.get("status") == "ok":
+                row = [name]
+                for level in levels:
+                    r = e["runs_per_second"].get(level, {})
+                    row.append(f"{r['runs_per_second']:.0f}" if "runs_per_second" in r else r.get("error", "-")[:30])
+                table.add_row(*row)
+        console.print(table)
+
+    rss = results.get("rss")
+    if rss:
+        table = Table(title="Memory and cold start (one child process per subject)", title_justify="left")
+        for col in ("subject", "cold start → first result", "host peak RSS", "over baseline", "workers PSS",
+                    "per live session"):
+            table.add_column(col, justify="left" if col == "subject" else "right")
+        for name in ["baseline", *names]:
+            e = rss.get(name, {})
+            if e.get("status") == "ok":
+                table.add_row(name, fmt_time(e.get("first_result_seconds")), fmt_bytes(e.get("host_peak_rss")),
+                              fmt_bytes(e.get("host_peak_rss_over_baseline")), fmt_bytes(e.get("workers_pss")),
+                              fmt_bytes(e.get("rss_per_live_session")))
+        console.print(table)
+
+    breakdown = results.get("breakdown", {})
+    for name, b in breakdown.items():
+        if b.get("status") != "ok":
+            continue
+        table = Table(title=f"Where the time goes: {name} ({b['source']})", title_justify="left")
+        table.add_column("phase")
+        table.add_column("time", justify="right")
+        table.add_column("how", style="dim")
+        for phase, value in (b.get("phases_median_seconds") or {}).items():
+            table.add_row(phase, fmt_time(value), "driver hook, median")
+        for phase, value in b["derived_seconds"].items():
+            shown = (fmt_ratio(value) if phase.endswith("_vs_native")
+                     else fmt_bytes(value) if phase.endswith("_bytes") else fmt_time(value))
+            table.add_row(phase, shown, b["explain"].get(phase, ""))
+        console.print(table)
+
+    targets = results.get("targets", [])
+    if targets:
+        table = Table(title="Targets from the issues", title_justify="left")
+        for col in ("issue", "what", "target", "measured", "met"):
+            table.add_column(col, justify="right" if col in ("measured",) else "left")
+        for t in targets:
+            met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[t["met"]]
+            table.add_row(f"#{t['issue']}", t["what"], t["target"], fmt_value(t["value"], t["unit"]), met)
+        console.print(table)
+
+    skipped = [(n, s["reason"]) for n, s in subjects.items() if s.get("status") != "ok"]
+    for n, reason in skipped:
+        console.print(f"[yellow]skipped[/] {n}: {reason}")
+    for wname, w in workloads.items():
+        for n, e in w["results"].items():
+            if e.get("status") in ("unsupported", "failed"):
+                console.print(f"[yellow]{e['status']}[/] {n} on {w['title']}: {e.get('reason')}")
+    before, after = results.get("load_before", {}), results.get("load_after", {})
+    during = results.get("load_during", {})
+    console.print(
+        f"[dim]machine: {results['machine']['cpu_model']}, {results['machine']['cpu_count_logical']} CPUs, "
+        f"Linux {results['machine']['kernel']}, Python {results['machine']['python']}; "
+        f"load before {before.get('load_average')}, after {after.get('load_average')}; "
+        f"CPU used by other processes before/after: {before.get('cpu_percent_other_processes')}% / "
+        f"{after.get('cpu_percent_other_processes')}%; "
+        f"1-min load during the run: max {_round(during.get('load1_max'))}, "
+        f"mean {_round(during.get('load1_mean'))}; run took {results.get('duration_seconds', 0):.0f} s[/]"
+    )

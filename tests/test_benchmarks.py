@@ -1,0 +1,84 @@
+"""Smoke test of the benchmark harness at minimal scale: it runs, writes JSON and PNGs, and
+reports skipped subjects with their reason instead of numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("rich")
+
+from benchmarks import readme, subjects, workloads  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+
+
+def test_capture_last_assigns_trailing_expression() -> None:
+    assert subjects.capture_last("x = 1\nx + 1").endswith(f"{subjects.RESULT_NAME} = x + 1")
+    assert subjects.capture_last("x = 1") == "x = 1"
+
+
+def test_json_payload_is_about_one_megabyte() -> None:
+    size = len(json.dumps(workloads.WORKLOADS[3].make_inputs()["data"]))
+    assert 0.9e6 < size < 1.2e6
+
+
+def test_native_answers_every_workload_it_can() -> None:
+    native = subjects.NativeSubject()
+    native.setup()
+    for w in workloads.WORKLOADS:
+        if w.mode == "fresh":
+            assert w.check(native.run(w.code, w.make_inputs())), w.name
+    session = native.open_session()
+    value = None
+    for step in workloads.AGENT_TURN:
+        value = session.run(step)
+    assert workloads.WORKLOADS[-1].check(value)
+
+
+def test_quick_run_writes_json_pngs_and_skip_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(self: subjects.Subject) -> None:
+        raise subjects.Unavailable("made unavailable by the smoke test")
+
+    monkeypatch.setattr(subjects.MontySubject, "setup", unavailable)
+    out = tmp_path / "bench"
+    code = main([
+        "--quick", "--out", str(out), "--budget", "0.02", "--humaneval-limit", "2",
+        "--subjects", "native,restricted,monty,restrictedpython,python-c",
+        "--workloads", "trivial_fresh,trivial_session,cpu_loop,humaneval",
+    ])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"]["python"] and results["machine"]["versions"]["RestrictedPython"]
+    for name in ("startup", "overhead", "scaling", "humaneval"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    subjects_info = results["subjects"]
+    assert subjects_info["monty"]["status"] == "skipped"
+    assert subjects_info["monty"]["reason"] == "made unavailable by the smoke test"
+    for info in subjects_info.values():
+        assert info["status"] == "ok" or info["reason"], info
+    for workload in results["workloads"].values():
+        for entry in workload["results"].values():
+            assert entry["status"] == "ok" or entry.get("reason"), entry
+
+    native = results["workloads"]["trivial_fresh"]["results"]["native"]
+    assert native["status"] == "ok" and native["n"] >= 3 and native["median"] > 0
+    assert native["ratio_native"] == pytest.approx(1.0)
+    assert results["workloads"]["trivial_session"]["results"]["python-c"]["status"] == "n/a"
+    he = results["workloads"]["humaneval"]["results"]["native"]
+    assert he["passed"] == 2 and he["problems"] == 2
+    assert results["scaling"]["results"]["native"]["runs_per_second"]["1"]["runs_per_second"] > 0
+    assert results["rss"]["native"]["first_result_seconds"] > 0
+    assert {t["issue"] for t in results["targets"]} == {2, 3, 4}
+
+    markdown = readme.render(results, "benchmarks/results")
+    assert "| native exec |" in markdown and "made unavailable by the smoke test" in markdown
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# x\n\n{readme.START}\nold\n{readme.END}\n\nafter\n")
+    assert readme.main(["--results", str(out / "results.json"), "--update", str(doc)]) == 0
+    text = doc.read_text()
+    assert "old" not in text and "| native exec |" in text and text.endswith("after\n")
