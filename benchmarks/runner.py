@@ -37,7 +37,7 @@ from benchmarks import machine
 from benchmarks.stats import ratio, summarise
 from benchmarks.subjects import GuestFailure, Subject, Unavailable
 from benchmarks.subjects import by_name as subjects_by_name
-from benchmarks.workloads import HUMANEVAL, TRIVIAL, Workload, humaneval_programs
+from benchmarks.workloads import TRIVIAL, Workload, humaneval_programs
 from benchmarks.workloads import by_name as workloads_by_name
 
 SCHEMA = 1

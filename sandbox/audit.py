@@ -269,10 +269,6 @@ class RunRecorder:
         self._calls: list[CallRecord] = []
         self._lock = threading.Lock()
 
-    def add_secret(self, grant: SecretGrant) -> None:
-        with self._lock:
-            self.secrets.append(grant)
-
     def call(
         self,
         capability: str,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import json
 import keyword
 import re
 import textwrap
@@ -47,7 +46,7 @@ def close_call_detail(token: contextvars.Token) -> None:
     _CALL_DETAIL.reset(token)
 
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+CAPABILITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 _RESERVED = frozenset({"secrets", "print", "PolicyDenied", "CapabilityError"})
 
 
@@ -63,7 +62,7 @@ class Capability:
             raise TypeError(f"@capability needs a function, got {type(func).__name__}")
         self.func = func
         self.name = name or getattr(func, "__name__", "")
-        if not _NAME.match(self.name) or any(keyword.iskeyword(part) for part in self.name.split(".")):
+        if not CAPABILITY_NAME.match(self.name) or any(keyword.iskeyword(part) for part in self.name.split(".")):
             raise ValueError(
                 f"capability name {self.name!r} is not valid: use identifiers joined by dots, e.g. 'sql.query'"
             )

@@ -142,9 +142,6 @@ class Egress(BaseModel):
                 raise ValueError(f"allow_networks entry {item!r} is not a CIDR network (e.g. '127.0.0.1/32')") from None
         return tuple(result)
 
-    def address_allowed(self, address: str) -> bool:
-        """True when a resolved address may be connected to under this policy."""
-        return address_refusal(address, self) is None
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

@@ -53,10 +53,7 @@ from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes.wire import Fault
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
-from sandbox.runtime import Job, Outcome
-
-LAYERS = frozenset({"restricted-python", "rlimits", "seccomp", "netns", "userns", "landlock", "uid"})
-"""Layer names this driver can report (and a caller can require)."""
+from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, internal_error
 
 DEFAULT_UID = 65534
 """Unprivileged uid/gid the children drop to on a root host (``nobody`` unless configured
@@ -297,7 +294,7 @@ class ProcessDriver:
     """The restricted runtime in confined child processes (see the module docstring).
 
     ``workers`` bounds concurrent runs (and the spares kept warm); ``require`` names layers
-    that must be in force (`LAYERS`), else `IsolationUnavailable` is raised here.
+    that must be in force (names from `sandbox.runtime.KNOWN_LAYERS`), else `IsolationUnavailable` is raised here.
     ``uid`` overrides the dedicated unprivileged uid (root hosts only). ``_allow_raw`` is a
     test-only switch enabling `_run_raw` (plain ``exec`` under the same confinement);
     ``_disable`` (test-only) skips layers (``"seccomp"``, ``"landlock"``, ``"netns"``) so a
@@ -318,9 +315,9 @@ class ProcessDriver:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         require = frozenset(require)
-        unknown = require - LAYERS - {"wasm"}  # "wasm" is known, just never applied here
+        unknown = require - KNOWN_LAYERS
         if unknown:
-            raise ValueError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(LAYERS)}")
+            raise ValueError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
             raise IsolationUnavailable("isolation='process' needs Linux >= 5.3 (pidfd_open)")
         self.workers = workers
@@ -424,7 +421,7 @@ class ProcessDriver:
             except TimeoutError:
                 return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
             except (ChannelClosed, OSError) as exc:
-                return _internal(f"no process worker: {exc}")
+                return internal_error(f"no process worker: {exc}")
             done = False
             try:
                 outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
@@ -505,7 +502,7 @@ class ProcessDriver:
     def _outcome(msg: dict, layers: tuple[str, ...]) -> Outcome:
         data = msg.get("outcome")
         if not isinstance(data, dict):
-            return _internal("the child sent no outcome")
+            return internal_error("the child sent no outcome")
         try:
             error = data.get("error")
             return Outcome(
@@ -516,7 +513,7 @@ class ProcessDriver:
                 cpu_seconds=float(msg.get("cpu") or 0.0), peak_memory_bytes=int(msg.get("maxrss") or 0) or None,
                 layers=layers)
         except (ValidationError, TypeError, ValueError) as exc:
-            return _internal(f"the child sent a malformed outcome: {exc}")
+            return internal_error(f"the child sent a malformed outcome: {exc}")
 
     def _with_usage(self, child: _Child, outcome: Outcome, layers: tuple[str, ...]) -> Outcome:
         info = child.exit_info or {}
@@ -531,7 +528,7 @@ class ProcessDriver:
         if child.kill_reason == "wall":
             return self._with_usage(child, _limit("wall", "wall-clock limit exceeded"), layers)
         if not info or info.get("status", -1) < 0:
-            return self._with_usage(child, _internal(f"the process worker was lost ({why})"), layers)
+            return self._with_usage(child, internal_error(f"the process worker was lost ({why})"), layers)
         status = int(info["status"])
         cpu = float(info.get("utime", 0.0)) + float(info.get("stime", 0.0)) - child.cpu_total
         limits = job.limits
@@ -540,17 +537,17 @@ class ProcessDriver:
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.99):
                 result = _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
             elif sig == signal.SIGKILL and child.kill_reason == "protocol":
-                result = _internal(f"the process worker was stopped by the host ({why})")
+                result = internal_error(f"the process worker was stopped by the host ({why})")
             elif sig == signal.SIGKILL:
                 result = _limit("memory", "the process worker was killed (out of memory)")
             elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT) and self._near_memory_limit(child, info):
                 result = _limit("memory", f"memory limit exceeded (worker died with {signal.Signals(sig).name})")
             elif sig == signal.SIGXFSZ:
-                result = _internal("the guest tried to write a file (SIGXFSZ)")
+                result = internal_error("the guest tried to write a file (SIGXFSZ)")
             else:
-                result = _internal(f"the process worker died with {signal.Signals(sig).name}")
+                result = internal_error(f"the process worker died with {signal.Signals(sig).name}")
         else:
-            result = _internal(f"the process worker exited with status {os.WEXITSTATUS(status)} ({why})")
+            result = internal_error(f"the process worker exited with status {os.WEXITSTATUS(status)} ({why})")
         return self._with_usage(child, result, layers)
 
     @staticmethod
@@ -601,7 +598,7 @@ class ProcessSession:
         deadline = start + job.limits.wall_seconds
         with self._lock, self._driver._slots:
             if self._closed:
-                return _internal("the session is closed")
+                return internal_error("the session is closed")
             if self._child is None:
                 try:
                     self._child = self._driver._take(deadline)
@@ -609,7 +606,7 @@ class ProcessSession:
                 except TimeoutError:
                     return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
                 except (ChannelClosed, OSError) as exc:
-                    return _internal(f"no process worker: {exc}")
+                    return internal_error(f"no process worker: {exc}")
             outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
             if not alive:
                 self._child.close()
@@ -636,5 +633,3 @@ def _limit(limit: str, message: str) -> Outcome:
     return Outcome(ok=False, error=ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit))
 
 
-def _internal(message: str) -> Outcome:
-    return Outcome(ok=False, error=ErrorInfo(kind="internal", type="InternalError", message=message))

@@ -22,6 +22,13 @@ from runtimes.wire import Fault
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo
 
+KNOWN_LAYERS = frozenset({
+    "restricted-python",                                                    # restricted
+    "rlimits", "seccomp", "netns", "landlock", "userns", "uid",              # + isolation="process"
+    "wasm", "wasi-no-ambient", "fuel", "epoch-deadline", "store-memory-limit",  # wasi
+})
+"""Every isolation layer name a driver may report in `Outcome.layers`, and a caller may require."""
+
 CapabilityFault = Fault
 """Raised by the host bridge when a capability call fails (see `runtimes.wire.Fault`)."""
 

@@ -21,6 +21,7 @@ and one redacted `RunRecord` per run (Session runs included) is emitted after th
 from __future__ import annotations
 
 import asyncio
+import keyword
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from sandbox.egress import Egress, EgressClient
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
-from sandbox.runtime import CapabilityFault, Driver, DriverSession, Job, Outcome
+from sandbox.runtime import KNOWN_LAYERS, CapabilityFault, Driver, DriverSession, Job, Outcome
 from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
 
 if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
@@ -52,11 +53,6 @@ log = logging.getLogger("sandbox")
 RuntimeName = Literal["restricted", "wasi"]
 IsolationName = Literal["none", "process"]
 RUNTIMES: tuple[str, ...] = ("restricted", "wasi")
-LAYERS = frozenset({
-    "restricted-python",                                                    # restricted
-    "rlimits", "seccomp", "netns", "landlock", "userns", "uid",              # + isolation="process"
-    "wasm", "wasi-no-ambient", "fuel", "epoch-deadline", "store-memory-limit",  # wasi
-})
 
 
 class _RunBridge:
@@ -220,9 +216,9 @@ class Sandbox:
         if workers != 1 and isolation != "process":
             raise ConfigurationError("workers applies only to isolation='process'")
         required = frozenset(require)
-        unknown = required - LAYERS
+        unknown = required - KNOWN_LAYERS
         if unknown:
-            raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(LAYERS)}")
+            raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
         extra_modules = _check_modules(modules, runtime, isolation)
         if egress is not None and not isinstance(egress, Egress):
             raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
@@ -367,8 +363,8 @@ class Sandbox:
             except WireError as exc:
                 raise TypeError(f"inputs must be JSON-compatible: {exc}") from None
         for name in wire_inputs:
-            if not name.isidentifier() or name.startswith("_"):
-                raise ValueError(f"input name {name!r} must be an identifier not starting with '_'")
+            if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+                raise ValueError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
         run_id = os.urandom(16).hex()
         # Secret values are read now (just in time); SecretUnavailable propagates to the host.
         broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, S
 from pydantic_core import core_schema
 
 from runtimes.wire import SECRET_MARKER
+from sandbox.capabilities import CAPABILITY_NAME
 from sandbox.errors import SandboxError
 from sandbox.runtime import CapabilityFault, SecretHandleSpec
 
@@ -68,7 +69,6 @@ __all__ = [
 log = logging.getLogger("sandbox.secrets")
 
 _SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_CAPABILITY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
 
 
@@ -242,7 +242,7 @@ class Secret(BaseModel):
     def _capability_names(cls, value: Any) -> Any:
         items = [value] if isinstance(value, str) else list(value)
         for item in items:
-            if not isinstance(item, str) or not _CAPABILITY_PATTERN.match(item):
+            if not isinstance(item, str) or not CAPABILITY_NAME.match(item):
                 raise ValueError(f"capability name {item!r} in a Secret scope is not valid (e.g. 'http' or 'sql.query')")
         return tuple(items)
 
@@ -485,23 +485,6 @@ class SecretBroker:
     def _describe(name: str, secret: Secret) -> str:
         label = f" ({secret.description})" if secret.description else ""
         return f"<secret {name}{label}: {secret.scope_text()}>"
-
-    def scopes(self) -> dict[str, str]:
-        """Secret name -> scope text, for messages (never values)."""
-        return {g.name: g.secret.scope_text() for g in self._grants.values()}
-
-    def grants(self) -> list[dict[str, Any]]:
-        """The handles issued to this run as records show them (``sandbox.audit.SecretGrant`` fields)."""
-        return [
-            {
-                "name": g.name,
-                "capabilities": g.secret.capabilities,
-                "hosts": g.secret.hosts,
-                "ttl_seconds": g.secret.ttl,
-                "max_uses": g.secret.max_uses,
-            }
-            for g in self._grants.values()
-        ]
 
     def resolve(self, token: Any, capability: str) -> SecretValue:
         """The `SecretValue` for ``token`` in a call of ``capability``, or ``PolicyDenied``."""

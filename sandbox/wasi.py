@@ -138,7 +138,6 @@ class _RunState:
     tokens: dict[int, str]
     capabilities: frozenset[str]
     deadline: float = math.inf
-    calls: int = 0
     terminate: Fault | None = None
     refused: str | None = None
     """The WASI call the host refused (see `_refuse_clock_wait`), if one ended the run."""
@@ -210,7 +209,6 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
         return (False, _fault_payload(Fault("CapabilityError", "no run is active")), returned)
     if state.terminate is not None:
         return (False, _fault_payload(state.terminate), returned)
-    state.calls += 1
     try:
         if name not in state.capabilities:
             raise Fault("CapabilityError", f"no capability named {name!r} was granted to this run")
@@ -687,7 +685,6 @@ class WasiDriver:
 
     def __init__(self, *, fuel_per_cpu_second: int = FUEL_PER_CPU_SECOND) -> None:
         self.fuel_per_cpu_second = fuel_per_cpu_second
-        self._closed = False
         _get_runtime()  # build or load the guest now: a missing toolchain fails here, clearly
 
     # -- instances -------------------------------------------------------------------------
@@ -744,12 +741,11 @@ class WasiDriver:
             remaining = store.get_fuel()
         except WasmtimeError:
             remaining = 0
-        used_fuel = budget - remaining
         if trap is not None:
             inst.poisoned = True
             error = self._classify(trap, state, limits, remaining, wall)
             return Outcome(ok=False, error=error, cpu_seconds=cpu, layers=_LAYERS)
-        return self._outcome(text, state, limits, cpu, used_fuel)
+        return self._outcome(text, state, limits, cpu)
 
     def _classify(self, trap: WasmtimeError, state: _RunState, limits: Limits, remaining: int, wall: float) -> ErrorInfo:
         text = str(trap)
@@ -783,7 +779,7 @@ class WasiDriver:
         # `unreachable`: the interpreter or its runtime aborted (e.g. a made-up resource handle)
         return ErrorInfo(kind="guest_exception", type="GuestCrash", message=f"the guest interpreter aborted: {cause}")
 
-    def _outcome(self, text: str | None, state: _RunState, limits: Limits, cpu: float, used_fuel: int) -> Outcome:
+    def _outcome(self, text: str | None, state: _RunState, limits: Limits, cpu: float) -> Outcome:
         try:
             data = json.loads(text) if isinstance(text, str) else None
             if not isinstance(data, dict):
@@ -830,7 +826,8 @@ class WasiDriver:
         return WasiSession(self)
 
     def close(self) -> None:
-        self._closed = True
+        """Nothing to release per driver: the engine, compiled component and spare instances are
+        shared by every driver in the process."""
 
     # -- diagnostics ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import select
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,7 @@ class Listener(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.connections = 0
+        self._accepted = 0
         self.requests: list[dict] = []
         super().__init__((host, 0), _Handler)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -34,9 +35,19 @@ class Listener(ThreadingHTTPServer):
     def url(self, path: str = "/", host: str | None = None) -> str:
         return f"http://{host or self.server_address[0]}:{self.port}{path}"
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far, counted only once none is still waiting in the accept
+        queue (the server thread polls every 50 ms; a connect that just completed must count)."""
+        deadline = time.monotonic() + 1.0
+        while select.select([self.socket], [], [], 0)[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.01)  # the count is taken just after accept() returns
+        return self._accepted
+
     def get_request(self):  # type: ignore[override]
         conn = super().get_request()
-        self.connections += 1
+        self._accepted += 1
         return conn
 
     def raw(self) -> str:

@@ -120,6 +120,8 @@ def test_inputs_must_be_json_compatible():
         sb.run("x", inputs={"x": object()})
     with pytest.raises(ValueError, match="identifier"):
         sb.run("x", inputs={"_private": 1})
+    with pytest.raises(ValueError, match="keyword"):
+        sb.run("x", inputs={"class": 1})
 
 
 def test_closed_sandbox_refuses_runs():

@@ -18,9 +18,14 @@ still works afterwards.
 
 from __future__ import annotations
 
+import builtins
+import collections
+import decimal
 import json
+import math
 from pathlib import Path
 
+import psutil
 import pytest
 
 from runtimes.restricted import GuestState, execute
@@ -35,7 +40,22 @@ LIMITS = {
 }
 CANARY = "canary-7f3a9c-do-not-leak"
 TOKEN = "ghp_TOPSECRETTOKEN_1234567890"
-HOST_STATE = {"touched": False}
+
+
+def _host_state() -> dict:
+    """What a guest running in this process could try to change: shared module attributes,
+    the host thread's decimal context, builtins, and this process's children."""
+    return {
+        "json.dumps": json.dumps,
+        "OrderedDict.popitem": collections.OrderedDict.popitem,
+        "math.sqrt": math.sqrt,
+        "builtins.len": builtins.len,
+        "decimal.prec": decimal.getcontext().prec,
+        "children": sorted(p.pid for p in psutil.Process().children(recursive=True)),
+    }
+
+
+HOST_STATE = _host_state()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +78,7 @@ def assert_contained(result: dict) -> None:
     text = json.dumps(result)
     assert CANARY not in text
     assert TOKEN not in text
-    assert HOST_STATE == {"touched": False}
+    assert _host_state() == HOST_STATE
     check = run("import json\njson.dumps({'a': 1})")
     assert check["ok"] and check["value"] == '{"a": 1}'
 
@@ -223,6 +243,9 @@ def test_session_cannot_poison_the_next_fresh_run() -> None:
     assert attempt["ok"], attempt
     fresh = run("import math\n[math.sqrt(16), len('ab')]")
     assert fresh["value"] == [4.0, 2]
+    same_session = execute("import math\nmath.sqrt(16)", limits=LIMITS, call_host=_host, state=state)
+    assert same_session["value"] == 4.0
+    assert math.sqrt(16) == 4.0 and _host_state() == HOST_STATE
 
 
 def test_random_seed_does_not_touch_host_generator() -> None:
@@ -243,4 +266,4 @@ def test_host_global_not_reachable_through_generator_frames() -> None:
     )
     result = run(code)
     assert result["ok"] and result["value"] is None
-    assert HOST_STATE == {"touched": False}
+    assert _host_state() == HOST_STATE

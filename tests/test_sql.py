@@ -118,6 +118,7 @@ def test_every_write_route_is_denied_and_files_are_unchanged(db, allowlist):
             assert result.error.kind == "policy_denied", (text, result.error)
             assert result.error.message.startswith("sql: "), result.error.message
     assert _snapshot(db.parent) == before
+    assert len(sink.records) == len(_write_routes(db))
     for record in sink.records:
         (call,) = record.calls
         assert call.status == "denied"
@@ -199,6 +200,7 @@ def test_sqlite_authorizer_guards_without_the_parse_check(tmp_path):
                  "DELETE FROM orders", "ATTACH 'x.db' AS x"]:
         with pytest.raises(SqlDenied):
             database._sqlite(text, None)
+    assert not Path("x.db").exists() and not (tmp_path / "x.db").exists()
     assert database._sqlite("SELECT count(*) AS n FROM orders", None)[1] == [{"n": 3}]
 
 

@@ -69,20 +69,10 @@ def _raw_execute(code: str, *, inputs: dict | None = None, **_: Any) -> dict:
     return wire.outcome(value=wire.to_result_value(g.get("result")), stdout=out.getvalue())
 
 
-def _memory_to_limit(result: dict) -> dict:
-    err = result.get("error")
-    if err and err.get("kind") == "guest_exception" and err.get("type") == "MemoryError":
-        result = dict(result)
-        result["error"] = wire.error("limit_exceeded", "memory", "memory limit exceeded (MemoryError)",
-                                     lineno=err.get("lineno"), limit="memory")
-        result["ok"] = False
-    return result
-
-
 def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid: int | None,
           zygote_pid: int, layers: list[str], allow_raw: bool) -> None:
     """Run in the forked child; never returns."""
-    code = 0
+    status = 0
     try:
         confine.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != zygote_pid:
@@ -93,8 +83,8 @@ def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid
         # Warm-up: same code path as a real job, before any confinement of our own.
         # Twice: once through the compile cache the zygote filled, once with a small source unique
         # to this child, so the compiler's pages are copied-on-write now rather than during the job.
-        for code in (WARMUP_CODE, f"child = {os.getpid()}\nchild + 1"):
-            executor.execute(code, limits=WARMUP_LIMITS, call_host=_no_host)
+        for source in (WARMUP_CODE, f"child = {os.getpid()}\nchild + 1"):
+            executor.execute(source, limits=WARMUP_LIMITS, call_host=_no_host)
         if uid is not None:
             confine.drop_to_uid(uid, gid if gid is not None else uid)
             layers.append("uid")
@@ -107,8 +97,8 @@ def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid
     except ChannelClosed:
         pass
     except BaseException:  # noqa: BLE001 - a child must never unwind into the zygote's code
-        code = 70
-    os._exit(code)
+        status = 70
+    os._exit(status)
 
 
 def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
@@ -157,7 +147,6 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                 raise
             except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
                 result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
-        result = _memory_to_limit(result)
         cpu1, maxrss = _rusage()
         try:
             write_message(chan, {"t": "done", "outcome": result, "cpu": cpu1 - cpu0, "cpu_total": cpu1,

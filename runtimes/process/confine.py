@@ -38,7 +38,6 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 
 PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 SYS_landlock_create_ruleset = 444
@@ -338,18 +337,6 @@ def load_bpf(program: bytes) -> None:
     set_no_new_privs()
     _check(_libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(PR_SET_SECCOMP)")
-
-
-def seccomp_mode() -> int:
-    """The ``Seccomp:`` field of /proc/self/status (2 = filter), -1 if unreadable."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("Seccomp:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
 
 
 def rlimit_plan(*, vm_bytes: int, data_bytes: int, cpu_used: float, memory_bytes: int, cpu_seconds: float,

@@ -28,7 +28,7 @@ import secrets as _random
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -172,22 +172,6 @@ class SessionTable:
         return len(self._entries)
 
 
-def _secret_redactor(secrets: Mapping[str, Any] | None) -> Any:
-    """A `Redactor` over the values that can be read now; values that cannot are skipped
-    (the sandbox reads and redacts them per run anyway)."""
-    if not secrets:
-        return None
-    from sandbox.secrets import Redactor
-
-    values = {}
-    for name, secret in secrets.items():
-        try:
-            values[name] = secret.read(name)
-        except Exception:  # SecretUnavailable, or a provider that fails: nothing to redact here
-            continue
-    return Redactor(values) if values else None
-
-
 def render_text(output: RunOutput) -> str:
     """The result as text for the model: output, then the value or the error, then the session."""
     text = render_result(output)
@@ -198,14 +182,13 @@ def create_server(
     sandbox: Any,
     *,
     sessions: SessionSettings | None = None,
-    secrets: Mapping[str, Any] | None = None,
     name: str = SERVER_NAME,
     clock: Any = time.monotonic,
 ) -> "MCPServer":
     """An ``MCPServer`` exposing ``sandbox`` through the five tools (see the module docstring).
 
-    ``secrets`` (the ``Secret`` objects given to the sandbox) lets the server redact their
-    values from every result a second time. The server owns neither the sandbox nor its
+    Results are redacted by the sandbox itself (every secret value and its encodings), so
+    nothing here reads a secret. The server owns neither the sandbox nor its
     sessions' lifetime beyond the table: close the sandbox when the server stops.
     """
     from typing import Annotated
@@ -215,22 +198,14 @@ def create_server(
     from mcp.types import CallToolResult, TextContent
 
     table = SessionTable(sandbox, sessions or SessionSettings(), clock)
-    redactor = _secret_redactor(secrets)
-
-    def scrub_text(text: str) -> str:
-        return redactor.text(text) if redactor else text
 
     def finish(result: RunResult, session_id: str | None = None) -> CallToolResult:
-        data = RunOutput(
-            ok=result.ok, value=result.value, stdout=result.stdout, stderr=result.stderr,
-            output_truncated=result.output_truncated, error=result.error, usage=result.usage,
-            run_id=result.run_id, session_id=session_id,
-        ).model_dump(mode="json")
-        if redactor:
-            data = redactor.value(data)
-        output = RunOutput.model_validate(data)
+        output = RunOutput.model_validate(
+            {**result.model_dump(include=set(RunOutput.model_fields)), "session_id": session_id}
+        )
+        data = output.model_dump(mode="json")
         return CallToolResult(
-            content=[TextContent(type="text", text=scrub_text(render_text(output)))],
+            content=[TextContent(type="text", text=render_text(output))],
             structured_content=data,
             is_error=not output.ok,
         )
@@ -239,7 +214,7 @@ def create_server(
         try:
             result = await run(code, inputs=inputs)
         except (TypeError, ValueError) as exc:  # inputs that are not JSON data or not identifiers
-            raise ToolError(scrub_text(f"invalid inputs: {exc}")) from None
+            raise ToolError(f"invalid inputs: {exc}") from None
         return finish(result, session_id)
 
     instructions = (
@@ -319,10 +294,10 @@ def create_server(
     return server
 
 
-def serve(sandbox: Any, *, sessions: SessionSettings | None = None, secrets: Mapping[str, Any] | None = None) -> None:
+def serve(sandbox: Any, *, sessions: SessionSettings | None = None) -> None:
     """Serve ``sandbox`` as MCP on stdin/stdout until the client leaves; then close its sessions
     and the sandbox."""
-    server = create_server(sandbox, sessions=sessions, secrets=secrets)
+    server = create_server(sandbox, sessions=sessions)
     try:
         server.run("stdio")
     finally:
@@ -347,12 +322,11 @@ def mcp_command(config_path: str | None, runtime: str | None, isolation: str | N
         raise click.ClickException("the MCP server needs the mcp extra: pip install 'sandbox[mcp]'") from None
     try:
         config = load_config(config_path)
-        secrets = config.load_secrets()
         sandbox = config.build_sandbox(runtime=runtime, isolation=isolation, policy=policy_path)
     except (ValueError, TypeError) as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        serve(sandbox, sessions=config.sessions, secrets=secrets)
+        serve(sandbox, sessions=config.sessions)
     except KeyboardInterrupt:
         sys.exit(0)
 

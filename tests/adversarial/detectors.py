@@ -35,6 +35,7 @@ import importlib
 import os
 import random
 import secrets as _random_tokens
+import select
 import signal
 import socket
 import sys
@@ -105,7 +106,7 @@ class LoopbackListener:
         self.sock.listen(64)
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
-        self.connections = 0
+        self._accepted = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="adversarial-listener", daemon=True)
         self._thread.start()
@@ -118,8 +119,21 @@ class LoopbackListener:
                 continue
             except OSError:
                 return
-            self.connections += 1
+            self._accepted += 1
             conn.close()
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far, counted once none is still waiting to be accepted."""
+        deadline = time.monotonic() + 1.0
+        while select.select([self.sock], [], [], 0)[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.01)  # the count is taken just after accept() returns
+        return self._accepted
+
+    @connections.setter
+    def connections(self, value: int) -> None:
+        self._accepted = value
 
     def close(self) -> None:
         self._stop.set()

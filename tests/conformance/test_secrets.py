@@ -82,6 +82,7 @@ def encodings(value: str) -> dict[str, str]:
         "HEX": data.hex().upper(),
         "percent": urllib.parse.quote(value, safe=""),
         "reversed-safe-prefix": value[:16],
+        "reversed": value[::-1],
     }
 
 
