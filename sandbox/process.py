@@ -33,6 +33,7 @@ a fresh interpreter started once per driver, never a fork of this multi-threaded
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import resource
@@ -47,13 +48,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runtimes.process import confine
 from runtimes.process.framing import MAX_FRAME, ChannelClosed, decode, encode
 from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes.wire import Fault
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
-from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, internal_error
+from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, internal_error, limit_error
 
 DEFAULT_UID = 65534
 """Unprivileged uid/gid the children drop to on a root host (``nobody`` unless configured
@@ -443,12 +443,12 @@ class ProcessDriver:
         try:
             if child.limits_plan is None:
                 vm, data = child.zygote.child_size(child.pid)
-                child.limits_plan = confine.rlimit_plan(
+                child.limits_plan = rlimit_plan(
                     vm_bytes=vm, data_bytes=data, cpu_used=child.cpu_total, memory_bytes=limits.memory_bytes,
                     cpu_seconds=limits.cpu_seconds, nproc=self._uid is not None, cpu_hard=not session)
                 plan = child.limits_plan
             else:  # session: the memory ceiling stays, the CPU budget is cumulative
-                plan = {resource.RLIMIT_CPU: confine.rlimit_plan(
+                plan = {resource.RLIMIT_CPU: rlimit_plan(
                     vm_bytes=0, data_bytes=0, cpu_used=child.cpu_total, memory_bytes=1,
                     cpu_seconds=limits.cpu_seconds, cpu_hard=False)[resource.RLIMIT_CPU]}
             child.send({"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
@@ -629,7 +629,35 @@ class _NoBridge:
         raise Fault("CapabilityError", "no capabilities in raw runs")
 
 
+def rlimit_plan(*, vm_bytes: int, data_bytes: int, cpu_used: float, memory_bytes: int, cpu_seconds: float,
+                nofile: int = 64, nproc: bool = True, cpu_hard: bool = True) -> dict[int, tuple[int, int]]:
+    """The rlimits a child sets on itself before a run, as ``{resource: (soft, hard)}``.
+
+    RLIMIT_AS counts the whole virtual size of the process, and the child is a forked CPython
+    that already maps ~100+ MiB of interpreter, libraries and arenas. So the ceiling is
+    *relative*: ``current VmSize + memory_bytes``; RLIMIT_DATA likewise from the current data
+    segment size. The guest can therefore allocate about ``memory_bytes`` more than the warm
+    child already holds. RLIMIT_CPU counts seconds since the child was forked, in whole
+    seconds: soft = ceil(cpu already used + cpu_seconds) gives SIGXCPU, hard = soft + 1
+    gives SIGKILL if SIGXCPU is somehow survived. Sessions pass ``cpu_hard=False``: the CPU
+    budget is cumulative and an unprivileged child could never raise a hard limit again, so
+    a session relies on the soft limit plus the host's wall-clock kill.
+    """
+    cpu_soft = max(1, math.ceil(cpu_used + cpu_seconds))
+    plan = {
+        resource.RLIMIT_AS: (vm_bytes + memory_bytes, vm_bytes + memory_bytes),
+        resource.RLIMIT_DATA: (data_bytes + memory_bytes, data_bytes + memory_bytes),
+        resource.RLIMIT_CPU: (cpu_soft, cpu_soft + 1 if cpu_hard else resource.RLIM_INFINITY),
+        resource.RLIMIT_NOFILE: (nofile, nofile),
+        resource.RLIMIT_FSIZE: (0, 0),
+        resource.RLIMIT_CORE: (0, 0),
+    }
+    if nproc:
+        plan[resource.RLIMIT_NPROC] = (0, 0)
+    return plan
+
+
 def _limit(limit: str, message: str) -> Outcome:
-    return Outcome(ok=False, error=ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit))
+    return Outcome(ok=False, error=limit_error(limit, message))
 
 

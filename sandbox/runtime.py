@@ -112,6 +112,11 @@ class Driver(Protocol):
         ...
 
 
+def limit_error(limit: str, message: str) -> ErrorInfo:
+    """The error of a run that hit ``limit``; ``type`` is the limit's name, as in every runtime."""
+    return ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit)  # type: ignore[arg-type]
+
+
 def internal_error(message: str) -> Outcome:
     """An outcome for a fault on the host side of a driver (never the guest's doing)."""
     return Outcome(ok=False, error=ErrorInfo(kind="internal", type="InternalError", message=message))

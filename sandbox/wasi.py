@@ -46,6 +46,7 @@ import math
 import os
 import threading
 import time
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,8 @@ from wasmtime.component import Component, Linker, ResourceAny, ResourceHost, Res
 
 from runtimes.wire import SECRET_MARKER, Fault
 from sandbox.limits import Limits
-from sandbox.results import ErrorInfo
-from sandbox.runtime import Job, Outcome, internal_error
+from sandbox.results import ErrorInfo, ErrorKind
+from sandbox.runtime import Job, Outcome, internal_error, limit_error
 from sandbox.wasi_build import WasiBuildError, load_component, make_engine
 
 __all__ = ["WasiDriver", "WasiSession", "WasiBuildError", "FUEL_PER_CPU_SECOND", "STARTUP_FUEL", "TICK_SECONDS"]
@@ -136,7 +137,6 @@ class _RunState:
 
     job: Job
     tokens: dict[int, str]
-    capabilities: frozenset[str]
     deadline: float = math.inf
     terminate: Fault | None = None
     refused: str | None = None
@@ -210,7 +210,8 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
     if state.terminate is not None:
         return (False, _fault_payload(state.terminate), returned)
     try:
-        if name not in state.capabilities:
+        # Guest code can call the raw host import with any name: only the job's grants pass.
+        if name not in state.job.capabilities:
             raise Fault("CapabilityError", f"no capability named {name!r} was granted to this run")
         decoded = json.loads(args_json)
         if not (isinstance(decoded, list) and len(decoded) == 2 and isinstance(decoded[0], list) and isinstance(decoded[1], dict)):
@@ -622,12 +623,7 @@ def _options(job: Job, *, session: bool) -> str:
 _LAYERS = ("wasm", "wasi-no-ambient", "fuel", "epoch-deadline", "store-memory-limit")
 
 
-def _limit(limit: str, message: str) -> ErrorInfo:
-    """A limit error; ``type`` is the limit's name, as in every runtime."""
-    return ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit)  # type: ignore[arg-type]
-
-
-_KINDS = ("compile_error", "guest_exception", "limit_exceeded", "policy_denied", "internal")
+_KINDS = typing.get_args(ErrorKind)
 
 
 def _terminate_error(fault: Fault) -> ErrorInfo:
@@ -701,7 +697,7 @@ class WasiDriver:
         except WasmtimeError as exc:
             text = str(exc)
             if "memory" in text and ("limit" in text or "minimum" in text):
-                return _limit("memory", f"memory limit {limits.memory_bytes} bytes is below what the interpreter needs to start")
+                return limit_error("memory", f"memory limit {limits.memory_bytes} bytes is below what the interpreter needs to start")
             if "fuel" in text:
                 return ErrorInfo(kind="internal", type="InternalError", message="guest start-up exceeded its fuel allowance")
             raise
@@ -719,7 +715,7 @@ class WasiDriver:
             tokens[rep] = spec.token
             handles.append(ResourceHost.own(rep, SECRET_TYPE))
         state = _RunState(
-            job=job, tokens=tokens, capabilities=frozenset(job.capabilities), deadline=time.monotonic() + limits.wall_seconds
+            job=job, tokens=tokens, deadline=time.monotonic() + limits.wall_seconds
         )
         options = _options(job, session=session)
         previous = getattr(_tls, "state", None)
@@ -753,7 +749,7 @@ class WasiDriver:
             return _terminate_error(state.terminate)
         if state.refused is not None:
             if state.refused_past_deadline:
-                return _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded (waiting in {state.refused})")
+                return limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded (waiting in {state.refused})")
             return ErrorInfo(
                 kind="guest_exception",
                 type="WasiCallRefused",
@@ -761,21 +757,21 @@ class WasiDriver:
                 "use time.sleep or select.select",
             )
         if remaining == 0 or "all fuel consumed" in text:
-            return _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
+            return limit_error("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
         if "interrupt" in text:
-            return _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
+            return limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
         if "stack" in text and ("overflow" in text or "exhausted" in text):
-            return _limit("recursion", "call stack exhausted (recursion too deep)")
+            return limit_error("recursion", "call stack exhausted (recursion too deep)")
         if wall >= limits.wall_seconds:
-            return _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
+            return limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
         cause = _trap_cause(text)
         if "unreachable" in cause and any(frame in text for frame in _ALLOC_FAILURE_FRAMES):
             # the guest's Rust runtime aborts when an allocation fails: the memory is full.
             # (Wasmtime's component API does not expose the guest's memory, so the host cannot
             # compare its size with the limit; the abort path in the backtrace is the evidence.)
-            return _limit("memory", f"the guest runtime ran out of memory (memory limit {limits.memory_bytes} bytes)")
+            return limit_error("memory", f"the guest runtime ran out of memory (memory limit {limits.memory_bytes} bytes)")
         if "out of bounds" in text or "memory" in cause:
-            return _limit("memory", f"the guest interpreter stopped: {cause} (memory limit {limits.memory_bytes} bytes)")
+            return limit_error("memory", f"the guest interpreter stopped: {cause} (memory limit {limits.memory_bytes} bytes)")
         # `unreachable`: the interpreter or its runtime aborted (e.g. a made-up resource handle)
         return ErrorInfo(kind="guest_exception", type="GuestCrash", message=f"the guest interpreter aborted: {cause}")
 
