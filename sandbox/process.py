@@ -24,7 +24,10 @@ a fresh interpreter started once per driver, never a fork of this multi-threaded
   ``job.bridge`` (capabilities and secrets never enter the child);
 - at the wall deadline the host SIGKILLs the child through its pidfd; a death by signal is
   mapped to ``limit_exceeded`` (cpu, wall, memory) or ``internal``; the pool replaces the
-  child and keeps serving.
+  child and keeps serving;
+- at the end of every fresh run (and when a session closes or loses its child) the host
+  SIGKILLs the child through its pidfd and waits until the zygote has reaped it, whatever the
+  child reported: a ``done`` frame is the child's word, not proof that it stopped.
 
 ``Outcome.layers`` lists only the layers actually in force for that run; a layer in
 ``require`` that cannot be applied raises `IsolationUnavailable` at construction.
@@ -78,7 +81,7 @@ class _Child:
         self.ready: dict | None = None
         self.exited = threading.Event()
         self.exit_info: dict | None = None
-        self.kill_reason: str | None = None  # "wall" or "protocol" once the host killed it
+        self.kill_reason: str | None = None  # "wall", "protocol" or "ended" once the host killed it
         self.closed = False
         self.cpu_total = 0.0
         self.limits_plan: dict[int, tuple[int, int]] | None = None
@@ -145,6 +148,20 @@ class _Child:
     def wait_exit(self, timeout: float = _EXIT_TIMEOUT) -> dict | None:
         self.exited.wait(timeout)
         return self.exit_info
+
+    def end(self) -> None:
+        """Kill the child, wait until the zygote has reaped it, and close it.
+
+        Used at the end of every fresh run and session, whatever the child reported: a child
+        whose language layer broke can write its own ``done`` frame and keep running, so its
+        report is never taken as proof that it exited.
+        """
+        if self.closed:
+            return
+        if not self.exited.is_set():
+            self.kill("ended")
+            self.wait_exit()
+        self.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -422,15 +439,11 @@ class ProcessDriver:
                 return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
             except (ChannelClosed, OSError) as exc:
                 return internal_error(f"no process worker: {exc}")
-            done = False
             try:
                 outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
-                done = True
                 return outcome
             finally:
-                if not done:
-                    child.kill()
-                child.close()  # a fresh-run child exits after its outcome; the zygote reaps it
+                child.end()
                 child.zygote.replenish()
 
     def _run_on(self, child: _Child, job: Job, deadline: float, *, session: bool, raw: bool = False
@@ -609,7 +622,7 @@ class ProcessSession:
                     return internal_error(f"no process worker: {exc}")
             outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
             if not alive:
-                self._child.close()
+                self._child.end()
                 self._child = None
                 if outcome.error is not None:
                     outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
@@ -620,7 +633,7 @@ class ProcessSession:
         with self._lock:
             self._closed = True
             if self._child is not None:
-                self._child.close()  # EOF on its channel: the child exits, the zygote reaps it
+                self._child.end()
                 self._child = None
 
 

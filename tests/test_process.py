@@ -444,3 +444,52 @@ def test_a_dead_spare_is_replaced():
             assert out.ok and out.value == i, out.error
         time.sleep(0.3)
         assert len(zygote_children(d)) == d._spares
+
+
+FORGED_DONE = """\
+import json, os, struct, time
+for fd in range(3, 64):
+    try:
+        os.fstat(fd)
+        break
+    except OSError:
+        pass
+body = json.dumps({"t": "done", "cpu": 0, "cpu_total": 0, "maxrss": 0,
+                   "outcome": {"ok": True, "value": os.getpid(), "stdout": "", "stderr": "",
+                               "output_truncated": False, "error": None}}).encode()
+os.write(fd, struct.pack(">I", len(body)) + body)
+time.sleep(120)
+"""
+
+
+def test_a_child_that_forges_its_done_frame_does_not_outlive_the_run(driver):
+    """A child without its language layer (a raw job stands for a broken one) writes its own
+    ``done`` frame and sleeps on: the host takes the report, then kills and reaps the child
+    before `run` returns, so nothing it started keeps running."""
+    before = {c.pid for c in zygote_children(driver)}
+    out = driver._run_raw(FORGED_DONE, Limits(cpu_seconds=5, wall_seconds=60))
+    assert out.ok, out.error
+    pid = out.value
+    assert pid in before  # the forged report came from one of the zygote's children
+    assert not psutil.pid_exists(pid), psutil.Process(pid).status()
+    assert pid not in {c.pid for c in zygote_children(driver)}
+    assert driver.run(job("2 + 2")).value == 4
+
+
+def test_no_child_outlives_its_run_or_session(driver):
+    """Every child the host took for a run or a session is gone (reaped) when the run returns
+    or the session closes; only the waiting spares remain."""
+    taken = []
+    for code in ("1", "while True:\n    pass", "x = 'a' * (1 << 30)"):
+        spares = {c.pid for c in zygote_children(driver)}
+        driver.run(job(code, Limits(cpu_seconds=1, wall_seconds=2, memory_bytes=64 << 20)))
+        taken += [pid for pid in spares if not psutil.pid_exists(pid)]
+    session = driver.open_session()
+    spares = {c.pid for c in zygote_children(driver)}
+    assert session.run(job("k = 1")).ok
+    session.close()
+    taken += [pid for pid in spares if not psutil.pid_exists(pid)]
+    assert len(taken) == 4, taken
+    remaining = zygote_children(driver)
+    assert len(remaining) <= driver._spares
+    assert not [c for c in remaining if c.status() == psutil.STATUS_ZOMBIE]
