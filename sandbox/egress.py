@@ -16,8 +16,14 @@ methods are allowed. Every request, and every redirect hop, is checked on the ho
    params) fails validation: only ``str`` values are accepted there, so at most a handle's
    description, which holds its name and never its value, can be sent.
 
-Responses are bounded by ``max_response_bytes`` (after decompression) and ``timeout`` (the
-whole exchange, redirects included). Proxy environment variables are ignored. Failures reach
+Responses are bounded by ``max_response_bytes`` (after decompression, counted while the body
+streams: at most one ``gzip`` or ``deflate`` content encoding is accepted, anything else is
+refused) and by ``timeout`` (the whole exchange, redirects included, and never longer than the
+run's remaining time). Text is decoded with the response's charset only when it is one of a
+fixed set (UTF-8/16/32, ASCII, Latin-1 and the common ISO-8859 and Windows code pages); any
+other charset is decoded as UTF-8 with replacement characters. ``GET`` and ``HEAD`` carry no
+body. Every call opens its own connections and closes them when it returns: nothing one call
+(or run) left on a connection can reach another. Proxy environment variables are ignored. Failures reach
 the guest as ``PolicyDenied`` (refused by policy, nothing was sent), ``ValueError`` (bad
 arguments) or ``CapabilityError`` (network failure, timeout, oversized response).
 """
@@ -31,6 +37,7 @@ import logging
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +45,7 @@ import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
+from sandbox.call_time import call_timeout
 from sandbox.capabilities import Capability
 from sandbox.runtime import CapabilityFault
 from sandbox.secrets import Redactor, SecretValue, canonical_host, host_matches, normalize_host_pattern
@@ -61,6 +69,19 @@ _FORBIDDEN_HEADERS = frozenset(
     }
 )
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_BODILESS = frozenset({"GET", "HEAD"})
+_CHARSETS = {  # the charsets a response may choose, by normalised label, and the codec used
+    **{label: "utf-8" for label in ("utf-8", "utf8", "unicode-1-1-utf-8")},
+    **{label: "utf-8-sig" for label in ("utf-8-sig",)},
+    **{label: "ascii" for label in ("ascii", "us-ascii", "ansi-x3.4-1968", "iso646-us")},
+    **{label: "latin-1" for label in ("latin-1", "latin1", "iso-8859-1", "iso8859-1", "l1")},
+    **{f"iso-8859-{n}": f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)},
+    **{f"iso8859-{n}": f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)},
+    **{f"windows-{n}": f"cp{n}" for n in range(1250, 1259)},
+    **{f"cp{n}": f"cp{n}" for n in range(1250, 1259)},
+    **{label: label for label in ("utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be")},
+}
+_ENCODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 _METADATA = (
     ipaddress.ip_network("169.254.0.0/16"),  # link-local, cloud metadata 169.254.169.254
     ipaddress.ip_network("fe80::/10"),
@@ -200,9 +221,10 @@ class _Refused(Exception):
 class _PinnedBackend(httpcore.NetworkBackend):
     """Resolves, checks every address, and connects to a checked address: no second lookup."""
 
-    def __init__(self, egress: Egress, resolve: Callable[[str, int], list[str]]) -> None:
+    def __init__(self, egress: Egress, resolve: Callable[[str, int], list[str]], deadline: float) -> None:
         self._egress = egress
         self._resolve = resolve
+        self._deadline = deadline
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -226,7 +248,12 @@ class _PinnedBackend(httpcore.NetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    raise httpcore.ConnectTimeout("the call's deadline passed")
+                timeout = left if timeout is None else min(timeout, left)
+                stream = self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                return _DeadlineStream(stream, self._deadline)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
@@ -248,6 +275,35 @@ def system_resolve(host: str, port: int) -> list[str]:
         if address not in seen:
             seen.append(address)
     return seen
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits at most until the call's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def _left(self, timeout: float | None) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the call's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._left(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, self._left(timeout)), self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 class _BodyStream(httpx.SyncByteStream):
@@ -312,8 +368,8 @@ _TRACE_GUARD = _TraceLogGuard()
 class EgressClient:
     """The ``http`` capabilities of one `Sandbox` under one `Egress` policy; thread-safe.
 
-    Holds a connection pool whose network backend pins every connection to a checked address.
-    `close` releases it.
+    Every call gets its own connection pool, whose network backend pins each connection to a
+    checked address, and closes it before returning: no connection outlives the call.
     """
 
     def __init__(self, egress: Egress, *, resolve: Callable[[str, int], list[str]] = system_resolve) -> None:
@@ -321,8 +377,6 @@ class EgressClient:
             raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
         self.egress = egress
         self._resolve = resolve
-        self._pool: httpcore.ConnectionPool | None = None
-        self._lock = threading.Lock()
         self.capabilities = self._build_capabilities()
 
     # -- public -------------------------------------------------------------------------
@@ -344,6 +398,8 @@ class EgressClient:
         self._check_method(method)
         if body is not None and json_body is not None:
             raise CapabilityFault("ValueError", "http: give body= or json_body=, not both")
+        if method in _BODILESS and (body is not None or json_body is not None):
+            raise CapabilityFault("ValueError", f"http: a {method} request carries no body")
         try:
             target = httpx.URL(url)
             if params:
@@ -378,11 +434,18 @@ class EgressClient:
             )
 
         revealed: dict[str, str] = {}
-        with _TRACE_GUARD.active(revealed):
-            return self._exchange(method, target, plain, secret_headers, content, revealed)
+        deadline = time.monotonic() + call_timeout(egress.timeout)
+        pool = self._new_pool(deadline)
+        try:
+            with _TRACE_GUARD.active(revealed):
+                return self._exchange(pool, deadline, method, target, plain, secret_headers, content, revealed)
+        finally:
+            pool.close()
 
     def _exchange(
         self,
+        pool: httpcore.ConnectionPool,
+        deadline: float,
         method: str,
         target: httpx.URL,
         plain: list[tuple[str, str]],
@@ -391,7 +454,6 @@ class EgressClient:
         revealed: dict[str, str],
     ) -> dict[str, Any]:
         egress = self.egress
-        deadline = time.monotonic() + egress.timeout
         for hop in range(egress.max_redirects + 1):
             host, port = self._check_target(target, hop)
             request_headers = [("Accept-Encoding", "gzip, deflate"), ("User-Agent", "sandbox-http")] + plain
@@ -405,7 +467,7 @@ class EgressClient:
                     revealed[handle.name] = value
                     _TRACE_GUARD.local.redactor = Redactor(revealed)
                 request_headers.append((key, render(value)))
-            response = self._send(method, target, request_headers, content, deadline)
+            response = self._send(pool, method, target, request_headers, content, deadline)
             location = response.headers.get("location")
             if response.status_code in _REDIRECTS and location and egress.max_redirects:
                 response.close()
@@ -425,11 +487,7 @@ class EgressClient:
         raise CapabilityFault("CapabilityError", f"http: more than max_redirects={egress.max_redirects} redirects")
 
     def close(self) -> None:
-        """Close pooled connections; idempotent."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        """Nothing to release (each call closes its own connections); kept for callers that close clients."""
 
     # -- internals ----------------------------------------------------------------------
 
@@ -451,24 +509,24 @@ class EgressClient:
             raise _deny(f"http: {where}host {host}:{port} is not allowed (rule: allow={','.join(egress.allow)})")
         return host, port
 
-    def _get_pool(self) -> httpcore.ConnectionPool:
-        with self._lock:
-            if self._pool is None:
-                self._pool = httpcore.ConnectionPool(
-                    ssl_context=httpx.create_ssl_context(trust_env=False),
-                    max_connections=20,
-                    max_keepalive_connections=10,
-                    keepalive_expiry=5.0,
-                    network_backend=_PinnedBackend(self.egress, self._resolve),
-                )
-            return self._pool
+    def _new_pool(self, deadline: float) -> httpcore.ConnectionPool:
+        return httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=1,
+            max_keepalive_connections=1,  # redirect hops of this one call may share it; closed after the call
+            network_backend=_PinnedBackend(self.egress, self._resolve, deadline),
+        )
+
+    def _timed_out(self) -> CapabilityFault:
+        return CapabilityFault("CapabilityError", f"http: timed out (timeout={self.egress.timeout:g}s, "
+                               "or the run's remaining time if shorter)")
 
     def _send(
-        self, method: str, url: httpx.URL, headers: list[tuple[str, str]], content: bytes | None, deadline: float
+        self, pool: httpcore.ConnectionPool, method: str, url: httpx.URL, headers: list[tuple[str, str]], content: bytes | None, deadline: float
     ) -> httpx.Response:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s")
+            raise self._timed_out()
         request = httpx.Request(method, url, headers=headers, content=content)
         core = httpcore.Request(
             method=request.method,
@@ -478,46 +536,63 @@ class EgressClient:
             extensions={"timeout": {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}},
         )
         try:
-            raw = self._get_pool().handle_request(core)
+            raw = pool.handle_request(core)
         except _Refused as exc:
             raise _deny(f"http: {exc} (rule: private, loopback and metadata addresses are refused)") from None
         except httpcore.TimeoutException:
-            raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s") from None
+            raise self._timed_out() from None
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
             raise CapabilityFault("CapabilityError", f"http: {type(exc).__name__}: {exc}") from None
         response = httpx.Response(status_code=raw.status, headers=raw.headers, stream=_BodyStream(raw), request=request)
         return response
 
     def _read(self, response: httpx.Response, deadline: float) -> dict[str, Any]:
-        limit = self.egress.max_response_bytes
-        chunks: list[bytes] = []
-        size = 0
         try:
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise CapabilityFault("CapabilityError", f"http: response is larger than max_response_bytes={limit}")
-                if time.monotonic() > deadline:
-                    raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s")
-                chunks.append(chunk)
-        except httpcore.TimeoutException:
-            raise CapabilityFault("CapabilityError", f"http: timed out after {self.egress.timeout:g}s") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpx.DecodingError) as exc:
-            raise CapabilityFault("CapabilityError", f"http: reading the response failed: {type(exc).__name__}") from None
+            data = self._body(response, deadline)
         finally:
             response.close()
-        data = b"".join(chunks)
-        encoding = response.charset_encoding or "utf-8"
-        try:
-            text = data.decode(encoding, errors="replace")
-        except LookupError:
-            text = data.decode("utf-8", errors="replace")
         return {
             "status": response.status_code,
             "url": str(response.request.url),
             "headers": {key: value for key, value in response.headers.items()},
-            "text": text,
+            "text": data.decode(_charset(response.charset_encoding), errors="replace"),
         }
+
+    def _body(self, response: httpx.Response, deadline: float) -> bytes:
+        """The decoded body, read as it streams; refused once the decoded size passes the limit.
+
+        The raw (still encoded) bytes are capped too, and decompression output is bounded per
+        step (``max_length``), so no chunk can expand past the limit in memory.
+        """
+        limit = self.egress.max_response_bytes
+        codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
+        codings = [c for c in codings if c and c != "identity"]
+        if len(codings) > 1:
+            raise CapabilityFault("CapabilityError", f"http: the response uses {len(codings)} content encodings "
+                                  f"({', '.join(codings)}); at most one (gzip or deflate) is accepted")
+        if codings and codings[0] not in _ENCODINGS:
+            raise CapabilityFault("CapabilityError", f"http: content encoding {codings[0]!r} is not accepted (gzip or deflate)")
+        decoder = _Inflater(_ENCODINGS[codings[0]]) if codings else None
+        too_big = CapabilityFault("CapabilityError", f"http: response is larger than max_response_bytes={limit}")
+        chunks: list[bytes] = []
+        size = raw_size = 0
+        try:
+            for raw in response.iter_raw():
+                raw_size += len(raw)
+                if raw_size > 2 * limit + 65536:
+                    raise too_big
+                chunk = raw if decoder is None else decoder.feed(raw, limit - size + 1)
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                if time.monotonic() > deadline:
+                    raise self._timed_out()
+                chunks.append(chunk)
+        except httpcore.TimeoutException:
+            raise self._timed_out() from None
+        except (httpcore.NetworkError, httpcore.ProtocolError, zlib.error) as exc:
+            raise CapabilityFault("CapabilityError", f"http: reading the response failed: {type(exc).__name__}") from None
+        return b"".join(chunks)
 
     def _build_capabilities(self) -> list[Capability]:
         client = self
@@ -570,6 +645,35 @@ class EgressClient:
         if "POST" in self.egress.methods:
             caps.append(declare(post, "http.post"))
         return caps
+
+
+class _Inflater:
+    """One gzip or deflate stream, decoded with a bound on the output of every step."""
+
+    def __init__(self, wbits: int) -> None:
+        self._wbits = wbits
+        self._inflate = zlib.decompressobj(wbits)
+        self._started = False
+
+    def feed(self, data: bytes, at_most: int) -> bytes:
+        """Decode ``data``; returns at most ``at_most`` bytes (more output than that is cut, and
+        the caller, seeing ``at_most`` bytes, refuses the response as too large)."""
+        try:
+            out = self._inflate.decompress(data, at_most)
+        except zlib.error:
+            if self._started or self._wbits != zlib.MAX_WBITS:
+                raise
+            self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)  # "deflate" sent raw, without the zlib header
+            out = self._inflate.decompress(data, at_most)
+        self._started = True
+        return out
+
+
+def _charset(label: str | None) -> str:
+    """The codec for a response's charset label when it is on the fixed list, else UTF-8."""
+    if not label:
+        return "utf-8"
+    return _CHARSETS.get(label.strip().lower().replace("_", "-"), "utf-8")
 
 
 def _raw(value: str) -> str:

@@ -1,7 +1,8 @@
 """Loopback HTTP listeners for egress tests: they record every accepted connection and request.
 
 Paths: ``/redirect?to=URL&code=302``, ``/big?n=BYTES``, ``/bomb`` (gzip of 8 MiB of zeros),
-``/slow?s=SECONDS``; anything else echoes the request as JSON (and the Authorization header in
+``/slow?s=SECONDS``, ``/layers?n=BYTES&k=LAYERS`` (N zeros gzipped K times, declared as
+``Content-Encoding: gzip, gzip, ...``), ``/text?charset=NAME&hex=BODY``; anything else echoes the request as JSON (and the Authorization header in
 ``X-Echo-Auth``), so tests can see exactly what reached the wire.
 """
 
@@ -12,6 +13,7 @@ import json
 import select
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -54,6 +56,17 @@ class Listener(ThreadingHTTPServer):
         return "\n".join(r["raw"] for r in self.requests)
 
 
+def _zeros_gzip(n: int) -> bytes:
+    """gzip of ``n`` zero bytes, made in 1 MiB steps (no n-byte buffer)."""
+    pack = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = bytes(1 << 20)
+    parts = []
+    for start in range(0, n, len(block)):
+        parts.append(pack.compress(block[: min(len(block), n - start)]))
+    parts.append(pack.flush())
+    return b"".join(parts)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -81,6 +94,15 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/bomb":
             payload = gzip.compress(b"\0" * (8 << 20))
             self._reply(200, payload, [("Content-Encoding", "gzip")])
+            return
+        if url.path == "/layers":
+            payload = _zeros_gzip(int(query["n"]))
+            for _ in range(int(query.get("k", "2")) - 1):
+                payload = gzip.compress(payload)
+            self._reply(200, payload, [("Content-Encoding", ", ".join(["gzip"] * int(query.get("k", "2"))))])
+            return
+        if url.path == "/text":
+            self._reply(200, bytes.fromhex(query.get("hex", "")), [("Content-Type", f"text/plain; charset={query['charset']}")])
             return
         if url.path == "/slow":
             time.sleep(float(query.get("s", "2")))

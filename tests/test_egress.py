@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -351,3 +353,130 @@ def test_debug_logs_of_a_request_never_carry_the_value(a, caplog):
     assert response["headers"]["x-echo-auth"] == f"Bearer {CANARY}"  # the server echoed it back
     assert "receive_response_headers" in caplog.text  # httpcore traced the exchange...
     assert CANARY not in caplog.text  # ...without the value
+
+
+# ----------------------------------------------------------------------------- hostile responses
+
+
+def _peak_bytes(func) -> tuple[int, object]:
+    """Peak Python-heap bytes allocated while ``func`` runs (zlib output is a bytes object: counted)."""
+    tracemalloc.start()
+    try:
+        try:
+            outcome: object = func()
+        except CapabilityFault as fault:
+            outcome = fault
+        return tracemalloc.get_traced_memory()[1], outcome
+    finally:
+        tracemalloc.stop()
+
+
+def test_stacked_content_encodings_are_refused_before_decoding(a):
+    http = client(allow=["127.0.0.1"], max_response_bytes=1 << 20)
+    peak, outcome = _peak_bytes(lambda: http.request("GET", a.url(f"/layers?n={256 << 20}&k=2")))
+    assert isinstance(outcome, CapabilityFault) and outcome.guest_type == "CapabilityError"
+    assert "2 content encodings" in outcome.message and "at most one" in outcome.message
+    assert peak < 16 << 20, f"decoding allocated {peak >> 20} MiB"
+
+
+def test_one_gzip_layer_is_decoded_within_the_limit_while_streaming(a):
+    http = client(allow=["127.0.0.1"], max_response_bytes=1000)
+    # 64 MiB of zeros, gzipped (the in-process server itself allocates about 1 MiB to make it)
+    peak, outcome = _peak_bytes(lambda: http.request("GET", a.url(f"/layers?n={64 << 20}&k=1")))
+    assert isinstance(outcome, CapabilityFault) and "max_response_bytes=1000" in outcome.message
+    assert peak < 4 << 20, f"decoding allocated {peak >> 20} MiB"
+    ok = client(allow=["127.0.0.1"], max_response_bytes=1 << 20).request("GET", a.url("/layers?n=5000&k=1"))
+    assert ok["text"] == "\0" * 5000
+
+
+@pytest.mark.parametrize(
+    "charset, body, expected",
+    [
+        ("punycode", "bücher-" + "a" * 5000, None),  # not on the list: decoded as UTF-8
+        ("x-user-defined", "héllo", None),
+        ("utf-16", "héllo wörld", "héllo wörld"),
+        ("UTF_16LE", "héllo", "héllo"),
+        ("iso-8859-1", "héllo", "héllo"),
+        ("windows-1252", "€uro", "€uro"),
+        ("us-ascii", "plain", "plain"),
+    ],
+)
+def test_only_listed_charsets_decode_the_text(a, charset, body, expected):
+    codec = {"utf-16": "utf-16", "UTF_16LE": "utf-16-le", "iso-8859-1": "latin-1", "windows-1252": "cp1252"}.get(charset, "utf-8")
+    raw = body.encode(codec)
+    response = client(allow=["127.0.0.1"]).request("GET", a.url(f"/text?charset={charset}&hex={raw.hex()}"))
+    assert response["text"] == (expected if expected is not None else raw.decode("utf-8", "replace"))
+
+
+def test_get_and_head_carry_no_body(a):
+    http = client(allow=["127.0.0.1"], methods=["GET", "HEAD", "POST"])
+    for method in ("GET", "HEAD", "get"):
+        with pytest.raises(CapabilityFault, match="carries no body"):
+            http.request(method, a.url(), body="GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(CapabilityFault, match="carries no body"):
+            http.request(method, a.url(), json_body={"x": 1})
+    assert a.connections == 0
+    assert http.request("POST", a.url(), body="fine")["status"] == 200
+
+
+class _SmugglingServer:
+    """Answers the first request on each connection, then pushes a forged second response on it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.recv(65536)
+            honest = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhonest"
+            forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+            conn.sendall(honest + forged)
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_no_connection_is_reused_between_calls():
+    server = _SmugglingServer()
+    try:
+        http = client(allow=["127.0.0.1"])
+        url = f"http://127.0.0.1:{server.port}/"
+        assert [http.request("GET", url)["text"] for _ in range(3)] == ["honest"] * 3
+        deadline = time.monotonic() + 2
+        while server.accepted < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.accepted == 3
+    finally:
+        server.close()
+
+
+def test_the_whole_call_is_bounded_by_its_deadline(a):
+    http = client(allow=["127.0.0.1"], timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(CapabilityFault, match="timed out"):
+        http.request("GET", a.url("/slow?s=3"))
+    assert time.monotonic() - started < 1.5
