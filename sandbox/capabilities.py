@@ -36,6 +36,15 @@ def record_detail(**detail: Any) -> None:
         bucket.update(detail)
 
 
+def warn(message: str) -> None:
+    """Add a warning to the current run: it lands in `RunResult.warnings` (and in the call's
+    record, under ``detail["warnings"]``). Call it from inside a capability function, e.g. when
+    a result was cut. Outside a call made by a sandbox run it does nothing."""
+    bucket = _CALL_DETAIL.get()
+    if bucket is not None:
+        bucket.setdefault("warnings", []).append(str(message))
+
+
 def open_call_detail() -> tuple[dict[str, Any], contextvars.Token]:
     """Start collecting `record_detail` for one call (host bridge use): the dict and a reset token."""
     bucket: dict[str, Any] = {}

@@ -88,6 +88,9 @@ class RunResult(BaseModel):
     runtime: str
     isolation: str
     layers: tuple[str, ...] = ()
+    warnings: list[str] = Field(default_factory=list)
+    """Things the run should know that did not fail it, added by capabilities (e.g. a SQL
+    result cut at ``max_rows``), in call order."""
     changes: tuple[FileChange, ...] | None = None
     """Files written in the run's overlay (`Sandbox(files=Overlay(...))`), not yet applied;
     None when the sandbox has no overlay. Commit them with `Sandbox.apply(result.changes)`."""

@@ -75,6 +75,7 @@ class _RunBridge:
         self._recorder = recorder
         self._lock = threading.Lock()
         self.calls = 0
+        self.warnings: list[str] = []  # from `sandbox.capabilities.warn`, in call order
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         try:
@@ -128,6 +129,9 @@ class _RunBridge:
             raise fault from None
         finally:
             close_call_detail(token)
+            if detail.get("warnings"):
+                with self._lock:
+                    self.warnings.extend(self._redactor.text(w) for w in detail["warnings"])
         self._record(name, arguments, args, kwargs, "ok", started, verdict, detail=detail)
         return result
 
@@ -438,6 +442,7 @@ class Sandbox:
             isolation=self.isolation,
             layers=outcome.layers,
             changes=layer.changes() if layer is not None else None,
+            warnings=list(bridge.warnings),
         )
         if recorder is not None and self.records is not None:
             try:

@@ -11,9 +11,11 @@ The guest gets two capabilities (the namespace is ``sql`` unless ``name=`` says 
 
 - ``sql.query(text, params=None) -> {"columns": [...], "rows": [{column: value}, ...],
   "truncated": bool}``: one SELECT statement; ``params`` is a list (``?`` placeholders) or a
-  dict (``:name``); ``columns`` are the keys of every row, in order (a repeated column name
-  gets a ``_2``, ``_3`` suffix so no value is lost); ``truncated`` is True when the row cap or
-  the result-bytes cap cut the result (the rows that fit are returned).
+  dict (``:name``, on both engines; DuckDB's ``$name`` works too); ``columns`` are the keys of
+  every row, in order (a repeated column name gets a ``_2``, ``_3`` suffix so no value is
+  lost); ``truncated`` is True when the row cap or the result-bytes cap cut the result. A cut
+  is never silent: the run gets a warning in `RunResult.warnings` (``on_truncate="warn"``,
+  the default, returns the rows that fit), or the call fails (``on_truncate="error"``).
 - ``sql.tables() -> {table: [column, ...]}``: the tables and columns the guest may read.
 
 Values are JSON: BLOBs become base64 text, decimals become floats, dates and times ISO-8601
@@ -25,11 +27,13 @@ SQLite
     opened through a URI with ``mode=ro`` (and ``immutable=1`` unless ``immutable=False``:
     no locks, no journal, no ``-wal``/``-shm`` files; use False when another process writes the
     database while queries run); ``SQLITE_LIMIT_ATTACHED`` is 0; extension loading stays
-    disabled; a ``set_authorizer`` callback allows only SELECT, reads of allowed tables and
+    disabled; ``setlimit`` bounds string and blob length, expression depth, compound selects,
+    function arguments, LIKE patterns and bound variables; a ``set_authorizer`` callback allows only SELECT, reads of allowed tables and
     columns, recursive CTEs and ordinary functions, and denies everything else (every write,
     DDL, ATTACH/DETACH, VACUUM INTO, every PRAGMA (``pragma_*`` table functions included),
     transactions, ``load_extension``, ``fts3_tokenizer``; ``json_each``/``json_tree`` are
-    allowed); a progress handler stops a query at its time limit.
+    allowed); a progress handler, and a timer thread calling ``interrupt()``, stop a query at its
+    deadline.
 DuckDB (``pip install sandbox[data]``)
     ``read_only=True``, ``enable_external_access=false`` (no files, no network, no ATTACH,
     no COPY ... TO), extension install/autoload/community extensions off,
@@ -38,14 +42,25 @@ DuckDB (``pip install sandbox[data]``)
     statement of type SELECT runs (DuckDB's own parser decides); ``query()``/``query_table()``
     (which run SQL given as a string) are refused; a timer interrupts a query at its time
     limit. DuckDB has no authorizer: with a table allowlist, the table check is done by
-    parsing, by sqlglot *and* by DuckDB's ``get_table_names`` (both must agree; DuckDB cannot
-    list the tables of a statement with parameters, then sqlglot's check stands alone), and
-    table functions other than ``range``/``generate_series``/``unnest`` are refused. When a
-    table must stay secret, prefer SQLite, or a DuckDB file holding only what may be read.
+    parsing, by `sandbox.sql_analysis` (sqlglot, CTE names resolved per scope) *and* by
+    DuckDB's ``get_table_names`` (every table either lists must be allowed; DuckDB cannot list
+    the tables of a statement with parameters, then the sqlglot check stands alone), and table
+    functions other than ``range``/``generate_series``/``unnest`` are refused. When a table must
+    stay secret, prefer SQLite, or a DuckDB file holding only what may be read.
 
-With ``tables`` given, every statement is also parsed with sqlglot before it runs: more than
-one statement, anything but a query, or a table not on the list is refused with a reason
-(for SQLite the authorizer remains the real guard; the parse gives the clearer message).
+Every statement is first parsed by the database itself (SQLite prepares it under an
+authorizer that denies everything, so nothing runs; DuckDB extracts its statements): a
+statement the database cannot parse (a typo, an incomplete ``WHERE``) fails with the
+database's message as ``CapabilityError``, recorded as ``error``, not as a denial. With
+``tables`` given, the statement is then read by `sandbox.sql_analysis.analyze` (the same
+analysis as the policy's ``Constraint(tables=..., read_only=...)``): more than one statement,
+anything but a query, a table not on the list, or a statement it cannot parse or classify is
+refused with a reason (for SQLite the authorizer remains the real guard).
+
+The call's deadline is ``min(timeout_seconds, the run's remaining time)``. The statement runs
+on a worker thread: at the deadline it is interrupted, and the call returns at once even when
+a single SQL function ignores interrupts (the worker is abandoned, and finishes on its own;
+at most two abandoned workers per database, beyond that calls fail until one finishes).
 
 A refusal raises ``PolicyDenied`` in the guest (``error.kind == "policy_denied"`` when
 uncaught), with the reason. Every call notes in the run record (`CallRecord.detail`): the
@@ -57,6 +72,7 @@ refused but failed: a syntax error, the time limit) with its reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import decimal
 import hashlib
@@ -72,9 +88,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from sandbox.capabilities import Capability, capability, record_detail
+from sandbox.call_time import call_timeout
+from sandbox.capabilities import Capability, capability, record_detail, warn
 from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
+from sandbox.sql_analysis import SqlRefused, analyze
 
 Engine = Literal["sqlite", "duckdb"]
 Params = list[str | int | float | bool | None] | dict[str, str | int | float | bool | None] | None
@@ -86,11 +104,20 @@ _DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "query", "que
                                "edit", "sqlite_dbpage"})
 _MAX_SQL_CHARS = 100_000
 _DUCKDB_QUERY_FUNCTION = re.compile(r"\bquery(?:_table)?\s*\(", re.IGNORECASE)
-_SQLITE_QUERY = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:SELECT|WITH|VALUES)\b", re.IGNORECASE | re.DOTALL)
+_SQLITE_LIMITS = {  # limit -> value: bounds on the work one statement can ask for
+    "SQLITE_LIMIT_ATTACHED": 0,
+    "SQLITE_LIMIT_SQL_LENGTH": _MAX_SQL_CHARS * 4,
+    "SQLITE_LIMIT_EXPR_DEPTH": 200,
+    "SQLITE_LIMIT_COMPOUND_SELECT": 100,
+    "SQLITE_LIMIT_FUNCTION_ARG": 100,
+    "SQLITE_LIMIT_LIKE_PATTERN_LENGTH": 1000,
+    "SQLITE_LIMIT_VARIABLE_NUMBER": 1000,
+    "SQLITE_LIMIT_TRIGGER_DEPTH": 1,
+}
+_MAX_ABANDONED = 2
+OnTruncate = Literal["warn", "error"]
 
-
-class SqlDenied(Exception):
-    """A statement refused before or while running (becomes ``PolicyDenied`` in the guest)."""
+SqlDenied = SqlRefused  # a statement refused before or while running (becomes ``PolicyDenied``)
 
 
 def sql_capability(
@@ -104,6 +131,7 @@ def sql_capability(
     timeout_seconds: float = 5.0,
     immutable: bool = True,
     memory_bytes: int = 256 << 20,
+    on_truncate: OnTruncate = "warn",
 ) -> list[Capability]:
     """The capabilities ``<name>.query`` and ``<name>.tables`` over one database file, read-only.
 
@@ -115,7 +143,11 @@ def sql_capability(
         name: the guest namespace (``sql`` gives ``sql.query``).
         max_rows: rows returned per query at most (the rest is cut, ``truncated`` is set).
         max_result_bytes: compact-JSON bytes of the returned rows at most (same).
-        timeout_seconds: a query still running after this is stopped (guest sees ``CapabilityError``).
+        on_truncate: ``"warn"`` (default): a cut result is returned and the run gets a warning in
+            `RunResult.warnings`; ``"error"``: a query whose result would be cut fails with
+            ``CapabilityError`` instead.
+        timeout_seconds: a query still running after this (or after the run's remaining time,
+            if shorter) is stopped (guest sees ``CapabilityError``).
         immutable: SQLite only: open with ``immutable=1`` (see the module docstring).
         memory_bytes: DuckDB only: its ``memory_limit`` (one thread, no spilling to disk).
             SQLite's memory is bounded by its page cache and the time limit.
@@ -123,7 +155,8 @@ def sql_capability(
     Pass the list to ``Sandbox(capabilities=[*sql_capability(...), ...])``.
     """
     db = _Database(database, engine=engine, tables=tables, max_rows=max_rows, max_result_bytes=max_result_bytes,
-                   timeout_seconds=timeout_seconds, immutable=immutable, memory_bytes=memory_bytes)
+                   timeout_seconds=timeout_seconds, immutable=immutable, memory_bytes=memory_bytes,
+                   on_truncate=on_truncate)
 
     def query(text: str, params: Params = None) -> dict:
         return db.query(text, params)
@@ -136,7 +169,9 @@ def sql_capability(
         capability(name=f"{name}.query", description=(
             f"Run one read-only SELECT on the {db.engine} database ({allowed}). params: a list for ? "
             "placeholders or a dict for :name. Returns {'columns': [...], 'rows': [{column: value}], "
-            f"'truncated': bool}} with at most {max_rows} rows. Writes and other tables raise PolicyDenied."
+            f"'truncated': bool}} with at most {max_rows} rows"
+            + (" (more is an error)" if on_truncate == "error" else "")
+            + ". Writes and other tables raise PolicyDenied; SQL errors raise CapabilityError with the database's message."
         ))(query),
         capability(name=f"{name}.tables", description="The tables you may query, with their columns.")(list_tables),
     ]
@@ -146,7 +181,7 @@ class _Database:
     def __init__(self, database: str | os.PathLike[str], *, engine: Engine | None,
                  tables: Iterable[str] | Mapping[str, Iterable[str] | None] | None, max_rows: int,
                  max_result_bytes: int, timeout_seconds: float, immutable: bool,
-                 memory_bytes: int = 256 << 20) -> None:
+                 memory_bytes: int = 256 << 20, on_truncate: OnTruncate = "warn") -> None:
         path = Path(database)
         if not path.is_file():
             raise ConfigurationError(f"database {str(path)!r} is not an existing file")
@@ -163,8 +198,13 @@ class _Database:
         if not (isinstance(timeout_seconds, (int, float)) and math.isfinite(timeout_seconds) and timeout_seconds > 0):
             raise ConfigurationError(f"timeout_seconds must be a positive finite number, got {timeout_seconds!r}")
         self.max_rows, self.max_result_bytes, self.timeout = max_rows, max_result_bytes, float(timeout_seconds)
+        if on_truncate not in ("warn", "error"):
+            raise ConfigurationError(f"on_truncate must be 'warn' or 'error', got {on_truncate!r}")
+        self.on_truncate = on_truncate
         self.immutable = immutable
         self.memory_bytes = memory_bytes
+        self._abandoned = 0  # workers left running past their deadline, not yet finished
+        self._abandoned_lock = threading.Lock()
         self.tables: dict[str, frozenset[str] | None] | None = None
         if tables is not None:
             if isinstance(tables, str):
@@ -189,6 +229,7 @@ class _Database:
             except ImportError:
                 raise ConfigurationError("a table allowlist needs sqlglot: pip install 'sandbox[data]'") from None
             known = set(self._all_columns())
+            self._existing = frozenset(known)
             missing = sorted(t for t in self.tables if t not in known)
             if missing:
                 raise ConfigurationError(f"tables {missing} are not in {self.path.name}")
@@ -203,14 +244,25 @@ class _Database:
                 raise SqlDenied(f"the statement is longer than {_MAX_SQL_CHARS} characters")
             if "\x00" in text:
                 raise SqlDenied("the statement contains a NUL character")
+            deadline = time.monotonic() + call_timeout(self.timeout)
+            if self.engine == "duckdb":
+                text = _duckdb_named_params(text, params)
+            self._syntax_check(text)
             tables: set[str] = set()
+            ctes: frozenset[str] = frozenset()
             if self.tables is not None:
-                tables = self._parse_check(text)
+                tables, ctes = self._parse_check(text)
                 record_detail(tables=sorted(tables))
             if self.engine == "sqlite":
-                columns, rows, truncated, touched = self._sqlite(text, params)
+                columns, rows, truncated, touched = self._sqlite(text, params, deadline, ctes)
             else:
-                columns, rows, truncated, touched = self._duckdb(text, params, tables)
+                columns, rows, truncated, touched = self._duckdb(text, params, tables, deadline)
+            if truncated:
+                cut = f"sql: the result was cut to {len(rows)} rows (max_rows={self.max_rows}, max_result_bytes={self.max_result_bytes})"
+                if self.on_truncate == "error":
+                    raise CapabilityFault("CapabilityError", f"{cut}; the query was refused (on_truncate='error'): "
+                                          "aggregate in SQL or add a LIMIT")
+                warn(cut)
         except SqlDenied as exc:
             reason = f"sql: {exc}"
             record_detail(decision="deny", reason=reason)
@@ -233,41 +285,59 @@ class _Database:
 
     # -- parse check (sqlglot) --------------------------------------------------------------
 
-    def _parse_check(self, text: str) -> set[str]:
-        import sqlglot
-        from sqlglot import exp
-
-        try:
-            statements = [s for s in sqlglot.parse(text, dialect=self.engine) if s is not None]
-        except Exception as exc:
-            raise SqlDenied(f"the statement could not be parsed for the table check: {str(exc).splitlines()[0]}") from None
-        if len(statements) != 1:
-            raise SqlDenied(f"one statement per query ({len(statements)} given)")
-        tree = statements[0]
-        if not isinstance(tree, exp.Query):
-            raise SqlDenied(f"only SELECT queries are allowed, not {tree.key.upper()}")
-        ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-        touched: set[str] = set()
+    def _parse_check(self, text: str) -> tuple[set[str], frozenset[str]]:
+        """The allowed tables ``text`` reads and the names of its CTEs that are not tables of the
+        database (see `sandbox.sql_analysis.analyze`); `SqlDenied` otherwise."""
         assert self.tables is not None
-        for table in tree.find_all(exp.Table):
-            if not isinstance(table.this, exp.Identifier):
-                func = table.this
-                fname = (func.name if isinstance(func, exp.Anonymous) else func.key).lower()
-                if fname not in _SAFE_TABLE_FUNCTIONS:
-                    raise SqlDenied(f"table function {fname!r} is not allowed")
-                continue
-            name = table.name.lower()
-            if not table.db and name in ctes:
-                continue
-            if table.catalog or (table.db and table.db.lower() not in ("main",)):
-                raise SqlDenied(f"table {table.sql(dialect=self.engine)!r} is not on the allowed list")
+        found = analyze(text, self.engine)
+        for fname in sorted(found.table_functions):
+            if fname not in _SAFE_TABLE_FUNCTIONS:
+                raise SqlDenied(f"table function {fname!r} is not allowed")
+        for fname in sorted(found.functions):
+            if fname in _DENIED_FUNCTIONS:
+                raise SqlDenied(f"function {fname!r} is not allowed")
+        touched: set[str] = set()
+        for table in sorted(found.tables):
+            *schema, name = table.split(".")
+            if schema not in ([], ["main"]):
+                raise SqlDenied(f"table {table!r} is not on the allowed list")
             if name not in self.tables:
                 raise SqlDenied(f"table {name!r} is not on the allowed list ({', '.join(sorted(self.tables))})")
             touched.add(name)
-        for func in tree.find_all(exp.Anonymous):
-            if func.name.lower() in _DENIED_FUNCTIONS:
-                raise SqlDenied(f"function {func.name!r} is not allowed")
-        return touched
+        return touched, found.ctes - self._existing
+
+    def _syntax_check(self, text: str) -> None:
+        """Let the database parse ``text`` without running it: `CapabilityFault` (``CapabilityError``,
+        with the database's message) when it cannot; `SqlDenied` for more than one statement and,
+        on SQLite, for a statement whose first step is not a SELECT."""
+        if self.engine == "duckdb":
+            import duckdb
+
+            try:
+                statements = duckdb.extract_statements(text)
+            except duckdb.Error as exc:
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+            if len(statements) != 1:
+                raise SqlDenied(f"one statement per query ({len(statements)} given)")
+            return
+        conn = self._sqlite_connect()
+        consulted: list[int] = []  # the authorizer denies the first step, so this holds at most one action
+        try:
+            conn.set_authorizer(lambda action, *args: consulted.append(action) or sqlite3.SQLITE_DENY)
+            conn.execute(text)
+        except sqlite3.ProgrammingError as exc:
+            if "one statement" in str(exc):
+                raise SqlDenied("one statement per query") from None
+        except sqlite3.Warning as exc:
+            raise SqlDenied(str(exc)) from None
+        except sqlite3.Error as exc:
+            if not consulted:  # it failed before SQLite understood the statement: a syntax error
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+        finally:
+            conn.close()
+        if consulted[:1] != [sqlite3.SQLITE_SELECT]:
+            what = _ACTIONS.get(consulted[0], "this statement") if consulted else "a statement that reads nothing"
+            raise SqlDenied(f"only SELECT queries are allowed, not {what}")
 
     # -- SQLite -----------------------------------------------------------------------------
 
@@ -275,15 +345,15 @@ class _Database:
         flags = "mode=ro" + ("&immutable=1" if self.immutable else "")
         uri = f"file:{urllib.parse.quote(str(self.path))}?{flags}"
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, _MAX_SQL_CHARS * 4)
+        for limit, value in _SQLITE_LIMITS.items():
+            conn.setlimit(getattr(sqlite3, limit), value)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(self.max_result_bytes, 1 << 16))
         return conn
 
-    def _sqlite(self, text: str, params: Any) -> tuple[list[str], list[dict], bool, set[str]]:
-        if not _SQLITE_QUERY.match(text):  # a clear message early; the authorizer is the guard
-            word = (text.split() or ["an empty statement"])[0][:20]
-            raise SqlDenied(f"only SELECT queries are allowed, not {word.upper()}")
+    def _sqlite(self, text: str, params: Any, deadline: float,
+                ctes: frozenset[str] = frozenset()) -> tuple[list[str], list[dict], bool, set[str]]:
+        """Run ``text`` under the authorizer; reads of ``ctes`` (CTE names that are no table of
+        the database) are allowed, since SQLite reports reads of a CTE under its name."""
         conn = self._sqlite_connect()
         denied: list[str] = []
         touched: set[str] = set()
@@ -303,6 +373,8 @@ class _Database:
                     return sqlite3.SQLITE_DENY
                 if table in _SQLITE_SAFE_VTABS or (table == "sqlite_master" and arg2 == "ROWID"):
                     return sqlite3.SQLITE_OK  # json_each/json_tree, and their set-up
+                if table in ctes:
+                    return sqlite3.SQLITE_OK
                 if allowed is not None:
                     if table not in allowed:
                         denied.append(f"table {table!r} is not on the allowed list")
@@ -321,8 +393,7 @@ class _Database:
             denied.append(f"{_ACTIONS.get(action, f'action {action}')} is not allowed (read-only)")
             return sqlite3.SQLITE_DENY
 
-        deadline = time.monotonic() + self.timeout
-        timed_out = []
+        timed_out: list[bool] = []
 
         def progress() -> int:
             if time.monotonic() > deadline:
@@ -330,26 +401,74 @@ class _Database:
                 return 1
             return 0
 
-        try:
-            conn.set_authorizer(authorize)
-            conn.set_progress_handler(progress, 1000)
+        def work() -> tuple[list[str], list[dict], bool]:
             try:
-                cursor = conn.execute(text, _params(params))
+                cursor = conn.execute(text, bound)
                 columns = _unique([d[0] for d in cursor.description or ()])
-                rows, truncated = self._collect(cursor, columns)
+                return (columns, *self._collect(cursor, columns))
             except sqlite3.Warning as exc:  # e.g. more than one statement
                 raise SqlDenied(str(exc)) from None
             except sqlite3.Error as exc:
                 if denied:
                     raise SqlDenied(denied[0]) from None
-                if timed_out:
-                    raise CapabilityFault("CapabilityError", f"sql: the query ran longer than {self.timeout:g} s and was stopped") from None
+                if timed_out or time.monotonic() >= deadline:
+                    raise self._too_long() from None
                 if isinstance(exc, sqlite3.ProgrammingError) and "one statement" in str(exc):
                     raise SqlDenied("one statement per query") from None
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {exc}") from None
-        finally:
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+
+        try:
+            bound = _params(params)
+            conn.set_authorizer(authorize)
+            conn.set_progress_handler(progress, 1000)
+        except BaseException:
             conn.close()
+            raise
+        columns, rows, truncated = self._bounded(work, conn, deadline)
         return columns, rows, truncated, touched
+
+    def _too_long(self) -> CapabilityFault:
+        return CapabilityFault("CapabilityError", f"sql: the query ran longer than {self.timeout:g} s (timeout_seconds, "
+                               "or the run's remaining time if shorter) and was stopped")
+
+    def _bounded(self, work: Any, conn: Any, deadline: float) -> Any:
+        """Run ``work()`` on a worker thread that owns ``conn`` (closed when it ends); return its
+        result, or interrupt ``conn`` at ``deadline`` and raise the timeout fault without waiting
+        for a statement that ignores the interrupt."""
+        with self._abandoned_lock:
+            if self._abandoned >= _MAX_ABANDONED:
+                conn.close()
+                raise CapabilityFault("CapabilityError", "sql: earlier queries that ran past their deadline are still "
+                                      "stopping; try again later")
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                box["value"] = work()
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                with self._abandoned_lock:
+                    done.set()
+                    if box.get("abandoned"):
+                        self._abandoned -= 1
+
+        threading.Thread(target=target, name="sandbox-sql", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            with contextlib.suppress(Exception):
+                conn.interrupt()
+            if not done.wait(0.1):
+                with self._abandoned_lock:
+                    if not done.is_set():
+                        box["abandoned"] = True
+                        self._abandoned += 1
+                        raise self._too_long()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     # -- DuckDB -----------------------------------------------------------------------------
 
@@ -367,60 +486,48 @@ class _Database:
             "lock_configuration": True,
         })
 
-    def _duckdb(self, text: str, params: Any, parsed: set[str]) -> tuple[list[str], list[dict], bool, set[str]]:
+    def _duckdb(self, text: str, params: Any, parsed: set[str],
+                deadline: float) -> tuple[list[str], list[dict], bool, set[str]]:
         import duckdb
 
-        try:
-            statements = duckdb.extract_statements(text)
-        except duckdb.Error as exc:
-            raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {exc}") from None
-        if len(statements) != 1:
-            raise SqlDenied(f"one statement per query ({len(statements)} given)")
-        kind = statements[0].type
+        kind = duckdb.extract_statements(text)[0].type  # parses: `_syntax_check` ran first
         if kind != duckdb.StatementType.SELECT:
             raise SqlDenied(f"only SELECT queries are allowed, not {kind.name}")
+        if _DUCKDB_QUERY_FUNCTION.search(text):
+            raise SqlDenied("query() and query_table() are not allowed (they hide a statement from the checks)")
+        bound = _params(params)
         conn = self._duckdb_connect()
-        timer = threading.Timer(self.timeout, conn.interrupt)
         try:
             try:
-                if _DUCKDB_QUERY_FUNCTION.search(text):
-                    raise SqlDenied("query() and query_table() are not allowed (they hide a statement from the checks)")
-                try:
-                    touched = {t.lower() for t in conn.get_table_names(text)}
-                except duckdb.BinderException:  # DuckDB cannot list the tables of a statement with parameters:
-                    touched = set(parsed)       # the sqlglot check (with an allowlist) stands alone
-                if self.tables is not None:
-                    ctes = self._ctes(text)
-                    extra = sorted(t for t in touched - ctes if t.split(".")[-1] not in self.tables)
-                    if extra:
-                        raise SqlDenied(f"table {extra[0]!r} is not on the allowed list ({', '.join(sorted(self.tables))})")
-                    touched -= ctes
-                timer.start()
-                bound = _params(params)
+                touched = {t.lower() for t in conn.get_table_names(text)}
+            except duckdb.BinderException:  # DuckDB cannot list the tables of a statement with parameters:
+                touched = set(parsed)       # the sqlglot check (with an allowlist) stands alone
+            except duckdb.PermissionException as exc:
+                raise SqlDenied(_first_line(exc)) from None
+            except duckdb.Error as exc:
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+            if self.tables is not None:  # DuckDB resolves CTEs itself: every name it lists is a table
+                extra = sorted(t for t in touched if t.split(".")[-1] not in self.tables)
+                if extra:
+                    raise SqlDenied(f"table {extra[0]!r} is not on the allowed list ({', '.join(sorted(self.tables))})")
+        except BaseException:
+            conn.close()
+            raise
+
+        def work() -> tuple[list[str], list[dict], bool]:
+            try:
                 cursor = conn.execute(text, bound) if bound else conn.execute(text)
                 columns = _unique([d[0] for d in cursor.description or ()])
-                rows, truncated = self._collect(cursor, columns)
+                return (columns, *self._collect(cursor, columns))
             except duckdb.InterruptException:
-                raise CapabilityFault("CapabilityError", f"sql: the query ran longer than {self.timeout:g} s and was stopped") from None
+                raise self._too_long() from None
             except duckdb.PermissionException as exc:
-                raise SqlDenied(str(exc).splitlines()[0]) from None
+                raise SqlDenied(_first_line(exc)) from None
             except duckdb.Error as exc:
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-        finally:
-            timer.cancel()
-            conn.close()
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+
+        columns, rows, truncated = self._bounded(work, conn, deadline)
         return columns, rows, truncated, touched
-
-    @staticmethod
-    def _ctes(text: str) -> set[str]:
-        import sqlglot
-        from sqlglot import exp
-
-        try:
-            return {c.alias_or_name.lower() for tree in sqlglot.parse(text, dialect="duckdb") if tree is not None
-                    for c in tree.find_all(exp.CTE)}
-        except Exception:
-            return set()
 
     # -- shared -----------------------------------------------------------------------------
 
@@ -466,6 +573,32 @@ class _Database:
 _ACTIONS = {getattr(sqlite3, n): n.removeprefix("SQLITE_").replace("_", " ") for n in dir(sqlite3)
             if n.startswith("SQLITE_") and n not in ("SQLITE_OK", "SQLITE_DENY", "SQLITE_IGNORE")
             and isinstance(getattr(sqlite3, n), int) and not n.startswith("SQLITE_LIMIT")}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+
+
+def _duckdb_named_params(text: str, params: Any) -> str:
+    """``text`` with each ``:name`` placeholder whose name is a key of ``params`` written as
+    DuckDB's ``$name`` (found by sqlglot's tokenizer, so strings, comments and ``::`` casts are
+    left alone); ``text`` itself when ``params`` is not a dict."""
+    if not isinstance(params, dict) or not params or ":" not in text:
+        return text
+    try:
+        from sqlglot.dialects.duckdb import DuckDB
+        from sqlglot.tokens import TokenType
+
+        tokens = DuckDB().tokenize(text)
+    except Exception:
+        return text  # the database's parser reports the error
+    out, last = [], 0
+    for colon, name in zip(tokens, tokens[1:]):
+        if (colon.token_type == TokenType.COLON and name.start == colon.end + 1 and name.text in params
+                and name.token_type not in (TokenType.STRING, TokenType.NUMBER)):
+            out.append(text[last:colon.start] + "$")
+            last = colon.end + 1
+    return "".join(out) + text[last:]
 
 
 def _params(params: Any) -> Sequence[Any] | Mapping[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -199,9 +200,9 @@ def test_sqlite_authorizer_guards_without_the_parse_check(tmp_path):
     for text in ["SELECT token FROM secrets", "SELECT * FROM pragma_table_info('secrets')", "SELECT * FROM sqlite_master",
                  "DELETE FROM orders", "ATTACH 'x.db' AS x"]:
         with pytest.raises(SqlDenied):
-            database._sqlite(text, None)
+            database._sqlite(text, None, time.monotonic() + 5)
     assert not Path("x.db").exists() and not (tmp_path / "x.db").exists()
-    assert database._sqlite("SELECT count(*) AS n FROM orders", None)[1] == [{"n": 3}]
+    assert database._sqlite("SELECT count(*) AS n FROM orders", None, time.monotonic() + 5)[1] == [{"n": 3}]
 
 
 def test_sqlite_column_allowlist(tmp_path):
@@ -301,3 +302,108 @@ def test_sqlite_json_each_works_and_pragma_functions_do_not(tmp_path, allowlist)
             assert result.error.kind == "policy_denied", (text, result.error)
     assert ok.ok and ok.value["rows"] == [{"value": 2}, {"value": 3}], ok.error
     assert _snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- one analysis, bounded, honest errors
+
+
+@pytest.mark.parametrize("text", [
+    "WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets",
+    "WITH orders AS (SELECT * FROM secrets) SELECT * FROM orders",
+    "WITH a AS (SELECT 1 AS x) SELECT * FROM (WITH b AS (SELECT * FROM secrets) SELECT * FROM b)",
+    "SELECT * FROM orders WHERE id IN (WITH secrets AS (SELECT id FROM secrets) SELECT id FROM secrets)",
+    'SELECT * FROM "secrets"',
+    'SELECT "a\'b" FROM orders UNION ALL SELECT token FROM secrets',
+])
+def test_cte_names_are_resolved_per_scope_and_cannot_hide_a_table(db, text):
+    sink = MemorySink()
+    with Sandbox(capabilities=sql_capability(db, tables=["orders"]), records=sink) as sb:
+        result = _query(sb, text)
+    assert not result.ok and result.error.kind == "policy_denied", (text, result)
+    assert "secrets" in result.error.message
+    assert "hunter2" not in result.model_dump_json() and "hunter2" not in sink.records[0].model_dump_json()
+
+
+def test_ctes_that_only_read_allowed_tables_work(db):
+    with Sandbox(capabilities=sql_capability(db, tables=["orders"])) as sb:
+        result = _query(sb, "WITH secrets AS (SELECT customer FROM orders) SELECT count(*) AS n FROM secrets")
+        recursive = _query(sb, "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 3) "
+                               "SELECT count(*) AS n FROM r")
+    assert result.ok and result.value["rows"] == [{"n": 3}], result.error
+    assert recursive.ok and recursive.value["rows"] == [{"n": 3}], recursive.error
+
+
+@pytest.mark.parametrize("allowlist", [None, ["orders"]], ids=["no-allowlist", "allowlist"])
+@pytest.mark.parametrize("text, database_says", [
+    ("SELEC 1", {"sqlite": "syntax error", "duckdb": "syntax error"}),
+    ("SELECT * FROM orders WHERE", {"sqlite": "incomplete input", "duckdb": "syntax error"}),
+])
+def test_a_database_error_is_a_capability_error_not_a_denial(db, allowlist, text, database_says):
+    engine = "duckdb" if db.suffix == ".duckdb" else "sqlite"
+    sink = MemorySink()
+    code = (
+        "errors = []\n"
+        "for _ in range(3):\n"
+        "    try:\n"
+        f"        sql.query({text!r})\n"
+        "    except CapabilityError as exc:\n"
+        "        errors.append(str(exc))\n"
+        "[errors, sql.query('SELECT count(*) AS n FROM orders')['rows']]"
+    )
+    from sandbox.policy import Policy
+
+    with Sandbox(capabilities=sql_capability(db, tables=allowlist), records=sink,
+                 policy=Policy(escalate_after=2)) as sb:
+        result = sb.run(code)
+        uncaught = _query(sb, text)
+    assert result.ok, result.error  # three failures, no escalation: they are not denials
+    errors, rows = result.value
+    assert len(errors) == 3 and database_says[engine] in errors[0].lower(), errors
+    assert rows == [{"n": 3}]
+    assert uncaught.error.kind == "guest_exception" and uncaught.error.type == "CapabilityError"
+    failed = [call for call in sink.records[0].calls if call.status != "ok"]
+    assert len(failed) == 3
+    assert all(call.status == "failed" and call.detail["decision"] == "error" for call in failed)
+
+
+def test_sqlite_printf_stops_at_the_deadline(tmp_path):
+    db = _make_sqlite(tmp_path / "shop.db")
+    with Sandbox(capabilities=sql_capability(db, timeout_seconds=1), limits=Limits(wall_seconds=30)) as sb:
+        started = time.monotonic()
+        result = _query(sb, "SELECT length(printf('%.*c', 2147483647, 'x')) AS n")
+        elapsed = time.monotonic() - started
+        later = _query(sb, "SELECT count(*) AS n FROM orders")
+    assert not result.ok and result.error.type == "CapabilityError" and "longer than 1 s" in result.error.message
+    assert elapsed < 1 + 0.5, elapsed
+    assert later.ok and later.value["rows"] == [{"n": 3}]
+
+
+def test_sqlite_length_limits_bound_one_value(tmp_path):
+    db = _make_sqlite(tmp_path / "shop.db")
+    with Sandbox(capabilities=sql_capability(db, max_result_bytes=1 << 16)) as sb:
+        result = _query(sb, "SELECT length(zeroblob(100000000)) AS n")
+    assert not result.ok and "too big" in result.error.message
+
+
+def test_truncation_is_a_warning_or_an_error(db):
+    with Sandbox(capabilities=sql_capability(db, max_rows=2)) as sb:
+        cut = _query(sb, "SELECT id FROM orders ORDER BY id")
+        whole = _query(sb, "SELECT id FROM orders WHERE id < 3 ORDER BY id")
+    assert cut.ok and cut.value["truncated"] and len(cut.value["rows"]) == 2
+    assert len(cut.warnings) == 1 and "cut to 2 rows" in cut.warnings[0] and "max_rows=2" in cut.warnings[0]
+    assert whole.ok and whole.warnings == []
+    with Sandbox(capabilities=sql_capability(db, max_rows=2, on_truncate="error")) as sb:
+        refused = _query(sb, "SELECT id FROM orders ORDER BY id")
+        fits = _query(sb, "SELECT id FROM orders WHERE id < 3 ORDER BY id")
+    assert refused.error.type == "CapabilityError" and "on_truncate='error'" in refused.error.message
+    assert fits.ok and fits.value["rows"] == [{"id": 1}, {"id": 2}]
+    with pytest.raises(ConfigurationError):
+        sql_capability(db, on_truncate="ignore")  # type: ignore[arg-type]
+
+
+def test_named_parameters_work_on_both_engines(db):
+    with Sandbox(capabilities=sql_capability(db, tables=["orders"])) as sb:
+        result = sb.run("sql.query(\"SELECT id, ':who' AS literal FROM orders WHERE customer = :who "
+                        "AND amount > :least ORDER BY id\", {'who': 'ann', 'least': 1})['rows']")
+    assert result.ok, result.error
+    assert result.value == [{"id": 1, "literal": ":who"}, {"id": 3, "literal": ":who"}]
