@@ -7,33 +7,94 @@
 
     with Sandbox(limits=Limits(cpu_seconds=1), capabilities=[get_weather]) as sb:
         result = sb.run("get_weather('Paris')['temp']")
+
+Every public name is importable from here. Only the exceptions (`sandbox.errors`) are loaded
+with the package; the rest is imported on first access (PEP 562), so ``import sandbox`` does
+not pay for pydantic models, httpx, Wasmtime or cryptography a program never touches.
 """
 
-from sandbox.capabilities import ApiDescription, Capability, capability
-from sandbox.egress import Egress
-from sandbox.errors import ConfigurationError, GuestBuildError, IsolationUnavailable, SandboxClosed, SandboxError
-from sandbox.limits import Limits
-from sandbox.results import ErrorInfo, RunResult, Usage
-from sandbox.sandbox import Sandbox, Session
-from sandbox.secrets import Secret, SecretUnavailable, SecretValue
+from __future__ import annotations
 
-__all__ = [
-    "ApiDescription",
-    "Capability",
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sandbox.errors import (
+    CapabilityFault,
+    ConfigurationError,
+    GuestBuildError,
+    IsolationUnavailable,
+    OverlayConflict,
+    SandboxClosed,
+    SandboxError,
+    SecretInTransit,
+    SecretUnavailable,
+    Unavailable,
+)
+
+_LAZY = {
+    "ApiDescription": "sandbox.capabilities",
+    "Capability": "sandbox.capabilities",
+    "capability": "sandbox.capabilities",
+    "record_detail": "sandbox.capabilities",
+    "Egress": "sandbox.egress",
+    "Limits": "sandbox.limits",
+    "ErrorInfo": "sandbox.results",
+    "FileChange": "sandbox.results",
+    "RunResult": "sandbox.results",
+    "Usage": "sandbox.results",
+    "Sandbox": "sandbox.sandbox",
+    "Session": "sandbox.sandbox",
+    "Secret": "sandbox.secrets",
+    "SecretValue": "sandbox.secrets",
+    "Policy": "sandbox.policy",
+    "Principal": "sandbox.policy",
+    "Rule": "sandbox.policy",
+    "JsonlSink": "sandbox.audit",
+    "MemorySink": "sandbox.audit",
+    "RunRecord": "sandbox.audit",
+    "Overlay": "sandbox.overlay",
+    "sql_capability": "sandbox.sql",
+    "TransformResult": "sandbox.transform",
+}
+"""Public name -> the module that defines it, imported on first access."""
+
+__all__ = sorted([
+    "CapabilityFault",
     "ConfigurationError",
-    "Egress",
-    "ErrorInfo",
     "GuestBuildError",
     "IsolationUnavailable",
-    "Limits",
-    "RunResult",
-    "Sandbox",
+    "OverlayConflict",
     "SandboxClosed",
     "SandboxError",
-    "Secret",
+    "SecretInTransit",
     "SecretUnavailable",
-    "SecretValue",
-    "Session",
-    "Usage",
-    "capability",
-]
+    "Unavailable",
+    *_LAZY,
+])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from sandbox.audit import JsonlSink, MemorySink, RunRecord
+    from sandbox.capabilities import ApiDescription, Capability, capability, record_detail
+    from sandbox.egress import Egress
+    from sandbox.limits import Limits
+    from sandbox.overlay import Overlay
+    from sandbox.policy import Policy, Principal, Rule
+    from sandbox.results import ErrorInfo, FileChange, RunResult, Usage
+    from sandbox.sandbox import Sandbox, Session
+    from sandbox.secrets import Secret, SecretValue
+    from sandbox.sql import sql_capability
+    from sandbox.transform import TransformResult

@@ -62,8 +62,9 @@ _RESERVED = frozenset({"secrets", "print", "PolicyDenied", "CapabilityError"})
 class Capability:
     """A host function exposed to guest code under ``name``.
 
-    Calling the object calls the function directly (host side, no validation). The guest
-    reaches it only through `invoke`, which validates and converts.
+    Calling the object calls the function directly (host side, no validation). A guest call
+    goes through `bind` (validates the arguments) and `call_bound` / `dump_result` (converts
+    the result to JSON-compatible data).
     """
 
     def __init__(self, func: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:

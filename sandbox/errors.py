@@ -1,11 +1,44 @@
-"""Host-side exceptions. Guest failures are never raised: they are `RunResult`s.
+"""Every exception the library raises on the host. Guest failures are never raised: they are
+`RunResult`s (``result.error``).
 
-These are raised for the host's own mistakes or environment: bad configuration (also a
-`ValueError`, so callers can catch the builtin), a required isolation layer that this machine
-cannot apply, a guest image that cannot be built.
+The hierarchy (catch `SandboxError` for all of them; each also subclasses the builtin a caller
+would otherwise catch)::
+
+    SandboxError
+    ├── ConfigurationError (ValueError)   the host asked for something invalid; the message
+    │   │                                 says what to change
+    │   └── SecretInTransit               a secret's literal value would leave this process
+    │                                     (e.g. in a spec shipped to another node): pass
+    │                                     the secret by reference (env=, file=, provider)
+    ├── Unavailable (RuntimeError)        something this host must provide is missing
+    │   ├── IsolationUnavailable          a required isolation layer cannot be applied
+    │   ├── GuestBuildError               the wasi guest cannot be built or loaded
+    │   └── SecretUnavailable             a secret's source cannot be read at run start
+    ├── SandboxClosed (RuntimeError)      the sandbox or session was closed
+    └── OverlayConflict (ValueError)      `Sandbox.apply` refused: a host file changed since
+                                          the run, or a path is not confined
+
+`CapabilityFault` is not an error of the host: a capability raises it to make the guest's call
+fail with a chosen guest exception (``TypeError``, ``ValueError``, ``PolicyDenied``,
+``CapabilityError``); see `runtimes.wire.Fault`.
 """
 
 from __future__ import annotations
+
+from runtimes.wire import Fault as CapabilityFault
+
+__all__ = [
+    "CapabilityFault",
+    "ConfigurationError",
+    "GuestBuildError",
+    "IsolationUnavailable",
+    "OverlayConflict",
+    "SandboxClosed",
+    "SandboxError",
+    "SecretInTransit",
+    "SecretUnavailable",
+    "Unavailable",
+]
 
 
 class SandboxError(Exception):
@@ -16,13 +49,31 @@ class ConfigurationError(SandboxError, ValueError):
     """The host asked for something invalid; the message says what to change."""
 
 
-class IsolationUnavailable(SandboxError, RuntimeError):
+class SecretInTransit(ConfigurationError):
+    """A secret's literal value would be copied out of this process (pickled, shipped to a
+    worker or another node); give the secret a source read where it runs instead."""
+
+
+class Unavailable(SandboxError, RuntimeError):
+    """Something this host must provide is missing; the message names it and how to fix it."""
+
+
+class IsolationUnavailable(Unavailable):
     """A required isolation layer cannot be applied on this machine; the message names it and why."""
 
 
-class GuestBuildError(SandboxError, RuntimeError):
+class GuestBuildError(Unavailable):
     """The wasi guest could not be built or loaded; the message says how to fix it."""
+
+
+class SecretUnavailable(Unavailable):
+    """A secret's value could not be read from its source (the message names the secret and
+    the source, never a value). Raised by `Sandbox.run` before any guest code runs."""
 
 
 class SandboxClosed(SandboxError, RuntimeError):
     """The sandbox or session was closed; create a new one."""
+
+
+class OverlayConflict(SandboxError, ValueError):
+    """`Sandbox.apply` refused: a host file changed since the run, or a path is not confined."""

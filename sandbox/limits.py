@@ -13,8 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-LimitName = Literal["cpu", "wall", "memory", "output", "recursion", "size", "capability_calls"]
-"""Names a limit in `ErrorInfo.limit` when a run hits it."""
+LimitName = Literal["cpu", "wall", "memory", "recursion", "size"]
+"""Names a limit in `ErrorInfo.limit` when a run hits it. Output over ``max_output_bytes`` is
+not an error (the output is cut and `RunResult.output_truncated` is set)."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -43,17 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.capabilities import Capability, capability
-from sandbox.errors import ConfigurationError
+from sandbox.errors import ConfigurationError, OverlayConflict
 from sandbox.results import FileChange
 from sandbox.runtime import CapabilityFault
 
 _DELETED = object()
 _MAX_PATH = 1024
 _MAX_COMPONENT = 255
-
-
-class OverlayConflict(ValueError):
-    """`Sandbox.apply` refused: a host file changed since the run, or a path is not confined."""
 
 
 class _Denied(Exception):

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from runtimes.wire import WireError, to_wire
 from sandbox.capabilities import ApiDescription, Capability, close_call_detail, collect, describe, open_call_detail
-from sandbox.egress import Egress, EgressClient
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
@@ -43,6 +42,7 @@ if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does n
     from pydantic import BaseModel
 
     from sandbox.audit import RecordSink, RunRecorder
+    from sandbox.egress import Egress, EgressClient
     from sandbox.overlay import Overlay
     from sandbox.policy import Policy, PolicyState, Principal
     from sandbox.results import FileChange
@@ -224,13 +224,18 @@ class Sandbox:
         if unknown:
             raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
         extra_modules = _check_modules(modules, runtime, isolation)
-        if egress is not None and not isinstance(egress, Egress):
-            raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
+        self._egress: EgressClient | None = None
+        if egress is not None:  # imported here: httpx is paid for only by sandboxes with egress
+            from sandbox.egress import Egress, EgressClient
+
+            if not isinstance(egress, Egress):
+                raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
         self.runtime = runtime
         self.limits = limits or Limits()
         self.secrets = validate_secrets(secrets)
         self.egress = egress
-        self._egress = EgressClient(egress) if egress is not None else None
+        if egress is not None:
+            self._egress = EgressClient(egress)
         if files is not None:
             from sandbox.overlay import Overlay
 

@@ -53,7 +53,7 @@ from pydantic_core import core_schema
 
 from runtimes.wire import SECRET_MARKER
 from sandbox.capabilities import CAPABILITY_NAME
-from sandbox.errors import SandboxError
+from sandbox.errors import SecretUnavailable
 from sandbox.runtime import CapabilityFault, SecretHandleSpec
 
 __all__ = [
@@ -70,10 +70,6 @@ log = logging.getLogger("sandbox.secrets")
 
 _SECRET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
-
-
-class SecretUnavailable(SandboxError, RuntimeError):
-    """A secret's value could not be read at run start; the message names the secret and its source."""
 
 
 # --------------------------------------------------------------------------- host patterns

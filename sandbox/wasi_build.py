@@ -38,15 +38,17 @@ from pathlib import Path
 import wasmtime
 from wasmtime.component import Component
 
+from sandbox.errors import GuestBuildError
+
 WORLD = "sandbox"
 APP_MODULE = "app"
 ENGINE_TAG = "fuel+epoch+v1"
 """Names the engine configuration below; bump it when `engine_config` changes."""
 
-FIX_HINT = "pip install 'componentize-py==0.25.1' (or the package's [wasi] extra) and retry"
+FIX_HINT = "pip install 'componentize-py==0.25.1' (a dependency of this package: reinstall it) and retry"
 
 
-class WasiBuildError(RuntimeError):
+class WasiBuildError(GuestBuildError):
     """The wasi guest could not be built or loaded; the message says how to fix it."""
 
 

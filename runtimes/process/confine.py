@@ -1,8 +1,8 @@
 """Confinement primitives for the process runtime: netns, Landlock, uid drop, seccomp, prctl.
 
 Everything here is Linux-only and uses ctypes over libc (plus `pyseccomp` over the system
-libseccomp). Each function either applies its layer and returns True, or returns False /
-raises `ConfinementError` so the caller can report exactly which layers are in force.
+libseccomp). Each function applies its layer or raises (`ConfinementError` for a failed
+system call), so the caller can report exactly which layers are in force.
 
 Layers and who applies them (see `runtimes.process.zygote` and `runtimes.process.child`):
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     uid = args.uid if os.geteuid() == 0 else None
     if uid is None and args.uid is not None:
         errors["uid"] = "a dedicated uid needs a root host"
-    layers.append("rlimits")  # applied by the host per run, with prlimit(2)
+    layers.append("rlimits")  # each child sets them on itself from the job's plan (confine.apply_rlimits)
 
     import threading
 

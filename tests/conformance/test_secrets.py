@@ -1,4 +1,4 @@
-"""Secrets and egress on every runtime (issue 5): a canary secret never leaves the host.
+"""Secrets and egress on every runtime: a canary secret never leaves the host.
 
 Each exfiltration attempt runs as its own guest program (so a compile-time refusal in one
 runtime does not hide the others) and the whole `RunResult`, the logs and the process's own

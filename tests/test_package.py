@@ -1,0 +1,104 @@
+"""The package surface: what ``import sandbox`` loads, the names it exports, the exception
+hierarchy, and the packaging metadata (license, typing marker)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import sandbox
+from sandbox import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("httpx", "httpcore", "wasmtime", "cryptography", "rich", "psutil", "pydantic", "RestrictedPython")
+
+
+def run_python(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter (from the repository root) and return what it prints as JSON."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def loaded_after(statement: str) -> dict:
+    return run_python(
+        f"import json, logging, sys\n{statement}\n"
+        f"roots = {{m.split('.')[0] for m in sys.modules}}\n"
+        f"filters = [f for n in ('httpcore.http11', 'httpcore.connection') for f in logging.getLogger(n).filters]\n"
+        f"print(json.dumps({{'heavy': sorted(r for r in roots if r in {HEAVY!r}), 'log_filters': len(filters)}}))"
+    )
+
+
+def test_import_sandbox_loads_no_heavy_dependency_and_installs_no_log_filter():
+    seen = loaded_after("import sandbox")
+    assert seen == {"heavy": [], "log_filters": 0}
+
+
+def test_a_restricted_sandbox_never_loads_the_network_wasm_or_crypto_stacks():
+    seen = loaded_after("from sandbox import Sandbox\nwith Sandbox() as sb:\n    assert sb.run('1 + 1').value == 2")
+    assert not {"httpx", "httpcore", "wasmtime", "cryptography"} & set(seen["heavy"]), seen
+    assert seen["log_filters"] == 0
+
+
+def test_egress_is_loaded_on_first_use_with_its_log_guard():
+    seen = loaded_after("from sandbox import Egress\nEgress(allow=['example.com'])")
+    assert "httpx" in seen["heavy"] and seen["log_filters"] > 0
+
+
+def test_every_exported_name_resolves_to_the_object_of_its_module():
+    for name, module in sandbox._LAZY.items():
+        assert getattr(sandbox, name) is getattr(importlib.import_module(module), name)
+    assert set(sandbox.__all__) <= set(dir(sandbox))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sandbox.nope  # noqa: B018
+    from sandbox import JsonlSink, Overlay, Policy, sql_capability
+    from sandbox.audit import JsonlSink as audit_sink
+    from sandbox.overlay import Overlay as overlay
+    from sandbox.policy import Policy as policy
+    from sandbox.runtime import CapabilityFault
+    from sandbox.sql import sql_capability as sql
+
+    assert (JsonlSink, Overlay, Policy, sql_capability) == (audit_sink, overlay, policy, sql)
+    assert sandbox.CapabilityFault is CapabilityFault
+
+
+def test_exception_hierarchy():
+    from sandbox.wasi_build import WasiBuildError
+
+    for name in errors.__all__:
+        exc = getattr(errors, name)
+        assert getattr(sandbox, name) is exc
+        if name != "CapabilityFault":
+            assert issubclass(exc, errors.SandboxError), name
+    assert issubclass(errors.ConfigurationError, ValueError)
+    assert issubclass(errors.SecretInTransit, errors.ConfigurationError)
+    for unavailable in (errors.IsolationUnavailable, errors.GuestBuildError, errors.SecretUnavailable):
+        assert issubclass(unavailable, errors.Unavailable) and issubclass(unavailable, RuntimeError)
+    assert issubclass(WasiBuildError, errors.GuestBuildError)
+    assert issubclass(errors.OverlayConflict, ValueError)
+    from sandbox.overlay import OverlayConflict
+    from sandbox.secrets import SecretUnavailable
+
+    assert OverlayConflict is errors.OverlayConflict and SecretUnavailable is errors.SecretUnavailable
+    for name in errors.__all__:  # the docstring's tree names every exception
+        assert name in errors.__doc__, name
+
+
+def test_license_and_typing_marker_ship_with_the_package():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    assert meta["project"]["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    package_data = meta["tool"]["setuptools"]["package-data"]
+    for package in ("sandbox", "runtimes"):
+        assert (ROOT / package / "py.typed").exists()
+        assert "py.typed" in package_data[package]
+    core = " ".join(meta["project"]["dependencies"])
+    assert "psutil" not in core and "rich" not in core
