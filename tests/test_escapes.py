@@ -43,14 +43,28 @@ TOKEN = "ghp_TOPSECRETTOKEN_1234567890"
 
 
 def _host_state() -> dict:
-    """What a guest running in this process could try to change: shared module attributes,
-    the host thread's decimal context, builtins, and this process's children."""
+    """What a guest running in this process could try to change: shared module attributes and
+    the behaviour of host stdlib functions that keep process-wide state (textwrap's class
+    tables, typing's overload registry and alias cache, the strptime cache, ABC registries, the
+    decimal context and its flags), builtins, and this process's children."""
+    import datetime
+    import textwrap
+    import typing
+    from collections.abc import Mapping
+
+    def overloaded(x: int) -> int:
+        return x
+
     return {
-        "json.dumps": json.dumps,
+        "json.dumps": (json.dumps, json.dumps({"a": [1, 2]}), json.JSONEncoder.encode),
         "OrderedDict.popitem": collections.OrderedDict.popitem,
         "math.sqrt": math.sqrt,
-        "builtins.len": builtins.len,
-        "decimal.prec": decimal.getcontext().prec,
+        "builtins.len": (builtins.len, len("abc")),
+        "decimal": (decimal.getcontext().prec, tuple(sorted(k.__name__ for k, v in decimal.getcontext().flags.items() if v))),
+        "textwrap": (textwrap.fill("a b  c", width=3), dict(textwrap.TextWrapper.unicode_whitespace_trans)),
+        "typing": (repr(typing.List[int]), typing.get_overloads(overloaded), typing.Literal[1] == typing.Literal[1]),
+        "strptime": datetime.datetime.strptime("2020-01-02", "%Y-%m-%d"),
+        "abc": (isinstance([], Mapping), issubclass(list, Mapping), isinstance({}, Mapping)),
         "children": sorted(p.pid for p in psutil.Process().children(recursive=True)),
     }
 
@@ -166,6 +180,62 @@ ATTACKS = {
     "secret_vars": "vars(secrets.github)",
     "secret_overwrite": "secrets.github = 'x'",
     "secret_set_name": "setattr(secrets.github, 'name', 'x')",
+    # --- module writes and confused deputies (an attack review of this runtime) -----------------
+    "enum_global_enum": "import enum\nclass E(enum.IntEnum):\n    dumps = 1\nE.__module__\nenum.global_enum(E)",
+    "enum_functional_module": "import enum\nE = enum.Enum('E', 'dumps', module='json')\nE",
+    "enum_functional_dunder": "import enum\nenum.Enum('E', [('__reduce_ex__', 1)])",
+    "enum_subclass_functional": "import enum\nclass E(enum.Enum):\n    a = 1\nE('F', 'x y')",
+    "enum_metaclass": "import enum\nenum.EnumMeta('E', (enum.Enum,), {})",
+    "enum_type_of_member": "import enum\nclass E(enum.Enum):\n    a = 1\ntype(E)('F', (E,), {})",
+    "deepcopy_memo_getattr": "import copy\nm = {}\ncopy.deepcopy(getattr, m)\n[v for v in m.values()]",
+    "deepcopy_memo_kw": "import copy\nm = {}\ncopy.deepcopy(print, memo=m)\nm",
+    "deepcopy_builtin_owner": "import copy\nc = copy.deepcopy(print)\nc.__self__",
+    "deepcopy_module_proxy": "import copy, json\nj = copy.deepcopy(json)\nj.dumps = None",
+    "copy_module_proxy": "import copy, json\nj = copy.copy(json)\nsetattr(j, 'dumps', None)",
+    "function_type_call": "F = type(lambda: 0)\nF(None, {})",
+    "function_type_dataclasses": "import dataclasses\ndataclasses.FunctionType",
+    "method_type_call": "import random\nM = type(random.random)\nM(print, 1)",
+    "class_of_builtin": "(print).__class__('x')",
+    "type_three_args_via_class": "type(int)('X', (), {'__del__': print})",
+    "abcmeta_typing": "import typing\ntyping.ABCMeta('X', (), {'__reduce_ex__': print})",
+    "abcmeta_register_unbound": "import collections.abc as c\ntype(c.Mapping).register(c.Mapping, list)",
+    "abc_register_host": "import collections.abc as c\nc.Mapping.register(list)",
+    "namedtuple_module": "import collections\ncollections.namedtuple('P', 'x', module='json')",
+    "typing_namedtuple_functional": "import typing\ntyping.NamedTuple('P', [('x', int)])",
+    "typing_typeddict_functional": "import typing\ntyping.TypedDict('D', {'a': int})",
+    "typing_newtype": "import typing\ntyping.NewType('X', int)",
+    "make_dataclass": "import dataclasses\ndataclasses.make_dataclass('X', [('__reduce_ex__', int)])",
+    # --- hooks from a namespace the guest controls ------------------------------------------
+    "exec_locals_missing_tick": "class D(dict):\n    def __missing__(self, k):\n        return lambda *a: None\nexec('while True:\\n    pass', {}, D())",
+    "exec_globals_subclass": "class D(dict):\n    def __missing__(self, k):\n        return lambda o: o\nexec('import json\\njson.dumps = 1', D())",
+    "exec_late_hook_in_locals": "d = {}\nexec('d[\"_write_\"] = lambda o: o\\nimport json\\njson.JSONEncoder.encode = 1', {'d': d}, d)",
+    "eval_mapping_locals": "import collections\neval('x', {}, collections.UserDict({'x': 1}))",
+    # --- process-wide state of allowed modules ------------------------------------------------
+    "typing_overload_registry": "import typing\ntyping.get_overloads",
+    "typing_clear_overloads": "import typing\ntyping.clear_overloads()",
+    "typing_reveal_type": "import typing\ntyping.reveal_type('x' * 100)",
+    "typing_literal_guest_eq": "import typing\nclass K:\n    def __eq__(self, o):\n        return True\n    def __hash__(self):\n        return hash(1)\ntyping.Literal[K()]",
+    "typing_generic_guest_key": "import typing\nclass K:\n    def __call__(self):\n        pass\n    def __hash__(self):\n        return hash(int)\n    def __eq__(self, o):\n        return True\ntyping.List[K()]",
+    "typing_final_host_class": "import typing, json\ntyping.final(json.JSONEncoder)",
+    "typing_runtime_checkable": "import typing\ntyping.runtime_checkable(typing.SupportsInt)",
+    "re_purge": "import re\nre.purge()",
+    "re_debug": "import re\nre.compile('a+', re.DEBUG)",
+    "textwrap_class_table": "import textwrap\ntextwrap.TextWrapper.unicode_whitespace_trans[32] = 'X'",
+    "textwrap_class_table_update": "import textwrap\ntextwrap.TextWrapper.unicode_whitespace_trans.update({32: 'X'})",
+    "textwrap_subclass_table": "import textwrap\nclass W(textwrap.TextWrapper):\n    pass\nW.unicode_whitespace_trans.clear()",
+    "textwrap_getattr_table": "import textwrap\nt = getattr(textwrap.TextWrapper(), 'unicode_whitespace_trans')\nt.pop(32)",
+    "strptime_cache_poison": (
+        "import datetime\nclass S(str):\n    def __eq__(self, o):\n        return True\n    def __hash__(self):\n"
+        "        return hash('%Y-%m-%d')\ndatetime.datetime.strptime(S('2020'), S('%Y'))\nraise ValueError('done')"
+    ),
+    "time_strptime_poison": (
+        "import time\nclass S(str):\n    def __eq__(self, o):\n        return True\n    def __hash__(self):\n"
+        "        return hash('%Y-%m-%d')\ntime.strptime(S('2020'), S('%Y'))\nraise ValueError('done')"
+    ),
+    "decimal_flags": "import decimal\ndecimal.Decimal(1) / decimal.Decimal(3)\nraise ValueError('done')",
+    "decimal_context_template": "import decimal\ndecimal.DefaultContext.prec = 3",
+    "copyreg_reach": "import copy\ncopy.dispatch_table",
+    "abstractmethod_host": "import typing, json\ntyping.abstractmethod(json.dumps)",
     # --- capability internals -------------------------------------------------------------
     "capability_closure": "echo.__closure__",
     "capability_globals": "getattr(echo, '__globals__')",

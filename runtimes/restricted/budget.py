@@ -241,7 +241,8 @@ class Budget:
         return time.thread_time() - self.cpu_start
 
     def watchdog_poll(self, now: float) -> None:
-        """Called by the watchdog thread: trip the run when it is over a deadline."""
+        """Called by the watchdog thread: trip the run when it is over a deadline. Runs no guest
+        code: it reads clocks and, through `trip`, stores the stop and empties two host lists."""
         if self.stop is not None:
             return
         if now > self.wall_deadline:
@@ -527,14 +528,15 @@ class Watchdog:
         while True:
             time.sleep(_WATCHDOG_PERIOD)
             now = time.monotonic()
-            with self._lock:
-                if self._active:
-                    idle_since = now
-                    for budget in self._active.values():
-                        budget.watchdog_poll(now)
-                elif now - idle_since > 1.0:
+            with self._lock:  # only copies: nothing runs under the lock
+                active = list(self._active.values())
+                if not active and now - idle_since > 1.0:
                     self._thread = None
                     return
+            if active:
+                idle_since = now
+            for budget in active:
+                budget.watchdog_poll(now)
 
 
     def _after_fork_in_child(self) -> None:

@@ -9,8 +9,12 @@ dicts. Only host misuse (invalid input names, inputs that are not JSON data) rai
 
 from __future__ import annotations
 
+import contextvars
+import decimal
 import keyword
+import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,6 +28,8 @@ from runtimes.restricted.guards import (
     PolicyDenied,
     SecretHandle,
     base_builtins,
+    getitem,
+    plain_function,
     sized_builtins,
 )
 from runtimes.restricted.modules import MODULES
@@ -42,6 +48,7 @@ _GUEST_ERRORS: dict[str, type[Exception]] = {
 
 
 _MAX_STALE_HANDLES = 4096
+_LOG = logging.getLogger("sandbox.restricted")
 
 
 class GuestState:
@@ -207,13 +214,15 @@ def _execute(
     budget.anchor = _run_program.__code__
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles if state is not None else {}
-    _install(guest_globals, guest_builtins, budget, output, call_host, capabilities, secrets, tokens, stale)
+    run_over = threading.Event()
+    _install(guest_globals, guest_builtins, budget, output, call_host, capabilities, secrets, tokens, stale, run_over)
     guest_globals.update(inputs)
 
     WATCHDOG.register(budget)
     try:
-        err, value = _run_program(compiled.code, guest_globals, budget)
+        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget)
     finally:
+        run_over.set()
         WATCHDOG.unregister(budget)
         if state is not None and len(stale) < _MAX_STALE_HANDLES:
             stale.update(tokens)
@@ -227,6 +236,13 @@ def _execute(
         error=err,
         cpu_seconds=time.thread_time() - cpu_start,
     )
+
+
+def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
+    """`_run_program` in the copied context it is called in, with a decimal context of its own:
+    the guest's arithmetic sets flags and traps there, never on the host thread's context."""
+    decimal.setcontext(decimal.Context())
+    return _run_program(code, guest_globals, budget)
 
 
 def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
@@ -297,31 +313,34 @@ def _install(
     secrets: Sequence[tuple[str, str, str]],
     tokens: dict[int, tuple[SecretHandle, str]],
     stale: dict[int, tuple[SecretHandle, str]],
+    run_over: threading.Event,
 ) -> None:
-    """Bind this run's guards, builtins, capabilities and secret handles into the namespace."""
+    """Bind this run's guards, builtins, capabilities and secret handles into the namespace.
+    The capabilities refuse to call the host once ``run_over`` is set."""
     guards = Guards(budget)
     guest_builtins.update(sized_builtins(budget))
     guest_builtins.update(
         {
-            "print": output.print,
-            "getattr": guards.getattr_dynamic,
-            "hasattr": guards.hasattr_,
-            "setattr": guards.setattr_,
-            "delattr": guards.delattr_,
-            "dir": guards.dir_,
-            "__import__": MODULES.import_,
+            name: plain_function(method, name)
+            for name, method in (
+                ("print", output.print),
+                ("getattr", guards.getattr_dynamic),
+                ("hasattr", guards.hasattr_),
+                ("setattr", guards.setattr_),
+                ("delattr", guards.delattr_),
+                ("dir", guards.dir_),
+                ("__import__", MODULES.import_),
+            )
         }
     )
-    evaluator = _Evaluator(guest_globals, guest_builtins)
-    guest_builtins["eval"] = evaluator.eval
-    guest_builtins["exec"] = evaluator.exec
+    guest_builtins["eval"], guest_builtins["exec"] = _evaluator(guest_globals, guest_builtins)
     guest_globals.update(
         {
             "__builtins__": guest_builtins,
             "__name__": GUEST_MODULE,
             "_getattr_": guards.getattr_static,
             "_getattr_dunder_": guards.getattr_dunder,
-            "_getitem_": _getitem,
+            "_getitem_": getitem,
             "_write_": guards.write,
             "_getiter_": budget.getiter,
             "_tick_": budget.tick,
@@ -356,13 +375,9 @@ def _install(
         node = tree
         for part in path:
             node = node.setdefault(part, {})
-        node[leaf] = _capability(name, call_host, budget, handle_token)
+        node[leaf] = _capability(name, call_host, budget, handle_token, run_over)
     for key, value in tree.items():
         guest_globals[key] = _namespace(key, value)
-
-
-def _getitem(obj: Any, key: Any) -> Any:
-    return obj[key]
 
 
 def _namespace(label: str, value: Any) -> Any:
@@ -372,11 +387,22 @@ def _namespace(label: str, value: Any) -> Any:
 
 
 def _capability(
-    name: str, call_host: Callable[[str, list, dict], Any], budget: Budget, handle_token: Callable[[Any], Any]
+    name: str,
+    call_host: Callable[[str, list, dict], Any],
+    budget: Budget,
+    handle_token: Callable[[Any], Any],
+    run_over: threading.Event,
 ) -> Callable[..., Any]:
-    """A guest-callable for capability ``name``: wire-converts arguments, maps faults to exceptions."""
+    """A guest-callable for capability ``name``: wire-converts arguments, maps faults to exceptions.
+
+    After its run has ended (a guest finaliser or a generator resumed later) it never reaches
+    the host: it raises `PolicyDenied` and logs the attempt on ``sandbox.restricted``.
+    """
 
     def capability(*args: Any, **kwargs: Any) -> Any:
+        if run_over.is_set():
+            _LOG.warning("capability %s called after its run ended: refused", name)
+            raise PolicyDenied(f"{name}(): the run that was granted this capability has ended")
         try:
             wire_args = to_wire(list(args), handle_token=handle_token)
             wire_kwargs = to_wire(kwargs, handle_token=handle_token)
@@ -404,49 +430,57 @@ def _capability(
     return capability
 
 
-class _Evaluator:
-    """The guest's ``eval``/``exec``: strings compiled through the same restrictions."""
+def _evaluator(guest_globals: dict[str, Any], guest_builtins: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., None]]:
+    """The guest's ``eval``/``exec`` (plain closures, so no host object is reachable from them).
 
-    def __init__(self, guest_globals: dict[str, Any], guest_builtins: dict[str, Any]) -> None:
-        self._globals = guest_globals
-        self._builtins = guest_builtins
+    Strings compile through the same restrictions. Namespaces must be exact ``dict``s (a
+    subclass's ``__missing__`` or any other mapping could answer lookups of the inserted guard
+    hooks). Code given its own namespace runs in a scratch dict the guest never holds: the
+    public names of ``globals``/``locals`` are copied in, the run's real hooks and builtins are
+    put over them, and public names are copied back afterwards, so neither the dicts passed in
+    nor anything the code does to them can supply a hook.
+    """
 
-    def eval(self, source: Any, globals: Any = None, locals: Any = None, /) -> Any:
-        return self._run(source, "eval", globals, locals, sys._getframe(1))
-
-    def exec(self, source: Any, globals: Any = None, locals: Any = None, /) -> None:
-        self._run(source, "exec", globals, locals, sys._getframe(1))
-
-    def _run(self, source: Any, mode: str, globals_: Any, locals_: Any, caller: Any) -> Any:
+    def run(source: Any, mode: str, globals_: Any, locals_: Any, caller: Any) -> Any:
         if not isinstance(source, str):
             raise TypeError(f"{mode}() takes a string of code here")
+        for label, given in (("globals", globals_), ("locals", locals_)):
+            if given is not None and type(given) is not dict:
+                raise TypeError(f"{mode}(): {label} must be a dict (not {type(given).__name__})")
+        if locals_ is not None and any(type(key) is not str or key[:1] == "_" for key in locals_):
+            raise ValueError(f"{mode}(): names starting with '_' are not allowed in locals")
         compiled = compile_guest(source, mode, STRING_FILENAME)
         if compiled.code is None:
             exc = SyntaxError(compiled.error_message)
             exc.lineno = compiled.lineno
             raise exc
-        if locals_ is not None and not isinstance(locals_, dict):
-            raise TypeError(f"{mode}(): locals must be a dict")
-        if locals_ is not None and any(not isinstance(k, str) or k.startswith("_") for k in locals_):
-            raise ValueError(f"{mode}(): names starting with '_' are not allowed in locals")
-        if globals_ is None:
-            if caller.f_globals is self._globals:
-                namespace = self._globals
-                locals_ = caller.f_locals if locals_ is None else locals_
-            else:
-                namespace = self._globals
-            return exec_or_eval(compiled.code, namespace, locals_, mode)
-        if not isinstance(globals_, dict):
-            raise TypeError(f"{mode}(): globals must be a dict")
-        scratch = {key: value for key, value in globals_.items() if isinstance(key, str) and not key.startswith("_")}
-        scratch.update({key: value for key, value in self._globals.items() if key.startswith("_")})
-        scratch["__builtins__"] = self._builtins
+        if globals_ is None and locals_ is None:
+            # The guest's own namespace: the real globals hold the real hooks and the guest has
+            # no reference to them; a function's f_locals is a fresh snapshot of its variables.
+            own_frame = caller is not None and caller.f_globals is guest_globals
+            frame_locals = caller.f_locals if own_frame and caller.f_locals is not guest_globals else None
+            return exec_or_eval(compiled.code, guest_globals, frame_locals, mode)
+        target = locals_ if locals_ is not None else globals_
+        scratch: dict[str, Any] = {}
+        for given in (globals_, locals_):
+            if given is not None:
+                scratch.update((key, value) for key, value in list(given.items()) if type(key) is str and key[:1] != "_")
+        scratch.update((key, value) for key, value in guest_globals.items() if key[:1] == "_")
+        scratch["__builtins__"] = guest_builtins
         try:
-            return exec_or_eval(compiled.code, scratch, locals_, mode)
+            return exec_or_eval(compiled.code, scratch, None, mode)
         finally:
-            for key, value in scratch.items():
-                if not key.startswith("_"):
-                    globals_[key] = value
+            target.update((key, value) for key, value in scratch.items() if key[:1] != "_")
+
+    def eval_(source: Any, globals: Any = None, locals: Any = None, /) -> Any:
+        return run(source, "eval", globals, locals, sys._getframe(1))
+
+    def exec_(source: Any, globals: Any = None, locals: Any = None, /) -> None:
+        run(source, "exec", globals, locals, sys._getframe(1))
+
+    eval_.__name__ = eval_.__qualname__ = "eval"
+    exec_.__name__ = exec_.__qualname__ = "exec"
+    return eval_, exec_
 
 
 def exec_or_eval(code: Any, namespace: dict[str, Any], locals_: Any, mode: str) -> Any:

@@ -102,11 +102,76 @@ class GuestType(metaclass=_GuestTypeMeta):
     def __new__(cls, *args: Any) -> Any:  # noqa: D102
         if len(args) != 1:
             raise TypeError("type() takes one argument here; define classes with a class statement")
-        kind = type(args[0])
-        return GuestType if issubclass(kind, type) else kind
+        return guest_type(type(args[0]))
 
 
 GuestType.__name__ = GuestType.__qualname__ = "type"
+
+
+class HostType:
+    """What the guest sees as the type of an object whose class it could not name otherwise
+    (a function, a bound method, a code object, a generator, a host helper ...).
+
+    It compares and hashes like the class and works with ``isinstance``/``issubclass``, but is
+    not callable and has no attributes beyond the names: ``type(lambda: 0)`` cannot build
+    functions from code objects, and ``type(print)`` leads nowhere. One view per class, so
+    ``type(a) is type(b)`` holds when it would for the classes.
+    """
+
+    __slots__ = ("_kind",)
+
+    def __init__(self, kind: type) -> None:
+        object.__setattr__(self, "_kind", kind)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("read-only")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{self._kind.__name__} objects cannot be created here")
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        return isinstance(obj, self._kind)
+
+    def __subclasscheck__(self, sub: Any) -> bool:
+        return isinstance(sub, type) and issubclass(sub, self._kind)
+
+    def __eq__(self, other: Any) -> bool:
+        return other is self._kind or (type(other) is HostType and other._kind is self._kind)
+
+    def __hash__(self) -> int:
+        return hash(self._kind)
+
+    def __repr__(self) -> str:
+        return f"<class {self._kind.__qualname__!r}>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot copy a type")
+
+
+_host_type_views: dict[type, HostType] = {}
+_named_types: set[type] = set()
+"""Classes the guest can name (its builtins and the classes its module proxies export), added
+by `expose_types` as proxies are built; host-only, never handed to the guest."""
+
+
+def expose_types(values: Any) -> None:
+    """Record the classes among ``values`` as nameable by the guest (`guest_type` returns them)."""
+    _named_types.update(value for value in values if isinstance(value, type))
+
+
+def guest_type(kind: type) -> Any:
+    """``type(x)`` as the guest sees it: metaclasses as `GuestType`, its own classes and the
+    classes it can name as themselves, any other class as a `HostType` view."""
+    if issubclass(kind, type):
+        return GuestType
+    if kind in _named_types or kind.__dict__.get("__module__") == GUEST_MODULE:
+        return kind
+    if WRITABLE_PACKAGES and str(kind.__module__).partition(".")[0] in WRITABLE_PACKAGES:
+        return kind
+    view = _host_type_views.get(kind)
+    if view is None:
+        view = _host_type_views.setdefault(kind, HostType(kind))
+    return view
 
 
 # --- formatting -----------------------------------------------------------------------------
@@ -175,6 +240,8 @@ class Guards:
         value = getattr(obj, name)
         if type(value) is _ModuleType:
             raise _refused(name, obj)
+        if type(value) in _WRITABLE_TYPES and _shared_storage(obj, name, value):
+            return _read_only(value)
         if name in _FORMAT_NAMES or (name in _STR_WIDTH_METHODS and _is_text(obj)):
             return self._special(obj, name, value)
         if name in _OTHER_SPECIAL:
@@ -199,6 +266,8 @@ class Guards:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}") from None
         if type(value) is _ModuleType:
             raise _refused(name, obj)
+        if type(value) in _WRITABLE_TYPES and _shared_storage(obj, name, value):
+            return _read_only(value)
         if name in _FORMAT_NAMES or (name in _STR_WIDTH_METHODS and _is_text(obj)):
             return self._special(obj, name, value)
         if name in _OTHER_SPECIAL:
@@ -209,8 +278,8 @@ class Guards:
         """``obj.__name__``-style reads the transformer allowed (``_getattr_dunder_``)."""
         if name in DUNDER_ANY:
             if name == "__class__":
-                return GuestType(obj)
-            value = getattr(obj, name)
+                return guest_type(type(obj))
+            value = getattr(obj._kind if type(obj) is HostType else obj, name)
             if value is None or type(value) is str:
                 return value
             raise _refused(name, obj)
@@ -249,7 +318,8 @@ class Guards:
 
     def _other(self, obj: Any, name: str, value: Any) -> Any:
         if name == "register":
-            if isinstance(obj, abc.ABCMeta) and not is_guest_object(obj):
+            unbound = isinstance(obj, type) and issubclass(obj, abc.ABCMeta)  # ABCMeta.register(Mapping, C)
+            if unbound or (isinstance(obj, abc.ABCMeta) and not is_guest_object(obj)):
                 raise AttributeError(f"{obj.__name__}.register() would change a registry shared with the host")
             return value
         if isinstance(obj, int) or (isinstance(obj, type) and issubclass(obj, int)):
@@ -303,6 +373,70 @@ class Guards:
         if len(obj) != 1:
             raise TypeError("dir() needs exactly one argument here")
         return [name for name in dir(obj[0]) if name[:1] != "_"]
+
+
+def _shared_storage(obj: Any, name: str, value: Any) -> bool:
+    """True when ``value``, a mutable container read as ``obj.name``, is not stored on a guest
+    object or class: a class attribute of a host class (``TextWrapper.unicode_whitespace_trans``),
+    reached directly or through a guest subclass, or state of a host object."""
+    if WRITABLE_PACKAGES and str(type(obj).__module__).partition(".")[0] in WRITABLE_PACKAGES:
+        return False
+    try:
+        own = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        own = None
+    if type(own) is dict and own.get(name) is value:
+        return not is_guest_object(obj)
+    for cls in (obj if isinstance(obj, type) else type(obj)).__mro__:
+        if name in cls.__dict__:
+            return cls.__dict__.get("__module__") != GUEST_MODULE
+    return not is_guest_object(obj)
+
+
+def _read_only(value: Any) -> Any:
+    """A read-only view or copy of a mutable container the guest must not change."""
+    if isinstance(value, dict):
+        return types.MappingProxyType(value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    if isinstance(value, (bytearray, bytes)):
+        return bytes(value)
+    if isinstance(value, decimal.Context):
+        return value.copy()
+    return tuple(value)
+
+
+_PLAIN_SUBSCRIPTED = frozenset({list, dict, tuple, str, bytes, bytearray, range, collections.deque, collections.OrderedDict,
+                               collections.defaultdict, collections.Counter, types.MappingProxyType})
+_TYPE_ARG_ATOMS = frozenset({str, int, bool, bytes, float, type(None), type(Ellipsis)})
+
+
+def getitem(obj: Any, key: Any) -> Any:
+    """``obj[key]`` (``_getitem_``). Subscripting a class or a typing form goes through process-wide
+    caches (``typing``'s ``_tp_cache``) that compare their keys with ``==``: there the key may
+    hold only classes, typing forms and plain values, never a guest object whose ``__eq__`` or
+    ``__hash__`` a later host lookup would run or be answered by."""
+    kind = type(obj)
+    if kind not in _PLAIN_SUBSCRIPTED and (isinstance(obj, type) or kind.__module__ == "typing"):
+        _check_type_args(key)
+    return obj[key]
+
+
+def _check_type_args(key: Any) -> None:
+    pending = [key]
+    seen = 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        kind = type(item)
+        if kind in _TYPE_ARG_ATOMS or isinstance(item, type) or kind.__module__ in ("typing", "types") or kind is HostType:
+            if kind is types.GenericAlias:
+                pending.extend(item.__args__)
+            continue
+        if (kind is tuple or kind is list) and seen < 1000:
+            pending.extend(item)
+            continue
+        raise TypeError(f"subscripting a type takes classes and plain values here, not a {kind.__name__}")
 
 
 def _is_text(obj: Any) -> bool:
@@ -389,6 +523,15 @@ class Namespace:
         names = ", ".join(sorted(k for k in vars(self) if not k.startswith("_")))
         return f"<{self._label}: {names}>"
 
+    def __copy__(self) -> Namespace:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Namespace:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"{self._label} cannot be pickled")
+
 
 # --- builtins -------------------------------------------------------------------------------
 
@@ -419,7 +562,21 @@ def base_builtins() -> dict[str, Any]:
             "CapabilityError": CapabilityError,
         }
     )
+    expose_types(result.values())
     return result
+
+
+def plain_function(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``method`` as a plain function named ``name``: the guest gets functions, never bound
+    methods, so nothing that walks objects for it (``copy.deepcopy``, ``__reduce_ex__``) can
+    reach the host object behind a builtin. The closure cell is unreachable from guest code."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = getattr(method, "__doc__", None)
+    return call
 
 
 def sized_builtins(budget: Any) -> dict[str, Callable[..., Any]]:
@@ -438,4 +595,4 @@ def sized_builtins(budget: Any) -> dict[str, Callable[..., Any]]:
 
     sorted_.__name__ = sorted_.__qualname__ = "sorted"
     pow_.__name__ = pow_.__qualname__ = "pow"
-    return {"sorted": sorted_, "pow": pow_, "format": budget.format}
+    return {"sorted": sorted_, "pow": pow_, "format": plain_function(budget.format, "format")}

@@ -1,17 +1,17 @@
 """The guest's ``import``: an allowlist of stdlib modules handed out as read-only proxies.
 
-A `ModuleProxy` exposes a module's public attributes minus modules (``json.codecs``,
-``textwrap.re``), minus names listed in `_EXCLUDED` (functions that evaluate strings as code,
-touch host-global state, or start processes), with mutable containers frozen. Proxies are
-built once per process and shared, so they are immutable; ``random`` is the exception: each
-import gets its own ``Random`` instance, so a guest's ``seed`` never touches the host's
-generator or another run's.
+A `ModuleProxy` exposes exactly the names `SURFACE` lists for its module (reviewed one by one:
+nothing that evaluates strings as code, writes process-wide registries or caches, takes a
+``module=`` name, builds classes from data, walks guest objects with host privileges, writes to
+real file descriptors or starts processes), with the functions in `replacements.REPLACED`
+swapped for guarded versions and mutable containers frozen. Proxies are built once per
+process and shared, so they are immutable and cannot be copied into mutable ones; ``random``
+is the exception: each import gets its own ``Random`` instance, so a guest's ``seed`` never
+touches the host's generator or another run's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import importlib
 import random as _random
 import threading
@@ -19,7 +19,8 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runtimes.restricted.guards import GUEST_MODULE, WRITABLE_PACKAGES, is_guest_object
+from runtimes.restricted.guards import WRITABLE_PACKAGES, expose_types
+from runtimes.restricted.replacements import REPLACED
 
 ALLOWED_MODULES = (
     "math", "json", "re", "datetime", "collections", "collections.abc", "itertools", "functools",
@@ -32,18 +33,99 @@ objects the guest already holds, through their ``__reduce_ex__``/``__deepcopy__`
 (``date.today()``, ``strftime`` and ``strptime`` import them through the caller's
 ``__import__``); guest code cannot name ``_strptime`` itself (underscore names do not compile)."""
 
-_ONLY: Mapping[str, frozenset[str]] = {
-    "io": frozenset({"StringIO", "BytesIO"}),
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+SURFACE: Mapping[str, frozenset[str]] = {
+    "math": _names("""
+        acos acosh asin asinh atan atan2 atanh cbrt ceil comb copysign cos cosh degrees dist e erf erfc exp
+        exp2 expm1 fabs factorial floor fmod frexp fsum gamma gcd hypot inf isclose isfinite isinf isnan
+        isqrt lcm ldexp lgamma log log10 log1p log2 modf nan nextafter perm pi pow prod radians remainder sin
+        sinh sqrt tan tanh tau trunc ulp"""),
+    "json": _names("JSONDecodeError JSONDecoder JSONEncoder detect_encoding dump dumps load loads"),
+    # No DEBUG (compiling with it prints to the host's stdout), purge (a process-wide cache),
+    # template/TEMPLATE/Scanner (sre internals).
+    "re": _names("""
+        A ASCII DOTALL I IGNORECASE L LOCALE M MULTILINE Match NOFLAG Pattern RegexFlag S U UNICODE VERBOSE X
+        compile error escape findall finditer fullmatch match search split sub subn"""),
+    "datetime": _names("MAXYEAR MINYEAR UTC date datetime time timedelta timezone tzinfo"),
+    "collections": _names("ChainMap Counter OrderedDict UserDict UserList UserString defaultdict deque namedtuple"),
+    "collections.abc": _names("""
+        AsyncGenerator AsyncIterable AsyncIterator Awaitable ByteString Callable Collection Container Coroutine
+        Generator Hashable ItemsView Iterable Iterator KeysView Mapping MappingView MutableMapping
+        MutableSequence MutableSet Reversible Sequence Set Sized ValuesView"""),
+    "itertools": _names("""
+        accumulate chain combinations combinations_with_replacement compress count cycle dropwhile filterfalse
+        groupby islice pairwise permutations product repeat starmap takewhile tee zip_longest"""),
+    # No singledispatch (evaluates annotation strings), RLock, get_cache_token, recursive_repr.
+    "functools": _names("cache cached_property cmp_to_key lru_cache partial partialmethod reduce total_ordering update_wrapper wraps"),
+    "statistics": _names("""
+        LinearRegression NormalDist StatisticsError correlation covariance fmean geometric_mean harmonic_mean
+        linear_regression mean median median_grouped median_high median_low mode multimode pstdev pvariance
+        quantiles stdev variance"""),
+    # No getcontext/setcontext/localcontext or the shared template contexts: the guest's
+    # arithmetic uses a context of its own run (see the executor), and Context() objects it makes.
+    "decimal": _names("""
+        Clamped Context ConversionSyntax Decimal DecimalException DecimalTuple DivisionByZero DivisionImpossible
+        DivisionUndefined FloatOperation Inexact InvalidContext InvalidOperation MAX_EMAX MAX_PREC MIN_EMIN
+        MIN_ETINY Overflow ROUND_05UP ROUND_CEILING ROUND_DOWN ROUND_FLOOR ROUND_HALF_DOWN ROUND_HALF_EVEN
+        ROUND_HALF_UP ROUND_UP Rounded Subnormal Underflow"""),
+    "fractions": _names("Fraction"),
+    # No SystemRandom (the OS pool); module functions are bound to a generator of each import's own.
+    "random": _names("""
+        Random betavariate choice choices expovariate gammavariate gauss getrandbits getstate lognormvariate
+        normalvariate paretovariate randbytes randint random randrange sample seed setstate shuffle triangular
+        uniform vonmisesvariate weibullvariate"""),
+    # No Formatter: get_field walks attributes unguarded (RestrictedPython advisory).
+    "string": _names("Template ascii_letters ascii_lowercase ascii_uppercase capwords digits hexdigits octdigits printable punctuation whitespace"),
+    # Only forms that neither evaluate annotation strings (get_type_hints, ForwardRef), write to a
+    # process-wide registry (overload's registry, clear_overloads) or to the host's stderr
+    # (reveal_type), set attributes on their argument (final, runtime_checkable,
+    # no_type_check, abstractmethod, dataclass_transform), nor build classes from data
+    # (NewType, ABCMeta; NamedTuple and TypedDict keep only their class forms).
+    "typing": _names("""
+        AbstractSet Annotated Any AnyStr Callable ChainMap ClassVar Collection Container Counter DefaultDict
+        Deque Dict Final FrozenSet Generator Generic Hashable ItemsView Iterable Iterator KeysView List Literal
+        LiteralString Mapping MappingView Match MutableMapping MutableSequence MutableSet NamedTuple Never
+        NoReturn NotRequired Optional OrderedDict Pattern Protocol Required Reversible Self Sequence Set Sized
+        SupportsAbs SupportsFloat SupportsIndex SupportsInt SupportsRound TYPE_CHECKING Text Tuple Type
+        TypeAlias TypeGuard TypeVar TypedDict Union ValuesView assert_never assert_type cast get_args get_origin
+        is_typeddict overload"""),
+    # No make_dataclass (a class from data), FunctionType, GenericAlias.
+    "dataclasses": _names("FrozenInstanceError InitVar KW_ONLY MISSING asdict astuple dataclass field fields is_dataclass replace"),
+    "heapq": _names("heapify heappop heappush heappushpop heapreplace merge nlargest nsmallest"),
+    "bisect": _names("bisect bisect_left bisect_right insort insort_left insort_right"),
+    "textwrap": _names("TextWrapper dedent fill indent shorten wrap"),
+    # The Enum bases only (guest versions without the functional API); no EnumType/EnumMeta,
+    # global_enum and friends (they write into modules named by the class's __module__).
+    "enum": _names("Enum Flag IntEnum IntFlag StrEnum auto member nonmember unique"),
+    "base64": _names("""
+        a85decode a85encode b16decode b16encode b32decode b32encode b32hexdecode b32hexencode b64decode
+        b64encode b85decode b85encode decodebytes encodebytes standard_b64decode standard_b64encode
+        urlsafe_b64decode urlsafe_b64encode"""),
+    "hashlib": _names("""
+        algorithms_available algorithms_guaranteed blake2b blake2s md5 new pbkdf2_hmac sha1 sha224 sha256 sha384
+        sha3_224 sha3_256 sha3_384 sha3_512 sha512 shake_128 shake_256"""),
+    # No getnode()/uuid1() (may run ifconfig in a subprocess).
+    "uuid": _names("""
+        NAMESPACE_DNS NAMESPACE_OID NAMESPACE_URL NAMESPACE_X500 RESERVED_FUTURE RESERVED_MICROSOFT RESERVED_NCS
+        RFC_4122 SafeUUID UUID uuid3 uuid4 uuid5"""),
+    # No register_dialect/unregister_dialect/field_size_limit (process-wide).
+    "csv": _names("""
+        Dialect DictReader DictWriter Error QUOTE_ALL QUOTE_MINIMAL QUOTE_NONE QUOTE_NONNUMERIC Sniffer excel
+        excel_tab get_dialect list_dialects reader unix_dialect writer"""),
+    "copy": _names("Error copy deepcopy error"),
+    "io": _names("StringIO BytesIO"),
     # No sleep: a sleeping guest would hold the host thread past the wall-clock limit.
-    "time": frozenset({
-        "time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
-        "process_time", "process_time_ns", "thread_time", "thread_time_ns", "gmtime", "localtime",
-        "mktime", "strftime", "strptime", "asctime", "ctime", "struct_time", "timezone", "altzone",
-        "daylight", "tzname",
-    }),
-    "_strptime": frozenset({"_strptime_datetime", "_strptime_time"}),
+    "time": _names("""
+        time time_ns monotonic monotonic_ns perf_counter perf_counter_ns process_time process_time_ns
+        thread_time thread_time_ns gmtime localtime mktime strftime strptime asctime ctime struct_time
+        timezone altzone daylight tzname"""),
+    "_strptime": _names("_strptime_datetime _strptime_time"),
 }
-"""Modules of which exactly the listed names are exposed (private ones included)."""
+"""The reviewed names of every allowed module, and nothing else (tests/restricted_surface.txt
+holds the whole reachable surface, including the classes' attributes)."""
 
 OPTIONAL_MODULES = ("numpy", "pandas")
 """Heavy C-extension modules a `ProcessDriver` may add to its children's allowlist (never the
@@ -51,89 +133,9 @@ in-process runtime's: see docs/data.md, "Why numpy and pandas are not offered in
 Their proxies carry every public attribute; raw memory, file I/O and runaway C calls are
 contained by the process layers (rlimits, seccomp, netns, Landlock), not by the guards."""
 
-_EXCLUDED: Mapping[str, frozenset[str]] = {
-    # string.Formatter.get_field walks attributes unguarded (RestrictedPython advisory).
-    "string": frozenset({"Formatter"}),
-    # get_type_hints/ForwardRef evaluate annotation strings with the real eval and builtins.
-    "typing": frozenset({"get_type_hints", "ForwardRef"}),
-    # singledispatch evaluates string annotations through get_type_hints too.
-    "functools": frozenset({"singledispatch", "singledispatchmethod"}),
-    # Host-global (thread or process) state; localcontext() left open in a suspended generator
-    # would keep the host thread's decimal context changed after the run.
-    "decimal": frozenset({
-        "getcontext", "setcontext", "localcontext", "DefaultContext", "BasicContext", "ExtendedContext",
-    }),
-    "csv": frozenset({"field_size_limit", "register_dialect", "unregister_dialect"}),
-    # getnode() (and uuid1 without a node) may run ifconfig/ip in a subprocess.
-    "uuid": frozenset({"getnode", "uuid1"}),
-    "random": frozenset({"SystemRandom"}),
-    "copy": frozenset({"dispatch_table"}),
-    # make_dataclass takes attribute names and defaults as data, so it could put any dunder
-    # on a class and bypass the transformer's list of definable dunder methods.
-    "dataclasses": frozenset({"make_dataclass"}),  # copyreg's process-wide table
-}
-
-
-def _guest_owned(obj: Any) -> bool:
-    """True for classes and functions the guest defined (never for host objects)."""
-    if type(obj) is types.FunctionType:
-        return obj.__module__ == GUEST_MODULE
-    return isinstance(obj, type) and is_guest_object(obj)
-
-
-def _refuse_host_target(func_name: str, target: Any) -> TypeError:
-    what = getattr(target, "__qualname__", None) or type(target).__name__
-    return TypeError(f"{func_name}() applies only to classes and functions defined by the guest, not {what!s:.60}")
-
-
-def _update_wrapper(wrapper: Any, wrapped: Any, assigned: Any = None, updated: Any = None) -> Any:
-    """``functools.update_wrapper`` for guests: copies ``__name__``, ``__qualname__`` and
-    ``__doc__`` (strings only) onto a guest function. The guest cannot choose the attribute
-    names: the real function reads and writes any names it is given with unguarded
-    getattr/setattr (``updated=('__globals__',)`` would hand the guest the host's builtins)."""
-    if assigned is not None or updated is not None:
-        raise TypeError("functools.update_wrapper(): choosing the attributes to copy is not allowed in the sandbox")
-    if not _guest_owned(wrapper):
-        raise _refuse_host_target("functools.update_wrapper", wrapper)
-    for attr in ("__name__", "__qualname__", "__doc__"):
-        value = getattr(wrapped, attr, None)
-        if type(value) is str or (attr == "__doc__" and value is None):
-            setattr(wrapper, attr, value)
-    return wrapper
-
-
-def _wraps(wrapped: Any, assigned: Any = None, updated: Any = None) -> Callable[[Any], Any]:
-    """``functools.wraps`` for guests (see `_update_wrapper`)."""
-    if assigned is not None or updated is not None:
-        raise TypeError("functools.wraps(): choosing the attributes to copy is not allowed in the sandbox")
-    return lambda wrapper: _update_wrapper(wrapper, wrapped)
-
-
-def _guest_class_decorator(name: str, decorator: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a class decorator that sets attributes on its argument so it only touches guest
-    classes (``dataclass(json.JSONEncoder)`` would rewrite a host class for every later run).
-    Supports both ``@deco`` and ``@deco(**options)``."""
-
-    @functools.wraps(decorator)
-    def guarded(cls: Any = None, /, **options: Any) -> Any:
-        if cls is None:
-            return lambda target: guarded(target, **options)
-        if not _guest_owned(cls):
-            raise _refuse_host_target(name, cls)
-        return decorator(cls, **options)
-
-    return guarded
-
-
-_REPLACED: Mapping[str, Mapping[str, Any]] = {
-    "functools": {
-        "update_wrapper": _update_wrapper,
-        "wraps": _wraps,
-        "total_ordering": _guest_class_decorator("functools.total_ordering", functools.total_ordering),
-    },
-    "dataclasses": {"dataclass": _guest_class_decorator("dataclasses.dataclass", dataclasses.dataclass)},
-}
-"""Module functions that write attributes onto their arguments, replaced by guarded versions."""
+SOURCES: dict[str, Callable[[], Any]] = {}
+"""Where a module's names are read from when it is not the stdlib module of that name (a
+wrapper object offering the same API); default `importlib.import_module`."""
 
 
 class ModuleProxy:
@@ -153,6 +155,15 @@ class ModuleProxy:
     def __repr__(self) -> str:
         return f"<module {self.__name__!r} (sandboxed)>"
 
+    def __copy__(self) -> ModuleProxy:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> ModuleProxy:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("modules cannot be pickled")
+
 
 def _freeze(value: Any) -> Any:
     if type(value) is list:
@@ -165,18 +176,27 @@ def _freeze(value: Any) -> Any:
 
 
 def _members(name: str) -> dict[str, Any]:
-    module = importlib.import_module(name)
-    only = _ONLY.get(name)
-    excluded = _EXCLUDED.get(name, frozenset())
+    """The proxy members of allowed module ``name``: the `SURFACE` names (every public non-module
+    name for an `OPTIONAL_MODULES` package), replacements applied, containers frozen."""
+    module = SOURCES[name]() if name in SOURCES else importlib.import_module(name)
+    names = SURFACE.get(name)
+    if names is None:
+        if name.partition(".")[0] not in OPTIONAL_MODULES:
+            raise ImportError(f"module {name!r} has no reviewed surface")
+        names = frozenset(key for key in dir(module) if not key.startswith("_"))
+    replaced = REPLACED.get(name, {})
     members = {}
-    for key in sorted(only) if only is not None else dir(module):
-        if (only is None and key.startswith("_")) or key in excluded or not hasattr(module, key):
+    for key in sorted(names):
+        if key in replaced:
+            members[key] = replaced[key]
+            continue
+        if not hasattr(module, key):
             continue
         value = getattr(module, key)
         if isinstance(value, types.ModuleType):
             continue
         members[key] = _freeze(value)
-    members.update({key: value for key, value in _REPLACED.get(name, {}).items() if key in members})
+    expose_types(members.values())
     return members
 
 

@@ -17,7 +17,9 @@ it by controlling its own result:
   it), and no more descendants than the baseline plus a small slack;
 * **host resources**: thread count, open fds and RSS before/after within stated bounds;
 * **host state**: the identity of every public attribute of the allowlisted modules (and of
-  the classes they define), the decimal context, csv dialects, the random generator, the
+  the classes they define), the answers of host stdlib calls that keep process-wide state
+  (``json.dumps``, ``textwrap.fill``, ``typing`` aliases and overloads, ``strptime``, ABC
+  ``isinstance``), the decimal context and its flags, csv dialects, the random generator, the
   recursion limit, cwd, environment, signal handlers and the standard streams are unchanged;
 * **liveness**: the same sandbox still answers a normal run correctly afterwards.
 """
@@ -304,7 +306,33 @@ def host_state() -> dict[str, Any]:
     )
     state["signal.alarm"] = signal.getitimer(signal.ITIMER_REAL)
     state["copyreg.dispatch_table"] = frozenset(id(k) for k in __import__("copyreg").dispatch_table)
+    state["decimal.flags"] = tuple(sorted(k.__name__ for k, v in context.flags.items() if v))
+    state["behaviour"] = _stdlib_behaviour()
     return state
+
+
+def _overloaded(x: int) -> int:
+    return x
+
+
+def _stdlib_behaviour() -> tuple[Any, ...]:
+    """What host stdlib calls with process-wide state answer: a guest that poisoned a registry,
+    a cache or a class table changes one of these."""
+    import datetime
+    import json
+    import textwrap
+    import typing
+    from collections.abc import Mapping
+
+    return (
+        json.dumps({"a": [1, 2.5, None]}),
+        textwrap.fill("alpha beta  gamma", width=6),
+        repr(typing.List[int]), repr(typing.Optional[str]), typing.get_overloads(_overloaded),
+        datetime.datetime.strptime("2021-03-04", "%Y-%m-%d"),
+        time.strptime("2021", "%Y")[:3],
+        isinstance([], Mapping), issubclass(list, Mapping), isinstance({}, Mapping),
+        len("abc"),
+    )
 
 
 def _umask() -> int:
