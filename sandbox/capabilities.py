@@ -14,7 +14,7 @@ import inspect
 import keyword
 import re
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
@@ -67,7 +67,8 @@ class Capability:
     the result to JSON-compatible data).
     """
 
-    def __init__(self, func: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> None:
+    def __init__(self, func: Callable[..., Any], *, name: str | None = None, description: str | None = None,
+                 action: Callable[[Mapping[str, Any]], str] | None = None) -> None:
         if not callable(func):
             raise TypeError(f"@capability needs a function, got {type(func).__name__}")
         self.func = func
@@ -79,6 +80,7 @@ class Capability:
         if self.name.split(".")[0] in _RESERVED or self.name.startswith("_"):
             raise ValueError(f"capability name {self.name!r} is reserved: choose another name")
         self.description = inspect.cleandoc(description or func.__doc__ or "")
+        self.action = action
         self.signature = inspect.signature(func)
         self.is_async = inspect.iscoroutinefunction(func)
         hints = _hints(func, self.name)
@@ -124,6 +126,14 @@ class Capability:
         except ValidationError as exc:
             raise CapabilityFault("ValueError", f"{self.name}(): invalid arguments: {_summarise(exc)}") from None
         return {name: getattr(model, name) for name in self.signature.parameters}
+
+    def action_for(self, arguments: Mapping[str, Any]) -> str:
+        """The action a call with validated ``arguments`` performs, for policy rules: what the
+        ``action`` callable given at construction returns (``http.request`` maps
+        ``method="GET"`` to ``"http.get"``), else the capability's name."""
+        if self.action is None:
+            return self.name
+        return str(self.action(arguments))
 
     def call_bound(self, arguments: dict[str, Any]) -> Any:
         """Call the function with validated arguments and return its result as JSON-compatible data.

@@ -6,7 +6,9 @@ Cedar request:
 - principal: ``Agent::"<Principal.id>"`` (type configurable), an entity whose attributes are
   ``on_behalf_of``, ``task`` and the principal's ``attributes``, and whose parents are
   ``Role::"<role>"`` for each of its ``roles`` (so ``principal in Role::"analyst"`` works);
-- action: ``Action::"<capability name>"``, e.g. ``Action::"sql.query"``;
+- action: ``Action::"<capability name>"``, e.g. ``Action::"sql.query"``; a call whose
+  capability declares an action (``http.request("GET", ...)`` performs ``http.get``) is asked
+  under both names, and both must be allowed;
 - resource: ``Resource::"<target>"``, the target taken from the arguments: the argument named
   in ``resource_args`` for that capability, else the first of ``path``, ``url``, ``table``,
   ``resource``, ``target``, ``key``, ``name`` present, else the first string argument, else
@@ -110,8 +112,8 @@ class CedarPolicy(Policy):
                 return value
         return ctx.capability
 
-    def request(self, ctx: CallContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The Cedar request and entities for one call."""
+    def request(self, ctx: CallContext, action: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The Cedar request and entities for one call, asked as ``action`` (default: the capability)."""
         p = ctx.principal
         principal = {"type": self.principal_type, "id": p.id}
         attrs: dict[str, Any] = {k: v for k, v in p.attributes.items()}
@@ -137,15 +139,20 @@ class CedarPolicy(Policy):
             context["on_behalf_of"] = p.on_behalf_of
         request = {
             "principal": principal,
-            "action": {"type": "Action", "id": ctx.capability},
+            "action": {"type": "Action", "id": action or ctx.capability},
             "resource": {"type": self.resource_type, "id": self.target(ctx)},
             "context": context,
         }
         return request, _dedupe(entities)
 
     def base(self, ctx: CallContext) -> Decision:
-        """Cedar's answer: Allow -> allow (or ask), Deny -> deny naming the determining policies."""
-        request, entities = self.request(ctx)
+        """Cedar's answer for each of the call's names, the strictest wins: Allow -> allow (or
+        ask), Deny -> deny naming the determining policies."""
+        answers = [self._answer(ctx, name) for name in ctx.names]
+        return max(answers, key=lambda d: ("allow", "ask", "deny").index(d.effect))
+
+    def _answer(self, ctx: CallContext, action: str) -> Decision:
+        request, entities = self.request(ctx, action)
         try:
             result = self._cedar.is_authorized(request, self._policies, entities, schema=self._schema)
         except Exception as exc:
@@ -155,8 +162,7 @@ class CedarPolicy(Policy):
         reasons = [names.get(r, r) for r in diagnostics.reasons]
         rule = "cedar:" + ",".join(reasons) if reasons else "cedar"
         if result.allowed:
-            found = self.rule_for(ctx.capability)
-            if found is not None and found[1].decision in ("deny", "ask"):
+            if any(rule.decision in ("deny", "ask") for _name, rule in self.rules_for(ctx)):
                 return super().base(ctx)  # a Python rule may only narrow what Cedar allows
             if any(r in self.ask_ids for r in reasons):
                 return Decision.ask(f"{ctx.capability}() needs approval (Cedar policy {', '.join(reasons)})", rule)

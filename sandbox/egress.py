@@ -108,7 +108,7 @@ class Egress(BaseModel):
             for a local test server, or ``["169.254.169.254/32"]`` if you really mean it.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     allow: tuple[str, ...]
     methods: tuple[str, ...] = ("GET",)
@@ -636,10 +636,11 @@ class EgressClient:
 
         policy = f"Allowed hosts: {', '.join(self.egress.allow)}; methods: {', '.join(self.egress.methods)}."
 
-        def declare(func: Callable[..., Any], name: str) -> Capability:
-            return Capability(func, name=name, description=inspect.cleandoc(func.__doc__ or "") + "\n" + policy)
+        def declare(func: Callable[..., Any], name: str, action: Any = None) -> Capability:
+            return Capability(func, name=name, description=inspect.cleandoc(func.__doc__ or "") + "\n" + policy,
+                              action=action)
 
-        caps = [declare(request, "http.request")]
+        caps = [declare(request, "http.request", action=_method_action)]
         if "GET" in self.egress.methods:
             caps.append(declare(get, "http.get"))
         if "POST" in self.egress.methods:
@@ -674,6 +675,12 @@ def _charset(label: str | None) -> str:
     if not label:
         return "utf-8"
     return _CHARSETS.get(label.strip().lower().replace("_", "-"), "utf-8")
+
+
+def _method_action(arguments: Any) -> str:
+    """``http.request(method, ...)`` performs the action ``http.<method>`` (``http.get`` for GET),
+    so policy rules on ``http.get`` hold for it too."""
+    return "http." + str(arguments["method"]).strip().lower()
 
 
 def _raw(value: str) -> str:

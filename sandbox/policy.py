@@ -22,8 +22,8 @@ Rules are Python objects (`Rule`, `Constraint`, plain callables in ``checks``) o
     approval_timeout = 30        # seconds; no answer in time counts as a denial
 
     [capabilities."fs.read"]
-    max_calls = 20               # per run
-    rate = "10/minute"           # per principal, across runs
+    max_calls = 20               # per run, per rule
+    rate = "10/minute"           # per principal and rule, across runs
     args.path = { prefix = "/data/" }
 
     [capabilities."sql.query"]
@@ -33,6 +33,14 @@ Rules are Python objects (`Rule`, `Constraint`, plain callables in ``checks``) o
     decision = "ask"
 
 Rules combine as deny > ask > allow: any rule that denies wins.
+
+A call is judged as an *action*: its capability name, plus the name of the action it performs
+when the capability declares one (``http.request("GET", url)`` performs ``http.get``). The
+rule of each name governs it (exact name first, then the first matching glob), so a rule on
+``http.get`` also holds for ``http.request("GET", ...)``. Caps (``max_calls``) and rates count
+per rule: ``"http.*": Rule(max_calls=1)`` admits one call of any ``http`` capability, and a
+call governed by one rule under two names counts once. Rate windows live in a `RateStore`
+(in memory by default; pass ``rate_store=`` to share them between processes).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import asyncio
 import concurrent.futures
 import fnmatch
 import inspect
+import json
+import math
 import os
 import posixpath
 import re
@@ -49,9 +59,9 @@ import time
 import tomllib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,7 +77,7 @@ class Principal(BaseModel):
     entity's parents and attributes).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     id: str = Field(min_length=1)
     on_behalf_of: str | None = None
@@ -101,7 +111,10 @@ class CallContext:
     """Everything a policy sees about one call.
 
     ``calls`` counts the calls *admitted* so far in this run per capability (this one not
-    included); ``denials`` lists this run's earlier denials, oldest first.
+    included); ``denials`` lists this run's earlier denials, oldest first; ``action`` is the
+    action the call performs (the capability's name unless it declares another, e.g.
+    ``http.get`` for ``http.request("GET", ...)``); ``rule_calls`` counts admitted calls per
+    rule key (the name or glob the rule is declared under).
     """
 
     run_id: str
@@ -111,6 +124,15 @@ class CallContext:
     calls: Mapping[str, int]
     total_calls: int
     denials: tuple[Denial, ...]
+    action: str = ""
+    rule_calls: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names rules are matched against: the capability, then its action when different."""
+        if self.action and self.action != self.capability:
+            return (self.capability, self.action)
+        return (self.capability,)
 
 
 @dataclass(frozen=True)
@@ -197,7 +219,7 @@ _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "m": 60.0, "min
 class RateLimit(BaseModel):
     """At most ``calls`` admitted calls per ``seconds`` (sliding window), per principal."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     calls: int = Field(gt=0)
     seconds: float = Field(gt=0)
@@ -215,42 +237,38 @@ class RateLimit(BaseModel):
         return f"{self.calls}/{self.seconds:g}s"
 
 
-_SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
-_SQL_STRING = re.compile(r"'(?:[^']|'')*'")
-_SQL_IDENT = r'(?:"[^"]+"|`[^`]+`|\[[^\]]+\]|[A-Za-z_][A-Za-z0-9_$]*)'
-_SQL_NAME = rf"{_SQL_IDENT}(?:\s*\.\s*{_SQL_IDENT})*"
-_SQL_TABLE = re.compile(rf"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+({_SQL_NAME}(?:\s*,\s*{_SQL_NAME})*)", re.IGNORECASE)
-_SQL_CTE = re.compile(rf"(?:\bWITH(?:\s+RECURSIVE)?|,)\s*({_SQL_IDENT})\s*(?:\([^)]*\)\s*)?AS\s*\(", re.IGNORECASE)
-_SQL_READ = re.compile(r"^\s*(?:SELECT|WITH|VALUES|EXPLAIN\s+SELECT)\b", re.IGNORECASE)
-_SQL_WRITE = re.compile(
-    r"\b(?:INSERT|UPDATE|DELETE|MERGE|REPLACE|UPSERT|CREATE|DROP|ALTER|TRUNCATE|GRANT|REVOKE|ATTACH|DETACH|"
-    r"COPY|VACUUM|PRAGMA|CALL|EXEC|EXECUTE|SET|LOAD|INSTALL)\b",
-    re.IGNORECASE,
-)
+@runtime_checkable
+class RateStore(Protocol):
+    """Where rate windows live: one sliding window per key (a principal and a rule).
 
-
-def sql_tables(sql: str) -> set[str]:
-    """Tables a SQL text names after FROM/JOIN/INTO/UPDATE/TABLE, lower-cased, CTE names excluded.
-
-    Best effort (no full parser): comments and string literals are removed first. Use it to
-    narrow what a generated query may touch; enforce read-only access in the database too.
+    `admit` must be atomic per key: with many runs (or processes) admitting under one key at
+    once, at most ``limit`` calls are admitted per ``window`` seconds.
     """
-    text = _SQL_STRING.sub("''", _SQL_COMMENT.sub(" ", sql))
-    ctes = {_unquote(m.group(1)).lower() for m in _SQL_CTE.finditer(text)}
-    found: set[str] = set()
-    for match in _SQL_TABLE.finditer(text):
-        for name in match.group(1).split(","):
-            parts = [_unquote(p.strip()).lower() for p in re.split(r"\s*\.\s*", name.strip())]
-            full = ".".join(parts)
-            if full not in ctes:
-                found.add(full)
-    return found
+
+    def admit(self, key: str, limit: int, window: float) -> bool:
+        """Count one call under ``key`` and return True when fewer than ``limit`` calls were
+        admitted in the last ``window`` seconds; else return False and count nothing."""
+        ...
 
 
-def _unquote(ident: str) -> str:
-    if ident[:1] in "\"`[" and len(ident) >= 2:
-        return ident[1:-1]
-    return ident
+class MemoryRateStore:
+    """The default `RateStore`: sliding windows in this process's memory; thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, key: str, limit: int, window: float) -> bool:
+        with self._lock:
+            now = self._clock()
+            stamps = self._windows.setdefault(key, deque())
+            while stamps and now - stamps[0] >= window:
+                stamps.popleft()
+            if len(stamps) >= limit:
+                return False
+            stamps.append(now)
+            return True
 
 
 class Constraint(BaseModel):
@@ -260,14 +278,19 @@ class Constraint(BaseModel):
       these prefixes;
     - ``one_of``: the value equals one of these;
     - ``pattern``: the string value fully matches this regular expression;
-    - ``min`` / ``max``: numeric bounds, inclusive;
+    - ``min`` / ``max``: numeric bounds, inclusive (NaN and infinities never satisfy them);
     - ``max_length``: longest string, list or dict;
-    - ``tables``: a SQL text names only these tables (``schema.table`` or ``table``), see
-      `sql_tables`; with ``read_only`` it must also be a single SELECT/WITH statement;
+    - ``tables``: a SQL text reads or writes only these tables (``schema.table`` or ``table``)
+      and uses no table functions; ``read_only``: a SQL text is a single query (no writes). Both
+      use `sandbox.sql_analysis.analyze`, the same analysis as the SQL capability: SQL it cannot
+      parse or classify is refused, CTE names are resolved per scope. Without ``read_only`` a
+      single INSERT, UPDATE, DELETE or MERGE is also accepted. ``dialect`` names the SQL dialect
+      (sqlglot's names, e.g. ``"sqlite"``, ``"duckdb"``, ``"postgres"``); None (default) checks
+      the text as SQLite *and* as DuckDB, and both must pass. Needs ``sqlglot``;
     - ``check``: a Python callable ``value -> bool`` (not loadable from TOML).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     prefix: tuple[str, ...] | None = None
     one_of: tuple[Any, ...] | None = None
@@ -277,7 +300,23 @@ class Constraint(BaseModel):
     max_length: int | None = Field(default=None, ge=0)
     tables: tuple[str, ...] | None = None
     read_only: bool = False
+    dialect: str | None = None
     check: Callable[[Any], bool] | None = None
+
+    @model_validator(mode="after")
+    def _sql_needs_sqlglot(self) -> Constraint:
+        if self.tables is not None or self.read_only or self.dialect is not None:
+            from sandbox.sql_analysis import require_sqlglot
+
+            require_sqlglot("Constraint(tables=..., read_only=..., dialect=...)")
+            if self.dialect is not None:
+                from sqlglot.dialects.dialect import Dialect
+
+                try:
+                    Dialect.get_or_raise(self.dialect)
+                except ValueError:
+                    raise ValueError(f"dialect {self.dialect!r} is not a SQL dialect sqlglot knows") from None
+        return self
 
     @field_validator("prefix", "tables", mode="before")
     @classmethod
@@ -319,6 +358,8 @@ class Constraint(BaseModel):
         if self.min is not None or self.max is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"argument {name!r} must be a number"
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"argument {name!r} must be a finite number, got {value!r}"
             if self.min is not None and value < self.min:
                 return f"argument {name!r} must be >= {self.min:g}, got {value!r}"
             if self.max is not None and value > self.max:
@@ -331,18 +372,9 @@ class Constraint(BaseModel):
             if size > self.max_length:
                 return f"argument {name!r} is longer than {self.max_length}"
         if self.tables is not None or self.read_only:
-            if not isinstance(value, str):
-                return f"argument {name!r} must be SQL text"
-            if self.read_only:
-                body = _SQL_STRING.sub("''", _SQL_COMMENT.sub(" ", value)).strip().rstrip(";")
-                if ";" in body or not _SQL_READ.match(body) or _SQL_WRITE.search(body):
-                    return f"argument {name!r} must be a single read-only SELECT statement"
-            if self.tables is not None:
-                allowed = {t.lower() for t in self.tables}
-                bare = {t.rsplit(".", 1)[-1] for t in allowed}
-                extra = sorted(t for t in sql_tables(value) if t not in allowed and t not in bare)
-                if extra:
-                    return f"argument {name!r} names table(s) {', '.join(extra)}; allowed: {', '.join(self.tables)}"
+            problem = self._sql_violation(name, value)
+            if problem is not None:
+                return problem
         if self.check is not None:
             try:
                 ok = bool(self.check(value))
@@ -352,17 +384,39 @@ class Constraint(BaseModel):
                 return f"argument {name!r} failed the check {getattr(self.check, '__name__', 'check')}"
         return None
 
+    def _sql_violation(self, name: str, value: Any) -> str | None:
+        from sandbox.sql_analysis import SqlRefused, analyze
+
+        if not isinstance(value, str):
+            return f"argument {name!r} must be SQL text"
+        for dialect in (self.dialect,) if self.dialect is not None else ("sqlite", "duckdb"):
+            try:
+                found = analyze(value, dialect, read_only=self.read_only)
+            except SqlRefused as exc:
+                return f"argument {name!r}: {exc}"
+            if self.tables is not None:
+                if found.table_functions:
+                    return (f"argument {name!r} uses table function(s) {', '.join(sorted(found.table_functions))}; "
+                            f"allowed tables: {', '.join(self.tables)}")
+                allowed = {t.lower() for t in self.tables}
+                bare = {t.rsplit(".", 1)[-1] for t in allowed}
+                extra = sorted(t for t in found.tables if t not in allowed and t not in bare)
+                if extra:
+                    return f"argument {name!r} names table(s) {', '.join(extra)}; allowed: {', '.join(self.tables)}"
+        return None
+
 
 class Rule(BaseModel):
     """The rule for one capability (or a glob of them, e.g. ``"sql.*"``).
 
     ``decision`` is the base effect (default: the policy's ``default``); ``max_calls`` caps
-    admitted calls per run; ``rate`` limits admitted calls per principal over time, across
-    runs (``"10/minute"`` or a `RateLimit`); ``args`` maps argument names to `Constraint`s;
+    the calls this rule admits per run (all the capabilities it governs together); ``rate``
+    limits the calls it admits per principal over time, across runs (``"10/minute"`` or a
+    `RateLimit`); ``args`` maps argument names to `Constraint`s;
     ``reason`` is shown to the guest when ``decision`` is ``deny``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     decision: Effect | None = None
     max_calls: int | None = Field(default=None, ge=0)
@@ -377,7 +431,7 @@ class Rule(BaseModel):
 
 
 class _PolicyFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     default: Effect = "allow"
     escalate_after: int = Field(default=3, ge=0)
@@ -410,7 +464,9 @@ class Policy:
         approval_timeout: seconds to wait for ``approve``; no answer in time is a denial.
         escalate_after: denials in one run after which the run ends with ``policy_denied``;
             0 disables escalation.
-        clock: monotonic clock for rate limits (tests inject one).
+        clock: monotonic clock for the default in-memory rate store (tests inject one).
+        rate_store: where rate windows live (a `RateStore`); default a `MemoryRateStore` of
+            this policy. Share one between policies or processes to rate-limit across them.
 
     Subclass and override `decide` for a policy written entirely in Python. One `Policy`
     serves many runs and threads.
@@ -426,6 +482,7 @@ class Policy:
         approval_timeout: float = 30.0,
         escalate_after: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        rate_store: RateStore | None = None,
     ) -> None:
         if default not in ("allow", "deny", "ask"):
             raise ValueError(f"default must be 'allow', 'deny' or 'ask', not {default!r}")
@@ -447,9 +504,9 @@ class Policy:
         self.approve = approve
         self.approval_timeout = float(approval_timeout)
         self.escalate_after = escalate_after
-        self._clock = clock
-        self._windows: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
+        if rate_store is not None and not isinstance(rate_store, RateStore):
+            raise TypeError("rate_store must have admit(key, limit, window) -> bool (see sandbox.policy.RateStore)")
+        self.rate_store: RateStore = rate_store if rate_store is not None else MemoryRateStore(clock)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -539,17 +596,29 @@ class Policy:
                 return pattern, rule
         return None
 
+    def rules_for(self, ctx: CallContext) -> list[tuple[str, Rule]]:
+        """The rules that govern a call: the rule of each of ``ctx.names``, each rule once."""
+        found: dict[str, Rule] = {}
+        for name in ctx.names:
+            match = self.rule_for(name)
+            if match is not None:
+                found.setdefault(*match)
+        return list(found.items())
+
     def base(self, ctx: CallContext) -> Decision:
-        """The base effect for a call before caps, constraints and checks (Cedar overrides this)."""
-        found = self.rule_for(ctx.capability)
-        if found is not None and found[1].decision is not None:
-            name, rule = found
+        """The base effect for a call before caps, constraints and checks (Cedar overrides this):
+        the strictest ``decision`` among its rules (deny > ask > allow), else the default."""
+        rules = self.rules_for(ctx)
+        decided = [(name, rule) for name, rule in rules if rule.decision is not None]
+        if decided:
+            name, rule = max(decided, key=lambda item: _STRICTNESS[item[1].decision])  # type: ignore[index]
+            label = f"{ctx.capability}()" if ctx.names == (ctx.capability,) else f"{ctx.capability}() ({ctx.action})"
             reason = rule.reason or (
-                f"{ctx.capability}() is not allowed by policy" if rule.decision == "deny"
-                else f"{ctx.capability}() needs approval" if rule.decision == "ask" else ""
+                f"{label} is not allowed by policy" if rule.decision == "deny"
+                else f"{label} needs approval" if rule.decision == "ask" else ""
             )
-            return Decision(rule.decision, reason, f"capabilities.{name}")
-        where = f"capabilities.{found[0]}" if found is not None else "default"
+            return Decision(rule.decision, reason, f"capabilities.{name}")  # type: ignore[arg-type]
+        where = f"capabilities.{rules[0][0]}" if rules else "default"
         if self.default == "deny":
             return Decision.deny(f"{ctx.capability}() is not allowed by policy (default deny)", where)
         if self.default == "ask":
@@ -557,18 +626,15 @@ class Policy:
         return Decision.allow(rule=where)
 
     def decide(self, ctx: CallContext) -> Decision:
-        """Decide one call, without side effects: deny > ask > allow."""
+        """Decide one call, without side effects: deny > ask > allow. Rates are not consulted
+        here (they are consumed when the call is admitted, see `PolicyState.check`)."""
         decision = self.base(ctx)
         if decision.effect == "deny":
             return decision
-        found = self.rule_for(ctx.capability)
-        if found is not None:
-            name, rule = found
+        for name, rule in self.rules_for(ctx):
             where = f"capabilities.{name}"
-            if rule.max_calls is not None and ctx.calls.get(ctx.capability, 0) >= rule.max_calls:
-                return Decision.deny(
-                    f"{ctx.capability}() may be called at most {rule.max_calls} time(s) per run", f"{where}.max_calls"
-                )
+            if rule.max_calls is not None and ctx.rule_calls.get(name, 0) >= rule.max_calls:
+                return Decision.deny(_cap_reason(ctx, name, rule), f"{where}.max_calls")
             for arg, constraint in rule.args.items():
                 if arg not in ctx.arguments:
                     return Decision.deny(f"{ctx.capability}(): policy constrains missing argument {arg!r}",
@@ -576,11 +642,6 @@ class Policy:
                 problem = constraint.violation(arg, ctx.arguments[arg])
                 if problem is not None:
                     return Decision.deny(f"{ctx.capability}(): {problem}", f"{where}.args.{arg}")
-            if rule.rate is not None and self._rate_exceeded(ctx, rule.rate, peek=True):
-                return Decision.deny(
-                    f"{ctx.capability}() rate limit reached ({rule.rate.calls} per {rule.rate.seconds:g} s)",
-                    f"{where}.rate",
-                )
         for check in self.checks:
             answer = check(ctx)
             if answer is None:
@@ -592,36 +653,6 @@ class Policy:
             if answer.effect == "ask" and decision.effect == "allow":
                 decision = answer
         return decision
-
-    # -- rate limits (shared across runs) --------------------------------------------------
-
-    def _rate_exceeded(self, ctx: CallContext, rate: RateLimit, *, peek: bool) -> bool:
-        """True when the window is full; unless ``peek``, admit the call into the window."""
-        key = (ctx.principal.id, ctx.capability)
-        with self._lock:
-            now = self._clock()
-            window = self._windows.setdefault(key, deque())
-            while window and now - window[0] >= rate.seconds:
-                window.popleft()
-            if len(window) >= rate.calls:
-                return True
-            if not peek:
-                window.append(now)
-            return False
-
-    def _admit(self, ctx: CallContext) -> Decision | None:
-        """Consume rate budget for an allowed call; a denial if the window filled meanwhile."""
-        found = self.rule_for(ctx.capability)
-        if found is None or found[1].rate is None:
-            return None
-        name, rule = found
-        assert rule.rate is not None
-        if self._rate_exceeded(ctx, rule.rate, peek=False):
-            return Decision.deny(
-                f"{ctx.capability}() rate limit reached ({rule.rate.calls} per {rule.rate.seconds:g} s)",
-                f"capabilities.{name}.rate",
-            )
-        return None
 
     def describe(self) -> str:
         """A short text of this policy for run records and summaries."""
@@ -644,6 +675,7 @@ class PolicyState:
         self.run_id = run_id
         self.principal = principal
         self.calls: dict[str, int] = {}
+        self.rule_calls: dict[str, int] = {}  # admitted calls per rule key
         self.total_calls = 0
         self.denials: list[Denial] = []
         self.escalated = False
@@ -654,7 +686,7 @@ class PolicyState:
         """Run async approval callbacks on ``loop`` (the host's loop under `Sandbox.arun`)."""
         self._loop = loop
 
-    def context(self, capability: str, arguments: Mapping[str, Any]) -> CallContext:
+    def context(self, capability: str, arguments: Mapping[str, Any], action: str | None = None) -> CallContext:
         with self._lock:
             return CallContext(
                 run_id=self.run_id,
@@ -664,18 +696,23 @@ class PolicyState:
                 calls=dict(self.calls),
                 total_calls=self.total_calls,
                 denials=tuple(self.denials),
+                action=action or capability,
+                rule_calls=dict(self.rule_calls),
             )
 
-    def check(self, capability: str, arguments: Mapping[str, Any]) -> Verdict:
+    def check(self, capability: str, arguments: Mapping[str, Any], action: str | None = None) -> Verdict:
         """Decide one call with validated ``arguments``; ask the approver when needed.
 
-        Never raises for a policy's own failure: a check or approver that raises is a denial
-        (fail closed). An allowed call is counted; a denied one is remembered, and the
-        ``escalate_after``-th denial returns a verdict with ``terminate=True``.
+        ``action`` is what the call does when the capability declares it (see
+        `sandbox.capabilities.Capability.action_for`); rules for it and for ``capability`` both
+        hold. Never raises for a policy's own failure: a check, approver or rate store that
+        raises is a denial (fail closed). An allowed call is admitted atomically against every
+        governing rule's cap and rate and counted once per rule; a denied one is remembered,
+        and the ``escalate_after``-th denial returns a verdict with ``terminate=True``.
         """
         if self.escalated:
             return self._deny("deny", "this run was ended by the escalation rule", "escalate_after", None)
-        ctx = self.context(capability, arguments)
+        ctx = self.context(capability, arguments, action)
         try:
             decision = self.policy.decide(ctx)
         except Exception as exc:
@@ -689,14 +726,37 @@ class PolicyState:
         elif decision.effect == "deny":
             return self._deny("deny", decision.reason or f"{capability}() denied by policy", decision.rule, None,
                               capability)
-        late = self.policy._admit(ctx)
+        try:
+            late = self._admit(ctx)
+        except Exception as exc:
+            return self._deny("deny", f"policy rate store failed ({type(exc).__name__}); call refused", "error",
+                              approval, capability)
         if late is not None:
             return self._deny("deny", late.reason, late.rule, approval, capability)
-        with self._lock:
-            self.calls[capability] = self.calls.get(capability, 0) + 1
-            self.total_calls += 1
         effect: Effect = "ask" if approval is not None else "allow"
         return Verdict(True, effect, decision.reason, decision.rule, approval)
+
+    def _admit(self, ctx: CallContext) -> Decision | None:
+        """Admit an allowed call: every governing rule's cap and rate must have room; then the
+        call is counted once per rule (a denial if a cap or window filled meanwhile)."""
+        rules = self.policy.rules_for(ctx)
+        with self._lock:
+            for name, rule in rules:
+                if rule.max_calls is not None and self.rule_calls.get(name, 0) >= rule.max_calls:
+                    return Decision.deny(_cap_reason(ctx, name, rule), f"capabilities.{name}.max_calls")
+            for name, rule in rules:
+                if rule.rate is not None:
+                    key = json.dumps([self.principal.id, name])
+                    if not self.policy.rate_store.admit(key, rule.rate.calls, rule.rate.seconds):
+                        return Decision.deny(
+                            f"{ctx.capability}() rate limit reached ({rule.rate.calls} per {rule.rate.seconds:g} s"
+                            f" for rule {name!r})", f"capabilities.{name}.rate",
+                        )
+            for name, _rule in rules:
+                self.rule_calls[name] = self.rule_calls.get(name, 0) + 1
+            self.calls[ctx.capability] = self.calls.get(ctx.capability, 0) + 1
+            self.total_calls += 1
+        return None
 
     def note_denial(self, capability: str, reason: str) -> bool:
         """Count a denial made elsewhere (e.g. a secret's scope); True when the run must end."""
@@ -834,6 +894,14 @@ def _on_thread(func: Callable[[], ApprovalAnswer], timeout: float) -> ApprovalAn
     return box.get("value")
 
 
+_STRICTNESS = {"allow": 0, "ask": 1, "deny": 2}
+
+
+def _cap_reason(ctx: CallContext, name: str, rule: Rule) -> str:
+    scope = "" if name == ctx.capability else f" (rule {name!r}, counted for every call it governs)"
+    return f"{ctx.capability}() may be called at most {rule.max_calls} time(s) per run{scope}"
+
+
 def _under(path: str, prefix: str) -> bool:
     if not path:
         return False
@@ -861,13 +929,14 @@ __all__ = [
     "Constraint",
     "Decision",
     "Denial",
+    "MemoryRateStore",
     "Policy",
     "PolicyState",
     "Principal",
     "RateLimit",
+    "RateStore",
     "Rule",
     "Verdict",
     "coerce_policy",
     "coerce_principal",
-    "sql_tables",
 ]

@@ -100,7 +100,7 @@ class _RunBridge:
                 args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
             arguments = cap.bind(args, kwargs)
             if self._policy is not None:
-                verdict = self._policy.check(name, arguments)
+                verdict = self._policy.check(name, arguments, cap.action_for(arguments))
                 if not verdict.allowed:
                     raise CapabilityFault(
                         "PolicyDenied", verdict.reason, terminate="policy_denied" if verdict.terminate else None

@@ -48,10 +48,13 @@ def require_sqlglot(what: str) -> None:
         raise ImportError(f"{what} needs sqlglot: pip install 'sandbox[data]'") from None
 
 
-def analyze(text: str, dialect: str | None) -> SqlAnalysis:
+def analyze(text: str, dialect: str | None, *, read_only: bool = True) -> SqlAnalysis:
     """Read ``text`` as one query of ``dialect`` (``"sqlite"``, ``"duckdb"``, None: sqlglot's own).
 
-    Raises `SqlRefused` with a one-line reason for anything it does not accept.
+    With ``read_only=False``, one ``INSERT``/``UPDATE``/``DELETE``/``MERGE`` is accepted too; its
+    ``tables`` are then every table name the statement mentions (CTE names included: a
+    conservative superset). Raises `SqlRefused` with a one-line reason for anything it does not
+    accept.
     """
     import sqlglot
     from sqlglot import exp
@@ -67,8 +70,22 @@ def analyze(text: str, dialect: str | None) -> SqlAnalysis:
     if len(statements) != 1:
         raise SqlRefused(f"one statement per query ({len(statements)} given)")
     tree = statements[0]
+    if not read_only and isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Merge)):
+        for node in tree.walk():
+            if isinstance(node, exp.DML):
+                continue
+            if isinstance(node, (exp.Command, exp.DDL, exp.Pragma, exp.Set, exp.Attach, exp.Detach, exp.Copy)):
+                raise SqlRefused(f"the statement could not be classified: it contains {node.key.upper()}")
+        named = [t for t in tree.find_all(exp.Table)]
+        tables = {".".join(p for p in (t.catalog, t.db, t.name) if p).lower()
+                  for t in named if isinstance(t.this, exp.Identifier)}
+        table_functions = {(t.this.name if isinstance(t.this, exp.Anonymous) else t.this.key).lower()
+                           for t in named if not isinstance(t.this, exp.Identifier)}
+        functions = {f.name.lower() for f in tree.find_all(exp.Anonymous)}
+        return SqlAnalysis(frozenset(tables), frozenset(functions), frozenset(table_functions))
     if not isinstance(tree, exp.Query):
-        raise SqlRefused(f"only SELECT queries are allowed, not {tree.key.upper()}")
+        raise SqlRefused(f"only {'' if read_only else 'INSERT, UPDATE, DELETE, MERGE and '}SELECT statements "
+                         f"are allowed, not {tree.key.upper()}")
     for node in tree.walk():
         if isinstance(node, (exp.DML, exp.DDL, exp.Command, exp.Into, exp.Pragma, exp.Set, exp.Use,
                              exp.Transaction, exp.Commit, exp.Rollback, exp.Attach, exp.Detach, exp.Copy,

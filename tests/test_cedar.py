@@ -122,3 +122,14 @@ def test_from_toml_loads_cedar(tmp_path: Path):
     assert state.check("get_weather", {"city": "Paris"}).allowed
     assert not state.check("fs.delete", {"path": "/x"}).allowed
 
+
+
+def test_a_call_is_asked_under_its_action_too():
+    policy = CedarPolicy("""
+permit(principal, action in [Action::"http.request", Action::"http.get", Action::"http.post"], resource);
+@id("no-get") forbid(principal, action == Action::"http.get", resource);
+""")
+    state = policy.start("r", ALICE_ANALYST)
+    via_request = state.check("http.request", {"method": "GET", "url": "https://x/"}, "http.get")
+    assert not via_request.allowed and "no-get" in via_request.reason
+    assert state.check("http.request", {"method": "POST", "url": "https://x/"}, "http.post").allowed

@@ -480,3 +480,32 @@ def test_the_whole_call_is_bounded_by_its_deadline(a):
     with pytest.raises(CapabilityFault, match="timed out"):
         http.request("GET", a.url("/slow?s=3"))
     assert time.monotonic() - started < 1.5
+
+
+def test_policy_rules_hold_for_http_request_and_count_per_rule(a, monkeypatch):
+    from sandbox.policy import Constraint, Policy, Rule
+
+    egress = Egress(allow=["127.0.0.1"], schemes=["http"], methods=["GET", "POST"], allow_networks=LOOPBACK)
+    rules = {"http.get": Rule(args={"url": Constraint(pattern=r".*/allowed.*")}), "http.*": Rule(max_calls=1)}
+    with fake_driver(monkeypatch) as driver:
+        sb = Sandbox(egress=egress, policy=Policy(rules=rules, escalate_after=0))
+
+        def guest(g):
+            outcomes = []
+            for call in (
+                lambda: g.call("http.request", "GET", a.url("/forbidden")),  # the http.get rule holds
+                lambda: g.call("http.get", a.url("/allowed")),  # governed by the exact http.get rule only
+                lambda: g.call("http.post", a.url("/allowed"), body="x"),  # the one call http.* admits
+                lambda: g.call("http.request", "POST", a.url("/allowed"), body="x"),  # http.* again: refused
+            ):
+                try:
+                    outcomes.append(call()["status"])
+                except CapabilityFault as fault:
+                    outcomes.append(fault.guest_type)
+            return outcomes
+
+        driver.guest = guest
+        result = sb.run("")
+    assert result.ok, result.error
+    assert result.value == ["PolicyDenied", 200, 200, "PolicyDenied"]
+    assert [r["path"] for r in a.requests] == ["/allowed", "/allowed"]

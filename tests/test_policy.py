@@ -17,7 +17,6 @@ from sandbox.policy import (
     Principal,
     RateLimit,
     Rule,
-    sql_tables,
 )
 
 BOT = Principal(id="agent:etl", on_behalf_of="alice", task="T-12", roles=("analyst",))
@@ -119,9 +118,11 @@ def test_sql_table_list_and_read_only():
     assert not check(policy, "sql.query", sql="update orders set x = 1").allowed
 
 
-def test_sql_tables_parser():
-    sql = 'SELECT a FROM "Sales"."Orders", b LEFT JOIN [c] ON x /* from hidden */ WHERE s = \'from z\''
-    assert sql_tables(sql) == {"sales.orders", "b", "c"}
+def test_sql_analysis_names_tables_not_strings_comments_or_ctes():
+    from sandbox.sql_analysis import analyze
+
+    sql = 'WITH z AS (SELECT 1) SELECT a FROM "Sales"."Orders", b LEFT JOIN [c] ON x /* from hidden */ WHERE s = \'from z\''
+    assert analyze(sql, "sqlite").tables == {"sales.orders", "b", "c"}
 
 
 def test_other_constraints():
@@ -381,3 +382,117 @@ def test_subclassing_decide():
 
     assert check(OnlyReads(), "fs.read").allowed
     assert check(OnlyReads(), "fs.write").reason == "fs.write is not a read"
+
+
+# ----------------------------------------------------------------------------- one SQL analysis, per-rule counts, actions
+
+
+@pytest.mark.parametrize("sql", [
+    """SELECT "a'b" FROM orders; DELETE FROM secret WHERE 'c' = 'c'""",
+    """SELECT "it's" FROM orders UNION SELECT token FROM secret WHERE 'x' = 'x'""",
+    """SELECT * FROM orders WHERE "a'" = 1 UNION SELECT * FROM secret WHERE ''=''""",
+    "WITH secret AS (SELECT * FROM secret) SELECT * FROM secret",
+    "WITH orders AS (SELECT * FROM secret) SELECT * FROM orders",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * INTO copy FROM orders",
+    "WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x",
+    "SELEC * FROM orders",
+    "PRAGMA table_info(orders)",
+])
+def test_sql_constraint_refuses_what_the_shared_analysis_refuses(sql):
+    policy = Policy(rules={"sql.query": Rule(args={"sql": Constraint(tables=["orders"], read_only=True)})},
+                    escalate_after=0)
+    verdict = check(policy, "sql.query", sql=sql)
+    assert not verdict.allowed, sql
+    assert verdict.rule == "capabilities.sql.query.args.sql"
+
+
+def test_sql_constraint_without_read_only_admits_writes_to_listed_tables_only():
+    policy = Policy(rules={"sql.run": Rule(args={"sql": Constraint(tables=["orders"])})}, escalate_after=0)
+    assert check(policy, "sql.run", sql="INSERT INTO orders(id) VALUES (1)").allowed
+    assert not check(policy, "sql.run", sql="INSERT INTO orders SELECT * FROM secret").allowed
+    assert not check(policy, "sql.run", sql='DELETE FROM "secret"').allowed
+    assert not check(policy, "sql.run", sql="DROP TABLE orders").allowed
+    with pytest.raises(ValueError, match="dialect"):
+        Constraint(tables=["orders"], dialect="no-such-sql")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_fail_numeric_bounds(bad):
+    policy = Policy(rules={"pay": Rule(args={"amount": Constraint(min=0, max=100)})}, escalate_after=0)
+    verdict = check(policy, "pay", amount=bad)
+    assert not verdict.allowed and "finite" in verdict.reason
+    assert check(policy, "pay", amount=10**30).allowed is False
+    assert check(policy, "pay", amount=50.5).allowed
+
+
+def test_a_glob_rule_counts_every_capability_it_governs():
+    policy = Policy(rules={"http.*": Rule(max_calls=1)}, escalate_after=0)
+    state = policy.start("r", BOT)
+    assert state.check("http.get", {"url": "u"}).allowed
+    second = state.check("http.post", {"url": "u"})
+    assert not second.allowed and second.rule == "capabilities.http.*.max_calls"
+    assert not state.check("http.request", {"method": "GET", "url": "u"}).allowed
+    assert state.rule_calls == {"http.*": 1}
+
+
+def test_one_action_under_two_names_is_governed_and_counted_once():
+    policy = Policy(rules={"http.get": Rule(max_calls=1, args={"url": Constraint(pattern=r"https://ok\.example/.*")})},
+                    escalate_after=0)
+    state = policy.start("r", BOT)
+    bad = state.check("http.request", {"method": "GET", "url": "https://evil.example/"}, "http.get")
+    assert not bad.allowed and bad.rule == "capabilities.http.get.args.url"
+    assert state.check("http.request", {"method": "GET", "url": "https://ok.example/a"}, "http.get").allowed
+    again = state.check("http.get", {"url": "https://ok.example/b"})
+    assert not again.allowed and again.rule == "capabilities.http.get.max_calls"
+    assert state.check("http.request", {"method": "POST", "url": "https://evil.example/"}, "http.post").allowed
+
+    deny = Policy(rules={"http.get": Rule(decision="deny"), "http.request": Rule(max_calls=5)})
+    verdict = deny.start("r", BOT).check("http.request", {"method": "GET", "url": "x"}, "http.get")
+    assert not verdict.allowed and verdict.rule == "capabilities.http.get"
+
+
+def test_rates_count_per_rule_in_a_pluggable_store():
+    calls: list[tuple[str, int, float]] = []
+
+    class Store:
+        def __init__(self) -> None:
+            self.used: dict[str, int] = {}
+
+        def admit(self, key: str, limit: int, window: float) -> bool:
+            calls.append((key, limit, window))
+            if self.used.get(key, 0) >= limit:
+                return False
+            self.used[key] = self.used.get(key, 0) + 1
+            return True
+
+    policy = Policy(rules={"http.*": Rule(rate="2/minute")}, rate_store=Store(), escalate_after=0)
+    assert policy.start("r1", BOT).check("http.get", {}).allowed
+    assert policy.start("r2", BOT).check("http.post", {}).allowed
+    limited = policy.start("r3", BOT).check("http.request", {"method": "GET"}, "http.get")
+    assert not limited.allowed and limited.rule == "capabilities.http.*.rate"
+    assert {key for key, _, _ in calls} == {'["agent:etl", "http.*"]'} and calls[0][1:] == (2, 60.0)
+    with pytest.raises(TypeError, match="rate_store"):
+        Policy(rate_store=object())  # type: ignore[arg-type]
+
+    class Broken:
+        def admit(self, key: str, limit: int, window: float) -> bool:
+            raise ConnectionError("store down")
+
+    refused = Policy(rules={"x": Rule(rate="1/s")}, rate_store=Broken()).start("r", BOT).check("x", {})
+    assert not refused.allowed and "rate store failed" in refused.reason
+
+
+def test_validation_errors_do_not_echo_their_input():
+    canary = "CANARY-policy-5d1e"
+    for build in (
+        lambda: Principal(id="x", attributes={"token": [canary]}),
+        lambda: Constraint(one_of=canary, min=canary),
+        lambda: Rule(max_calls=canary),
+    ):
+        with pytest.raises(ValueError) as info:
+            build()
+        assert canary not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        Policy.from_mapping({"capabilities": {"x": {"max_calls": canary}}})
+    assert canary not in str(info.value)
