@@ -517,3 +517,38 @@ def test_compiled_code_is_cached_by_source() -> None:
     assert value(source) == 12345
     assert compile_guest.cache_info().hits == hits + 1
     assert compile_guest(source) is first
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "m = range(3)\nfor i in range(300000):\n    m = map(abs, m)\nnext(m)",
+        "m = range(3)\nfor i in range(300000):\n    m = filter(None, m)\nlist(m)",
+        "m = range(3)\nfor i in range(300000):\n    m = zip(m)\nfor x in m:\n    pass",
+        "import itertools\nm = range(3)\nfor i in range(300000):\n    m = itertools.chain(m, ())\nsum(m)",
+        "import itertools\nm = iter('abc')\nfor i in range(300000):\n    m = itertools.islice(m, 5)\n''.join(m)",
+    ],
+)
+def test_deeply_nested_c_iterators_are_refused_not_crashing(code: str) -> None:
+    err = error(code, limits={"cpu_seconds": 5.0, "wall_seconds": 20.0})
+    assert err["kind"] == "limit_exceeded" and "nested" in err["message"], err
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["sum(map(abs, range(10**13)))", "import itertools\nany(itertools.repeat(0))", "max(filter(None, range(10**13)))",
+     "''.join(map(str, range(10**9)))", "list(enumerate(range(10**9)))", "dict(zip(range(10**9), range(10**9)))",
+     "any(iter(int, 1))", "min(x for x in iter(int, 1))"],
+)
+def test_iterator_consuming_builtins_tick(code: str) -> None:
+    err = error(code, limits={"cpu_seconds": 0.3})
+    assert err["kind"] == "limit_exceeded" and err["limit"] in ("cpu", "wall"), err
+
+
+def test_iterator_consuming_builtins_still_work() -> None:
+    code = (
+        "[sum([1, 2]), sum(x for x in range(5)), min(3, 1), max([4, 2], key=lambda v: -v), any([]), all(iter([1])),"
+        " sorted({3: 1, 1: 2}), next(iter([7])), next(iter([]), 'd'), ''.join(map(str, range(3))),"
+        " dict(zip('ab', range(2))), list(map(abs, range(-2, 1))), sum(range(100)), max(range(10**6)), sum([0.5], 1)]"
+    )
+    assert value(code) == [3, 10, 1, 2, False, True, [1, 3], 7, "d", "012", {"a": 0, "b": 1}, [2, 1, 0], 4950, 999999, 1.5]

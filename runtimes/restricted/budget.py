@@ -20,6 +20,7 @@ the executor reports the stop whatever the guest did with the exception.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import re
@@ -49,6 +50,19 @@ _ITEM_BYTES = 8
 """Estimated bytes per element when a sequence is materialised (one pointer)."""
 
 _INFINITE = (count, cycle, repeat)
+_MAX_NESTING = 1000
+"""Deepest chain of C iterators (``map(f, map(f, ...))``) a guest may consume: each level is
+one C stack frame when the outer one is advanced, and C code does not check its depth."""
+_C_ITERATORS = frozenset({
+    map, filter, zip, enumerate, reversed, type(iter(int, 1)), type(iter(())), type(iter([])), type(iter(range(1))),
+    *(getattr(itertools, name) for name in (
+        "accumulate", "chain", "combinations", "combinations_with_replacement", "compress", "cycle", "dropwhile",
+        "filterfalse", "groupby", "islice", "pairwise", "permutations", "product", "starmap", "takewhile",
+        "zip_longest", "tee",
+    )),
+})
+_CONTAINERS = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearray})
+"""Iterables whose C loops are bounded by their (already allocated) size."""
 
 
 class LimitExceeded(BaseException):
@@ -276,6 +290,7 @@ class Budget:
                 return chain.from_iterable(self._range_chunks(iterable, len(iterable)))
             except OverflowError:  # longer than sys.maxsize: iterate it generically
                 pass
+        self.check_nesting(iterable)
         return chain.from_iterable(_LoopChunks(self, iter(iterable)))
 
     def _range_chunks(self, whole: range, length: int) -> Iterator[range]:
@@ -293,6 +308,38 @@ class Budget:
             elif elapsed > _CHUNK_SECONDS:
                 size = max(2, int(size * _CHUNK_SECONDS / elapsed))
             start = stop
+
+    def check_nesting(self, value: Any) -> None:
+        """Refuse a chain of C iterators nested deeper than `_MAX_NESTING` (advancing it would
+        recurse in C past the end of the stack). Walks the iterators' ``__reduce__`` arguments."""
+        if type(value) not in _C_ITERATORS:
+            return
+        pending = [(value, 1)]
+        while pending:
+            item, depth = pending.pop()
+            if depth > _MAX_NESTING:
+                raise self.trip_limit("size", f"iterators nested more than {_MAX_NESTING} deep")
+            try:
+                reduced = item.__reduce__()
+            except Exception:  # noqa: BLE001 - an iterator that cannot say what it wraps wraps nothing we walk
+                continue
+            parts = [part for section in reduced[1:3] if type(section) is tuple for part in section]
+            for part in parts:
+                if type(part) is tuple:
+                    parts.extend(part[:64])
+                elif type(part) in _C_ITERATORS:
+                    pending.append((part, depth + 1))
+
+    def iterate(self, iterable: Any) -> Any:
+        """The argument of a C consumer (``sum``, ``min``, ``sorted``, ``str.join``, ``list(...)``):
+        containers as they are; anything else checked for nesting and, unless a small range,
+        wrapped so the consumer's loop ticks like a guest loop."""
+        kind = type(iterable)
+        if kind in _CONTAINERS:
+            return iterable
+        if kind is range and len(iterable) <= _LOOP_CHUNK:
+            return iterable
+        return self.getiter(iterable)
 
     # --- sizes ------------------------------------------------------------------------------
 
@@ -429,8 +476,11 @@ class Budget:
 
     def sized(self, value: Any) -> Any:
         """First argument of ``list(...)``, ``set(...)`` and the like (``_sized_``): refuse a
-        huge range or an endless iterator; returns ``value``."""
+        huge range, an endless or too deeply nested iterator; an iterator comes back wrapped so
+        the constructor's C loop ticks (``dict(...)`` of an iterator of pairs works the same)."""
         self.check_materialise(value)
+        if hasattr(type(value), "__next__"):
+            return self.getiter(value)
         return value
 
     def sized_bytes(self, value: Any) -> Any:

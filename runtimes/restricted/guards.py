@@ -447,7 +447,7 @@ def _sized_text_method(budget: Any, obj: Any, name: str, method: Any) -> Any:
     """Wrap str/bytes methods whose result can be far larger than their inputs."""
     if name == "join":
         def join(iterable: Any) -> Any:
-            items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
+            items = iterable if isinstance(iterable, (list, tuple)) else list(budget.iterate(iterable))
             if items:
                 try:
                     size = sum(map(len, items)) + len(obj) * (len(items) - 1)
@@ -586,13 +586,38 @@ def sized_builtins(budget: Any) -> dict[str, Callable[..., Any]]:
     transformer guards their constructor calls instead (``list(_sized_(x))``).
     """
 
+    iterate = budget.iterate
+
     def sorted_(iterable: Any, /, *, key: Any = None, reverse: bool = False) -> list:
         budget.check_materialise(iterable)
-        return sorted(iterable, key=key, reverse=reverse)
+        return sorted(iterate(iterable), key=key, reverse=reverse)
 
     def pow_(base: Any, exp: Any, mod: Any = None) -> Any:
         return budget.pow(base, exp, mod)
 
-    sorted_.__name__ = sorted_.__qualname__ = "sorted"
-    pow_.__name__ = pow_.__qualname__ = "pow"
-    return {"sorted": sorted_, "pow": pow_, "format": plain_function(budget.format, "format")}
+    def sum_(iterable: Any, /, start: Any = 0) -> Any:
+        return sum(iterate(iterable), start)
+
+    def any_(iterable: Any, /) -> bool:
+        return any(iterate(iterable))
+
+    def all_(iterable: Any, /) -> bool:
+        return all(iterate(iterable))
+
+    def extreme(real: Callable[..., Any]) -> Callable[..., Any]:
+        def pick(*args: Any, **kwargs: Any) -> Any:
+            if len(args) == 1:
+                return real(iterate(args[0]), **kwargs)
+            return real(*args, **kwargs)
+        return pick
+
+    def next_(iterator: Any, *default: Any) -> Any:
+        budget.check_nesting(iterator)
+        return next(iterator, *default)
+
+    functions = {"sorted": sorted_, "pow": pow_, "sum": sum_, "any": any_, "all": all_,
+                 "min": extreme(min), "max": extreme(max), "next": next_}
+    for name, function in functions.items():
+        function.__name__ = function.__qualname__ = name
+    functions["format"] = plain_function(budget.format, "format")
+    return functions
