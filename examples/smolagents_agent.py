@@ -4,6 +4,7 @@
 
 The agent's tools become sandbox capabilities, every step runs in one sandbox session (state
 persists), and a refused import or a failed step comes back to the model as an observation.
+The system prompt lists exactly the imports the sandbox accepts (`code_agent`).
 A scripted ``Model`` stands where the LLM would be, so this runs offline. Needs
 ``pip install 'sandbox[smolagents]'``.
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import sys
 
-from smolagents import CodeAgent, tool
+from smolagents import tool
 from smolagents.models import ChatMessage, MessageRole, Model
 
 from sandbox import Limits
-from sandbox.adapters.smolagents import SandboxExecutor
+from sandbox.adapters.smolagents import SandboxExecutor, code_agent
 
 
 @tool
@@ -53,8 +54,7 @@ class ScriptedModel(Model):
 
 def main() -> int:
     executor = SandboxExecutor(limits=Limits(cpu_seconds=2, wall_seconds=10))
-    with CodeAgent(tools=[get_weather], model=ScriptedModel(), executor=executor, max_steps=5,
-                   verbosity_level=1) as agent:
+    with code_agent([get_weather], ScriptedModel(), executor=executor, max_steps=5, verbosity_level=1) as agent:
         answer = agent.run("Which of Paris, Oslo and Lima is warmest right now?")
         runs = list(executor.results)
     print(f"\nfinal answer: {answer}")

@@ -13,7 +13,6 @@ import contextvars
 import inspect
 import keyword
 import re
-import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_type_hints, overload
 
@@ -90,6 +89,11 @@ class Capability:
                 raise TypeError(
                     f"capability {self.name!r}: *{param.name} is not supported; declare each parameter with a type"
                 )
+            if param.kind == param.POSITIONAL_ONLY:
+                raise TypeError(
+                    f"capability {self.name!r}: positional-only parameter {param.name!r} is not supported "
+                    "(calls pass arguments by name); remove the '/'"
+                )
             if param.name not in hints:
                 raise TypeError(
                     f"capability {self.name!r}: parameter {param.name!r} has no type hint; "
@@ -158,16 +162,11 @@ class Capability:
             ) from None
 
     def stub(self) -> str:
-        """A Python stub of this capability for an LLM prompt: signature and docstring."""
-        params = []
-        for param in self.signature.parameters.values():
-            text = f"{param.name}: {_type_name(self.arguments_model.model_fields[param.name].annotation)}"
-            if param.default is not param.empty:
-                text += f" = {param.default!r}"
-            params.append(text)
-        head = f"def {self.name.split('.')[-1]}({', '.join(params)}) -> {_type_name(self.return_type)}:"
-        doc = self.description or "No description."
-        return head + "\n" + textwrap.indent(f'"""{doc}"""\n...', "    ")
+        """A Python stub of this capability for an LLM prompt: signature and docstring (see
+        `sandbox.stub`; `describe` also defines the types it names)."""
+        from sandbox.stub import render_function
+
+        return render_function(self)
 
     def tool_schema(self) -> dict[str, Any]:
         """A JSON tool schema (name, description, JSON Schema of the parameters) for tool mode."""
@@ -211,48 +210,34 @@ def collect(capabilities: Iterable[Capability | Callable[..., Any]]) -> dict[str
 
 
 class ApiDescription(BaseModel):
-    """The guest API of a sandbox: a Python stub for code mode and JSON tool schemas for tool mode."""
+    """The guest API of a sandbox: a Python stub for code mode, JSON tool schemas for tool mode,
+    and the modules guest code may import."""
 
     stub: str
     tools: list[dict[str, Any]]
+    modules: list[str] = []
+    """The import allowlist of the sandbox's runtime (public names), for the code-mode prompt."""
 
 
-def describe(capabilities: dict[str, Capability], secret_names: Iterable[str] = ()) -> ApiDescription:
-    """Render the guest-visible API; namespaced capabilities are grouped under a class."""
-    lines = ['"""Functions available to your code. Call them directly; they run on the host."""', ""]
-    groups: dict[str, list[Capability]] = {}
-    for cap in capabilities.values():
-        if "." in cap.name:
-            groups.setdefault(cap.name.rsplit(".", 1)[0], []).append(cap)
-        else:
-            lines += [cap.stub(), ""]
-    for group, caps in sorted(groups.items()):
-        lines.append(f"class {group.replace('.', '_')}:  # use as {group}.<name>(...)")
-        for cap in caps:
-            lines += [textwrap.indent("@staticmethod\n" + cap.stub(), "    "), ""]
-    secrets = sorted(secret_names)
-    if secrets:
-        lines.append("class secrets:  # opaque handles; pass them to capabilities, their values stay on the host")
-        lines += [f"    {name}: SecretHandle" for name in secrets]
-        lines.append("")
-    lines += [
-        "class CapabilityError(Exception): ...  # a capability failed on the host",
-        "class PolicyDenied(PermissionError): ...  # the policy refused a call",
-    ]
-    return ApiDescription(stub="\n".join(lines).rstrip() + "\n", tools=[c.tool_schema() for c in capabilities.values()])
+def describe(
+    capabilities: dict[str, Capability], secret_names: Iterable[str] = (), modules: Iterable[str] = ()
+) -> ApiDescription:
+    """Render the guest-visible API (see `sandbox.stub`): one stub defining the types the
+    capabilities use, namespaces as nested classes, the secret handles by name."""
+    from sandbox.stub import render_api
+
+    return ApiDescription(
+        stub=render_api(capabilities, secret_names),
+        tools=[c.tool_schema() for c in capabilities.values()],
+        modules=list(modules),
+    )
 
 
 def _hints(func: Callable[..., Any], name: str) -> dict[str, Any]:
     try:
-        return get_type_hints(func)
+        return get_type_hints(func, include_extras=True)  # keeps Annotated constraints, so they are validated
     except Exception as exc:
         raise TypeError(f"capability {name!r}: cannot resolve its type hints: {exc}") from None
-
-
-def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return "SecretHandle" if annotation.__name__ == "SecretValue" else annotation.__name__
-    return re.sub(r"\b(?:[a-z_][a-z0-9_]*\.)+(?=[A-Za-z_])", "", str(annotation)).replace("SecretValue", "SecretHandle")
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -264,6 +264,7 @@ class Sandbox:
                 self.policy.validate_for(self.capabilities)
             self.principal = coerce_principal(principal)
             self.records = check_sink(records)
+        self.modules = extra_modules
         self._driver = _make_driver(runtime, isolation, workers, required, extra_modules)
         self.isolation = self._driver.isolation
         self._closed = False
@@ -324,8 +325,11 @@ class Sandbox:
 
     def describe(self) -> ApiDescription:
         """The guest API as a Python stub (code mode) and JSON tool schemas (tool mode),
-        listing the secret handles (names only) the guest will find under ``secrets``."""
-        return describe(self.capabilities, self.secrets)
+        listing the secret handles (names only) the guest will find under ``secrets`` and the
+        modules guest code may import."""
+        from sandbox.stub import guest_modules
+
+        return describe(self.capabilities, self.secrets, modules=guest_modules(self.modules))
 
     def close(self) -> None:
         """Release the runtime's workers and engines. Idempotent; later runs raise `SandboxClosed`."""

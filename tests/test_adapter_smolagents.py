@@ -242,3 +242,30 @@ def test_agent_run_again_without_reset_keeps_the_session():
     assert agent.run("First task.") == "first"
     assert agent.run("Second task.", reset=False) == 42
     agent.cleanup()
+
+
+def test_code_agent_prompt_lists_exactly_the_imports_the_sandbox_accepts():
+    from smolagents.utils import BASE_BUILTIN_MODULES
+
+    from sandbox.adapters.smolagents import code_agent
+    from sandbox.errors import ConfigurationError
+
+    model = ScriptedModel(["final_answer(1)"])
+    executor = SandboxExecutor(limits=Limits(cpu_seconds=2, wall_seconds=10))
+    with code_agent([get_weather], model, executor=executor, max_steps=2, verbosity_level=0) as agent:
+        assert agent.run("one") == 1
+        prompt = text_of(model.seen[0][:1])
+        # Every module the prompt authorizes imports in the sandbox ...
+        imports = "\n".join(f"import {name}" for name in executor.authorized_imports)
+        assert executor(imports + "\n'ok'").output == "ok"
+    assert str(executor.authorized_imports) in prompt
+    # ... and smolagents' defaults that the sandbox refuses are not offered.
+    refused = [name for name in BASE_BUILTIN_MODULES if name not in executor.authorized_imports]
+    assert {"queue", "stat", "unicodedata"} <= set(refused)
+    for name in refused:
+        assert f"'{name}'" not in prompt, name
+        with pytest.raises(SandboxExecutionError, match="not allowed"):
+            executor(f"import {name}")
+    executor.cleanup()
+    with pytest.raises(ConfigurationError, match="additional_authorized_imports"):
+        code_agent([get_weather], model, additional_authorized_imports=["queue"])

@@ -85,6 +85,8 @@ class ApiOutput(BaseModel):
 
     stub: str
     tools: list[dict[str, Any]]
+    modules: list[str] = []
+    """The modules guest code may import."""
 
 
 @dataclass
@@ -256,7 +258,7 @@ def create_server(
         """The functions your code may call, as a typed Python stub with docstrings (code mode),
         and the same functions as JSON tool schemas."""
         api = sandbox.describe()
-        data = ApiOutput(stub=api.stub, tools=api.tools).model_dump(mode="json")
+        data = ApiOutput(stub=api.stub, tools=api.tools, modules=api.modules).model_dump(mode="json")
         return CallToolResult(content=[TextContent(type="text", text=code_mode_prompt(api))], structured_content=data)
 
     @server.tool()

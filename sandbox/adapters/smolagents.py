@@ -2,12 +2,10 @@
 
 ::
 
-    from smolagents import CodeAgent
     from sandbox import Limits
-    from sandbox.adapters.smolagents import SandboxExecutor
+    from sandbox.adapters.smolagents import SandboxExecutor, code_agent
 
-    agent = CodeAgent(tools=[...], model=model,
-                      executor=SandboxExecutor(limits=Limits(cpu_seconds=2)))
+    agent = code_agent(tools=[...], model=model, executor=SandboxExecutor(limits=Limits(cpu_seconds=2)))
     agent.run("...")
 
 How it maps onto smolagents:
@@ -22,6 +20,11 @@ How it maps onto smolagents:
 - **State persists across steps** through a `Session`: variables, functions and imports defined
   in one step are visible in the next. ``send_variables`` (the agent's ``additional_args``)
   installs JSON-compatible variables into the session.
+- **The prompt names the sandbox's imports.** `code_agent` builds a ``CodeAgent`` whose system
+  prompt lists exactly the modules the sandbox accepts (`SandboxExecutor.authorized_imports`),
+  not smolagents' defaults (``queue``, ``stat``, ``unicodedata`` are refused by the sandbox).
+  With ``CodeAgent(..., executor=executor)`` directly, set
+  ``agent.authorized_imports = executor.authorized_imports`` for the same prompt.
 - **Failures are observations.** A refused import, a guest exception, a policy denial or a limit
   raises `SandboxExecutionError` (a smolagents ``InterpreterError``); the agent records it as the
   step's error, shows it to the model and keeps going, exactly as with its local executor.
@@ -36,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional, Union
 
+from smolagents import CodeAgent
 from smolagents.local_python_executor import CodeOutput, InterpreterError, PythonExecutor
 
 from runtimes.wire import WireError, to_wire
@@ -44,7 +48,7 @@ from sandbox.limits import Limits
 from sandbox.results import RunResult
 from sandbox.runtime import CapabilityFault
 
-__all__ = ["SandboxExecutionError", "SandboxExecutor", "tool_to_capability"]
+__all__ = ["SandboxExecutionError", "SandboxExecutor", "code_agent", "tool_to_capability"]
 
 _TYPES: dict[str, Any] = {
     "string": str,
@@ -203,6 +207,14 @@ class SandboxExecutor(PythonExecutor):
         self._final: Any = _NO_ANSWER
         self._lock = threading.RLock()
 
+    @property
+    def authorized_imports(self) -> list[str]:
+        """The modules guest code may import in this executor's sandbox (its runtime's
+        allowlist plus the ``modules=`` it was given), for the agent's system prompt."""
+        from sandbox.stub import guest_modules
+
+        return list(guest_modules(self.sandbox_kwargs.get("modules", ())))
+
     # -- PythonExecutor ------------------------------------------------------------------
 
     def send_tools(self, tools: dict[str, Any]) -> None:
@@ -301,3 +313,24 @@ class SandboxExecutor(PythonExecutor):
         if self.sandbox is not None:
             self.sandbox.close()
             self.sandbox = None
+
+
+def code_agent(tools: list[Any], model: Any, *, executor: SandboxExecutor | None = None, **kwargs: Any) -> CodeAgent:
+    """A smolagents ``CodeAgent`` whose code runs in ``executor`` (default: a new
+    `SandboxExecutor`) and whose system prompt lists exactly the imports the sandbox accepts.
+
+    ``kwargs`` go to ``CodeAgent``; ``additional_authorized_imports`` is refused with
+    `ConfigurationError` (the sandbox's allowlist decides imports: add optional modules with
+    ``SandboxExecutor(isolation="process", modules=[...])``).
+    """
+    from sandbox.errors import ConfigurationError
+
+    if "additional_authorized_imports" in kwargs or "executor_type" in kwargs:
+        raise ConfigurationError(
+            "code_agent: the sandbox decides imports and runs the code; drop additional_authorized_imports "
+            "and executor_type (optional modules: SandboxExecutor(isolation='process', modules=[...]))"
+        )
+    executor = executor if executor is not None else SandboxExecutor()
+    agent = CodeAgent(tools=tools, model=model, executor=executor, **kwargs)
+    agent.authorized_imports = executor.authorized_imports
+    return agent
