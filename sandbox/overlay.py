@@ -23,8 +23,20 @@ directory, sub-directories with a trailing ``/``). Text only (UTF-8); the wire c
   (`OverlayConflict`) if a host file changed since the run read it.
 - **Confinement**: a path that is absolute, has a ``..`` or ``.`` component, a backslash, a NUL
   or another control character, or that resolves (through symlinks) outside its mount is
-  refused with ``PolicyDenied``; the final component is opened with ``O_NOFOLLOW``.
-  `apply` applies the same checks to the host paths it writes.
+  refused with ``PolicyDenied``. A host file is ``lstat``-ed before it is opened and must be a
+  regular file (a named pipe, socket or device is refused, never opened); it is opened with
+  ``O_NOFOLLOW | O_NONBLOCK`` and must still be the same file once open. `apply` applies the
+  same checks to the host paths it writes.
+- **Apply is all or nothing**: every change is checked and encoded first (confinement, the
+  host file unchanged since the run, content that is UTF-8 text matching its
+  ``after_sha256``); then new contents go to temporary files, and each target is swapped in
+  by rename, the file it replaces kept aside; if any step fails, every file already swapped is
+  put back and `OverlayConflict` (or the `OSError`) is raised.
+- **Diffs** cost time linear in what the run wrote: a file whose diff would be too costly
+  (over ``_DIFF_BYTES`` on either side, or past the run's ``_DIFF_CELLS`` budget of
+  line comparisons) gets a one-line summary instead. With secrets configured, diffs and
+  contents in `RunResult.changes` are redacted; a change whose content held a secret value no
+  longer matches its ``after_sha256``, so `apply` refuses it rather than write the marker.
 - **Quotas**: ``max_files`` files in the layer (created, modified or deleted) and
   ``max_write_bytes`` bytes of content held in it (UTF-8); ``max_read_bytes`` per file read.
   Going over raises ``PolicyDenied`` in the guest and leaves the layer as it was.
@@ -38,7 +50,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +62,9 @@ from sandbox.runtime import CapabilityFault
 _DELETED = object()
 _MAX_PATH = 1024
 _MAX_COMPONENT = 255
+_DIFF_BYTES = 256 << 10  # either side of one file larger than this: summary, no diff
+_DIFF_CELLS = 1_000_000  # line comparisons (before x after lines) difflib may do per run
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class _Denied(Exception):
@@ -150,17 +165,30 @@ class Overlay:
         return real
 
     def read_host(self, mount: str, inner: list[str]) -> bytes | None:
-        """The host file's bytes (None when it does not exist); refuses directories and escapes."""
+        """The host file's bytes (None when it does not exist).
+
+        Refuses (`_Denied`) escapes and anything but a regular file, checked with ``lstat``
+        before opening, so a named pipe or device is never opened; the open is non-blocking and
+        must find the same file the ``lstat`` saw.
+        """
         path = self.host_path(mount, inner)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+            seen = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _Denied(f"cannot read {'/'.join(inner)!r}: {exc.strerror}") from None
+        if not stat.S_ISREG(seen.st_mode):
+            raise _Denied(f"{'/'.join(inner)!r} is not a regular file")
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise _Denied(f"cannot open {'/'.join(inner)!r}: {exc.strerror}") from None
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
+            if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (seen.st_dev, seen.st_ino):
                 raise _Denied(f"{'/'.join(inner)!r} is not a regular file")
             if info.st_size > self.max_read_bytes:
                 raise _Denied(f"{'/'.join(inner)!r} is larger than the read limit ({self.max_read_bytes} bytes)")
@@ -179,63 +207,136 @@ class Overlay:
     def apply(self, changes: Iterable[FileChange]) -> list[str]:
         """Commit ``changes`` to the host directories; returns the guest paths written or deleted.
 
-        Every change is checked first (confinement, and the host file still has the content the
-        run saw); on any problem `OverlayConflict` is raised and nothing is written. Files are
-        replaced atomically (temporary file + rename); missing parent directories are created.
+        All or nothing. Every change is checked and encoded first (confinement, the host file
+        still has the content the run saw, the content is UTF-8 text and matches its
+        ``after_sha256``); on any problem `OverlayConflict` is raised and nothing is written.
+        Then each new content goes to a temporary file beside its target, and targets are
+        swapped in by rename (missing parent directories are created), the replaced files kept
+        aside until every change is in place. If a step fails, the files already swapped are
+        restored, created directories removed, and the error raised.
         """
-        plan: list[tuple[FileChange, Path]] = []
-        for change in changes:
-            if not isinstance(change, FileChange):
-                raise TypeError(f"apply() takes FileChange items (result.changes), not {type(change).__name__}")
-            try:
-                _, mount, inner = self.resolve(change.path)
-                path = self.host_path(mount, inner)
-                current = self.read_host(mount, inner)
-            except _Denied as exc:
-                raise OverlayConflict(f"{change.path}: {exc}") from None
-            current_hash = hashlib.sha256(current).hexdigest() if current is not None else None
-            if current_hash != change.before_sha256:
-                raise OverlayConflict(f"{change.path}: the host file changed since the run; nothing was applied")
-            if change.action != "deleted":
-                if change.content is None:
-                    raise OverlayConflict(f"{change.path}: a {change.action} change needs its content")
-                if path.is_dir():
-                    raise OverlayConflict(f"{change.path}: is a directory on the host")
-                for ancestor in path.parents:
-                    if ancestor == self.mounts[mount]:
-                        break
-                    if ancestor.exists() and not ancestor.is_dir():
-                        raise OverlayConflict(f"{change.path}: {ancestor.name!r} is a file on the host")
-            plan.append((change, path))
-        paths = sorted(change.path for change, _ in plan)
+        plan = [self._plan(change) for change in _file_changes(changes)]
+        paths = sorted(change.path for change, _path, _data in plan)
         for first, second in zip(paths, paths[1:]):
             if second == first or second.startswith(first + "/"):
                 raise OverlayConflict(f"{second}: conflicts with {first} in the same set of changes")
-        done = []
-        for change, path in plan:
-            if change.action == "deleted":
-                if path.exists():
-                    path.unlink()
-            else:
-                root = self.mounts[self.resolve(change.path)[1]]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                parent = Path(os.path.realpath(path.parent))
-                if parent != root and root not in parent.parents:
-                    raise OverlayConflict(f"{change.path}: parent directory leads outside its mount")
-                data = (change.content or "").encode("utf-8")
-                fd, tmp = tempfile.mkstemp(dir=parent, prefix=".overlay-")
-                try:
-                    with os.fdopen(fd, "wb") as fh:
-                        fh.write(data)
-                    if path.exists():
-                        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-                    os.replace(tmp, parent / path.name)
-                except BaseException:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-                    raise
-            done.append(change.path)
-        return done
+        return _Commit(self).run(plan)
+
+    def _plan(self, change: FileChange) -> tuple[FileChange, Path, bytes | None]:
+        """Check one change against the host now; its target and encoded content (None: delete)."""
+        try:
+            _, mount, inner = self.resolve(change.path)
+            path = self.host_path(mount, inner)
+            current = self.read_host(mount, inner)
+        except _Denied as exc:
+            raise OverlayConflict(f"{change.path}: {exc}") from None
+        current_hash = hashlib.sha256(current).hexdigest() if current is not None else None
+        if current_hash != change.before_sha256:
+            raise OverlayConflict(f"{change.path}: the host file changed since the run; nothing was applied")
+        if change.action == "deleted":
+            return change, path, None
+        if change.content is None:
+            raise OverlayConflict(f"{change.path}: a {change.action} change needs its content")
+        try:
+            data = change.content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise OverlayConflict(f"{change.path}: the content is not valid Unicode text; nothing was applied") from None
+        if change.after_sha256 is not None and hashlib.sha256(data).hexdigest() != change.after_sha256:
+            raise OverlayConflict(f"{change.path}: the content does not match after_sha256 (it was edited or "
+                                  "redacted because it holds a secret value); nothing was applied")
+        if path.is_dir():
+            raise OverlayConflict(f"{change.path}: is a directory on the host")
+        for ancestor in path.parents:
+            if ancestor == self.mounts[mount]:
+                break
+            if ancestor.exists() and not ancestor.is_dir():
+                raise OverlayConflict(f"{change.path}: {ancestor.name!r} is a file on the host")
+        return change, path, data
+
+
+def _file_changes(changes: Iterable[FileChange]) -> list[FileChange]:
+    items = list(changes)
+    for change in items:
+        if not isinstance(change, FileChange):
+            raise TypeError(f"apply() takes FileChange items (result.changes), not {type(change).__name__}")
+    return items
+
+
+class _Commit:
+    """One `Overlay.apply`: stage temporary files, swap them in, undo everything on failure."""
+
+    def __init__(self, overlay: Overlay) -> None:
+        self.overlay = overlay
+        self.made_dirs: list[Path] = []
+        self.staged: list[Path] = []  # temporary files not yet renamed into place
+        self.undo: list[tuple[Path, Path | None]] = []  # (target, file kept aside or None: remove target)
+
+    def run(self, plan: list[tuple[FileChange, Path, bytes | None]]) -> list[str]:
+        try:
+            steps = [(change, path, self._stage(change, path, data)) for change, path, data in plan]
+            for change, path, tmp in steps:
+                self._swap(change, path, tmp)
+        except BaseException:
+            self._rollback()
+            raise
+        for _target, kept in self.undo:
+            if kept is not None:
+                _quiet_unlink(kept)
+        return [change.path for change, _path, _tmp in steps]
+
+    def _stage(self, change: FileChange, path: Path, data: bytes | None) -> Path | None:
+        if data is None:
+            return None
+        root = self.overlay.mounts[self.overlay.resolve(change.path)[1]]
+        missing = [p for p in reversed(path.parents) if root in p.parents and not p.exists()]
+        for directory in missing:
+            directory.mkdir()
+            self.made_dirs.append(directory)
+        parent = Path(os.path.realpath(path.parent))
+        if parent != root and root not in parent.parents:
+            raise OverlayConflict(f"{change.path}: parent directory leads outside its mount")
+        fd, name = tempfile.mkstemp(dir=parent, prefix=".overlay-")
+        tmp = Path(name)
+        self.staged.append(tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(os.lstat(path).st_mode))
+        return tmp
+
+    def _swap(self, change: FileChange, path: Path, tmp: Path | None) -> None:
+        kept: Path | None = None
+        if os.path.lexists(path):
+            kept = path.parent / f".overlay-old-{os.urandom(8).hex()}"
+            os.rename(path, kept)
+        self.undo.append((path, kept))
+        if tmp is not None:
+            os.rename(tmp, path)
+            self.staged.remove(tmp)
+
+    def _rollback(self) -> None:
+        for target, kept in reversed(self.undo):
+            try:
+                if kept is not None:
+                    os.replace(kept, target)
+                else:
+                    _quiet_unlink(target)
+            except OSError:
+                pass
+        for tmp in self.staged:
+            _quiet_unlink(tmp)
+        for directory in reversed(self.made_dirs):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+
+
+def _quiet_unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class OverlayLayer:
@@ -279,7 +380,11 @@ class OverlayLayer:
 
     def write(self, path: str, text: str) -> int:
         key, mount, inner = self._resolve(path)
-        data = text.encode("utf-8", "surrogatepass")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CapabilityFault("ValueError", "files.write(): the text is not valid Unicode (a lone surrogate); "
+                                  "only text that can be stored as UTF-8 may be written") from None
         self._check_target(key, mount, inner)
         self._check_tree(key, mount, inner)
         self._put(key, mount, inner, data)
@@ -339,11 +444,17 @@ class OverlayLayer:
                 names.add(head)
         return sorted(names)
 
-    def changes(self) -> tuple[FileChange, ...]:
-        """What this run created, modified and deleted (unchanged rewrites are left out)."""
+    def changes(self, redact: Callable[[str], str] | None = None) -> tuple[FileChange, ...]:
+        """What this run created, modified and deleted (unchanged rewrites are left out).
+
+        Time is linear in the layer's size: diffs past the size and comparison budgets are
+        summaries. ``redact`` (the run's secret redactor) is applied to every diff and content.
+        """
         with self._lock:
             files = dict(self._files)
             base = dict(self._base)
+        clean = redact or _same
+        budget = [_DIFF_CELLS]
         out = []
         for key in sorted(files):
             new, old = files[key], base.get(key)
@@ -355,9 +466,9 @@ class OverlayLayer:
                 if old == new:
                     continue
                 action = "created" if old is None else "modified"
-                after, content = hashlib.sha256(new).hexdigest(), new.decode("utf-8", "surrogatepass")
+                after, content = hashlib.sha256(new).hexdigest(), clean(new.decode("utf-8"))
             out.append(FileChange(
-                path=key, action=action, diff=_diff(key, old, None if new is _DELETED else new),
+                path=key, action=action, diff=clean(_diff(key, old, None if new is _DELETED else new, budget)),
                 before_sha256=hashlib.sha256(old).hexdigest() if old is not None else None,
                 after_sha256=after, content=content,
             ))
@@ -420,12 +531,23 @@ def _bad_component(name: str) -> bool:
     return name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or not name.strip()
 
 
-def _diff(path: str, old: bytes | None, new: bytes | None) -> str:
+def _same(text: str) -> str:
+    return text
+
+
+def _diff(path: str, old: bytes | None, new: bytes | None, budget: list[int]) -> str:
+    """A unified diff, or a one-line summary when it would cost more than the file size cap or
+    the ``budget`` of line comparisons left for the run (the budget is spent here)."""
     try:
         before = old.decode("utf-8").splitlines(keepends=True) if old is not None else []
     except UnicodeDecodeError:
         return f"Binary files a/{path} and b/{path} differ\n"
-    after = new.decode("utf-8", "surrogatepass").splitlines(keepends=True) if new is not None else []
+    after = new.decode("utf-8").splitlines(keepends=True) if new is not None else []
+    cells = len(before) * len(after)
+    if max(len(old or b""), len(new or b"")) > _DIFF_BYTES or cells > budget[0]:
+        return (f"Diff of {path} omitted (before: {len(before)} lines, {len(old or b'')} bytes; after: "
+                f"{len(after)} lines, {len(new or b'')} bytes): over the diff size limit\n")
+    budget[0] -= cells
     lines = difflib.unified_diff(before, after, "/dev/null" if old is None else f"a/{path}",
                                  "/dev/null" if new is None else f"b/{path}")
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)

@@ -450,7 +450,7 @@ class Sandbox:
             runtime=self.runtime,
             isolation=self.isolation,
             layers=outcome.layers,
-            changes=layer.changes() if layer is not None else None,
+            changes=layer.changes(redactor.text if redactor else None) if layer is not None else None,
             warnings=list(bridge.warnings),
         )
         if recorder is not None and self.records is not None:

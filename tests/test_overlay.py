@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -198,4 +199,130 @@ def test_file_and_directory_conflicts(tree):
     for result in (under_host_file, over_host_dir, layered):
         assert not result.ok and result.error.type == "CapabilityError", result.error
     assert ok.ok and ok.value == ["m"]
+    assert _tree(tree) == before
+
+
+# ----------------------------------------------------------------------------- hostile host files, all-or-nothing apply, bounded diffs
+
+
+def _ran_within(seconds: float, func):
+    """Run ``func`` on a daemon thread; return its result, or fail if it has not finished in time."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = func()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the call hung"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("op", [
+    "files.read('data/pipe')",
+    "files.write('data/pipe', 'x')",
+    "files.delete('data/pipe')",
+    "files.list('data')",
+])
+def test_a_named_pipe_in_a_mount_never_hangs(tree, op):
+    os.mkfifo(tree / "data" / "pipe")
+    before = _tree(tree)
+    with Sandbox(files=Overlay({"data": tree / "data"})) as sb:
+        result = _ran_within(10, lambda: sb.run(op))
+    if op.startswith("files.list"):
+        assert result.ok and "pipe" in result.value
+    else:
+        assert result.error.kind == "policy_denied" and "not a regular file" in result.error.message
+    assert _tree(tree) == before
+
+
+def test_apply_never_opens_a_named_pipe(tree):
+    from sandbox.results import FileChange
+
+    os.mkfifo(tree / "data" / "pipe")
+    before = _tree(tree)
+    with Sandbox(files=Overlay({"data": tree / "data"})) as sb:
+        for action in ("created", "modified", "deleted"):
+            change = FileChange(path="data/pipe", action=action, diff="", content=None if action == "deleted" else "x")
+            with pytest.raises(OverlayConflict, match="not a regular file"):
+                _ran_within(10, lambda: sb.apply([change]))
+    assert _tree(tree) == before
+
+
+def test_apply_is_all_or_nothing(tree, monkeypatch):
+    from sandbox.results import FileChange
+
+    with Sandbox(files=Overlay({"data": tree / "data"})) as sb:
+        result = sb.run("files.write('data/a.txt', 'new a\\n')\nfiles.write('data/new/z.txt', 'z\\n')\n"
+                        "files.delete('data/sub/b.txt')")
+        assert result.ok, result.error
+        bad = FileChange(path="data/zz.txt", action="created", diff="", content="lone \ud800 surrogate")
+        before = _tree(tree)
+        with pytest.raises(OverlayConflict, match="not valid Unicode"):
+            sb.apply([*result.changes, bad])
+        assert _tree(tree) == before
+        # a failure while swapping files in (here: renaming the last target, the disk says no)
+        # undoes the swaps already made
+        real_rename = os.rename
+
+        def failing_rename(src, dst, *args, **kwargs):
+            if str(src).endswith("b.txt"):
+                raise OSError(30, "Read-only file system")
+            return real_rename(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "rename", failing_rename)
+        with pytest.raises(OSError, match="Read-only"):
+            sb.apply(result.changes)
+        monkeypatch.setattr(os, "rename", real_rename)
+        assert _tree(tree) == before and not (tree / "data" / "new").exists()
+        assert sorted(sb.apply(result.changes)) == ["data/a.txt", "data/new/z.txt", "data/sub/b.txt"]
+    assert (tree / "data" / "a.txt").read_text() == "new a\n" and not (tree / "data" / "sub" / "b.txt").exists()
+    assert not [p for p in (tree / "data").rglob(".overlay-*")]
+
+
+def test_a_lone_surrogate_cannot_be_written(tree):
+    with Sandbox(files=Overlay({"data": tree / "data"})) as sb:
+        result = sb.run("files.write('data/s.txt', 'x' + chr(0xD800))")
+    assert result.error.type == "ValueError" and "surrogate" in result.error.message
+    assert result.changes == ()
+
+
+def test_diffs_cost_time_linear_in_what_was_written(tree):
+    lines = 20_000
+    (tree / "data" / "big.txt").write_text("".join(f"{i}\n" for i in range(lines)))
+    code = (f"files.write('data/big.txt', ''.join(str(i) + '\\n' if i % 2 else 'x' + str(i) + '\\n' "
+            f"for i in range({lines})))\nfiles.write('data/small.txt', 'hello\\n')")
+    with Sandbox(files=Overlay({"data": tree / "data"})) as sb:
+        started = time.monotonic()
+        result = sb.run(code)
+        elapsed = time.monotonic() - started
+    assert result.ok, result.error
+    by_path = {c.path: c for c in result.changes}
+    assert "omitted" in by_path["data/big.txt"].diff and by_path["data/big.txt"].content.startswith("x0\n1\n")
+    assert by_path["data/small.txt"].diff.endswith("+hello\n")
+    assert elapsed < 10, elapsed  # difflib on these two files takes minutes
+
+
+def test_changes_are_redacted(tree):
+    from sandbox.secrets import Secret
+
+    canary = "CANARY-overlay-93f1c2"
+    (tree / "data" / "conf.ini").write_text(f"token = {canary}\nmode = a\n")
+    with Sandbox(files=Overlay({"data": tree / "data"}), secrets={"api": Secret(value=canary, capabilities=["files.read"])}) as sb:
+        result = sb.run("files.write('data/conf.ini', 'token = " + canary[:7] + "' + '" + canary[7:] + "\\nmode = b\\n')")
+        assert result.ok, result.error
+        (change,) = result.changes
+        assert canary not in result.model_dump_json()
+        assert "-mode = a\n+mode = b\n" in change.diff and "[REDACTED" in change.diff
+        before = _tree(tree)
+        with pytest.raises(OverlayConflict, match="redacted"):
+            sb.apply(result.changes)
     assert _tree(tree) == before
