@@ -377,6 +377,7 @@ class EgressClient:
             raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
         self.egress = egress
         self._resolve = resolve
+        self._ssl = httpx.create_ssl_context(trust_env=False)  # trust settings only: no connection state
         self.capabilities = self._build_capabilities()
 
     # -- public -------------------------------------------------------------------------
@@ -511,7 +512,7 @@ class EgressClient:
 
     def _new_pool(self, deadline: float) -> httpcore.ConnectionPool:
         return httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=self._ssl,
             max_connections=1,
             max_keepalive_connections=1,  # redirect hops of this one call may share it; closed after the call
             network_backend=_PinnedBackend(self.egress, self._resolve, deadline),
