@@ -18,6 +18,7 @@ from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
+from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
 
 _CALL_DETAIL: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("sandbox_call_detail", default=None)
@@ -71,13 +72,13 @@ class Capability:
         if not callable(func):
             raise TypeError(f"@capability needs a function, got {type(func).__name__}")
         self.func = func
-        self.name = name or getattr(func, "__name__", "")
+        self.name: str = name or str(getattr(func, "__name__", ""))
         if not CAPABILITY_NAME.match(self.name) or any(keyword.iskeyword(part) for part in self.name.split(".")):
-            raise ValueError(
+            raise ConfigurationError(
                 f"capability name {self.name!r} is not valid: use identifiers joined by dots, e.g. 'sql.query'"
             )
         if self.name.split(".")[0] in _RESERVED or self.name.startswith("_"):
-            raise ValueError(f"capability name {self.name!r} is reserved: choose another name")
+            raise ConfigurationError(f"capability name {self.name!r} is reserved: choose another name")
         self.description = inspect.cleandoc(description or func.__doc__ or "")
         self.action = action
         self.signature = inspect.signature(func)
@@ -194,18 +195,18 @@ def capability(
 
 
 def collect(capabilities: Iterable[Capability | Callable[..., Any]]) -> dict[str, Capability]:
-    """Index capabilities by name, wrapping plain functions; raise `ValueError` on duplicates."""
+    """Index capabilities by name, wrapping plain functions; raise `ConfigurationError` (a `ValueError`) on duplicates."""
     result: dict[str, Capability] = {}
     for item in capabilities:
         cap = item if isinstance(item, Capability) else Capability(item)
         if cap.name in result:
-            raise ValueError(f"two capabilities are named {cap.name!r}: rename one with @capability(name=...)")
+            raise ConfigurationError(f"two capabilities are named {cap.name!r}: rename one with @capability(name=...)")
         result[cap.name] = cap
     names = set(result)
     for cap_name in names:
         prefix = cap_name + "."
         if any(other.startswith(prefix) for other in names):
-            raise ValueError(f"capability {cap_name!r} clashes with the namespace of another capability")
+            raise ConfigurationError(f"capability {cap_name!r} clashes with the namespace of another capability")
     return result
 
 

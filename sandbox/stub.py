@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
-from pydantic.json_schema import GenerateJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 
 from runtimes.wire import to_wire
 
@@ -185,7 +185,7 @@ class _Renderer:
 
     def __init__(self, capabilities: Iterable[Capability]) -> None:
         caps = list(capabilities)
-        inputs = []
+        inputs: list[tuple[tuple[str, str], JsonSchemaMode, TypeAdapter[Any]]] = []
         for cap in caps:
             inputs.append(((cap.name, "arg"), "validation", TypeAdapter(cap.arguments_model)))
             inputs.append(((cap.name, "result"), "serialization", TypeAdapter(cap.return_type)))
@@ -270,8 +270,8 @@ class _Renderer:
                 return f"list[{self._union(items)}]"
             if node.get("uniqueItems"):
                 notes.append("unique items")
-            items = node.get("items")
-            return f"list[{self.type(items, direction, notes)}]" if items else "list"
+            item = node.get("items")
+            return f"list[{self.type(item, direction, notes)}]" if item else "list"
         if kinds == "object":
             extra = node.get("additionalProperties")
             if isinstance(extra, dict) and extra:

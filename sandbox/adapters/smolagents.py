@@ -44,6 +44,7 @@ from smolagents.local_python_executor import CodeOutput, InterpreterError, Pytho
 
 from runtimes.wire import WireError, to_wire
 from sandbox.capabilities import Capability
+from sandbox.errors import ConfigurationError
 from sandbox.limits import Limits
 from sandbox.results import RunResult
 from sandbox.runtime import CapabilityFault
@@ -84,7 +85,7 @@ def _annotation(spec: Mapping[str, Any]) -> Any:
     types = []
     for name in names:
         if name not in _TYPES:
-            raise ValueError(f"smolagents type {name!r} has no sandbox equivalent: use one of {sorted(_TYPES)}")
+            raise ConfigurationError(f"smolagents type {name!r} has no sandbox equivalent: use one of {sorted(_TYPES)}")
         types.append(_TYPES[name])
     if Any in types:
         return Any
@@ -111,7 +112,7 @@ def tool_to_capability(tool: Any, *, call: Callable[..., Any] | None = None) -> 
     """
     name = getattr(tool, "name", None)
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"smolagents tool name {name!r} is not a Python identifier, so guest code cannot call it")
+        raise ConfigurationError(f"smolagents tool name {name!r} is not a Python identifier, so guest code cannot call it")
     inputs: Mapping[str, Mapping[str, Any]] = getattr(tool, "inputs", None) or {}
     output_type = getattr(tool, "output_type", "any")
     params = []
@@ -120,11 +121,8 @@ def tool_to_capability(tool: Any, *, call: Callable[..., Any] | None = None) -> 
     for arg, spec in inputs.items():
         annotation = _annotation(spec)
         nullable = bool(spec.get("nullable"))
-        if optional and not nullable:
-            # A required input after an optional one: keyword-only keeps the signature valid.
-            kind = inspect.Parameter.KEYWORD_ONLY
-        else:
-            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        # A required input after an optional one: keyword-only keeps the signature valid.
+        kind = inspect.Parameter.KEYWORD_ONLY if optional and not nullable else inspect.Parameter.POSITIONAL_OR_KEYWORD
         optional = optional or nullable
         params.append(inspect.Parameter(arg, kind, default=None if nullable else inspect.Parameter.empty,
                                         annotation=annotation))
@@ -247,7 +245,7 @@ class SandboxExecutor(PythonExecutor):
         checked: dict[str, Any] = {}
         for name, value in variables.items():
             if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-                raise ValueError(f"variable {name!r} cannot be a guest global: use an identifier not starting with '_'")
+                raise ConfigurationError(f"variable {name!r} cannot be a guest global: use an identifier not starting with '_'")
             try:
                 checked[name] = to_wire(value)
             except WireError as exc:
@@ -323,8 +321,6 @@ def code_agent(tools: list[Any], model: Any, *, executor: SandboxExecutor | None
     `ConfigurationError` (the sandbox's allowlist decides imports: add optional modules with
     ``SandboxExecutor(isolation="process", modules=[...])``).
     """
-    from sandbox.errors import ConfigurationError
-
     if "additional_authorized_imports" in kwargs or "executor_type" in kwargs:
         raise ConfigurationError(
             "code_agent: the sandbox decides imports and runs the code; drop additional_authorized_imports "
