@@ -1,6 +1,7 @@
 """Driver for the in-process restricted runtime (RestrictedPython, cooperative limits).
 
-The guest runs on the calling thread, in the host process. Limits are enforced by checks the
+The guest runs in the host process, on a deep-stack worker thread while the calling thread
+waits (`runtimes.restricted.guest_thread`). Limits are enforced by checks the
 transformer inserts (ticks, size guards, recursion depth) and hold for Python-level code; a
 single long C-level operation cannot be interrupted. Use ``isolation="process"`` for hard limits.
 """
@@ -64,7 +65,7 @@ class RestrictedSession:
 
 
 class RestrictedDriver:
-    """Runs each job on the calling thread with fresh globals. Thread-safe."""
+    """Runs each job with fresh globals; the calling thread waits for it. Thread-safe."""
 
     name = "restricted"
     isolation = "none"

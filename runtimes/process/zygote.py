@@ -85,16 +85,20 @@ def _import_tree(package: str) -> None:
 
 
 def _no_watchdog_thread() -> None:
-    """Keep the restricted runtime's watchdog thread from starting, in the zygote and children.
+    """Keep the restricted runtime's threads (its watchdog and its deep-stack guest threads) from
+    starting, in the zygote and children.
 
     The zygote must be single-threaded whenever it forks (a thread holding a lock at fork time
     leaves the child deadlocked), and children cannot create threads (seccomp). Without the
     watchdog, runs rely on their own tick checks; the process layer's wall-clock kill and
-    RLIMIT_CPU are the hard backstop.
+    RLIMIT_CPU are the hard backstop. Guests run on the child's main thread, where a C stack
+    overflow ends only that child.
     """
     from runtimes.restricted.budget import WATCHDOG
+    from runtimes.restricted.guest_thread import GUEST_THREADS
 
     WATCHDOG.disable()
+    GUEST_THREADS.disable()
 
 
 def _readonly_paths(executor: object) -> list[str]:

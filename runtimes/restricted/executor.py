@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated
+from runtimes.restricted.guest_thread import GUEST_THREADS
 from runtimes.restricted.guards import (
     GUEST_MODULE,
     CapabilityError,
@@ -140,15 +141,38 @@ def execute(
     not a public identifier or an input value that is not JSON data, and whatever
     ``call_host`` raised when it failed with something other than a `Fault` (e.g. a closed
     channel), after the run has been stopped.
+
+    The guest runs on a `guest_thread` worker whose C stack is sized to the memory limit (so C
+    recursion over deeply nested guest objects runs out of memory, not stack), in a copy of the
+    caller's context; the call blocks until the run is over.
     """
-    cpu_start = time.thread_time()
     guest_inputs = _check_inputs(inputs)
+    context = contextvars.copy_context()
+
+    def run() -> dict:
+        return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, state)
+
     try:
-        return _execute(code, limits, call_host, capabilities, secrets, guest_inputs, state, cpu_start)
-    except (KeyboardInterrupt, SystemExit):
-        raise
+        return GUEST_THREADS.run(run, int(limits["memory_bytes"]))
     except _HostFailure as failure:
         raise failure.original from None
+
+
+def _execute_safely(
+    code: str,
+    limits: Mapping[str, Any],
+    call_host: Callable[[str, list, dict], Any],
+    capabilities: Sequence[str],
+    secrets: Sequence[tuple[str, str, str]],
+    inputs: dict[str, Any],
+    state: GuestState | None,
+) -> dict:
+    """`_execute` on the thread that runs the guest; a fault in our own code becomes an internal error."""
+    cpu_start = time.thread_time()
+    try:
+        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, cpu_start)
+    except (KeyboardInterrupt, SystemExit, _HostFailure):
+        raise
     except BaseException as exc:  # a fault in our own code, never the guest's
         return outcome(
             error=error("internal", "InternalError", f"restricted executor failed: {type(exc).__name__}: {exc}"),
