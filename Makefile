@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench,cedar,data,dataframes,mcp,smolagents,langchain]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,cedar,data,dataframes,mcp,smolagents,langchain,ray]'
 	@touch $(STAMP)
 
 system-deps:

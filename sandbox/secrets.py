@@ -53,7 +53,7 @@ from pydantic_core import core_schema
 
 from runtimes.wire import SECRET_MARKER
 from sandbox.capabilities import CAPABILITY_NAME
-from sandbox.errors import SecretUnavailable
+from sandbox.errors import SecretInTransit, SecretUnavailable
 from sandbox.runtime import CapabilityFault, SecretHandleSpec
 
 __all__ = [
@@ -254,6 +254,14 @@ class Secret(BaseModel):
         if value is not None and (not value or "=" in value or "\0" in value):
             raise ValueError(f"env must name an environment variable, got {value!r}")
         return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.value is not None:
+            raise SecretInTransit(
+                "a Secret(value=...) cannot be pickled: its value would travel in plaintext; "
+                "give it by reference (env=, file= or provider=), read where the run happens"
+            )
+        return super().__getstate__()
 
     def source(self) -> str:
         """Where the value comes from, for messages (never the value)."""
