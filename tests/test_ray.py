@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 from pydantic import BaseModel  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 
-from sandbox import Limits, Sandbox, Secret, SecretValue, capability  # noqa: E402
+from sandbox import ConfigurationError, Limits, Sandbox, Secret, SecretValue, capability  # noqa: E402
 from sandbox.audit import generate_signing_key, private_key_pem, public_key_pem, read_records  # noqa: E402
 from sandbox.ray import (  # noqa: E402
     CapabilityHost,
@@ -246,6 +246,9 @@ def test_env_secret_resolved_on_worker_and_never_in_ray_files(cluster: str, tool
 
 
 def test_shared_rate_limit_admits_exactly_n_across_actors(tools_pool: RaySandboxPool) -> None:
+    rated = SandboxSpec(capabilities=[ping], policy={"capabilities": {"ping": {"rate": "5/minute"}}})
+    with pytest.raises(ConfigurationError, match="rate_store=ClusterRateStore"):
+        RaySandboxPool(rated, size=2)  # each actor would count on its own
     code = 'try:\n    r = ping()\nexcept PolicyDenied:\n    r = "denied"\n[r, whoami()]'
     results = tools_pool.map([code] * 12, batch_size=1)
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]

@@ -13,7 +13,7 @@ and capabilities live.
 from sandbox.ray._capability_host import CapabilityHost
 from sandbox.ray._data import TransformFailed, transform_batches
 from sandbox.ray._pool import PoolSession, PoolStats, RaySandboxPool
-from sandbox.ray._rates import ClusterRateStore, RateStore
+from sandbox.ray._rates import ClusterRateStore
 from sandbox.ray._records import RecordActor
 from sandbox.ray._spec import SandboxSpec
 from sandbox.ray._worker import WorkerInfo
@@ -24,7 +24,6 @@ __all__ = [
     "ClusterRateStore",
     "PoolSession",
     "PoolStats",
-    "RateStore",
     "RaySandboxPool",
     "RecordActor",
     "SandboxSpec",

@@ -24,7 +24,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from sandbox.errors import ConfigurationError, SandboxClosed, SecretInTransit
 from sandbox.limits import Limits
-from sandbox.ray._rates import RateStore
+from sandbox.policy import RateStore
 from sandbox.ray._spec import SandboxSpec
 from sandbox.ray._worker import Reply, SandboxWorker, WorkerInfo
 from sandbox.results import ErrorInfo, RunResult, Usage
@@ -59,8 +59,9 @@ class RaySandboxPool:
         max_concurrency: runs one actor serves at once (threads in the actor).
         records: where run records go: a `RecordSink` here on the driver (e.g. a signing
             `JsonlSink`), or a `RecordActor` handle; None for no records.
-        rate_store: a `RateStore` (e.g. `ClusterRateStore()`) that counts per-principal rates
-            for every actor at once; it must pickle.
+        rate_store: a `sandbox.policy.RateStore` (e.g. `ClusterRateStore()`) that counts
+            per-principal rates for every actor at once; it must pickle. Required when a
+            spec's policy has rates and ``size > 1``.
         runtime_env: Ray's ``runtime_env`` for the actors. Its ``env_vars`` must not name an
             environment variable a secret is read from (`SecretInTransit`): Ray writes them to
             its logs; set secrets in the workers' own environment instead.
@@ -91,6 +92,13 @@ class RaySandboxPool:
         if rate_store is not None and not isinstance(rate_store, RateStore):
             raise TypeError(f"rate_store must be a RateStore (an object with admit()), not {type(rate_store).__name__}")
         _check_runtime_env(runtime_env, specs)
+        if rate_store is None and size > 1:
+            counted = sorted(name for name, s in specs.items() if s.counts_rates)
+            if counted:
+                raise ConfigurationError(
+                    f"the policy of spec(s) {counted} has per-principal rates, which each of the {size} actors "
+                    "would count on its own: pass rate_store=ClusterRateStore() (or another shared RateStore)"
+                )
         self._specs = specs
         self._default = next(iter(specs))
         self._sink: Any = None
@@ -109,7 +117,7 @@ class RaySandboxPool:
         if runtime_env is not None:
             options["runtime_env"] = dict(runtime_env)
         actor_class = ray.remote(SandboxWorker).options(**options)
-        self._actors = [actor_class.remote(i, specs, worker_records, rate_store) for i in range(size)]
+        self._actors: list[Any] = [actor_class.remote(i, specs, worker_records, rate_store) for i in range(size)]
         self._in_flight = [0] * size
         self._runs = self._lost = 0
         self._lock = threading.Lock()

@@ -28,7 +28,7 @@ from sandbox.capabilities import Capability, collect
 from sandbox.egress import Egress
 from sandbox.errors import ConfigurationError, SecretInTransit
 from sandbox.limits import Limits
-from sandbox.policy import Policy, Principal, coerce_principal
+from sandbox.policy import MemoryRateStore, Policy, Principal, RateStore, coerce_principal
 from sandbox.sandbox import Sandbox
 from sandbox.secrets import Secret, validate_secrets
 
@@ -129,9 +129,14 @@ class SandboxSpec:
             if secret.provider is not None:
                 _check_travels(secret.provider, f"the provider of secret {name!r}", "use env= or file=")
         self._policy = _policy_factory(policy)
+        self.counts_rates = False
+        """True when the policy limits rates per principal (counted across runs)."""
         if self._policy is not None:
+            built = self._policy()
             # Validated here against the capabilities known on the driver; factories add theirs on the worker.
-            self._policy().validate_for(granted)
+            built.validate_for(granted)
+            self.counts_rates = any(rule.rate is not None for rule in built.rules.values()) and isinstance(
+                built.rate_store, MemoryRateStore)
         self._frozen = True
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -147,10 +152,11 @@ class SandboxSpec:
         """Names of the capabilities given directly (factories add theirs on the worker)."""
         return tuple(source.name for source in self._capabilities)
 
-    def build(self, *, records: Any = None, rate_store: Any = None) -> Sandbox:
+    def build(self, *, records: Any = None, rate_store: RateStore | None = None) -> Sandbox:
         """Make the `Sandbox` this spec describes, here (on the worker).
 
-        Runs the factories, reads the policy, and constructs the Sandbox: raises what
+        Runs the factories, rebuilds the policy (with ``rate_store`` for its rate windows,
+        when given), and constructs the Sandbox: raises what
         `Sandbox(...)` raises (`IsolationUnavailable` for a required layer this machine
         cannot apply, `ConfigurationError` for a module not installed here).
         """
@@ -168,10 +174,15 @@ class SandboxSpec:
             modules=self.modules,
             secrets=self.secrets,
             egress=self.egress,
-            policy=self._policy() if self._policy is not None else None,
+            policy=self._build_policy(rate_store),
             principal=self.principal,
             records=records,
         )
+
+    def _build_policy(self, rate_store: RateStore | None) -> Policy | None:
+        if self._policy is None:
+            return None
+        return self._policy(rate_store=rate_store) if rate_store is not None else self._policy()
 
     def __repr__(self) -> str:
         return (
@@ -195,7 +206,7 @@ def _name(func: Any) -> str:
     return getattr(func, "__qualname__", type(func).__name__)
 
 
-def _policy_factory(policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None) -> Callable[[], Policy] | None:
+def _policy_factory(policy: Policy | Mapping[str, Any] | str | os.PathLike[str] | None) -> Callable[..., Policy] | None:
     """A picklable callable that rebuilds ``policy`` on a worker; `ConfigurationError`/`TypeError`
     when it cannot be described that way."""
     if policy is None:
@@ -214,11 +225,12 @@ def _policy_factory(policy: Policy | Mapping[str, Any] | str | os.PathLike[str] 
         data = dict(policy)
         if "cedar" in data or "cedar" in data.get("policy", {}):
             raise ConfigurationError("a Cedar policy file cannot travel in a SandboxSpec yet: use a TOML policy")
-        factory: Callable[[], Policy] = functools.partial(Policy.from_mapping, data, source="SandboxSpec policy")
+        factory: Callable[..., Policy] = functools.partial(Policy.from_mapping, data, source="SandboxSpec policy")
     elif type(policy) is Policy:
+        shared = None if isinstance(policy.rate_store, MemoryRateStore) else policy.rate_store
         factory = functools.partial(
             Policy, default=policy.default, rules=dict(policy.rules), checks=policy.checks, approve=policy.approve,
-            approval_timeout=policy.approval_timeout, escalate_after=policy.escalate_after,
+            approval_timeout=policy.approval_timeout, escalate_after=policy.escalate_after, rate_store=shared,
         )
     elif isinstance(policy, Policy):
         raise ConfigurationError(
