@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sandbox import errors as _errors
 from sandbox.errors import (
     CapabilityFault,
     ConfigurationError,
@@ -58,19 +59,7 @@ _LAZY = {
 }
 """Public name -> the module that defines it, imported on first access."""
 
-__all__ = sorted([
-    "CapabilityFault",
-    "ConfigurationError",
-    "GuestBuildError",
-    "IsolationUnavailable",
-    "OverlayConflict",
-    "SandboxClosed",
-    "SandboxError",
-    "SecretInTransit",
-    "SecretUnavailable",
-    "Unavailable",
-    *_LAZY,
-])
+__all__ = sorted([*_errors.__all__, *_LAZY])
 
 
 def __getattr__(name: str) -> Any:

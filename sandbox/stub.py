@@ -128,9 +128,18 @@ def render_function(cap: Capability) -> str:
 
 
 class _Schema(GenerateJsonSchema):
-    """pydantic's JSON Schema, with two changes for the stub: types JSON cannot name carry an
-    ``x-python`` marker, and in serialization mode every model field is required (a dumped
-    model has all of them). Types without a JSON Schema render as ``Any``."""
+    """pydantic's JSON Schema, with three changes for the stub: types JSON cannot name carry an
+    ``x-python`` marker; in serialization mode every model field is required (a dumped model
+    has all of them) and keys are field names, not aliases (`Capability.dump_result` dumps by
+    name); types without a JSON Schema render as ``Any``."""
+
+    @property
+    def by_alias(self) -> bool:
+        return bool(self._by_alias) and self.mode == "validation"
+
+    @by_alias.setter
+    def by_alias(self, value: bool) -> None:
+        self._by_alias = value
 
     def field_is_required(self, field: Any, total: bool) -> bool:
         if self.mode == "serialization" and field["type"] != "typed-dict-field":
@@ -210,10 +219,9 @@ class _Renderer:
     def _names(self, caps: list[Capability]) -> dict[str, str]:
         taken = set(_RESERVED) | {cap.name.split(".")[0] for cap in caps}
         names: dict[str, str] = {}
-        for key in sorted(self.defs, key=lambda k: (k.endswith("-Input"), k)):
-            base = key[: -len("-Output")] if key.endswith("-Output") else key
-            base = base[: -len("-Input")] + "Input" if base.endswith("-Input") else base
-            name = re.sub(r"\W", "_", base)
+        for key in sorted(self.defs, key=lambda k: ("-Input" in k, k)):
+            title = str(self.defs[key].get("title") or key)
+            name = re.sub(r"\W", "_", title) + ("Input" if "-Input" in key else "")
             if not name or name[0].isdigit() or keyword.iskeyword(name):
                 name = "T_" + name
             candidate, n = name, 2

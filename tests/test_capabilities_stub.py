@@ -14,7 +14,7 @@ import typing
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from typing_extensions import TypedDict
 
 from sandbox import Sandbox, Secret, SecretValue, capability
@@ -259,3 +259,45 @@ def test_optional_modules_appear_in_the_prompt_only_when_the_sandbox_offers_them
         assert sb.run("import numpy\nint(numpy.arange(4).sum())").value == 6
     with Sandbox() as sb:
         assert "numpy" not in sb.describe().modules
+
+
+class Tree(BaseModel):
+    name: str
+    children: list[Tree] = []
+
+
+class Person(BaseModel):
+    first_name: str = Field(alias="first-name")
+
+
+SameName = create_model("Tree", value=(int, ...))
+
+
+def test_recursive_aliased_and_same_named_models_render_as_valid_distinct_types():
+    @capability
+    def grow(tree: Tree) -> Tree:
+        '''Echo a tree; """quotes""" survive, even at the end"'''
+        return tree
+
+    @capability
+    def greet(person: Person) -> Person:
+        """Echo a person."""
+        return person
+
+    @capability
+    def other() -> SameName:  # type: ignore[valid-type]
+        """Another class named Tree."""
+        return SameName(value=1)
+
+    with Sandbox(capabilities=[grow, greet, other]) as sb:
+        stub, namespace = sb.describe().stub, {}
+        exec(compile("from __future__ import annotations\n" + stub, "<stub>", "exec", dont_inherit=True), namespace)
+        assert "class Tree(TypedDict):\n    name: str\n    children: list[Tree]\n" in stub
+        assert "class Tree2(TypedDict):\n    value: int\n" in stub and "def other() -> Tree2:" in stub
+        # Arguments are validated by alias, results dumped by field name: the stub says both.
+        assert "PersonInput = TypedDict('PersonInput', {\n    'first-name': str,\n})" in stub
+        assert "class Person(TypedDict):\n    first_name: str\n" in stub
+        assert sb.run("greet({'first-name': 'Ada'})").value == {"first_name": "Ada"}
+        assert sb.run("grow({'name': 'r', 'children': [{'name': 'c'}]})").value == {
+            "name": "r", "children": [{"name": "c", "children": []}]}
+    assert "quotes" in namespace["grow"].__doc__

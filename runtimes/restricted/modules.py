@@ -27,7 +27,7 @@ ALLOWED_MODULES = (
     "statistics", "decimal", "fractions", "random", "string", "typing", "dataclasses", "heapq",
     "bisect", "textwrap", "enum", "base64", "hashlib", "uuid", "csv", "io", "copy", "time", "_strptime",
 )
-"""The issue's default allowlist plus ``copy`` (HumanEval's tests import it; it only rebuilds
+"""The default allowlist plus ``copy`` (HumanEval's tests import it; it only rebuilds
 objects the guest already holds, through their ``__reduce_ex__``/``__deepcopy__``), ``time``
 (clocks and conversions only) and ``_strptime``, which C code imports on the guest's behalf
 (``date.today()``, ``strftime`` and ``strptime`` import them through the caller's
