@@ -1,8 +1,8 @@
 """An agent's program on every runtime: a capability call, a secret handle, a denied call, a limit.
 
 Run with `make demo` (or `.venv/bin/python examples/agent_demo.py`; it prints with rich, in the
-`dev` and `bench` extras). The "agent" is a fixed
-program standing in for model output; the host grants it three capabilities, one secret that
+`dev` and `bench` extras). The "agent" is a fixed program standing in for model output; the
+host grants it three capabilities, one secret that
 only `book_flight` may use, and a policy that refuses `delete_account`. Each run leaves a
 signed, hash-chained record, verified at the end.
 """

@@ -16,7 +16,7 @@ import sandbox
 from sandbox import errors
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("httpx", "httpcore", "wasmtime", "cryptography", "rich", "psutil", "pydantic", "RestrictedPython")
+HEAVY = ("httpx", "httpcore", "wasmtime", "cryptography", "rich", "psutil", "pydantic", "RestrictedPython", "ray")
 
 
 def run_python(code: str) -> dict:
