@@ -31,12 +31,15 @@ from sandbox.results import ErrorInfo, RunResult, Usage
 
 
 DEFAULT_SPEC = "default"
+_RECOVERY_CHECKS = 60
+_RECOVERY_PAUSE = 0.5
 _LOST = (RayActorError, ActorUnavailableError)
 
 
 class PoolStats(BaseModel):
     """Counts since the pool started: ``runs`` finished (WorkerLost included), ``lost`` runs
-    whose worker died, ``in_flight`` per actor."""
+    whose worker died, ``in_flight`` per actor, ``down``: actors lost and not answering yet
+    (new runs go to the others)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -44,6 +47,7 @@ class PoolStats(BaseModel):
     runs: int
     lost: int
     in_flight: tuple[int, ...]
+    down: tuple[int, ...] = ()
 
 
 class RaySandboxPool:
@@ -119,6 +123,7 @@ class RaySandboxPool:
         actor_class = ray.remote(SandboxWorker).options(**options)
         self._actors: list[Any] = [actor_class.remote(i, specs, worker_records, rate_store) for i in range(size)]
         self._in_flight = [0] * size
+        self._down: set[int] = set()  # actors lost and not yet ready again: new runs avoid them
         self._runs = self._lost = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -203,7 +208,8 @@ class RaySandboxPool:
     def stats(self) -> PoolStats:
         """Counts since the pool started."""
         with self._lock:
-            return PoolStats(size=len(self._actors), runs=self._runs, lost=self._lost, in_flight=tuple(self._in_flight))
+            return PoolStats(size=len(self._actors), runs=self._runs, lost=self._lost,
+                             in_flight=tuple(self._in_flight), down=tuple(sorted(self._down)))
 
     @property
     def actors(self) -> tuple[Any, ...]:
@@ -243,7 +249,8 @@ class RaySandboxPool:
 
     def _pick(self, runs: int = 1) -> int:
         with self._lock:
-            index = min(range(len(self._in_flight)), key=self._in_flight.__getitem__)
+            up = [i for i in range(len(self._actors)) if i not in self._down] or range(len(self._actors))
+            index = min(up, key=self._in_flight.__getitem__)
             self._in_flight[index] += runs
             return index
 
@@ -285,6 +292,26 @@ class RaySandboxPool:
             self._runs += runs
             if lost:
                 self._lost += runs
+                if index in self._down:
+                    return
+                self._down.add(index)
+        if lost:
+            self._watch(index, _RECOVERY_CHECKS)
+
+    def _watch(self, index: int, checks: int) -> None:
+        """Keep new runs off actor ``index`` until it answers again (Ray restarts it); give up
+        after ``checks`` failed attempts (it stays avoided while another actor is up)."""
+
+        def answered(ready: Future[Any]) -> None:
+            if ready.exception() is None:
+                with self._lock:
+                    self._down.discard(index)
+            elif checks > 1 and not self._closed:
+                timer = threading.Timer(_RECOVERY_PAUSE, self._watch, (index, checks - 1))
+                timer.daemon = True
+                timer.start()
+
+        self._actors[index].ready.remote().future().add_done_callback(answered)
 
     def _lost_result(self, spec: str, exc: BaseException) -> RunResult:
         chosen = self._specs[spec]
