@@ -323,7 +323,11 @@ class _Database:
         conn = self._sqlite_connect()
         consulted: list[int] = []  # the authorizer denies the first step, so this holds at most one action
         try:
-            conn.set_authorizer(lambda action, *args: consulted.append(action) or sqlite3.SQLITE_DENY)
+            def deny_all(action: int, *args: Any) -> int:
+                consulted.append(action)
+                return sqlite3.SQLITE_DENY
+
+            conn.set_authorizer(deny_all)
             conn.execute(text)
         except sqlite3.ProgrammingError as exc:
             if "one statement" in str(exc):

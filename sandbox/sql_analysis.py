@@ -76,13 +76,14 @@ def analyze(text: str, dialect: str | None, *, read_only: bool = True) -> SqlAna
                 continue
             if isinstance(node, (exp.Command, exp.DDL, exp.Pragma, exp.Set, exp.Attach, exp.Detach, exp.Copy)):
                 raise SqlRefused(f"the statement could not be classified: it contains {node.key.upper()}")
-        named = [t for t in tree.find_all(exp.Table)]
-        tables = {".".join(p for p in (t.catalog, t.db, t.name) if p).lower()
-                  for t in named if isinstance(t.this, exp.Identifier)}
-        table_functions = {(t.this.name if isinstance(t.this, exp.Anonymous) else t.this.key).lower()
-                           for t in named if not isinstance(t.this, exp.Identifier)}
-        functions = {f.name.lower() for f in tree.find_all(exp.Anonymous)}
-        return SqlAnalysis(frozenset(tables), frozenset(functions), frozenset(table_functions))
+        named = list(tree.find_all(exp.Table))
+        return SqlAnalysis(
+            tables=frozenset(".".join(p for p in (t.catalog, t.db, t.name) if p).lower()
+                             for t in named if isinstance(t.this, exp.Identifier)),
+            functions=frozenset(f.name.lower() for f in tree.find_all(exp.Anonymous)),
+            table_functions=frozenset((t.this.name if isinstance(t.this, exp.Anonymous) else t.this.key).lower()
+                                      for t in named if not isinstance(t.this, exp.Identifier)),
+        )
     if not isinstance(tree, exp.Query):
         raise SqlRefused(f"only {'' if read_only else 'INSERT, UPDATE, DELETE, MERGE and '}SELECT statements "
                          f"are allowed, not {tree.key.upper()}")
