@@ -14,28 +14,21 @@ guest receives), so it describes the data that actually crosses the boundary:
 - dotted capability names become nested classes (``geo.maps.route`` is ``class geo`` holding
   ``class maps``);
 - dates, decimals, UUIDs, bytes, tuples and sets are named by the type the guest gets: the
-  Python type when the boundary carries it (probed through the real conversion path), else
-  their JSON form with a comment (``str  # ISO 8601 date``).
+  Python type when the boundary carries it, else their JSON form with a comment
+  (``str  # ISO 8601 date``); see `sandbox.stub_schema`.
 
 The rendered text is valid Python (compile it); defined types come before their use.
 """
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import functools
 import keyword
 import re
 import textwrap
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
-
-from runtimes.wire import to_wire
+from sandbox.stub_schema import capability_schemas, carried, ref_name
 
 if TYPE_CHECKING:
     from sandbox.capabilities import Capability
@@ -46,20 +39,6 @@ EXCEPTIONS = (
     "class PolicyDenied(PermissionError): ...  # the policy refused a call",
 )
 SECRET_HANDLE = "class SecretHandle: ...  # opaque handle to a host-held secret; pass it to a capability"
-
-_SAMPLES: dict[str, tuple[Any, Any]] = {
-    "date": (datetime.date(2000, 1, 2), datetime.date),
-    "datetime": (datetime.datetime(2000, 1, 2, 3, 4, 5), datetime.datetime),
-    "time": (datetime.time(3, 4, 5), datetime.time),
-    "timedelta": (datetime.timedelta(seconds=5), datetime.timedelta),
-    "Decimal": (decimal.Decimal("1.5"), decimal.Decimal),
-    "UUID": (uuid.UUID(int=1), uuid.UUID),
-    "bytes": (b"x", bytes),
-    "tuple": ((1, 2), tuple[int, ...]),
-    "set": ({1}, set[int]),
-    "frozenset": (frozenset({1}), frozenset[int]),
-}
-"""A sample of each Python type JSON cannot name, to probe how it crosses the boundary."""
 
 _IMPORTS = {"date": "datetime", "datetime": "datetime", "time": "datetime", "timedelta": "datetime",
             "Decimal": "decimal", "UUID": "uuid"}
@@ -127,87 +106,13 @@ def render_function(cap: Capability) -> str:
     return "\n".join(_Renderer([cap]).function(cap))
 
 
-class _Schema(GenerateJsonSchema):
-    """pydantic's JSON Schema, with three changes for the stub: types JSON cannot name carry an
-    ``x-python`` marker; in serialization mode every model field is required (a dumped model
-    has all of them) and keys are field names, not aliases (`Capability.dump_result` dumps by
-    name); types without a JSON Schema render as ``Any``."""
-
-    @property
-    def by_alias(self) -> bool:
-        return bool(self._by_alias) and self.mode == "validation"
-
-    @by_alias.setter
-    def by_alias(self, value: bool) -> None:
-        self._by_alias = value
-
-    def field_is_required(self, field: Any, total: bool) -> bool:
-        if self.mode == "serialization" and field["type"] != "typed-dict-field":
-            return not field.get("serialization_exclude")
-        return super().field_is_required(field, total)
-
-    def handle_invalid_for_json_schema(self, schema: Any, error_info: str) -> dict[str, Any]:
-        return {}
-
-
-def _marking(kind: str, method: str) -> Any:
-    base = getattr(GenerateJsonSchema, method)
-
-    def mark(self: GenerateJsonSchema, schema: Any) -> dict[str, Any]:
-        result = dict(base(self, schema))
-        result["x-python"] = kind
-        return result
-
-    return mark
-
-
-for _kind, _method in (("date", "date_schema"), ("datetime", "datetime_schema"), ("time", "time_schema"),
-                       ("timedelta", "timedelta_schema"), ("Decimal", "decimal_schema"), ("UUID", "uuid_schema"),
-                       ("bytes", "bytes_schema"), ("tuple", "tuple_schema"), ("set", "set_schema"),
-                       ("frozenset", "frozenset_schema")):
-    setattr(_Schema, _method, _marking(_kind, _method))
-
-
-@functools.cache
-def _carried(kind: str, direction: str) -> bool:
-    """True when the boundary carries ``kind`` as itself in ``direction`` ("arg": the guest can
-    pass one; "result": the guest receives one), probed through the real conversion path."""
-    from sandbox.capabilities import Capability
-
-    sample, annotation = _SAMPLES[kind]
-    try:
-        if direction == "arg":
-            to_wire(sample)
-            return True
-
-        def probe() -> Any:
-            return sample
-
-        probe.__annotations__ = {"return": annotation}
-        return type(to_wire(Capability(probe, name="probe").dump_result(sample))) is type(sample)
-    except Exception:  # refused by the wire or the dump: it crosses in its JSON form
-        return False
-
-
 class _Renderer:
     """Renders capabilities from one joint JSON Schema generation (shared definitions)."""
 
     def __init__(self, capabilities: Iterable[Capability]) -> None:
         caps = list(capabilities)
-        inputs: list[tuple[tuple[str, str], JsonSchemaMode, TypeAdapter[Any]]] = []
-        for cap in caps:
-            inputs.append(((cap.name, "arg"), "validation", TypeAdapter(cap.arguments_model)))
-            inputs.append(((cap.name, "result"), "serialization", TypeAdapter(cap.return_type)))
-        schemas, defs = TypeAdapter.json_schemas(inputs, schema_generator=_Schema)
-        self.defs: dict[str, Any] = dict(defs.get("$defs", {}))
-        self.arguments: dict[str, dict[str, Any]] = {}
-        self.results: dict[str, dict[str, Any]] = {}
-        for ((name, direction), _mode), schema in schemas.items():
-            if direction == "arg":
-                self.arguments[name] = self.defs.pop(_ref(schema["$ref"]))
-            else:
-                self.results[name] = schema
-        self.def_direction = {key: "result" if key.endswith("-Output") else "arg" for key in self.defs}
+        self.arguments, self.results, self.defs = capability_schemas(caps)
+        self.def_direction = {key: "result" if "-Output" in key else "arg" for key in self.defs}
         self.names = self._names(caps)
         self.used: set[str] = set()
         self.imports: set[str] = set()
@@ -239,14 +144,14 @@ class _Renderer:
             self.typing.add("Any")
             return "Any"
         if "$ref" in node:
-            key = _ref(node["$ref"])
+            key = ref_name(node["$ref"])
             self.used.add(key)
             return self.names[key]
         if node.get("title") == "SecretHandle" and node.get("type") == "object" and "properties" not in node:
             self.uses_handle = True
             return "SecretHandle"
         kind = node.get("x-python")
-        if kind is not None and _carried(kind, direction):
+        if kind is not None and carried(kind, direction):
             return self._python(kind, node, direction, notes)
         if kind == "Decimal":
             notes.append("decimal number" + (" as text" if direction == "result" else ""))
@@ -430,13 +335,9 @@ class _Renderer:
         return lines
 
 
-def _ref(ref: str) -> str:
-    return ref.rsplit("/", 1)[-1]
-
-
 def _refs(node: Any) -> set[str]:
     if isinstance(node, dict):
-        found = {_ref(node["$ref"])} if isinstance(node.get("$ref"), str) else set()
+        found = {ref_name(node["$ref"])} if isinstance(node.get("$ref"), str) else set()
         for value in node.values():
             found |= _refs(value)
         return found
