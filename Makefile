@@ -8,16 +8,17 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@bash scripts/system-deps.sh
+$(STAMP): pyproject.toml setup.py runtimes/restricted/_alloccap.c
+	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench,cedar,data,dataframes,mcp,smolagents,langchain,ray]'
+	$(PY) -c 'from runtimes.restricted import _alloccap'  # the editable install built the allocator cap in place
 	@touch $(STAMP)
 
 system-deps:
-	@bash scripts/system-deps.sh
+	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
 guest: setup
 	$(PY) -m sandbox.wasi_build
@@ -38,4 +39,4 @@ bench: guest
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache runtimes/restricted/_alloccap*.so

@@ -452,7 +452,7 @@ class ProcessDriver:
         limits = job.limits
         layers = tuple(child.ready.get("layers") or ()) if child.ready else ()
         if raw:
-            layers = tuple(layer for layer in layers if layer != "restricted-python")
+            layers = tuple(layer for layer in layers if layer not in ("restricted-python", "alloc-cap"))
         try:
             if child.limits_plan is None:
                 vm, data = child.zygote.child_size(child.pid)

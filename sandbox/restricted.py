@@ -4,19 +4,35 @@ The guest runs in the host process, on a deep-stack worker thread while the call
 waits (`runtimes.restricted.guest_thread`). Limits are enforced by checks the
 transformer inserts (ticks, size guards, recursion depth) and hold for Python-level code; a
 single long C-level operation cannot be interrupted. Use ``isolation="process"`` for hard limits.
+
+Memory is capped hard by the allocator cap (layer ``alloc-cap``, `runtimes.restricted.alloc_cap`)
+when its C extension is built: every byte the guest's thread allocates during a run counts
+against ``memory_bytes``. Set ``SANDBOX_DISABLE_ALLOC_CAP=1`` (read when a driver is built) to
+run without it; the layer is then absent and ``require={"alloc-cap"}`` raises
+`IsolationUnavailable`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
+from runtimes.restricted import alloc_cap
 from runtimes.restricted.executor import GuestState, execute
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo
 from sandbox.runtime import Job, Outcome
 
 LAYERS = ("restricted-python",)
+DISABLE_ALLOC_CAP = "SANDBOX_DISABLE_ALLOC_CAP"
+"""Environment variable: ``1`` builds drivers without the allocator cap."""
+
+
+def alloc_cap_in_force() -> bool:
+    """True when new drivers arm the allocator cap: the extension is built (loading it installs
+    the allocator hooks) and `DISABLE_ALLOC_CAP` is not ``1``."""
+    return os.environ.get(DISABLE_ALLOC_CAP) != "1" and alloc_cap.available()
 
 
 @functools.lru_cache(maxsize=64)
@@ -24,7 +40,13 @@ def _limits_dict(limits: Limits) -> dict[str, Any]:
     return limits.model_dump()
 
 
-def _execute(job: Job, state: GuestState | None) -> Outcome:
+def _why_no_cap() -> str:
+    if os.environ.get(DISABLE_ALLOC_CAP) == "1":
+        return f"disabled by {DISABLE_ALLOC_CAP}=1 (unset it)"
+    return alloc_cap.unavailable_reason() or "unavailable"
+
+
+def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Outcome:
     raw = execute(
         job.code,
         limits=_limits_dict(job.limits),
@@ -33,6 +55,7 @@ def _execute(job: Job, state: GuestState | None) -> Outcome:
         secrets=[(s.name, s.token, s.description) for s in job.secrets],
         inputs=job.inputs,
         state=state,
+        memory_cap="alloc-cap" in layers,
     )
     # The executor is host code building plain data in the wire format: construct, don't re-validate.
     error = raw["error"]
@@ -45,20 +68,21 @@ def _execute(job: Job, state: GuestState | None) -> Outcome:
         error=ErrorInfo(**error) if error is not None else None,
         cpu_seconds=raw["cpu_seconds"],
         peak_memory_bytes=raw["peak_memory_bytes"],
-        layers=LAYERS,
+        layers=layers,
     )
 
 
 class RestrictedSession:
     """Guest globals kept across runs; not for concurrent use (the `Session` serialises runs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, layers: tuple[str, ...]) -> None:
         self._state: GuestState | None = GuestState()
+        self._layers = layers
 
     def run(self, job: Job) -> Outcome:
         if self._state is None:
             raise RuntimeError("session is closed")
-        return _execute(job, self._state)
+        return _execute(job, self._state, self._layers)
 
     def close(self) -> None:
         self._state = None
@@ -69,13 +93,17 @@ class RestrictedDriver:
 
     name = "restricted"
     isolation = "none"
-    layers = LAYERS
+
+    def __init__(self) -> None:
+        cap = alloc_cap_in_force()
+        self.layers: tuple[str, ...] = LAYERS + (("alloc-cap",) if cap else ())
+        self.unavailable: dict[str, str] = {} if cap else {"alloc-cap": _why_no_cap()}
 
     def run(self, job: Job) -> Outcome:
-        return _execute(job, None)
+        return _execute(job, None, self.layers)
 
     def open_session(self) -> RestrictedSession:
-        return RestrictedSession()
+        return RestrictedSession(self.layers)
 
     def close(self) -> None:
         pass

@@ -23,7 +23,7 @@ from sandbox.limits import Limits
 from sandbox.results import ErrorInfo
 
 KNOWN_LAYERS = frozenset({
-    "restricted-python",                                                    # restricted
+    "restricted-python", "alloc-cap",                                       # restricted
     "rlimits", "seccomp", "netns", "landlock", "userns", "uid",              # + isolation="process"
     "wasm", "wasi-no-ambient", "fuel", "epoch-deadline", "store-memory-limit",  # wasi
 })

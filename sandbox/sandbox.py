@@ -566,8 +566,10 @@ def _make_driver(runtime: str, isolation: str | None, workers: int, require: fro
         from sandbox.errors import IsolationUnavailable
 
         driver.close()
+        reasons = "".join(f"; {layer}: {why}" for layer, why in sorted(getattr(driver, "unavailable", {}).items())
+                          if layer in missing)
         raise IsolationUnavailable(
             f"layers {sorted(missing)} are not applied by runtime={runtime!r}, isolation={isolation!r} "
-            f"(it applies {', '.join(driver.layers)}); choose a runtime or isolation that applies them"
+            f"(it applies {', '.join(driver.layers)}){reasons}; choose a runtime or isolation that applies them"
         )
     return driver

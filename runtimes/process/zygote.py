@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
             pass
     executor.execute(child.WARMUP_CODE, limits=child.WARMUP_LIMITS, call_host=child._no_host)
     layers.append("restricted-python")
+    from runtimes.restricted import alloc_cap
+
+    if alloc_cap.available():  # loaded (hooks installed) by the warm-up run, before any fork
+        layers.append("alloc-cap")
 
     seccomp_filter = None
     if not args.no_seccomp:

@@ -11,7 +11,11 @@ transformer inserts (``_tick_``, ``_getiter_``, ``_mul_`` ...):
   over its deadline, empties its chunk lists so the very next tick runs the check.
 * **Recursion** is checked on function entry every few calls by probing the frame stack.
 * **Size guards** estimate the result of ``*``, ``**``, ``<<``, ``%``, format widths,
-  ``bytes(n)`` and materialising ranges, and refuse results larger than ``memory_bytes``.
+  ``bytes(n)`` and materialising ranges, and refuse results larger than ``memory_bytes``:
+  the early, cheap check.
+* The **allocator cap** (`alloc_cap`, when the budget has one) counts every byte the guest's
+  thread allocates while armed; past ``memory_bytes`` allocations fail and the cap trips, which
+  the next check (or the watchdog) turns into a memory stop.
 
 When a limit trips, the budget becomes *stopped*: `LimitExceeded` (a `BaseException`, so
 ``except Exception`` does not catch it) is raised at once and again at every later tick, and
@@ -30,6 +34,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain, count, cycle, islice, repeat
 from typing import Any
+
+from runtimes.restricted import alloc_cap
 
 _LOOP_CHUNK = 1000
 """Most loop iterations between two checks of the same loop (a check also runs when a loop starts)."""
@@ -148,7 +154,9 @@ class _LoopChunks:
 class Budget:
     """Limits and usage of one run; see the module docstring for how each limit is enforced."""
 
-    def __init__(self, limits: Mapping[str, Any], cpu_start: float | None = None) -> None:
+    def __init__(self, limits: Mapping[str, Any], cpu_start: float | None = None, *, memory_cap: bool = False) -> None:
+        self.cap: Any = alloc_cap.new_cap() if memory_cap else None
+        """The allocator cap (`alloc_cap.new_cap`) the executor arms while guest code runs, or None."""
         self._loop_chunk: list[None] = []
         self._call_chunk: list[None] = []
         self.tick = chain.from_iterable(_Check(self, self._loop_chunk, False)).__next__
@@ -193,6 +201,10 @@ class Budget:
         exc = self.trip(LimitExceeded(limit, message))
         return exc if isinstance(exc, LimitExceeded) else LimitExceeded(limit, message)
 
+    def trip_memory(self) -> LimitExceeded:
+        """Stop the run on the memory limit (the allocator cap refused an allocation)."""
+        return self.trip_limit("memory", f"memory limit of {_human(self.memory_bytes)} exceeded")
+
     def reraise(self) -> BaseException:
         """A fresh copy of the stop exception (the guest may have kept the first one)."""
         stop = self.stop
@@ -217,7 +229,10 @@ class Budget:
 
         The wall clock is cheap and read every time; the thread CPU clock is a system call
         (about 1 µs here) and is read every `_CPU_EVERY` calls (the watchdog reads it too).
+        A tripped allocator cap raises `LimitExceeded` memory.
         """
+        if self.cap is not None and self.cap.tripped:
+            raise self.trip_memory()
         if time.monotonic() > self.wall_deadline:
             raise self.trip_limit("wall", f"wall time limit of {self.wall_limit:g} s exceeded")
         self._cpu_countdown -= 1
@@ -259,7 +274,9 @@ class Budget:
         code: it reads clocks and, through `trip`, stores the stop and empties two host lists."""
         if self.stop is not None:
             return
-        if now > self.wall_deadline:
+        if self.cap is not None and self.cap.tripped:
+            self.trip_memory()
+        elif now > self.wall_deadline:
             self.trip(LimitExceeded("wall", f"wall time limit of {self.wall_limit:g} s exceeded"))
         elif self.clock_id is not None:
             try:
@@ -404,10 +421,10 @@ class Budget:
         """``a % b`` after refusing a %-format whose widths exceed the limit."""
         if type(a) is int or type(a) is float:
             return a % b
-        if isinstance(a, (str, bytes)):
+        if isinstance(a, (str, bytes, bytearray)):
             self.check_widths(a)
             args = b if isinstance(b, tuple) else (b,)
-            if b"*" in a if isinstance(a, bytes) else "*" in a:
+            if b"*" in a if not isinstance(a, str) else "*" in a:
                 for item in args:
                     if isinstance(item, int) and abs(item) > self.size_cap:
                         raise self.refuse_size("a %-format width", abs(item))

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated
 from runtimes.restricted.guest_thread import GUEST_THREADS
 from runtimes.restricted.guards import (
@@ -126,6 +127,7 @@ def execute(
     secrets: Sequence[tuple[str, str, str]] = (),
     inputs: Mapping[str, Any] | None = None,
     state: GuestState | None = None,
+    memory_cap: bool | None = None,
 ) -> dict:
     """Run ``code`` with the restricted policy and return a `runtimes.wire.outcome` dict.
 
@@ -134,7 +136,10 @@ def execute(
     on a namespace ``sql``) that call ``call_host(name, args, kwargs)`` with wire data;
     ``secrets`` are (name, token, description) triples the guest sees as ``secrets.<name>``
     handles; ``inputs`` become guest globals (copied as JSON data); ``state`` keeps globals
-    across runs (None = fresh globals).
+    across runs (None = fresh globals). ``memory_cap`` arms the allocator cap (`alloc_cap`)
+    at ``memory_bytes`` while guest code runs: None uses it when the extension is built, True
+    requires it (`RuntimeError` when it is not built), False leaves only the size guards. The
+    outcome's ``peak_memory_bytes`` is the cap's peak (None without the cap).
 
     The outcome's value is the last expression statement's value, as `to_result_value` makes
     it. Raises only for host-side problems: `ValueError`/`TypeError` for an input name that is
@@ -147,10 +152,15 @@ def execute(
     caller's context; the call blocks until the run is over.
     """
     guest_inputs = _check_inputs(inputs)
+    if memory_cap is None:
+        memory_cap = alloc_cap.available()
+    elif memory_cap and not alloc_cap.available():
+        raise RuntimeError(alloc_cap.unavailable_reason())
     context = contextvars.copy_context()
 
     def run() -> dict:
-        return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, state)
+        return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, state,
+                           memory_cap)
 
     try:
         return GUEST_THREADS.run(run, int(limits["memory_bytes"]))
@@ -166,11 +176,12 @@ def _execute_safely(
     secrets: Sequence[tuple[str, str, str]],
     inputs: dict[str, Any],
     state: GuestState | None,
+    memory_cap: bool,
 ) -> dict:
     """`_execute` on the thread that runs the guest; a fault in our own code becomes an internal error."""
     cpu_start = time.thread_time()
     try:
-        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, cpu_start)
+        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, cpu_start, memory_cap)
     except (KeyboardInterrupt, SystemExit, _HostFailure):
         raise
     except BaseException as exc:  # a fault in our own code, never the guest's
@@ -211,6 +222,7 @@ def _execute(
     inputs: dict[str, Any],
     state: GuestState | None,
     cpu_start: float,
+    memory_cap: bool,
 ) -> dict:
     compiled = compile_guest(code) if isinstance(code, str) else None
     if compiled is None or compiled.code is None:
@@ -223,12 +235,12 @@ def _execute(
 
     output = Output(int(limits["max_output_bytes"]))
     if state is None:
-        budget = Budget(limits, cpu_start)
+        budget = Budget(limits, cpu_start, memory_cap=memory_cap)
         guest_globals: dict[str, Any] = {}
         guest_builtins = dict(_BASE_BUILTINS)
     else:
         if state.budget is None:
-            state.budget = Budget(limits, cpu_start)
+            state.budget = Budget(limits, cpu_start, memory_cap=memory_cap)
         else:
             state.budget.reset(limits, cpu_start)
         budget = state.budget
@@ -259,6 +271,7 @@ def _execute(
         output_truncated=output.truncated,
         error=err,
         cpu_seconds=time.thread_time() - cpu_start,
+        peak_memory_bytes=budget.cap.peak if budget.cap is not None else None,
     )
 
 
@@ -270,10 +283,20 @@ def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget) -> t
 
 
 def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
-    """Execute and convert the result while the budget is active; returns (error, value)."""
+    """Execute and convert the result while the budget (and its allocator cap) is active;
+    returns (error, value). The cap is disarmed before any error is built."""
+    cap = budget.cap
+    if cap is not None:
+        cap.arm(budget.memory_bytes)
     try:
-        exec(code, guest_globals)
-        value = to_result_value(guest_globals.pop(RESULT_NAME, None))
+        try:
+            exec(code, guest_globals)
+            value = to_result_value(guest_globals.pop(RESULT_NAME, None))
+        finally:
+            if cap is not None:
+                cap.disarm()
+                if cap.tripped:
+                    budget.trip_memory()
     except (LimitExceeded, Terminated) as exc:
         return _stop_error(budget.stop or exc, _guest_lineno(exc)), None
     except BaseException as exc:
@@ -433,6 +456,9 @@ def _capability(
         except WireError as exc:
             raise TypeError(f"{name}(): {exc}") from None
         budget.check()
+        cap = budget.cap
+        if cap is not None:
+            cap.pause()  # the host's own allocations are not the guest's
         try:
             return call_host(name, wire_args, wire_kwargs)
         except Fault as fault:
@@ -448,6 +474,9 @@ def _capability(
                 Terminated("internal", "InternalError", f"capability {name} failed on the host: {type(exc).__name__}")
             )
             raise stop from None
+        finally:
+            if cap is not None:
+                cap.resume()
 
     capability.__name__ = capability.__qualname__ = name.rsplit(".", 1)[-1]
     capability.__doc__ = f"Capability {name}: runs on the host."

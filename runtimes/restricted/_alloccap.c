@@ -1,0 +1,542 @@
+/* _alloccap: a hard cap on what one thread allocates through Python's allocators.
+
+Design (the simplest one that stays correct whatever was allocated before or elsewhere):
+
+- install() wraps the PYMEM_DOMAIN_MEM and PYMEM_DOMAIN_OBJ allocators with PyMem_SetAllocator,
+  delegating every call to the allocator that was there before. Blocks keep their layout (no
+  header), so a block allocated before the hooks, or by another thread, is freed exactly as it
+  would have been, and the hooks may be added at any time. Each install keeps its own copy of
+  the previous allocators, never freed: a chain built on an earlier install stays valid.
+- The RAW domain is not wrapped: pymalloc serves requests above 512 bytes (for both wrapped
+  domains) from PyMem_RawMalloc, so wrapping it would count those blocks twice. Python objects,
+  lists, dicts, str/bytes/bytearray buffers, ints, decimal and regex buffers all come through
+  MEM or OBJ.
+- A Cap is armed on one thread (a thread-local pointer). While a thread has an armed Cap,
+  every block that thread allocates is charged (its size rounded up to the unit of its size
+  class, see encode()) and recorded in the Cap's side table: an open-addressing hash table of
+  8-byte slots holding the address (low 48 bits) and the encoded size (high 16 bits). free()
+  and realloc() from any thread look the address up in the tables of live Caps (usually none
+  or one): a recorded block is removed and its charge given back; any other block is passed
+  through untouched. A block recorded while armed and freed after disarm() is simply no longer
+  tracked: disarm() drops the table.
+- The table's own memory is charged to its Cap too (growth is refused past the limit), so host
+  memory used on behalf of the guest is bounded by the limit.
+- Past the limit an allocation returns NULL (CPython raises MemoryError) and the Cap is marked
+  tripped. After a trip a reserve of RESERVE bytes is allowed, so the interpreter can build the
+  exception that stops the run and unwind. Freeing never fails.
+- Concurrency: the MEM and OBJ domains are only called with the GIL held (C API contract), and
+  every table access happens inside those hooks or in Cap methods, also under the GIL; so the
+  tables need no lock, and other threads (host threads, the watchdog) allocating concurrently
+  are neither counted nor limited. Free-threaded builds are refused at import.
+- Known limits: memory that pymalloc keeps in partly used arenas after the guest frees objects
+  is not charged (fragmentation), and a block at an address above 2**48 is charged but not
+  recorded (its charge is never given back: conservative).
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RESERVE ((size_t)4 << 20)
+#define MIN_SLOTS 1024
+#define ADDR_BITS 48
+#define ADDR_MASK ((UINT64_C(1) << ADDR_BITS) - 1)
+#define MAX_INSTALLS 16
+
+typedef struct CapObject {
+    PyObject_HEAD
+    uint64_t *slots;          /* side table; NULL when empty */
+    size_t mask;              /* number of slots - 1 */
+    size_t count;             /* recorded blocks */
+    size_t limit;
+    size_t used;              /* charges of recorded blocks + table bytes */
+    size_t peak;
+    int tripped;
+    int armed;                /* between arm() and disarm() */
+    unsigned long thread;     /* the arming thread */
+    struct CapObject *prev_live, *next_live;
+} CapObject;
+
+static PyMemAllocatorEx prevs[MAX_INSTALLS][2];  /* [install][0=MEM, 1=OBJ] */
+static int n_installs;
+static CapObject *live;                          /* Caps with a table, for free() lookups */
+static __thread CapObject *current __attribute__((tls_model("initial-exec")));
+
+/* --- size encoding: 2-bit scale, 14-bit count of units (16 B, 4 KiB, 1 MiB, 256 MiB) ---- */
+
+static int encode(size_t size, uint16_t *code, size_t *charge)
+{
+    if (size < ((size_t)16 << 14) - 15) {
+        size_t units = size ? (size + 15) >> 4 : 1;
+        *code = (uint16_t)units;
+        *charge = units << 4;
+        return 1;
+    }
+    for (unsigned scale = 0; scale < 4; scale++) {
+        size_t unit = (size_t)16 << (8 * scale);
+        size_t units = size / unit + (size % unit != 0);
+        if (units == 0)
+            units = 1;
+        if (units < (1u << 14)) {
+            *code = (uint16_t)((scale << 14) | units);
+            *charge = units * unit;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static size_t decode(uint16_t code)
+{
+    return (size_t)(code & 0x3fff) * ((size_t)16 << (8 * (code >> 14)));
+}
+
+/* --- the side table ----------------------------------------------------------------------- */
+
+static size_t slot_of(uint64_t addr, size_t mask)
+{
+    return (size_t)(((((addr >> 9) * UINT64_C(0x9E3779B97F4A7C15)) >> 20) << 5) | ((addr >> 4) & 31)) & mask;
+}
+
+static size_t allowance(CapObject *c)
+{
+    return c->limit + (c->tripped ? RESERVE : 0);
+}
+
+static int admit(CapObject *c, size_t charge)
+{
+    size_t allow = allowance(c);
+    if (c->used <= allow && charge <= allow - c->used)
+        return 1;
+    c->tripped = 1;
+    return 0;
+}
+
+static void charge_add(CapObject *c, size_t charge)
+{
+    c->used += charge;
+    if (c->used > c->peak)
+        c->peak = c->used;
+}
+
+static void live_add(CapObject *c)
+{
+    c->prev_live = NULL;
+    c->next_live = live;
+    if (live)
+        live->prev_live = c;
+    live = c;
+}
+
+static void live_remove(CapObject *c)
+{
+    if (c->prev_live)
+        c->prev_live->next_live = c->next_live;
+    else if (live == c)
+        live = c->next_live;
+    if (c->next_live)
+        c->next_live->prev_live = c->prev_live;
+    c->prev_live = c->next_live = NULL;
+}
+
+static void raw_insert(uint64_t *slots, size_t mask, uint64_t entry)
+{
+    size_t i = slot_of(entry & ADDR_MASK, mask);
+    while (slots[i])
+        i = (i + 1) & mask;
+    slots[i] = entry;
+}
+
+/* Make room for one more entry (load factor at most 3/4), charging the table's growth.
+   Returns 0 on success, -1 when the limit or the system refuses the memory. */
+static int table_reserve(CapObject *c)
+{
+    size_t slots_now = c->slots ? c->mask + 1 : 0;
+    if (c->slots && (c->count + 1) * 4 <= slots_now * 3)
+        return 0;
+    size_t new_slots = slots_now ? slots_now * 2 : MIN_SLOTS;
+    size_t new_bytes = new_slots * sizeof(uint64_t);
+    if (!admit(c, new_bytes))
+        return -1;
+    uint64_t *fresh = calloc(new_slots, sizeof(uint64_t));
+    if (fresh == NULL)
+        return -1;
+    for (size_t i = 0; i < slots_now; i++)
+        if (c->slots[i])
+            raw_insert(fresh, new_slots - 1, c->slots[i]);
+    if (c->slots)
+        free(c->slots);
+    else
+        live_add(c);
+    charge_add(c, new_bytes);
+    c->used -= slots_now * sizeof(uint64_t);
+    c->slots = fresh;
+    c->mask = new_slots - 1;
+    return 0;
+}
+
+static void table_insert(CapObject *c, void *ptr, uint16_t code)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
+    if (addr & ~ADDR_MASK)
+        return;  /* charged, never given back */
+    raw_insert(c->slots, c->mask, addr | ((uint64_t)code << ADDR_BITS));
+    c->count++;
+}
+
+/* Remove ``addr`` from ``c``'s table; returns its encoded size, or 0 when absent. */
+static uint16_t table_remove(CapObject *c, uint64_t addr)
+{
+    size_t mask = c->mask, i = slot_of(addr, mask);
+    uint64_t *slots = c->slots;
+    while (slots[i]) {
+        if ((slots[i] & ADDR_MASK) == addr) {
+            uint16_t code = (uint16_t)(slots[i] >> ADDR_BITS);
+            /* backward-shift deletion keeps every probe chain unbroken */
+            size_t hole = i, j = i;
+            for (;;) {
+                j = (j + 1) & mask;
+                if (!slots[j])
+                    break;
+                size_t home = slot_of(slots[j] & ADDR_MASK, mask);
+                if (((j - home) & mask) >= ((j - hole) & mask)) {
+                    slots[hole] = slots[j];
+                    hole = j;
+                }
+            }
+            slots[hole] = 0;
+            c->count--;
+            return code;
+        }
+        i = (i + 1) & mask;
+    }
+    return 0;
+}
+
+/* Stop tracking ``ptr`` in whichever live Cap recorded it, giving its charge back. */
+static void untrack(void *ptr)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
+    for (CapObject *c = live; c != NULL; c = c->next_live) {
+        uint16_t code = table_remove(c, addr);
+        if (code) {
+            c->used -= decode(code);
+            return;
+        }
+    }
+}
+
+static void table_drop(CapObject *c)
+{
+    if (c->slots) {
+        live_remove(c);
+        c->used -= (c->mask + 1) * sizeof(uint64_t);
+        free(c->slots);
+        c->slots = NULL;
+    }
+    c->mask = 0;
+    c->count = 0;
+}
+
+/* --- the hooks (ctx is the previous allocator of the domain) ------------------------------ */
+
+static void *counted_alloc(CapObject *c, PyMemAllocatorEx *prev, size_t nelem, size_t elsize, int zero)
+{
+    uint16_t code;
+    size_t charge;
+    if (elsize && nelem > SIZE_MAX / elsize)
+        return NULL;
+    if (!encode(nelem * elsize, &code, &charge)) {
+        c->tripped = 1;
+        return NULL;
+    }
+    if (!admit(c, charge) || table_reserve(c) < 0 || !admit(c, charge))
+        return NULL;
+    void *p = zero ? prev->calloc(prev->ctx, nelem, elsize) : prev->malloc(prev->ctx, nelem * elsize);
+    if (p != NULL) {
+        table_insert(c, p, code);
+        charge_add(c, charge);
+    }
+    return p;
+}
+
+static void *hook_malloc(void *ctx, size_t size)
+{
+    PyMemAllocatorEx *prev = ctx;
+    CapObject *c = current;
+    if (c == NULL)
+        return prev->malloc(prev->ctx, size);
+    return counted_alloc(c, prev, size, 1, 0);
+}
+
+static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    PyMemAllocatorEx *prev = ctx;
+    CapObject *c = current;
+    if (c == NULL)
+        return prev->calloc(prev->ctx, nelem, elsize);
+    return counted_alloc(c, prev, nelem, elsize, 1);
+}
+
+static CapObject *owner_of(uint64_t addr, uint16_t *code)
+{
+    for (CapObject *c = live; c != NULL; c = c->next_live) {
+        size_t i = slot_of(addr, c->mask);
+        while (c->slots[i]) {
+            if ((c->slots[i] & ADDR_MASK) == addr) {
+                *code = (uint16_t)(c->slots[i] >> ADDR_BITS);
+                return c;
+            }
+            i = (i + 1) & c->mask;
+        }
+    }
+    return NULL;
+}
+
+static void *hook_realloc(void *ctx, void *ptr, size_t size)
+{
+    PyMemAllocatorEx *prev = ctx;
+    CapObject *c = current;
+    if (ptr == NULL)
+        return c == NULL ? prev->realloc(prev->ctx, NULL, size) : counted_alloc(c, prev, size, 1, 0);
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
+    uint16_t old_code = 0, new_code = 0;
+    size_t new_charge = 0;
+    CapObject *owner = live ? owner_of(addr, &old_code) : NULL;
+    if (c != NULL) {
+        size_t kept = owner == c ? decode(old_code) : 0;
+        if (!encode(size, &new_code, &new_charge)) {
+            c->tripped = 1;
+            return NULL;
+        }
+        if (new_charge > kept && !admit(c, new_charge - kept))
+            return NULL;
+        if (owner != c && (table_reserve(c) < 0 || !admit(c, new_charge)))
+            return NULL;
+    }
+    void *q = prev->realloc(prev->ctx, ptr, size);
+    if (q == NULL)
+        return NULL;  /* the old block is unchanged, and so is its record */
+    if (owner != NULL) {
+        table_remove(owner, addr);
+        owner->used -= decode(old_code);
+    }
+    if (c != NULL) {
+        table_insert(c, q, new_code);
+        charge_add(c, new_charge);
+    }
+    return q;
+}
+
+static void hook_free(void *ctx, void *ptr)
+{
+    PyMemAllocatorEx *prev = ctx;
+    if (ptr != NULL && live != NULL)
+        untrack(ptr);
+    prev->free(prev->ctx, ptr);
+}
+
+static int install_domain(PyMemAllocatorDomain domain, int index)
+{
+    PyMemAllocatorEx *saved = &prevs[n_installs][index];
+    PyMem_GetAllocator(domain, saved);
+    PyMemAllocatorEx hook = {saved, hook_malloc, hook_calloc, hook_realloc, hook_free};
+    PyMem_SetAllocator(domain, &hook);
+    return 0;
+}
+
+/* Wrap the domains whose current chain does not reach our hooks (checked by the caller). */
+static int install(int mem, int obj)
+{
+    if (!mem && !obj)
+        return 0;
+    if (n_installs >= MAX_INSTALLS) {
+        PyErr_SetString(PyExc_RuntimeError, "the allocator hooks were removed too many times");
+        return -1;
+    }
+    if (mem)
+        install_domain(PYMEM_DOMAIN_MEM, 0);
+    if (obj)
+        install_domain(PYMEM_DOMAIN_OBJ, 1);
+    n_installs++;
+    return 0;
+}
+
+/* With ``c`` current: which domains actually reach the hooks (a probe allocation each). */
+static void probe(CapObject *c, int *mem_ok, int *obj_ok)
+{
+    size_t before = c->used;
+    void *p = PyMem_Malloc(1);
+    *mem_ok = p != NULL && c->used != before;
+    PyMem_Free(p);
+    before = c->used;
+    p = PyObject_Malloc(1);
+    *obj_ok = p != NULL && c->used != before;
+    PyObject_Free(p);
+}
+
+/* --- the Cap type ------------------------------------------------------------------------- */
+
+static PyObject *Cap_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Cap", kwlist))
+        return NULL;
+    return type->tp_alloc(type, 0);
+}
+
+static void Cap_dealloc(CapObject *self)
+{
+    if (current == self)
+        current = NULL;
+    table_drop(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Cap_arm(CapObject *self, PyObject *arg)
+{
+    unsigned long long limit = PyLong_AsUnsignedLongLong(arg);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (current != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "a cap is already armed on this thread");
+        return NULL;
+    }
+    if (self->armed) {
+        PyErr_SetString(PyExc_RuntimeError, "this cap is armed on another thread");
+        return NULL;
+    }
+    table_drop(self);
+    self->limit = (size_t)limit;
+    self->used = self->peak = 0;
+    self->tripped = 0;
+    self->armed = 1;
+    self->thread = PyThread_get_thread_ident();
+    Py_INCREF(self);  /* an armed cap outlives its arming thread's reference */
+    current = self;
+    int mem_ok, obj_ok;
+    probe(self, &mem_ok, &obj_ok);
+    if (!(mem_ok && obj_ok)) {
+        current = NULL;
+        int failed = install(!mem_ok, !obj_ok);
+        current = self;
+        if (failed == 0)
+            probe(self, &mem_ok, &obj_ok);
+        if (failed < 0 || !(mem_ok && obj_ok)) {
+            current = NULL;
+            self->armed = 0;
+            table_drop(self);
+            Py_DECREF(self);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "the allocator hooks are not in force");
+            return NULL;
+        }
+    }
+    self->peak = self->used;  /* the probes' blocks are freed: only the table is charged */
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cap_pause(CapObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (current == self)
+        current = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cap_resume(CapObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->armed || self->thread != PyThread_get_thread_ident())
+        Py_RETURN_NONE;  /* not armed, or called from another thread: nothing to resume here */
+    if (current != NULL && current != self) {
+        PyErr_SetString(PyExc_RuntimeError, "another cap is armed on this thread");
+        return NULL;
+    }
+    current = self;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cap_disarm(CapObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->armed && self->thread != PyThread_get_thread_ident()) {
+        PyErr_SetString(PyExc_RuntimeError, "disarm() must be called on the thread that armed the cap");
+        return NULL;
+    }
+    if (current == self)
+        current = NULL;
+    table_drop(self);
+    if (self->armed) {
+        self->armed = 0;
+        Py_DECREF(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cap_get_used(CapObject *self, void *closure) { return PyLong_FromSize_t(self->used); }
+static PyObject *Cap_get_peak(CapObject *self, void *closure) { return PyLong_FromSize_t(self->peak); }
+static PyObject *Cap_get_limit(CapObject *self, void *closure) { return PyLong_FromSize_t(self->limit); }
+static PyObject *Cap_get_tripped(CapObject *self, void *closure) { return PyBool_FromLong(self->tripped); }
+static PyObject *Cap_get_blocks(CapObject *self, void *closure) { return PyLong_FromSize_t(self->count); }
+static PyObject *Cap_get_armed(CapObject *self, void *closure) { return PyBool_FromLong(self->armed); }
+
+static PyMethodDef Cap_methods[] = {
+    {"arm", (PyCFunction)Cap_arm, METH_O,
+     "arm(limit): reset the counters and count (and cap at limit bytes) what this thread allocates."},
+    {"pause", (PyCFunction)Cap_pause, METH_NOARGS, "Stop counting this thread's allocations until resume()."},
+    {"resume", (PyCFunction)Cap_resume, METH_NOARGS,
+     "Count again after pause(); does nothing unless called on the arming thread while armed."},
+    {"disarm", (PyCFunction)Cap_disarm, METH_NOARGS,
+     "Stop counting and forget the recorded blocks; used, peak and tripped stay readable."},
+    {NULL}
+};
+
+static PyGetSetDef Cap_getset[] = {
+    {"used", (getter)Cap_get_used, NULL, "Bytes charged now (live counted blocks and the side table).", NULL},
+    {"peak", (getter)Cap_get_peak, NULL, "Most bytes charged at once since arm().", NULL},
+    {"limit", (getter)Cap_get_limit, NULL, "The limit given to arm().", NULL},
+    {"tripped", (getter)Cap_get_tripped, NULL, "True once an allocation was refused since arm().", NULL},
+    {"blocks", (getter)Cap_get_blocks, NULL, "Blocks recorded (allocated while armed, not yet freed).", NULL},
+    {"armed", (getter)Cap_get_armed, NULL, "True between arm() and disarm().", NULL},
+    {NULL}
+};
+
+static PyTypeObject CapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runtimes.restricted._alloccap.Cap",
+    .tp_basicsize = sizeof(CapObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A per-thread allocation cap (see the module's source for the design).",
+    .tp_new = Cap_new,
+    .tp_dealloc = (destructor)Cap_dealloc,
+    .tp_methods = Cap_methods,
+    .tp_getset = Cap_getset,
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_alloccap",
+    "Counts and caps what one thread allocates through PyMem/PyObject allocators.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__alloccap(void)
+{
+#ifdef Py_GIL_DISABLED
+    PyErr_SetString(PyExc_ImportError, "_alloccap relies on the GIL and does not support free-threaded builds");
+    return NULL;
+#endif
+    if (PyType_Ready(&CapType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&moduledef);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&CapType);
+    if (PyModule_AddObject(module, "Cap", (PyObject *)&CapType) < 0) {
+        Py_DECREF(&CapType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (install(1, 1) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

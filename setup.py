@@ -1,0 +1,14 @@
+"""Builds the allocator-cap extension; everything else is configured in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "runtimes.restricted._alloccap",
+            sources=["runtimes/restricted/_alloccap.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            optional=False,
+        )
+    ]
+)

@@ -1,0 +1,203 @@
+"""The hard in-process memory cap (`runtimes.restricted.alloc_cap`, layer ``alloc-cap``).
+
+Memory cases run in one fresh interpreter that measures the host's peak RSS (VmHWM, reset
+between cases through /proc/self/clear_refs) around each run of ``Sandbox("restricted")``
+with ``memory_bytes=256 MiB``: every case must stop with ``limit_exceeded`` (memory, or size
+when a guard refuses it first) and grow the host's RSS by less than ``memory_bytes + 16 MiB``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from runtimes.restricted import alloc_cap
+from sandbox import Sandbox
+from sandbox.errors import IsolationUnavailable
+from sandbox.limits import Limits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MEMORY = 256 << 20
+SLACK = 16 << 20
+
+CASES = {
+    "bytearray_loop": "b = bytearray()\nwhile True:\n    b += b'x' * (1 << 20)",
+    "bytearray_list": "x = []\nwhile True:\n    x.append(bytearray(1 << 20))",
+    "string_doubling": "s = 'a'\nwhile True:\n    s = s + s",
+    "list_comprehension": "x = [i for i in range(10 ** 8)]",
+    "dict_comprehension": "d = {i: str(i) for i in range(10 ** 8)}",
+    "str_subclass_dunder": "class S(str):\n    def __mul__(self, n):\n        return super().__mul__(n)\nS('ab') * (10 ** 9)",
+    "str_subclass_ljust": "class S(str):\n    def grow(self, n):\n        return super().ljust(n)\nS('a').grow(10 ** 9)",
+    "bytes_subclass_dunder": "class B(bytes):\n    def __add__(self, o):\n        return bytes(self) * 2\nb = B(b'x' * (1 << 20))\nparts = []\nwhile True:\n    parts.append(b + b)",
+    "index_dunder": "class N:\n    def __index__(self):\n        return 10 ** 9\n'ab' * N()",
+    "range_subclass_len": "class R:\n    def __iter__(self):\n        return iter(range(10 ** 8))\nlist(R())",
+    "alias_bytearray": "make = bytearray\nmake(10 ** 9)",
+    "deque_repeat": "import collections\ncollections.deque(range(10)) * (10 ** 8)",
+    "userstring_repeat": "import collections\ncollections.UserString('ab') * (10 ** 9)",
+    "bytearray_percent_width": "bytearray(b'%*d') % (10 ** 9, 1)",
+    "wide_format_fields": "'{:{w}}{:{w}}{:{w}}{:{w}}'.format(1, 2, 3, 4, w=10 ** 8)",
+    "print_huge_sep": "print(*range(100), sep='x' * (10 ** 7))",
+    "starred_range": "first, *rest = range(10 ** 9)",
+    "list_enumerate_range": "list(enumerate(range(10 ** 8)))",
+    "fraction_exponent": "import fractions\nfractions.Fraction(3, 2) ** (10 ** 10)",
+    "decimal_precision": "import decimal\ndecimal.Context(prec=999999999).divide(decimal.Decimal(1), decimal.Decimal(7))",
+    "b85encode": "import base64\nbase64.b85encode(b'x' * (100 << 20))",
+    "random_choices": "import random\nrandom.choices([1, 2], k=10 ** 9)",
+    "dict_fromkeys": "dict.fromkeys(range(10 ** 8))",
+    "str_translate": "('a' * 1000).translate({97: 'b' * (10 ** 6)})",
+    "re_sub_empty_pattern": "import re\nre.sub('', 'x' * (10 ** 5), 'a' * (10 ** 4))",
+    "caught_memory_error": "x = []\ntry:\n    while True:\n        x.append(bytearray(1 << 20))\nexcept MemoryError:\n    x = None\n'survived'",
+}
+
+MEASURE = r"""
+import gc, json, sys
+from sandbox import Limits, Sandbox
+
+def status(key):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+sandbox = Sandbox("restricted", require={"alloc-cap"},
+                  limits=Limits(memory_bytes=%(memory)d, cpu_seconds=20, wall_seconds=40))
+sandbox.run("1")
+for name, code in json.loads(sys.argv[1]).items():
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    before = status("VmRSS")
+    result = sandbox.run(code)
+    growth = status("VmHWM") - before
+    after = sandbox.run("sum(range(1000))")
+    print(json.dumps({"name": name, "growth": growth, "ok": result.ok, "layers": list(result.layers),
+                      "error": result.error.model_dump() if result.error else None,
+                      "after": after.value}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE % {"memory": MEMORY}, json.dumps(CASES)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {row["name"]: row for row in rows}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_memory_case_stops_within_the_limit(measured, name):
+    row = measured[name]
+    assert not row["ok"], row
+    assert row["error"]["kind"] == "limit_exceeded" and row["error"]["limit"] in ("memory", "size"), row["error"]
+    assert row["growth"] < MEMORY + SLACK, f"{name}: host RSS grew by {row['growth'] >> 20} MiB"
+    assert "alloc-cap" in row["layers"]
+    assert row["after"] == 499500  # the host still runs guests afterwards
+
+
+def test_restricted_runs_report_the_layer_and_the_peak():
+    with Sandbox("restricted") as sandbox:
+        result = sandbox.run("x = bytearray(50 << 20)\nlen(x)")
+    assert result.ok and result.value == 50 << 20
+    assert "alloc-cap" in result.layers
+    assert 50 << 20 <= result.usage.peak_memory_bytes < 60 << 20
+
+
+def test_a_guest_that_catches_memory_error_is_still_stopped():
+    code = ("x = []\nfor attempt in range(3):\n    try:\n        while True:\n            x.append(bytearray(1 << 20))\n"
+            "    except MemoryError:\n        x = []\n'finished'")
+    with Sandbox("restricted", limits=Limits(memory_bytes=64 << 20)) as sandbox:
+        result = sandbox.run(code)
+    assert not result.ok and result.error.limit == "memory", result.error
+
+
+def test_host_threads_are_not_counted_while_a_guest_is_capped():
+    """A host thread allocating concurrently is neither limited nor charged to the guest."""
+    held: list[bytearray] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def host() -> None:
+        started.set()
+        while not stop.is_set() and len(held) < 200:
+            held.append(bytearray(1 << 20))
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    started.wait()
+    with Sandbox("restricted", limits=Limits(memory_bytes=32 << 20, wall_seconds=20)) as sandbox:
+        small = sandbox.run("x = [bytearray(1 << 20) for i in range(20)]\nlen(x)")
+        big = sandbox.run("x = [bytearray(1 << 20) for i in range(100)]\nlen(x)")
+    thread.join()
+    assert len(held) == 200  # every host allocation succeeded
+    assert small.ok and small.value == 20, small.error
+    assert not big.ok and big.error.limit == "memory", big.error
+    del held
+
+
+def test_capability_calls_are_not_charged_to_the_guest():
+    def make(size: int) -> int:
+        blob = bytearray(size)  # host memory, allocated on the guest's thread
+        return len(blob)
+
+    with Sandbox("restricted", capabilities=[make], limits=Limits(memory_bytes=16 << 20)) as sandbox:
+        result = sandbox.run("make(64 << 20)")
+    assert result.ok and result.value == 64 << 20, result.error
+
+
+def test_sessions_are_capped_per_run():
+    with Sandbox("restricted", limits=Limits(memory_bytes=64 << 20)) as sandbox:
+        with sandbox.session() as session:
+            assert session.run("x = bytearray(8 << 20)\nlen(x)").ok
+            over = session.run("y = [bytearray(1 << 20) for i in range(100)]")
+            assert not over.ok and over.error.limit == "memory", over.error
+            assert session.run("len(x)").value == 8 << 20
+
+
+def test_disabled_cap_is_absent_and_can_be_required(monkeypatch):
+    monkeypatch.setenv("SANDBOX_DISABLE_ALLOC_CAP", "1")
+    with Sandbox("restricted") as sandbox:
+        assert "alloc-cap" not in sandbox.run("1").layers
+    with pytest.raises(IsolationUnavailable, match="SANDBOX_DISABLE_ALLOC_CAP"):
+        Sandbox("restricted", require={"alloc-cap"})
+    monkeypatch.delenv("SANDBOX_DISABLE_ALLOC_CAP")
+    with Sandbox("restricted", require={"alloc-cap"}) as sandbox:
+        assert "alloc-cap" in sandbox.run("1").layers
+
+
+def test_the_extension_is_built():
+    """`make setup` builds it (pip install -e . runs build_ext); a missing build is a failure here."""
+    assert alloc_cap.available(), alloc_cap.unavailable_reason()
+
+
+def test_cap_accounting_balances():
+    """Blocks allocated while armed and freed (on any thread) give their charge back; blocks
+    from before arming are not charged when freed; realloc moves the charge."""
+    cap = alloc_cap.new_cap()
+    old = [str(i) * 3 for i in range(100000)]
+    cap.arm(1 << 30)
+    try:
+        base, blocks = cap.used, cap.blocks
+        fresh = [str(i) * 3 for i in range(100000)]
+        grown = bytearray(10)
+        grown.extend(b"x" * (4 << 20))
+        charged = cap.used - base
+        assert charged > (4 << 20) + 100000 * 32
+        old.clear()
+        freed_elsewhere = threading.Thread(target=fresh.clear)
+        cap.pause()
+        freed_elsewhere.start()
+        freed_elsewhere.join()
+        cap.resume()
+        del grown
+        assert cap.blocks - blocks < 100, cap.blocks - blocks
+        assert cap.used - base < charged // 4, (charged, cap.used - base)  # the side table keeps its size
+    finally:
+        cap.disarm()
+    assert not cap.tripped and cap.peak > (4 << 20)
