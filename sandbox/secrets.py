@@ -33,20 +33,25 @@ and a guest that formats a handle gets its description (name and scope), never t
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import ipaddress
+import itertools
 import json
 import keyword
 import logging
+import operator
 import os
 import re
 import secrets as _random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, field_validator, model_validator
 from pydantic_core import core_schema
@@ -178,6 +183,18 @@ def scope_allows_capability(patterns: Iterable[str], capability: str) -> bool:
 # --------------------------------------------------------------------------- configuration
 
 
+class _Hidden:
+    """Stands for a `Secret` value of the wrong type in validation errors: shows only its type."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, value: Any) -> None:
+        self.kind = type(value).__name__
+
+    def __repr__(self) -> str:
+        return f"<hidden {self.kind}>"
+
+
 class Secret(BaseModel):
     """A host-held secret and its scope.
 
@@ -205,7 +222,7 @@ class Secret(BaseModel):
     ``description`` is shown to the guest in the handle's repr (with the name and scope).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     value: SecretStr | None = None
     env: str | None = None
@@ -232,6 +249,17 @@ class Secret(BaseModel):
         if self.value is not None and not self.value.get_secret_value():
             raise ValueError("Secret(value=...) must not be empty")
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _hide_value(cls, data: Any, handler: Any) -> Any:
+        """Wrap a given value before anything validates it, so that no validation error
+        (its text, ``errors()`` or ``json()``) can carry it. Declared after the checks above,
+        so it runs first and they see the wrapped value."""
+        if isinstance(data, Mapping) and data.get("value") is not None and not isinstance(data["value"], SecretStr):
+            raw = data["value"]
+            data = {**data, "value": SecretStr(raw) if isinstance(raw, str) else _Hidden(raw)}
+        return handler(data)
 
     @field_validator("capabilities", mode="before")
     @classmethod
@@ -513,21 +541,17 @@ class SecretBroker:
         return SecretValue(grant, capability)
 
     def resolve_arguments(self, capability: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Replace every wire handle ``{SECRET_MARKER: token}`` in the arguments by its `SecretValue`."""
-        return self._walk(args, capability, 0), self._walk(kwargs, capability, 0)
+        """Replace every wire handle ``{SECRET_MARKER: token}`` in the arguments by its `SecretValue`,
+        at any depth; a malformed handle or one this call may not use raises ``PolicyDenied``."""
 
-    def _walk(self, value: Any, capability: str, depth: int) -> Any:
-        if depth > 110:
-            return value
-        if isinstance(value, list):
-            return [self._walk(item, capability, depth + 1) for item in value]
-        if isinstance(value, dict):
-            if SECRET_MARKER in value:
-                if len(value) != 1:
-                    raise _deny("malformed secret handle (rule: a handle is passed as secrets.<name>)")
-                return self.resolve(value[SECRET_MARKER], capability)
-            return {key: self._walk(item, capability, depth + 1) for key, item in value.items()}
-        return value
+        def handle(node: dict) -> Any:
+            if SECRET_MARKER not in node:
+                return _DESCEND
+            if len(node) != 1:
+                raise _deny("malformed secret handle (rule: a handle is passed as secrets.<name>)")
+            return self.resolve(node[SECRET_MARKER], capability)
+
+        return _map_tree(args, _same, handle), _map_tree(kwargs, _same, handle)
 
     def revoke(self) -> None:
         """End every handle of this run; idempotent. Values are dropped from the grants."""
@@ -541,6 +565,76 @@ class SecretBroker:
                 _retired[token] = grant.name
             while len(_retired) > _RETIRED_MAX:
                 _retired.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- data walks
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_PENDING = object()
+_DESCEND = object()
+"""Returned by a `_map_tree` ``node`` hook: walk into this dict as usual."""
+_CYCLE = "<cycle>"
+"""Put where a container contains itself (JSON-like data never does, but a walk must end)."""
+
+
+def _same(item: Any) -> Any:
+    return item
+
+
+def _map_tree(data: Any, leaf: Callable[[Any], Any], node: Callable[[dict], Any] | None = None) -> Any:
+    """``data`` rebuilt with ``leaf`` applied to every non-container, without recursion (no
+    depth limit).
+
+    Containers are lists, tuples, dicts (keys and values), sets and frozensets; each comes back
+    as its plain type. ``node`` may replace a whole dict (it returns `_DESCEND` to walk into it
+    instead). A container reached twice is rebuilt once and the result shared, so the cost is
+    linear in the number of distinct nodes; a container inside itself becomes `_CYCLE`.
+    Exceptions from ``leaf`` and ``node`` propagate.
+    """
+    done: dict[int, Any] = {}
+    stack: list[tuple[Any, Iterator[Any], list[Any]]] = []
+
+    def visit(item: Any) -> Any:
+        """The mapped item, or `_PENDING` after pushing a container to walk."""
+        if not isinstance(item, _CONTAINERS):
+            return leaf(item)
+        key = id(item)
+        if key in done:
+            mapped = done[key]
+            return _CYCLE if mapped is _PENDING else mapped
+        if node is not None and isinstance(item, dict):
+            replaced = node(item)
+            if replaced is not _DESCEND:
+                done[key] = replaced
+                return replaced
+        done[key] = _PENDING
+        children = itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else iter(item)
+        stack.append((item, children, []))
+        return _PENDING
+
+    result = visit(data)
+    while stack:
+        source, children, built = stack[-1]
+        for child in children:
+            mapped = visit(child)
+            if mapped is _PENDING:
+                break
+            built.append(mapped)
+        else:
+            stack.pop()
+            result = _rebuilt(source, built)
+            done[id(source)] = result
+            if stack:
+                stack[-1][2].append(result)
+    return result
+
+
+def _rebuilt(source: Any, items: list[Any]) -> Any:
+    if isinstance(source, dict):
+        return dict(zip(items[0::2], items[1::2]))
+    if isinstance(source, list):
+        return items
+    return (tuple if isinstance(source, tuple) else set if isinstance(source, set) else frozenset)(items)
 
 
 # --------------------------------------------------------------------------- redaction
@@ -559,6 +653,9 @@ class _Form(NamedTuple):
     needles: tuple[str, ...]
     lowered: bool = False
     """Look for the needles in the lowercased text (case-insensitive forms)."""
+    bare: tuple[str, ...] | None = None
+    """Literals one of which every match in a text without ``%`` or spaces contains (None: the
+    needles); decides whether number texts can hold a match at all."""
 
 
 def _hex_class(text: str) -> str:
@@ -577,7 +674,7 @@ def _percent_or_literal(value: str) -> _Form:
             options.append(r"\+")
         parts.append("(?:" + "|".join(options) + ")")
     needles = (value, "%", "+") if " " in value else (value, "%")
-    return _Form(len(value), "".join(parts), needles)
+    return _Form(len(value), "".join(parts), needles, bare=(value.replace(" ", "+"),))
 
 
 def _base64_forms(data: bytes) -> list[_Form]:
@@ -619,6 +716,26 @@ def _forms(value: str) -> tuple[_Form, ...]:
     return tuple(forms)
 
 
+_NUMBER_PIECE = re.compile(r"[-+]?[0-9]*\.?[0-9]*(?:e[-+]?[0-9]*)?", re.IGNORECASE)
+"""Matches every substring of the finite text of an int, float or Decimal (and more)."""
+_UUID_PIECE = re.compile(r"[0-9a-f-]*")
+_STR = frozenset({str})
+_NUMBERS = frozenset({int, float})
+_SKIPPED = frozenset({bool, type(None)})
+
+
+def _in_number(needle: str) -> bool:
+    """Whether ``needle`` can be part of the text of an int, float or Decimal."""
+    folded = needle.lower()
+    return bool(_NUMBER_PIECE.fullmatch(needle)) or folded in "-sinfinity" or folded in "-snan"
+
+
+def _separators() -> Iterator[str]:
+    """Candidate separators: characters no form pattern matches unless the value contains them."""
+    yield from "\x00\x01\x02\x03"
+    yield from (chr(c) for c in range(0xFDD0, 0x110000))
+
+
 @functools.lru_cache(maxsize=256)
 def _compile(alternatives: tuple[tuple[str, str], ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?P<{group}>{pattern})" for group, pattern in alternatives))
@@ -628,14 +745,19 @@ class Redactor:
     """Replaces secret values and their encodings by ``[REDACTED:<name>]``.
 
     Built from ``{name: value}``. `text` redacts a string (apply it to a whole output, not to
-    pieces, so values split across writes are caught); `value` redacts every string, dict key
-    and number of JSON-like data. A redactor with no secrets returns its input unchanged.
+    pieces, so values split across writes are caught); `value` redacts every string, bytes,
+    dict key and number (as text) of JSON-like data. A redactor with no secrets returns its
+    input unchanged.
 
     Covered forms of each value: the value itself with any of its characters percent-encoded
     (``+`` for spaces), JSON/``repr``/bytes-``repr`` escapes, hex (any case), and base64 and
     base64url at every byte alignment (so the value is caught inside a larger encoded blob,
-    e.g. ``base64("user:" + value)``). Cost: a few substring searches per form when nothing
-    matches; the regex runs only over texts that contain a form's literal core.
+    e.g. ``base64("user:" + value)``).
+
+    Cost is linear in the size of the input: `text` runs a few substring searches per form and
+    the regex only over texts that contain a form's literal core; `value` walks the data once
+    without recursion (no depth limit), searches all its texts in one joined string, and
+    rebuilds the data only when something matched.
     """
 
     def __init__(self, values: Mapping[str, str]) -> None:
@@ -656,6 +778,13 @@ class Redactor:
                 (name, [value, data.hex(), data.hex().upper(), base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode()])
             )
         self._forms.sort(key=lambda item: -item[1].weight)
+        # A scalar whose text cannot hold any form's needle cannot hold a match: skip its text.
+        bare = [n.lower() if f.lowered else n for _, f in self._forms for n in (f.bare or f.needles)]
+        self._numbers = any(_in_number(n) for n in bare)
+        self._uuids = any(_UUID_PIECE.fullmatch(n) for n in bare)
+        used = set().union(*(set(value) for value in values.values())) if values else set()
+        self._separator = next(c for c in _separators() if c not in used)
+        """Joins texts in `value`: no form can match it, so no match spans two texts."""
 
     def __bool__(self) -> bool:
         return bool(self._forms)
@@ -710,24 +839,108 @@ class Redactor:
                         return text[:-size] + f"[REDACTED:{name}]"
         return text
 
-    def value(self, data: Any, *, depth: int = 0) -> Any:
-        """JSON-like ``data`` with every string, dict key and number redacted."""
-        if not self._forms or depth > 110:
+    def value(self, data: Any) -> Any:
+        """``data`` with every form of every value replaced in its strings, bytes (as UTF-8),
+        dict keys, and numbers and UUIDs (a changed one becomes its redacted text).
+
+        Lists, tuples, dicts, sets and frozensets are walked at any depth; anything else is
+        kept as is. Returns ``data`` itself when nothing matched, else a rebuilt copy.
+        """
+        if not self._forms:
             return data
-        if isinstance(data, str):
-            return self.text(data)
-        if isinstance(data, (int, float)) and not isinstance(data, bool):
-            # A numeric secret (a PIN) could come back as a number: redact its text form.
-            text = str(data)
+        texts = self._texts(data)
+        joined = self._separator.join(texts)
+        pattern = self._pattern_for(joined)
+        if pattern is None:
+            return data
+        ends = list(itertools.accumulate(len(text) + 1 for text in texts))
+        hits: set[str] = set()
+        position = 0
+        while (match := pattern.search(joined, position)) is not None:
+            index = bisect.bisect_right(ends, match.start())
+            hits.add(texts[index])
+            position = ends[index]
+        if not hits:
+            return data
+
+        def leaf(item: Any) -> Any:
+            text = self._leaf_text(item)
+            if text is None or text not in hits:
+                return item
             redacted = self.text(text)
-            return data if redacted == text else redacted
-        if isinstance(data, list):
-            return [self.value(item, depth=depth + 1) for item in data]
-        if isinstance(data, tuple):
-            return tuple(self.value(item, depth=depth + 1) for item in data)
-        if isinstance(data, dict):
-            return {self.value(k, depth=depth + 1): self.value(v, depth=depth + 1) for k, v in data.items()}
-        return data
+            return redacted.encode("utf-8", "surrogateescape") if isinstance(item, (bytes, bytearray)) else redacted
+
+        return _map_tree(data, leaf)
+
+    def _leaf_text(self, item: Any) -> str | None:
+        """The text `value` searches for a non-container, or None when it cannot hold a form."""
+        if isinstance(item, str):
+            return item
+        if isinstance(item, (bytes, bytearray)):
+            return bytes(item).decode("utf-8", "surrogateescape")
+        if isinstance(item, bool) or item is None:
+            return None
+        if isinstance(item, (int, float, Decimal)):
+            if not self._numbers:
+                return None
+            try:
+                return str(item)
+            except ValueError:  # an int past the interpreter's digit limit has no text form
+                return None
+        if isinstance(item, UUID):
+            return str(item) if self._uuids else None
+        return None
+
+    def _texts(self, data: Any) -> list[str]:
+        """The text of every non-container in ``data`` that could hold a form (any order),
+        walking each distinct container once, without recursion.
+
+        Each container's items are grouped by type with C-level steps, so the large cases
+        (many strings, many numbers) cost no Python bytecode per item.
+        """
+        if not isinstance(data, _CONTAINERS):
+            text = self._leaf_text(data)
+            return [] if text is None else [text]
+        texts: list[str] = []
+        skip = _SKIPPED if self._numbers else _SKIPPED | _NUMBERS
+        seen = {id(data)}
+        stack = [data]
+        while stack:
+            node = stack.pop()
+            if len(node) < 32:  # small containers: one step per item is cheaper than grouping
+                for item in itertools.chain.from_iterable(node.items()) if isinstance(node, dict) else node:
+                    if type(item) is str:
+                        texts.append(item)
+                    elif isinstance(item, _CONTAINERS):
+                        if id(item) not in seen:
+                            seen.add(id(item))
+                            stack.append(item)
+                    elif type(item) not in skip:
+                        text = self._leaf_text(item)
+                        if text is not None:
+                            texts.append(text)
+                continue
+            for items in (node.keys(), node.values()) if isinstance(node, dict) else (node,):
+                types = list(map(type, items))
+                kinds = set(types)
+                for kind in kinds - skip:
+                    group = items if len(kinds) == 1 else itertools.compress(items, map(operator.is_, types, itertools.repeat(kind)))
+                    if kind is str:
+                        texts.extend(group)
+                    elif kind in _NUMBERS:
+                        group = list(group)
+                        try:
+                            texts.extend(map(str, group))
+                        except ValueError:  # an int past the digit limit: item by item
+                            texts.extend(t for t in map(self._leaf_text, group) if t is not None)
+                    elif issubclass(kind, _CONTAINERS):
+                        for item in group:
+                            if id(item) not in seen:
+                                seen.add(id(item))
+                                stack.append(item)
+                    else:
+                        texts.extend(t for t in map(self._leaf_text, group) if t is not None)
+        return texts
 
     def fault(self, fault: CapabilityFault) -> CapabilityFault:
         """``fault`` with its message redacted (the same object when nothing changed)."""

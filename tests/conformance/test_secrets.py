@@ -48,6 +48,16 @@ def leak_in_error(token: SecretValue) -> str:
 
 
 @capability
+def leak_deep(token: SecretValue, depth: int) -> list:
+    """Returns the value ``depth`` lists deep, next to its bytes under a dict key."""
+    value = token.reveal()
+    data: list = [value, {value: value.encode().hex()}]
+    for _ in range(depth):
+        data = [data]
+    return data
+
+
+@capability
 def use(token: SecretValue) -> int:
     """A well-behaved capability: uses the value, returns its length."""
     revealed.append(token.name)
@@ -69,7 +79,7 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-SCOPED = ["leak", "leak_halves", "leak_in_error", "use", "http"]
+SCOPED = ["leak", "leak_halves", "leak_deep", "leak_in_error", "use", "http"]
 
 
 def encodings(value: str) -> dict[str, str]:
@@ -113,7 +123,7 @@ def listener():
 def sb(make_sandbox, listener):
     revealed.clear()
     return make_sandbox(
-        capabilities=[leak, leak_halves, leak_in_error, use, echo, nap],
+        capabilities=[leak, leak_halves, leak_deep, leak_in_error, use, echo, nap],
         secrets={"canary": Secret(value=CANARY, capabilities=SCOPED, hosts=["localhost"])},
         egress=Egress(allow=["localhost", "127.0.0.1"], schemes=["http"], methods=["GET", "POST"], allow_networks=LOOPBACK),
     )
@@ -252,6 +262,15 @@ def test_capability_results_reach_the_guest_redacted(sb, check):
     result = sb.run("x = leak(secrets.canary)\nx == '[REDACTED:canary]'")
     assert result.ok and result.value is True
     check(result)
+
+
+@pytest.mark.parametrize("depth", [0, 150])
+def test_deeply_nested_results_are_redacted(sb, check, depth):
+    # What the guest received, and its reverse (which only the redaction at the boundary catches).
+    result = sb.run(f"x = leak_deep(secrets.canary, {depth})\nfor _ in range({depth}):\n    x = x[0]\n[x, x[0][::-1]]")
+    check(result)
+    if result.ok:  # a runtime may refuse the depth at its boundary; it must never show the value
+        assert result.value == [["[REDACTED:canary]", {"[REDACTED:canary]": "[REDACTED:canary]"}], "]yranac:DETCADER["]
 
 
 @pytest.mark.parametrize("kind, scope", [("ttl", {"ttl": 0.2}), ("max_uses", {"max_uses": 1})])
