@@ -31,21 +31,26 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from runtimes.wire import SECRET_MARKER as _SECRET_MARKER
+from sandbox.jsontext import dumps, jsonable
 from sandbox.policy import Principal, Verdict
 from sandbox.results import ErrorKind, RunResult, Usage
+from sandbox.secrets import Redactor
+from sandbox.tree import map_tree
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 SCHEMA = "sandbox.run-record/1"
+_NAME_LIMIT = 128
 GENESIS = "0" * 64
 
-Redactor = Callable[[str], str]
+Redact = Union[Redactor, Callable[[str], str]]
+"""A `sandbox.secrets.Redactor`, or a function redacting one string."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,12 +148,20 @@ class RunRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible data (``schema`` key spelled as in files)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """JSON-compatible data (``schema`` key spelled as in files); any guest text, lone
+        surrogates included, is kept as it is."""
+        return jsonable(self.model_dump(by_alias=True))
 
-    def redacted(self, redact: Redactor) -> RunRecord:
-        """A copy with ``redact`` applied to every string (for secret values and their encodings)."""
-        return RunRecord.model_validate(_map_strings(self.to_json(), redact))
+    def redacted(self, redact: Redact) -> RunRecord:
+        """A copy with ``redact`` applied to every string and dict key, and, in the free-form
+        ``detail`` of calls, to numbers too when ``redact`` is a `sandbox.secrets.Redactor`."""
+        text = redact.text if isinstance(redact, Redactor) else redact
+        data = map_tree(self.to_json(), lambda item: text(item) if isinstance(item, str) else item)
+        if isinstance(redact, Redactor):
+            for call in data["calls"]:
+                if call.get("detail") is not None:
+                    call["detail"] = redact.value(call["detail"])
+        return RunRecord.model_validate(data)
 
     @property
     def denied_calls(self) -> list[CallRecord]:
@@ -165,14 +178,14 @@ def sha256_json(value: Any) -> str:
 
 
 def canonical(value: Any) -> bytes:
-    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8", "surrogatepass"
-    )
+    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, no NaN; lone surrogates (from
+    guest text) as ``\\uXXXX`` escapes, so the bytes are valid UTF-8 and parse back to data
+    whose canonical bytes are the same."""
+    return dumps(value, sort_keys=True).encode("utf-8")
 
 
 def summarize_arguments(
-    arguments: Mapping[str, Any], *, redact: Redactor | None = None, limit: int = 64
+    arguments: Mapping[str, Any], *, redact: Callable[[str], str] | None = None, limit: int = 64
 ) -> dict[str, str]:
     """A short, redacted text per argument for records: never a full payload.
 
@@ -213,20 +226,12 @@ def _summary(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _detail(detail: Mapping[str, Any], redact: Redactor | None) -> dict[str, Any]:
-    """Capability detail as canonical JSON data (non-JSON values become their ``str``), redacted."""
-    data = json.loads(json.dumps(dict(detail), default=str))
-    return _map_strings(data, redact) if redact is not None else data
-
-
-def _map_strings(value: Any, func: Redactor) -> Any:
-    if isinstance(value, str):
-        return func(value)
-    if isinstance(value, list):
-        return [_map_strings(v, func) for v in value]
-    if isinstance(value, dict):
-        return {k: _map_strings(v, func) for k, v in value.items()}
-    return value
+def _detail(detail: Mapping[str, Any], redact: Redact | None) -> dict[str, Any]:
+    """Capability detail as JSON data (values JSON does not know become their ``str``), redacted."""
+    data = jsonable(dict(detail), fallback=str)
+    if isinstance(redact, Redactor):
+        return redact.value(data)
+    return map_tree(data, lambda item: redact(item) if isinstance(item, str) else item) if redact is not None else data
 
 
 class RunRecorder:
@@ -249,7 +254,7 @@ class RunRecorder:
         capabilities: Iterable[str] = (),
         policy: str | None = None,
         secrets: Iterable[SecretGrant] = (),
-        redact: Redactor | None = None,
+        redact: Redact | None = None,
     ) -> None:
         self.started_at = datetime.now(timezone.utc)
         self.run_id = run_id
@@ -283,7 +288,10 @@ class RunRecorder:
     ) -> None:
         """Record one call. ``arguments`` are summarised and redacted here; ``reason`` defaults
         to the verdict's (give it for denials made elsewhere, e.g. a secret's scope)."""
-        summary = summarize_arguments(arguments or {}, redact=self.redact)
+        text = self.redact.text if isinstance(self.redact, Redactor) else self.redact
+        summary = summarize_arguments(arguments or {}, redact=text)
+        if len(capability) > _NAME_LIMIT:  # a name the guest chose, for a call that was refused
+            capability = capability[:_NAME_LIMIT] + f"...({len(capability)} chars)"
         with self._lock:
             self._calls.append(
                 CallRecord(
@@ -661,12 +669,29 @@ class VerifyReport:
     bad_line: int | None = None
     run_id: str | None = None
     problem: str | None = None
+    signed: int = 0
+    """Good lines that carry a signature."""
+    key_id: str | None = None
+    """The key whose signatures were checked; None when none were (no key given)."""
+
+    @property
+    def signatures(self) -> Literal["verified", "unsigned", "unchecked"]:
+        """``verified`` with a key (every line signed by it), ``unsigned`` when no line carries
+        a signature, ``unchecked`` when lines are signed but no key was given."""
+        if self.key_id is not None:
+            return "verified"
+        return "unsigned" if self.signed == 0 else "unchecked"
 
     def __str__(self) -> str:
         if self.ok:
-            return f"ok: {self.records} record(s), chain intact, head {self.head}"
+            trust = {
+                "verified": f"signatures verified (key {self.key_id})",
+                "unsigned": "unsigned",
+                "unchecked": f"{self.signed} signed record(s), signatures not checked (no public key given)",
+            }[self.signatures]
+            return f"ok: {self.records} record(s), chain intact, {trust}, head {self.head}"
         run = f" (run {self.run_id})" if self.run_id else ""
-        return f"bad record at line {self.bad_line}{run}: {self.problem}"
+        return printable(f"bad record at line {self.bad_line}{run}: {self.problem}")
 
 
 def verify(
@@ -680,14 +705,14 @@ def verify(
     """
     key = load_public_key(public_key) if public_key is not None else None
     kid = key_id(key) if key is not None else None
-    prev, count = GENESIS, 0
+    prev, count, signed = GENESIS, 0, 0
     data = Path(path).read_bytes()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for number, raw in enumerate(lines, start=1):
         def bad(problem: str, run_id: str | None = None) -> VerifyReport:
-            return VerifyReport(False, count, prev, number, run_id, problem)
+            return VerifyReport(False, count, prev, number, run_id, problem, signed, kid)
 
         try:
             entry = json.loads(raw.decode("utf-8"))
@@ -726,11 +751,12 @@ def verify(
         except Exception:
             return bad("record does not have the run-record shape", run_id)
         prev, count = entry["hash"], count + 1
+        signed += entry["sig"] is not None
     if expected_head is not None and prev != expected_head:
         return VerifyReport(False, count, prev, count + 1, None,
                             f"the chain ends at {prev[:16]}..., not at the expected head {expected_head[:16]}...: "
                             "records were removed from the end")
-    return VerifyReport(True, count, prev)
+    return VerifyReport(True, count, prev, signed=signed, key_id=kid)
 
 
 # ----------------------------------------------------------------------------------------
@@ -794,7 +820,16 @@ def summarize(record: RunRecord) -> str:
     u = r.usage
     memory = f", peak {u.peak_memory_bytes / (1 << 20):.1f} MiB" if u.peak_memory_bytes else ""
     lines.append(f"  usage:    wall {u.wall_seconds:.3f}s, cpu {u.cpu_seconds:.3f}s{memory}")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on one terminal line: every character that is not printable
+    (newlines, ESC and so ANSI sequences, other controls, bidi overrides and other format
+    characters, line separators, lone surrogates) becomes its backslash escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def summarize_file(path: str | os.PathLike[str], *, run_id: str | None = None) -> str:

@@ -56,7 +56,7 @@ from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes.wire import Fault
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
-from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, internal_error, limit_error
+from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, internal_error, limit_error, record_refusal
 
 DEFAULT_UID = 65534
 """Unprivileged uid/gid the children drop to on a root host (``nobody`` unless configured
@@ -502,7 +502,9 @@ class ProcessDriver:
     def _call(job: Job, msg: dict) -> dict:
         name, args, kwargs = msg.get("name"), msg.get("args"), msg.get("kwargs")
         if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
-            return {"t": "fault", "fault": Fault("TypeError", "malformed capability call").to_wire()}
+            fault = Fault("TypeError", "malformed capability call")
+            record_refusal(job.bridge, name, fault)
+            return {"t": "fault", "fault": fault.to_wire()}
         try:
             return {"t": "ret", "value": job.bridge.call(name, args, kwargs)}
         except Fault as fault:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from sandbox.limits import LimitName
 
@@ -94,3 +95,13 @@ class RunResult(BaseModel):
     changes: tuple[FileChange, ...] | None = None
     """Files written in the run's overlay (`Sandbox(files=Overlay(...))`), not yet applied;
     None when the sandbox has no overlay. Commit them with `Sandbox.apply(result.changes)`."""
+
+    def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
+        """The result as JSON. Guest text may hold lone surrogates, which pydantic's JSON
+        serialiser refuses: such a result is written with them as ``\\uXXXX`` escapes."""
+        try:
+            return super().model_dump_json(indent=indent, **kwargs)
+        except PydanticSerializationError:
+            from sandbox.jsontext import dumps, jsonable
+
+            return dumps(jsonable(self.model_dump(**kwargs)), indent=indent)

@@ -12,6 +12,7 @@ strictly as the runtime can, with the limit named in the error.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,6 +43,18 @@ class HostBridge(Protocol):
         Raises `CapabilityFault` when the call is invalid, denied or fails. Thread-safe.
         """
         ...
+
+
+def record_refusal(bridge: HostBridge, name: Any, fault: Fault) -> None:
+    """Have ``bridge`` record a call the driver refused before `HostBridge.call` (a name not
+    granted, a malformed payload or handle). Bridges with a ``refuse(name, reason)`` method
+    record it (the `Sandbox`'s does); others are left alone. Never raises."""
+    refuse = getattr(bridge, "refuse", None)
+    if refuse is not None:
+        try:
+            refuse(name if isinstance(name, str) else repr(name), fault.message)
+        except Exception:  # noqa: BLE001 - recording must not turn a refusal into a driver failure
+            logging.getLogger("sandbox").exception("could not record a refused capability call")
 
 
 @dataclass(frozen=True)

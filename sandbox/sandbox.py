@@ -135,6 +135,11 @@ class _RunBridge:
         self._record(name, arguments, args, kwargs, "ok", started, verdict, detail=detail)
         return result
 
+    def refuse(self, name: str, reason: str) -> None:
+        """Record a call the driver refused before `call` (an ungranted name, a malformed payload)."""
+        if self._recorder is not None:
+            self._recorder.call(name, None, "invalid", error=reason)
+
     def _record(self, name: str, arguments: Mapping[str, Any] | None, args: list[Any], kwargs: dict[str, Any],
                 status: Any, started: float, verdict: Any = None, **detail: Any) -> None:
         if self._recorder is not None:
@@ -393,7 +398,7 @@ class Sandbox:
                 run_id=run_id, code=code, runtime=self.runtime, isolation=self.isolation, principal=self.principal,
                 session_id=session_id, limits=self.limits, capabilities=self.capabilities,
                 policy=self.policy.describe() if self.policy is not None else None,
-                secrets=secret_grants(self.secrets), redact=redactor.text if redactor else None,
+                secrets=secret_grants(self.secrets), redact=redactor if redactor else None,
             )
         layer = self.files.layer() if self.files is not None else None
         granted = self.capabilities

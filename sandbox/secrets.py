@@ -60,6 +60,7 @@ from runtimes.wire import SECRET_MARKER
 from sandbox.capabilities import CAPABILITY_NAME
 from sandbox.errors import SecretInTransit, SecretUnavailable
 from sandbox.runtime import CapabilityFault, SecretHandleSpec
+from sandbox.tree import CONTAINERS, DESCEND, identity, map_tree
 
 __all__ = [
     "Redactor",
@@ -546,12 +547,12 @@ class SecretBroker:
 
         def handle(node: dict) -> Any:
             if SECRET_MARKER not in node:
-                return _DESCEND
+                return DESCEND
             if len(node) != 1:
                 raise _deny("malformed secret handle (rule: a handle is passed as secrets.<name>)")
             return self.resolve(node[SECRET_MARKER], capability)
 
-        return _map_tree(args, _same, handle), _map_tree(kwargs, _same, handle)
+        return map_tree(args, identity, handle), map_tree(kwargs, identity, handle)
 
     def revoke(self) -> None:
         """End every handle of this run; idempotent. Values are dropped from the grants."""
@@ -565,76 +566,6 @@ class SecretBroker:
                 _retired[token] = grant.name
             while len(_retired) > _RETIRED_MAX:
                 _retired.popitem(last=False)
-
-
-# --------------------------------------------------------------------------- data walks
-
-_CONTAINERS = (list, tuple, dict, set, frozenset)
-_PENDING = object()
-_DESCEND = object()
-"""Returned by a `_map_tree` ``node`` hook: walk into this dict as usual."""
-_CYCLE = "<cycle>"
-"""Put where a container contains itself (JSON-like data never does, but a walk must end)."""
-
-
-def _same(item: Any) -> Any:
-    return item
-
-
-def _map_tree(data: Any, leaf: Callable[[Any], Any], node: Callable[[dict], Any] | None = None) -> Any:
-    """``data`` rebuilt with ``leaf`` applied to every non-container, without recursion (no
-    depth limit).
-
-    Containers are lists, tuples, dicts (keys and values), sets and frozensets; each comes back
-    as its plain type. ``node`` may replace a whole dict (it returns `_DESCEND` to walk into it
-    instead). A container reached twice is rebuilt once and the result shared, so the cost is
-    linear in the number of distinct nodes; a container inside itself becomes `_CYCLE`.
-    Exceptions from ``leaf`` and ``node`` propagate.
-    """
-    done: dict[int, Any] = {}
-    stack: list[tuple[Any, Iterator[Any], list[Any]]] = []
-
-    def visit(item: Any) -> Any:
-        """The mapped item, or `_PENDING` after pushing a container to walk."""
-        if not isinstance(item, _CONTAINERS):
-            return leaf(item)
-        key = id(item)
-        if key in done:
-            mapped = done[key]
-            return _CYCLE if mapped is _PENDING else mapped
-        if node is not None and isinstance(item, dict):
-            replaced = node(item)
-            if replaced is not _DESCEND:
-                done[key] = replaced
-                return replaced
-        done[key] = _PENDING
-        children = itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else iter(item)
-        stack.append((item, children, []))
-        return _PENDING
-
-    result = visit(data)
-    while stack:
-        source, children, built = stack[-1]
-        for child in children:
-            mapped = visit(child)
-            if mapped is _PENDING:
-                break
-            built.append(mapped)
-        else:
-            stack.pop()
-            result = _rebuilt(source, built)
-            done[id(source)] = result
-            if stack:
-                stack[-1][2].append(result)
-    return result
-
-
-def _rebuilt(source: Any, items: list[Any]) -> Any:
-    if isinstance(source, dict):
-        return dict(zip(items[0::2], items[1::2]))
-    if isinstance(source, list):
-        return items
-    return (tuple if isinstance(source, tuple) else set if isinstance(source, set) else frozenset)(items)
 
 
 # --------------------------------------------------------------------------- redaction
@@ -870,7 +801,7 @@ class Redactor:
             redacted = self.text(text)
             return redacted.encode("utf-8", "surrogateescape") if isinstance(item, (bytes, bytearray)) else redacted
 
-        return _map_tree(data, leaf)
+        return map_tree(data, leaf)
 
     def _leaf_text(self, item: Any) -> str | None:
         """The text `value` searches for a non-container, or None when it cannot hold a form."""
@@ -898,7 +829,7 @@ class Redactor:
         Each container's items are grouped by type with C-level steps, so the large cases
         (many strings, many numbers) cost no Python bytecode per item.
         """
-        if not isinstance(data, _CONTAINERS):
+        if not isinstance(data, CONTAINERS):
             text = self._leaf_text(data)
             return [] if text is None else [text]
         texts: list[str] = []
@@ -911,7 +842,7 @@ class Redactor:
                 for item in itertools.chain.from_iterable(node.items()) if isinstance(node, dict) else node:
                     if type(item) is str:
                         texts.append(item)
-                    elif isinstance(item, _CONTAINERS):
+                    elif isinstance(item, CONTAINERS):
                         if id(item) not in seen:
                             seen.add(id(item))
                             stack.append(item)
@@ -933,7 +864,7 @@ class Redactor:
                             texts.extend(map(str, group))
                         except ValueError:  # an int past the digit limit: item by item
                             texts.extend(t for t in map(self._leaf_text, group) if t is not None)
-                    elif issubclass(kind, _CONTAINERS):
+                    elif issubclass(kind, CONTAINERS):
                         for item in group:
                             if id(item) not in seen:
                                 seen.add(id(item))

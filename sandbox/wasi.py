@@ -58,7 +58,7 @@ from wasmtime.component import Component, Linker, ResourceAny, ResourceHost, Res
 from runtimes.wire import SECRET_MARKER, Fault
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, ErrorKind
-from sandbox.runtime import Job, Outcome, internal_error, limit_error
+from sandbox.runtime import Job, Outcome, internal_error, limit_error, record_refusal
 from sandbox.wasi_build import WasiBuildError, load_component, make_engine
 
 __all__ = ["WasiDriver", "WasiSession", "WasiBuildError", "FUEL_PER_CPU_SECOND", "STARTUP_FUEL", "TICK_SECONDS"]
@@ -203,12 +203,13 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
             handle.close()
         returned = [ResourceHost.own(rep, SECRET_TYPE) for rep in reps]
     except Exception:  # noqa: BLE001 - a handle that is not ours; reject the whole call
-        return (False, _fault_payload(Fault("TypeError", "invalid secret handle")), returned)
+        return (False, _refuse(getattr(_tls, "state", None), name, Fault("TypeError", "invalid secret handle")), returned)
     state: _RunState | None = getattr(_tls, "state", None)
     if state is None:
         return (False, _fault_payload(Fault("CapabilityError", "no run is active")), returned)
     if state.terminate is not None:
         return (False, _fault_payload(state.terminate), returned)
+    reached_bridge = False
     try:
         # Guest code can call the raw host import with any name: only the job's grants pass.
         if name not in state.job.capabilities:
@@ -221,6 +222,7 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
             tokens = [_token_of(state, rep) for rep in reps]
             args = _resolve_handles(args, tokens)
             kwargs = _resolve_handles(kwargs, tokens)
+        reached_bridge = True
         result = state.job.bridge.call(name, args, kwargs)
         try:
             text = json.dumps(result, allow_nan=False)
@@ -232,10 +234,17 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
             state.terminate = fault
             # let the guest unwind and report its output, but not keep working
             ffi.wasmtime_context_set_fuel(store._context(), TERMINATE_GRACE_FUEL)
-        return (False, _fault_payload(fault), returned)
+        return (False, _fault_payload(fault) if reached_bridge else _refuse(state, name, fault), returned)
     except Exception as exc:  # noqa: BLE001 - a bridge bug must not crash the guest or the host
         fault = Fault("CapabilityError", f"capability {name!r} failed on the host: {type(exc).__name__}")
-        return (False, _fault_payload(fault), returned)
+        return (False, _fault_payload(fault) if reached_bridge else _refuse(state, name, fault), returned)
+
+
+def _refuse(state: _RunState | None, name: str, fault: Fault) -> str:
+    """The payload of a call refused before it reached the bridge, once the run records it."""
+    if state is not None:
+        record_refusal(state.job.bridge, name, fault)
+    return _fault_payload(fault)
 
 
 # -- fast paths over the C API ------------------------------------------------------------

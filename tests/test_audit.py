@@ -368,3 +368,101 @@ def test_optional_dependencies_are_imported_lazily():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[:2] == ["[]", "False True"], out.stderr
+
+
+# ----------------------------------------------------------------------------- records survive any guest text
+
+JOINED = "\U000103ff"  # what the surrogate pair below stands for, and how any JSON parser reads it back
+HOSTILE = "bad\udc80 \ud800\udfff\ud83d \x1b[2J\x1b[31mred\r\n  who:      agent:root\nrun forged  2020-01-01\u202e\x00"
+
+
+def test_lone_surrogates_round_trip_through_a_signed_chain(tmp_path: Path, key):
+    path = tmp_path / "runs.jsonl"
+    sink = JsonlSink(path, signing_key=key)
+    recorder = RunRecorder(run_id="r1", code="x\udc80", runtime="restricted", isolation="none")
+    recorder.call("cap", {"a": HOSTILE}, "failed", error=HOSTILE, detail={HOSTILE: [HOSTILE, 1]})
+    result = RunResult(ok=False, stdout=HOSTILE, value={HOSTILE: HOSTILE}, run_id="r1", runtime="restricted",
+                       isolation="none", error=ErrorInfo(kind="guest_exception", type=HOSTILE, message=HOSTILE))
+    record = recorder.finish(result)
+    sink.emit(record)
+    sink.emit(make_record(2))  # an honest record after it must verify too
+    data = path.read_bytes()
+    data.decode("utf-8")  # strict: the file is valid UTF-8
+    report = verify(path, key.public_key())
+    assert report.ok and report.records == 2, report
+    back = next(read_records(path))
+    assert back.outcome.message == HOSTILE.replace("\ud800\udfff", JOINED)
+    assert back.calls[0].detail == {back.outcome.message: [back.outcome.message, 1]}
+    assert json.loads(result.model_dump_json())["stdout"] == HOSTILE.replace("\ud800\udfff", JOINED)
+
+
+def test_summary_escapes_control_characters_so_guest_text_cannot_forge_lines():
+    recorder = RunRecorder(run_id="r1", code="", runtime="restricted", isolation="none")
+    recorder.call(HOSTILE, {}, "invalid", error=HOSTILE)
+    result = RunResult(ok=False, run_id="r1", runtime="restricted", isolation="none",
+                       error=ErrorInfo(kind="guest_exception", type=HOSTILE, message=HOSTILE))
+    text = summarize(recorder.finish(result))
+    lines = text.split("\n")
+    assert len(lines) == 9 and sum(line.startswith("run ") for line in lines) == 1
+    assert sum(line.startswith("  who:") for line in lines) == 1
+    assert all(line.isprintable() for line in lines), lines
+    assert "\\x1b[2J" in text and "\\u202e" in text and "\\udc80" in text
+
+
+def test_unsigned_chains_verify_and_say_so(tmp_path: Path, key):
+    path = tmp_path / "runs.jsonl"
+    sink = JsonlSink(path)
+    for n in range(3):
+        sink.emit(make_record(n))
+    report = verify(path, None)
+    assert report.ok and report.signatures == "unsigned" and "unsigned" in str(report)
+    assert not verify(path, key.public_key()).ok  # a key demands signatures
+    signed = tmp_path / "signed.jsonl"
+    write_records(signed, key, 2)
+    assert verify(signed, None).signatures == "unchecked"
+    assert verify(signed, key.public_key()).signatures == "verified"
+
+
+def test_hostile_guest_text_keeps_every_record_verifiable(make_sandbox, tmp_path: Path, key):
+    path = tmp_path / "runs.jsonl"
+    sb = make_sandbox(records=JsonlSink(path, signing_key=key), principal="agent:etl")
+    results = [
+        sb.run(f"print({HOSTILE!r})\nraise ValueError({HOSTILE!r})"),
+        sb.run(f"{{{HOSTILE!r}: [{HOSTILE!r}]}}"),
+        sb.run("1 + 1"),
+    ]
+    for result in results:
+        json.loads(result.model_dump_json())  # never raises, whatever the guest wrote
+    assert results[2].ok and results[2].value == 2
+    report = verify(path, key.public_key())
+    assert report.ok and report.records == 3, report
+    summary = cli("audit", str(path))
+    assert summary.returncode == 0, summary.stderr
+    lines = summary.stdout.splitlines()
+    assert sum(line.startswith("run ") for line in lines) == 3
+    assert sum(line.startswith("  who:") for line in lines) == 3 and "agent:root" not in "".join(
+        line for line in lines if line.startswith("  who:"))
+    assert "\x1b" not in summary.stdout and "\u202e" not in summary.stdout
+
+
+def test_wasi_refused_raw_host_calls_are_recorded():
+    from sandbox import Sandbox, capability
+
+    @capability
+    def echo(x: str) -> str:
+        return x
+
+    sink = MemorySink()
+    code = (
+        "from wit_world.imports import host\n"
+        "[host.call('not_granted', '[[], {}]', [])[0], host.call('echo', 'not json', [])[0],\n"
+        " host.call('echo', '[1, 2, 3]', [])[0], host.call('echo', '[[{\"__sandbox_secret_handle__\": 5}], {}]', [])[0],\n"
+        " host.call('echo', '[[\"ok\"], {}]', [])[0]]"
+    )
+    with Sandbox("wasi", capabilities=[echo], records=sink) as sb:
+        result = sb.run(code)
+    assert result.ok and result.value == [False, False, False, False, True], result
+    (record,) = sink.records
+    assert [(c.capability, c.status) for c in record.calls] == [
+        ("not_granted", "invalid"), ("echo", "invalid"), ("echo", "invalid"), ("echo", "invalid"), ("echo", "ok")]
+    assert "not_granted" in (record.calls[0].error or "") and "malformed" in (record.calls[2].error or "")
