@@ -274,6 +274,13 @@ class Sandbox:
         self.isolation = self._driver.isolation
         self._closed = False
 
+    @classmethod
+    async def aopen(cls, runtime: RuntimeName = "restricted", **kwargs: Any) -> Sandbox:
+        """``Sandbox(runtime, **kwargs)`` for asyncio hosts: construction (which for ``wasi``
+        may load or, on first use, build the guest) runs on a worker thread, so the event
+        loop keeps running. Raises what the constructor raises."""
+        return await asyncio.to_thread(cls, runtime, **kwargs)
+
     def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
         """Run ``code`` with fresh guest state and return its `RunResult`.
 

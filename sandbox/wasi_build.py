@@ -13,8 +13,15 @@ metadata file holding the SHA-256 of the artifact; an entry whose hash, key or h
 match is discarded and rebuilt, never loaded (deserialising trusts its input, so a corrupt file
 must not reach Wasmtime).
 
-``python -m sandbox.wasi_build`` prebuilds the cache (``make demo`` / ``make test`` call it);
-``--force`` rebuilds, ``--print-path`` prints where the artifact is.
+``sandbox prepare`` (or ``python -m sandbox.wasi_build``) prebuilds the cache ahead of time, for
+images and CI (``make demo`` / ``make test`` call it); ``--force`` rebuilds, ``--print-path``
+prints where the artifact is. One cache directory can serve several workers and users: builds
+take an exclusive file lock in it (a second builder waits and then loads the first one's
+artifact), entries are written by atomic renames, and a reader needs only read access.
+
+A build on first use shows a progress bar when stderr is a terminal and ``rich`` is installed,
+and otherwise log lines (logger ``sandbox.wasi_build``: a warning when it starts, so it shows
+without any logging configuration, and info when it is done).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -34,6 +42,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import IO, Any, Iterator
 
 import wasmtime
 from wasmtime.component import Component
@@ -46,6 +55,8 @@ ENGINE_TAG = "fuel+epoch+v1"
 """Names the engine configuration below; bump it when `engine_config` changes."""
 
 FIX_HINT = "pip install 'componentize-py==0.25.1' (a dependency of this package: reinstall it) and retry"
+
+log = logging.getLogger("sandbox.wasi_build")
 
 
 class WasiBuildError(GuestBuildError):
@@ -158,7 +169,7 @@ def _componentize_command() -> list[str]:
     return [exe]
 
 
-def build_wasm(out: Path, *, quiet: bool = False) -> None:
+def build_wasm(out: Path) -> None:
     """Run componentize-py on a staging copy of the guest sources; write the component to ``out``."""
     command = _componentize_command()
     with tempfile.TemporaryDirectory(prefix="sandbox-wasi-build-") as tmp:
@@ -187,37 +198,102 @@ _LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _file_lock(directory: Path):
+def _file_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory/.build.lock``. A lock file made by another user is
+    opened read-only (``flock`` needs no write access)."""
     import fcntl
 
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".build.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    path = directory / ".build.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _progress(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"sandbox: {message}", file=sys.stderr, flush=True)
+class BuildProgress:
+    """Reports the steps of a guest build: a ``rich`` progress bar when ``stream`` is a
+    terminal and rich is installed, otherwise log lines; nothing when ``quiet``."""
+
+    STEPS = ("componentize-py: Python to a WebAssembly component", "wasmtime: compiling to native code", "writing the cache")
+
+    def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> BuildProgress:
+        if self.quiet:
+            return self
+        if getattr(self.stream, "isatty", lambda: False)():
+            try:
+                from rich.console import Console
+                from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            except ImportError:
+                pass
+            else:
+                self._bar = Progress(
+                    SpinnerColumn(), TextColumn("sandbox: building the wasi guest: {task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                    console=Console(file=self.stream), transient=False,
+                )
+                self._bar.__enter__()
+                self._task = self._bar.add_task(self.STEPS[0], total=len(self.STEPS))
+                return self
+        log.warning("building the wasi guest (first use; 30-90 s, cached afterwards; "
+                    "`sandbox prepare` builds it ahead of time)")
+        return self
+
+    def step(self, index: int) -> None:
+        """Step ``index`` of `STEPS` begins (the ones before it are done)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=index, description=self.STEPS[index])
+        elif not self.quiet:
+            log.info("wasi guest build: %s (%.1f s so far)", self.STEPS[index], time.monotonic() - self.started)
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        if self._bar is not None:
+            if kind is None:
+                self._bar.update(self._task, completed=len(self.STEPS), description="done")
+            self._bar.__exit__(kind, *exc)
+        elif not self.quiet and kind is None:
+            log.info("wasi guest built and cached in %.1f s", time.monotonic() - self.started)
 
 
 def build(engine: wasmtime.Engine, entry: CacheEntry, *, quiet: bool = False) -> Component:
-    """Build the guest, compile it with ``engine`` and write the cache entry atomically."""
-    started = time.monotonic()
-    _progress("building the wasi guest (first use; about 20-40 s, cached afterwards)...", quiet)
+    """Build the guest, compile it with ``engine`` and write the cache entry atomically.
+
+    Raises `WasiBuildError` when a step fails, the cache directory included.
+    """
     directory = entry.artifact.parent
+    try:
+        with BuildProgress(quiet=quiet) as progress:
+            return _build(engine, entry, directory, progress)
+    except OSError as exc:
+        raise WasiBuildError(
+            f"cannot write the wasi guest cache in {directory} ({exc.strerror or exc}): make it writable, set "
+            "SANDBOX_WASI_CACHE to a writable directory, or run `sandbox prepare` where it is writable"
+        ) from None
+
+
+def _build(engine: wasmtime.Engine, entry: CacheEntry, directory: Path, progress: BuildProgress) -> Component:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sandbox-wasi-", dir=directory) as tmp:
         wasm = Path(tmp) / "guest.wasm"
-        build_wasm(wasm, quiet=quiet)
-        _progress(f"componentize-py done in {time.monotonic() - started:.1f} s; compiling with wasmtime...", quiet)
+        build_wasm(wasm)
+        progress.step(1)
         try:
             component = Component.from_file(engine, str(wasm))
         except wasmtime.WasmtimeError as exc:
             raise WasiBuildError(f"wasmtime could not compile the wasi guest: {exc}") from None
+        progress.step(2)
         data = component.serialize()
         tmp_artifact = Path(tmp) / "guest.cwasm"
         tmp_artifact.write_bytes(data)
@@ -231,10 +307,11 @@ def build(engine: wasmtime.Engine, entry: CacheEntry, *, quiet: bool = False) ->
         }
         tmp_meta = Path(tmp) / "guest.json"
         tmp_meta.write_text(json.dumps(meta, indent=1))
+        for path in (tmp_artifact, tmp_meta):  # readable by every worker sharing the directory
+            path.chmod(0o644)
         # artifact first, metadata last: a reader that sees the metadata sees the artifact
         os.replace(tmp_artifact, entry.artifact)
         os.replace(tmp_meta, entry.meta)
-    _progress(f"wasi guest built and cached in {time.monotonic() - started:.1f} s ({entry.artifact})", quiet)
     return component
 
 
@@ -275,26 +352,32 @@ def prune(directory: Path | None = None) -> int:
     return removed
 
 
+def prepare(directory: Path | None = None, *, force: bool = False, quiet: bool = False) -> tuple[CacheEntry, float]:
+    """Make sure the cache in ``directory`` (default `cache_dir`) holds the current guest:
+    build it unless a valid entry exists (or ``force``), then remove stale entries. Returns the
+    entry and the seconds it took. Raises `WasiBuildError` with a fix."""
+    started = time.monotonic()
+    load_component(make_engine(), directory=directory, force=force, quiet=quiet)
+    prune(directory)
+    return cache_entry(directory), time.monotonic() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.wasi_build", description="Prebuild the wasi guest component cache.")
     parser.add_argument("--force", action="store_true", help="rebuild even when a valid cache entry exists")
     parser.add_argument("--print-path", action="store_true", help="print the cached artifact's path and exit")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    entry = cache_entry()
     if args.print_path:
-        print(entry.artifact)
+        print(cache_entry().artifact)
         return 0
     try:
-        started = time.monotonic()
-        load_component(make_engine(), force=args.force, quiet=args.quiet)
+        entry, seconds = prepare(force=args.force, quiet=args.quiet)
     except WasiBuildError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 1
-    removed = prune()
     if not args.quiet:
-        print(f"sandbox: wasi guest ready ({entry.artifact}, {time.monotonic() - started:.2f} s"
-              + (f", pruned {removed} stale entries" if removed else "") + ")", file=sys.stderr)
+        print(f"sandbox: wasi guest ready ({entry.artifact}, {seconds:.2f} s)", file=sys.stderr)
     return 0
 
 

@@ -217,13 +217,17 @@ def load_config(path: str | Path | None) -> AdapterConfig:
 
 
 def import_capabilities(spec: str) -> list[Capability]:
-    """Import ``"package.module:name"``: a `Capability`, a typed function, or a list of them.
+    """Import ``"package.module:name"`` (a `Capability`, a typed function, or a list of them)
+    or ``"package.module"`` (every public `Capability` of the module, and every public list or
+    tuple of them; only the names in ``__all__`` when it has one).
 
     Raises `ConfigurationError` saying which part of the path failed.
     """
     module_name, sep, attr_path = spec.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ConfigurationError(f"capability {spec!r} must be an import path 'package.module:function'")
+    if not module_name or (sep and not attr_path):
+        raise ConfigurationError(
+            f"capability {spec!r} must be an import path 'package.module' or 'package.module:function'"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -231,6 +235,8 @@ def import_capabilities(spec: str) -> list[Capability]:
             f"capability {spec!r}: cannot import module {module_name!r} ({exc}); "
             "is it installed, or listed in python_path?"
         ) from None
+    if not sep:
+        return _module_capabilities(obj, spec)
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
@@ -246,6 +252,24 @@ def import_capabilities(spec: str) -> list[Capability]:
         else:
             raise ConfigurationError(f"capability {spec!r} is a {type(item).__name__}, not a function or Capability")
     return result
+
+
+def _module_capabilities(module: Any, spec: str) -> list[Capability]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [name for name in vars(module) if not name.startswith("_")]
+    found: dict[int, Capability] = {}
+    for name in names:
+        value = getattr(module, name, None)
+        items = value if isinstance(value, (list, tuple)) and value and all(isinstance(v, Capability) for v in value) else [value]
+        for item in items:
+            if isinstance(item, Capability):
+                found.setdefault(id(item), item)
+    if not found:
+        raise ConfigurationError(
+            f"capability module {spec!r} defines no @capability functions; name one with '{spec}:function'"
+        )
+    return list(found.values())
 
 
 def _summarise(exc: ValidationError) -> str:
