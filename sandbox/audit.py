@@ -155,8 +155,7 @@ class RunRecord(BaseModel):
     def redacted(self, redact: Redact) -> RunRecord:
         """A copy with ``redact`` applied to every string and dict key, and, in the free-form
         ``detail`` of calls, to numbers too when ``redact`` is a `sandbox.secrets.Redactor`."""
-        text = redact.text if isinstance(redact, Redactor) else redact
-        data = map_tree(self.to_json(), lambda item: text(item) if isinstance(item, str) else item)
+        data = _map_strings(self.to_json(), _string_redactor(redact))
         if isinstance(redact, Redactor):
             for call in data["calls"]:
                 if call.get("detail") is not None:
@@ -173,8 +172,9 @@ def sha256_text(text: str) -> str:
 
 
 def sha256_json(value: Any) -> str:
-    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(canonical(value)).hexdigest()
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces; values JSON does not
+    know as `sandbox.jsontext.jsonable` makes them, else their ``repr``). Never raises."""
+    return hashlib.sha256(canonical(jsonable(value, fallback=repr))).hexdigest()
 
 
 def canonical(value: Any) -> bytes:
@@ -231,7 +231,16 @@ def _detail(detail: Mapping[str, Any], redact: Redact | None) -> dict[str, Any]:
     data = jsonable(dict(detail), fallback=str)
     if isinstance(redact, Redactor):
         return redact.value(data)
-    return map_tree(data, lambda item: redact(item) if isinstance(item, str) else item) if redact is not None else data
+    return _map_strings(data, redact) if redact is not None else data
+
+
+def _string_redactor(redact: Redact) -> Callable[[str], str]:
+    return redact.text if isinstance(redact, Redactor) else redact
+
+
+def _map_strings(data: Any, func: Callable[[str], str]) -> Any:
+    """``data`` with ``func`` applied to every string, dict keys included (no recursion)."""
+    return map_tree(data, lambda item: func(item) if isinstance(item, str) else item)
 
 
 class RunRecorder:
@@ -288,8 +297,9 @@ class RunRecorder:
     ) -> None:
         """Record one call. ``arguments`` are summarised and redacted here; ``reason`` defaults
         to the verdict's (give it for denials made elsewhere, e.g. a secret's scope)."""
-        text = self.redact.text if isinstance(self.redact, Redactor) else self.redact
-        summary = summarize_arguments(arguments or {}, redact=text)
+        summary = summarize_arguments(
+            arguments or {}, redact=_string_redactor(self.redact) if self.redact is not None else None
+        )
         if len(capability) > _NAME_LIMIT:  # a name the guest chose, for a call that was refused
             capability = capability[:_NAME_LIMIT] + f"...({len(capability)} chars)"
         with self._lock:

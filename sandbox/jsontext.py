@@ -33,8 +33,9 @@ def escape_surrogates(text: str) -> str:
 def jsonable(data: Any, *, fallback: Callable[[Any], Any] | None = None) -> Any:
     """``data`` (e.g. a pydantic ``model_dump()`` in Python mode) as JSON-compatible data,
     without recursion: containers become lists and dicts, non-finite floats None (as pydantic's
-    JSON does), other scalars what pydantic's JSON serialiser makes of them (``fallback`` for
-    those it does not know; without one they raise); strings are kept as they are."""
+    JSON does), bytes their UTF-8 text (undecodable bytes as lone surrogates), other scalars
+    what pydantic's JSON serialiser makes of them (``fallback`` for those it does not know;
+    without one they raise); strings are kept as they are."""
     from pydantic_core import to_jsonable_python
 
     def leaf(item: Any) -> Any:
@@ -42,6 +43,8 @@ def jsonable(data: Any, *, fallback: Callable[[Any], Any] | None = None) -> Any:
             return item
         if isinstance(item, float):
             return item if math.isfinite(item) else None
+        if isinstance(item, (bytes, bytearray)):  # bytes that are not UTF-8 keep every byte, as lone surrogates
+            return bytes(item).decode("utf-8", "surrogateescape")
         return to_jsonable_python(item, fallback=fallback)
 
     def build(source: Any, items: list[Any]) -> Any:

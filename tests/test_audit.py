@@ -351,10 +351,15 @@ def test_cli_run_with_policy(tmp_path: Path):
     policy.write_text('default = "deny"\nescalate_after = 2\n')
     script = tmp_path / "job.py"
     script.write_text("6 * 7\n")
-    ok = cli("run", "--policy", str(policy), str(script))
+    useless = cli("run", "--policy", str(policy), str(script))  # no capability for it to decide
+    assert useless.returncode == 2 and "--capabilities" in useless.stderr
+    ok = cli("run", "--capabilities", "examples.mcp_tools:get_weather", "--policy", str(policy), str(script))
     assert ok.returncode == 0 and ok.stdout == "42\n", ok.stderr
+    script.write_text("get_weather('Paris')\n")
+    denied = cli("run", "--capabilities", "examples.mcp_tools:get_weather", "--policy", str(policy), str(script))
+    assert denied.returncode == 1 and "policy_denied" in denied.stderr, denied.stderr  # the policy applies
     policy.write_text('default = "sometimes"\n')
-    bad = cli("run", "--policy", str(policy), str(script))
+    bad = cli("run", "--capabilities", "examples.mcp_tools:get_weather", "--policy", str(policy), str(script))
     assert bad.returncode == 2 and "default" in bad.stderr
 
 
@@ -466,3 +471,17 @@ def test_wasi_refused_raw_host_calls_are_recorded():
     assert [(c.capability, c.status) for c in record.calls] == [
         ("not_granted", "invalid"), ("echo", "invalid"), ("echo", "invalid"), ("echo", "invalid"), ("echo", "ok")]
     assert "not_granted" in (record.calls[0].error or "") and "malformed" in (record.calls[2].error or "")
+
+
+def test_records_are_built_for_values_json_does_not_know(tmp_path: Path):
+    import datetime
+    import decimal
+
+    value = [b"\xff\x00", float("nan"), datetime.date(2026, 1, 2), decimal.Decimal("1.10"), {3}, (1,), object()]
+    recorder = RunRecorder(run_id="r1", code="", runtime="restricted", isolation="none")
+    recorder.call("cap", {}, "ok", detail={"when": datetime.date(2026, 1, 2), "rows": float("inf"), "raw": b"\xff"})
+    record = recorder.finish(RunResult(ok=True, value=value, run_id="r1", runtime="restricted", isolation="none"))
+    assert len(record.value_sha256) == 64 and record.calls[0].detail == {"when": "2026-01-02", "rows": None, "raw": "\udcff"}
+    sink = JsonlSink(tmp_path / "runs.jsonl")
+    sink.emit(record)
+    assert verify(tmp_path / "runs.jsonl", None).ok
