@@ -5,7 +5,7 @@ Measures, on a local Ray cluster (``num_cpus`` = this machine's CPUs):
 - per-run overhead through the pool: one run per actor call, and ``--batch`` runs per call
   (`RaySandboxPool.map`), each against the same runs on a local `Sandbox`;
 - throughput (runs/s) of the pool (``--size`` actors, batched) against a local `Sandbox`
-  running the same runs one after another;
+  running the same runs one after another (10 x ``--runs`` runs each);
 - cold start per runtime: from creating a one-actor pool to the first result.
 
 Writes ``benchmarks/results/ray_pool.json`` (or ``--out``) and prints a Markdown table.
@@ -45,7 +45,8 @@ def measure(runs: int, batch: int, size: int, cold_repeats: int) -> dict[str, An
     from sandbox.ray import RaySandboxPool, SandboxSpec
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    out: dict[str, Any] = {"machine": describe(), "runs": runs, "batch": batch, "size": size, "runtimes": {}}
+    out: dict[str, Any] = {"machine": describe(), "runs": runs, "batch": batch, "size": size, "runtimes": {},
+                           "load_1min": [os.getloadavg()[0]]}
     try:
         for label, (runtime, isolation) in RUNTIMES.items():
             spec = SandboxSpec(runtime, isolation=isolation)
@@ -59,15 +60,15 @@ def measure(runs: int, batch: int, size: int, cold_repeats: int) -> dict[str, An
                 local.run(CODE)
                 local_single = _latencies(lambda code: local.run(code), runs)
                 started = time.perf_counter()
-                for _ in range(runs * 2):
+                for _ in range(runs * 10):
                     local.run(CODE)
-                local_rate = runs * 2 / (time.perf_counter() - started)
+                local_rate = runs * 10 / (time.perf_counter() - started)
             with RaySandboxPool(spec, size=size, num_cpus=0.5, max_concurrency=2) as pool:
                 pool.wait_ready(timeout=300)
                 pool.map([CODE] * size * 4, batch_size=1)  # warm every actor
                 pool_single = _latencies(lambda code: pool.run(code), runs)
                 started = time.perf_counter()
-                results = pool.map([CODE] * runs * 2, batch_size=batch)
+                results = pool.map([CODE] * runs * 10, batch_size=batch)
                 batched_rate = len(results) / (time.perf_counter() - started)
                 assert all(r.ok for r in results)
             single, local_s = summarise(pool_single), summarise(local_single)
@@ -83,6 +84,7 @@ def measure(runs: int, batch: int, size: int, cold_repeats: int) -> dict[str, An
             }
     finally:
         ray.shutdown()
+    out["load_1min"].append(os.getloadavg()[0])
     return out
 
 
@@ -99,6 +101,8 @@ def table(data: dict[str, Any]) -> str:
             f"(+{r['overhead_single'] * 1e3:.2f}) | {r['pool_batched_per_run'] * 1e3:.3f} ms | "
             f"{r['local_runs_per_s']:,.0f} | {r['pool_runs_per_s']:,.0f} | {r['cold_start']['median']:.2f} s |"
         )
+    start, end = data["load_1min"]
+    lines.append(f"\n1-minute load {start:.1f} at the start, {end:.1f} at the end, on {os.cpu_count()} CPUs.")
     return "\n".join(lines)
 
 

@@ -26,9 +26,8 @@ from sandbox.errors import ConfigurationError, SandboxClosed, SecretInTransit
 from sandbox.limits import Limits
 from sandbox.policy import RateStore
 from sandbox.ray._spec import SandboxSpec
-from sandbox.ray._worker import Reply, SandboxWorker, WorkerInfo
+from sandbox.ray._worker import SandboxWorker, WorkerInfo
 from sandbox.results import ErrorInfo, RunResult, Usage
-
 
 DEFAULT_SPEC = "default"
 _RECOVERY_CHECKS = 60

@@ -40,7 +40,7 @@ class WorkerInfo(BaseModel):
 class Reply(BaseModel):
     """A run's result and its record (the record only when the driver is the key holder)."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True)
 
     result: RunResult | TransformResult
     record: RunRecord | None = None
