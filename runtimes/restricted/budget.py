@@ -71,6 +71,21 @@ _CONTAINERS = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearra
 """Iterables whose C loops are bounded by their (already allocated) size."""
 
 
+_ACTIVE = threading.local()
+
+
+def active_budget() -> Budget | None:
+    """The budget of the run whose guest code is executing on this thread (None outside a run)."""
+    return getattr(_ACTIVE, "budget", None)
+
+
+def set_active_budget(budget: Budget | None) -> Budget | None:
+    """Make ``budget`` this thread's active one; returns the previous one (to restore)."""
+    previous = getattr(_ACTIVE, "budget", None)
+    _ACTIVE.budget = budget
+    return previous
+
+
 class LimitExceeded(BaseException):
     """A resource limit tripped. ``limit`` is one of cpu, wall, memory, output, recursion, size."""
 

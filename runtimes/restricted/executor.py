@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from runtimes.restricted import alloc_cap
-from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated
+from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
 from runtimes.restricted.guest_thread import GUEST_THREADS
 from runtimes.restricted.guards import (
     GUEST_MODULE,
@@ -288,11 +288,13 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tu
     cap = budget.cap
     if cap is not None:
         cap.arm(budget.memory_bytes)
+    previous = set_active_budget(budget)
     try:
         try:
             exec(code, guest_globals)
             value = to_result_value(guest_globals.pop(RESULT_NAME, None))
         finally:
+            set_active_budget(previous)
             if cap is not None:
                 cap.disarm()
                 if cap.tripped:

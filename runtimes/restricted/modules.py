@@ -133,7 +133,7 @@ in-process runtime's: see docs/data.md, "Why numpy and pandas are not offered in
 Their proxies carry every public attribute; raw memory, file I/O and runaway C calls are
 contained by the process layers (rlimits, seccomp, netns, Landlock), not by the guards."""
 
-SOURCES: dict[str, Callable[[], Any]] = {}
+SOURCES: dict[str, Callable[[], Any]] = {"re": lambda: importlib.import_module("runtimes.restricted.guest_re")}
 """Where a module's names are read from when it is not the stdlib module of that name (a
 wrapper object offering the same API); default `importlib.import_module`."""
 
