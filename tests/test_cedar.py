@@ -1,4 +1,4 @@
-"""`sandbox.cedar`: real Cedar policy text deciding capability calls (needs cedarpy)."""
+"""`sandbox.policy.cedar`: real Cedar policy text deciding capability calls (needs cedarpy)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("cedarpy")
 
-from sandbox.cedar import CedarPolicy  # noqa: E402
+from sandbox.policy.cedar import CedarPolicy  # noqa: E402
 from sandbox.policy import Policy, Principal, Rule  # noqa: E402
 
 POLICIES = """

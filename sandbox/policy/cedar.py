@@ -36,7 +36,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sandbox.policy import CallContext, Decision, Policy
+from sandbox.errors import ConfigurationError
+from sandbox.policy._context import CallContext, Decision
+from sandbox.policy._policy import Policy
 
 _TARGET_ARGS = ("path", "url", "table", "resource", "target", "key", "name")
 
@@ -53,7 +55,8 @@ class CedarPolicy(Policy):
     """A `Policy` whose base decision comes from Cedar policy text.
 
     Args:
-        policies: Cedar policy text. Parsed at construction; a parse error raises `ValueError`.
+        policies: Cedar policy text. Parsed at construction; a parse error raises
+            `ConfigurationError`.
         schema: optional Cedar schema (text or JSON dict); when given the policies are validated
             against it at construction and requests are validated at call time.
         entities: extra Cedar entities (JSON list form), e.g. roles with their own parents.
@@ -83,14 +86,14 @@ class CedarPolicy(Policy):
         try:
             self._policies = cedarpy.PolicySet.from_str(policies)
         except ValueError as exc:
-            raise ValueError(f"Cedar policies do not parse: {exc}") from None
+            raise ConfigurationError(f"Cedar policies do not parse: {exc}") from None
         self._schema = None
         if schema is not None:
             self._schema = schema if isinstance(schema, str) else dict(schema)
             result = cedarpy.validate_policies(policies, self._schema)
             if not result.validation_passed:
                 errors = "; ".join(str(e) for e in result.errors)
-                raise ValueError(f"Cedar policies do not validate against the schema: {errors}")
+                raise ConfigurationError(f"Cedar policies do not validate against the schema: {errors}")
         self.text = policies
         self._entities = [dict(e) for e in entities]
         self.resource_args = dict(resource_args or {})
@@ -121,7 +124,7 @@ class CedarPolicy(Policy):
             attrs["on_behalf_of"] = p.on_behalf_of
         if p.task is not None:
             attrs["task"] = p.task
-        entities = [
+        entities: list[dict[str, Any]] = [
             {"uid": principal, "attrs": attrs, "parents": [{"type": "Role", "id": r} for r in p.roles]},
             *({"uid": {"type": "Role", "id": r}, "attrs": {}, "parents": []} for r in p.roles),
             *self._entities,
