@@ -81,6 +81,9 @@ class Capability:
             raise ConfigurationError(f"capability name {self.name!r} is reserved: choose another name")
         self.description = inspect.cleandoc(description or func.__doc__ or "")
         self.action = action
+        self.release: Callable[[], None] | None = None
+        """Called by `Sandbox.close` to free what the capability holds (processes, connections);
+        the capability must still work afterwards (it may re-acquire them)."""
         self.signature = inspect.signature(func)
         self.is_async = inspect.iscoroutinefunction(func)
         hints = _hints(func, self.name)

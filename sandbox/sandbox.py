@@ -350,6 +350,9 @@ class Sandbox:
             self._driver.close()
             if self._egress is not None:
                 self._egress.close()
+            for cap in self.capabilities.values():
+                if cap.release is not None:
+                    cap.release()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -71,19 +71,12 @@ refused but failed: a syntax error, the time limit) with its reason.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import datetime as _dt
-import decimal
 import hashlib
-import json
 import math
 import os
 import re
 import sqlite3
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -93,28 +86,17 @@ from sandbox.capabilities import Capability, capability, record_detail, warn
 from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
 from sandbox.sql_analysis import SqlRefused, analyze
+from sandbox.sql_pool import WorkerLost, WorkerPool, WorkerTimeout
+from sandbox.sql_worker import (ACTIONS, DENIED_FUNCTIONS, MAX_SQL_CHARS, duckdb_connect, first_line,
+                                sqlite_connect)
 
 Engine = Literal["sqlite", "duckdb"]
 Params = list[str | int | float | bool | None] | dict[str, str | int | float | bool | None] | None
 
 _DUCKDB_SUFFIXES = (".duckdb", ".ddb")
 _SAFE_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "generateseries", "json_each", "json_tree"})
-_SQLITE_SAFE_VTABS = frozenset({"json_each", "json_tree"})
-_DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "query", "query_table", "readfile", "writefile",
-                               "edit", "sqlite_dbpage"})
-_MAX_SQL_CHARS = 100_000
 _DUCKDB_QUERY_FUNCTION = re.compile(r"\bquery(?:_table)?\s*\(", re.IGNORECASE)
-_SQLITE_LIMITS = {  # limit -> value: bounds on the work one statement can ask for
-    "SQLITE_LIMIT_ATTACHED": 0,
-    "SQLITE_LIMIT_SQL_LENGTH": _MAX_SQL_CHARS * 4,
-    "SQLITE_LIMIT_EXPR_DEPTH": 200,
-    "SQLITE_LIMIT_COMPOUND_SELECT": 100,
-    "SQLITE_LIMIT_FUNCTION_ARG": 100,
-    "SQLITE_LIMIT_LIKE_PATTERN_LENGTH": 1000,
-    "SQLITE_LIMIT_VARIABLE_NUMBER": 1000,
-    "SQLITE_LIMIT_TRIGGER_DEPTH": 1,
-}
-_MAX_ABANDONED = 2
+_ANSWER_OVERHEAD = 1 << 16  # a worker's answer beyond its rows: columns, flags, an error message
 OnTruncate = Literal["warn", "error"]
 
 SqlDenied = SqlRefused  # a statement refused before or while running (becomes ``PolicyDenied``)
@@ -165,7 +147,7 @@ def sql_capability(
         return db.schema()
 
     allowed = "every table" if db.tables is None else ", ".join(sorted(db.tables))
-    return [
+    made = [
         capability(name=f"{name}.query", description=(
             f"Run one read-only SELECT on the {db.engine} database ({allowed}). params: a list for ? "
             "placeholders or a dict for :name. Returns {'columns': [...], 'rows': [{column: value}], "
@@ -175,6 +157,9 @@ def sql_capability(
         ))(query),
         capability(name=f"{name}.tables", description="The tables you may query, with their columns.")(list_tables),
     ]
+    for cap in made:
+        cap.release = db.close  # a Sandbox's close() stops the worker processes
+    return made
 
 
 class _Database:
@@ -203,8 +188,6 @@ class _Database:
         self.on_truncate = on_truncate
         self.immutable = immutable
         self.memory_bytes = memory_bytes
-        self._abandoned = 0  # workers left running past their deadline, not yet finished
-        self._abandoned_lock = threading.Lock()
         self.tables: dict[str, frozenset[str] | None] | None = None
         if tables is not None:
             if isinstance(tables, str):
@@ -233,6 +216,8 @@ class _Database:
             missing = sorted(t for t in self.tables if t not in known)
             if missing:
                 raise ConfigurationError(f"tables {missing} are not in {self.path.name}")
+        self._pool = WorkerPool(self._worker_config())
+        self._pool.warm()
 
     # -- the guest's calls ------------------------------------------------------------------
 
@@ -240,8 +225,8 @@ class _Database:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         record_detail(engine=self.engine, statement_sha256=digest, tables=[], rows=0, truncated=False)
         try:
-            if len(text) > _MAX_SQL_CHARS:
-                raise SqlDenied(f"the statement is longer than {_MAX_SQL_CHARS} characters")
+            if len(text) > MAX_SQL_CHARS:
+                raise SqlDenied(f"the statement is longer than {MAX_SQL_CHARS} characters")
             if "\x00" in text:
                 raise SqlDenied("the statement contains a NUL character")
             deadline = time.monotonic() + call_timeout(self.timeout)
@@ -294,7 +279,7 @@ class _Database:
             if fname not in _SAFE_TABLE_FUNCTIONS:
                 raise SqlDenied(f"table function {fname!r} is not allowed")
         for fname in sorted(found.functions):
-            if fname in _DENIED_FUNCTIONS:
+            if fname in DENIED_FUNCTIONS:
                 raise SqlDenied(f"function {fname!r} is not allowed")
         touched: set[str] = set()
         for table in sorted(found.tables):
@@ -316,7 +301,7 @@ class _Database:
             try:
                 statements = duckdb.extract_statements(text)
             except duckdb.Error as exc:
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {first_line(exc)}") from None
             if len(statements) != 1:
                 raise SqlDenied(f"one statement per query ({len(statements)} given)")
             return
@@ -336,159 +321,26 @@ class _Database:
             raise SqlDenied(str(exc)) from None
         except sqlite3.Error as exc:
             if not consulted:  # it failed before SQLite understood the statement: a syntax error
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {first_line(exc)}") from None
         finally:
             conn.close()
         if consulted[:1] != [sqlite3.SQLITE_SELECT]:
-            what = _ACTIONS.get(consulted[0], "this statement") if consulted else "a statement that reads nothing"
+            what = ACTIONS.get(consulted[0], "this statement") if consulted else "a statement that reads nothing"
             raise SqlDenied(f"only SELECT queries are allowed, not {what}")
 
-    # -- SQLite -----------------------------------------------------------------------------
+    # -- the worker process -------------------------------------------------------------------
 
     def _sqlite_connect(self) -> sqlite3.Connection:
-        flags = "mode=ro" + ("&immutable=1" if self.immutable else "")
-        uri = f"file:{urllib.parse.quote(str(self.path))}?{flags}"
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        for limit, value in _SQLITE_LIMITS.items():
-            conn.setlimit(getattr(sqlite3, limit), value)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(self.max_result_bytes, 1 << 16))
-        return conn
+        return sqlite_connect(str(self.path), immutable=self.immutable, max_result_bytes=self.max_result_bytes)
+
+    def _duckdb_connect(self) -> Any:
+        return duckdb_connect(str(self.path), memory_bytes=self.memory_bytes)
 
     def _sqlite(self, text: str, params: Any, deadline: float,
                 ctes: frozenset[str] = frozenset()) -> tuple[list[str], list[dict], bool, set[str]]:
-        """Run ``text`` under the authorizer; reads of ``ctes`` (CTE names that are no table of
-        the database) are allowed, since SQLite reports reads of a CTE under its name."""
-        conn = self._sqlite_connect()
-        denied: list[str] = []
-        touched: set[str] = set()
-        allowed = self.tables
-
-        def authorize(action: int, arg1: str | None, arg2: str | None, dbname: str | None, source: str | None) -> int:
-            if action == sqlite3.SQLITE_SELECT or action == sqlite3.SQLITE_RECURSIVE:
-                return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_UPDATE and arg1 == "sqlite_master" and dbname == "main" and source is None:
-                # SQLite's own check when it sets up an eponymous virtual table (json_each);
-                # an UPDATE statement never gets here (refused above) and the file is read-only.
-                return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_READ:
-                table = (arg1 or "").lower()
-                if dbname not in (None, "main"):
-                    denied.append(f"database {dbname!r} is not readable")
-                    return sqlite3.SQLITE_DENY
-                if table in _SQLITE_SAFE_VTABS or (table == "sqlite_master" and arg2 == "ROWID"):
-                    return sqlite3.SQLITE_OK  # json_each/json_tree, and their set-up
-                if table in ctes:
-                    return sqlite3.SQLITE_OK
-                if allowed is not None:
-                    if table not in allowed:
-                        denied.append(f"table {table!r} is not on the allowed list")
-                        return sqlite3.SQLITE_DENY
-                    columns = allowed[table]
-                    if columns is not None and arg2 and arg2.lower() not in columns:
-                        denied.append(f"column {table}.{arg2} is not on the allowed list")
-                        return sqlite3.SQLITE_DENY
-                touched.add(table)
-                return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_FUNCTION:
-                if (arg2 or "").lower() in _DENIED_FUNCTIONS:
-                    denied.append(f"function {arg2!r} is not allowed")
-                    return sqlite3.SQLITE_DENY
-                return sqlite3.SQLITE_OK
-            denied.append(f"{_ACTIONS.get(action, f'action {action}')} is not allowed (read-only)")
-            return sqlite3.SQLITE_DENY
-
-        timed_out: list[bool] = []
-
-        def progress() -> int:
-            if time.monotonic() > deadline:
-                timed_out.append(True)
-                return 1
-            return 0
-
-        def work() -> tuple[list[str], list[dict], bool]:
-            try:
-                cursor = conn.execute(text, bound)
-                columns = _unique([d[0] for d in cursor.description or ()])
-                return (columns, *self._collect(cursor, columns))
-            except sqlite3.Warning as exc:  # e.g. more than one statement
-                raise SqlDenied(str(exc)) from None
-            except sqlite3.Error as exc:
-                if denied:
-                    raise SqlDenied(denied[0]) from None
-                if timed_out or time.monotonic() >= deadline:
-                    raise self._too_long() from None
-                if isinstance(exc, sqlite3.ProgrammingError) and "one statement" in str(exc):
-                    raise SqlDenied("one statement per query") from None
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
-
-        try:
-            bound = _params(params)
-            conn.set_authorizer(authorize)
-            conn.set_progress_handler(progress, 1000)
-        except BaseException:
-            conn.close()
-            raise
-        columns, rows, truncated = self._bounded(work, conn, deadline)
-        return columns, rows, truncated, touched
-
-    def _too_long(self) -> CapabilityFault:
-        return CapabilityFault("CapabilityError", f"sql: the query ran longer than {self.timeout:g} s (timeout_seconds, "
-                               "or the run's remaining time if shorter) and was stopped")
-
-    def _bounded(self, work: Any, conn: Any, deadline: float) -> Any:
-        """Run ``work()`` on a worker thread that owns ``conn`` (closed when it ends); return its
-        result, or interrupt ``conn`` at ``deadline`` and raise the timeout fault without waiting
-        for a statement that ignores the interrupt."""
-        with self._abandoned_lock:
-            if self._abandoned >= _MAX_ABANDONED:
-                conn.close()
-                raise CapabilityFault("CapabilityError", "sql: earlier queries that ran past their deadline are still "
-                                      "stopping; try again later")
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def target() -> None:
-            try:
-                box["value"] = work()
-            except BaseException as exc:  # handed to the caller below
-                box["error"] = exc
-            finally:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                with self._abandoned_lock:
-                    done.set()
-                    if box.get("abandoned"):
-                        self._abandoned -= 1
-
-        threading.Thread(target=target, name="sandbox-sql", daemon=True).start()
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            with contextlib.suppress(Exception):
-                conn.interrupt()
-            if not done.wait(0.1):
-                with self._abandoned_lock:
-                    if not done.is_set():
-                        box["abandoned"] = True
-                        self._abandoned += 1
-                        raise self._too_long()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    # -- DuckDB -----------------------------------------------------------------------------
-
-    def _duckdb_connect(self) -> Any:
-        import duckdb
-
-        return duckdb.connect(str(self.path), read_only=True, config={
-            "enable_external_access": False,
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "allow_community_extensions": False,
-            "memory_limit": f"{max(self.memory_bytes >> 20, 16)}MiB",
-            "threads": 1,
-            "temp_directory": "",  # no spill files next to the database
-            "lock_configuration": True,
-        })
+        """Run ``text`` in a worker under the authorizer; reads of ``ctes`` (CTE names that are no
+        table of the database) are allowed, since SQLite reports reads of a CTE under its name."""
+        return self._in_worker({"sql": text, "params": _params(params), "ctes": sorted(ctes), "parsed": []}, deadline)
 
     def _duckdb(self, text: str, params: Any, parsed: set[str],
                 deadline: float) -> tuple[list[str], list[dict], bool, set[str]]:
@@ -499,57 +351,52 @@ class _Database:
             raise SqlDenied(f"only SELECT queries are allowed, not {kind.name}")
         if _DUCKDB_QUERY_FUNCTION.search(text):
             raise SqlDenied("query() and query_table() are not allowed (they hide a statement from the checks)")
-        bound = _params(params)
-        conn = self._duckdb_connect()
+        return self._in_worker({"sql": text, "params": _params(params), "ctes": [], "parsed": sorted(parsed)}, deadline)
+
+    def _in_worker(self, request: dict[str, Any], deadline: float) -> tuple[list[str], list[dict], bool, set[str]]:
+        """The worker's (columns, rows, truncated, tables touched) for ``request``; `SqlDenied` or
+        `CapabilityFault` as the worker reports, the timeout fault at ``deadline`` (the worker
+        is killed), a ``CapabilityError`` when the worker dies (e.g. past its memory limit)."""
         try:
-            try:
-                touched = {t.lower() for t in conn.get_table_names(text)}
-            except duckdb.BinderException:  # DuckDB cannot list the tables of a statement with parameters:
-                touched = set(parsed)       # the sqlglot check (with an allowlist) stands alone
-            except duckdb.PermissionException as exc:
-                raise SqlDenied(_first_line(exc)) from None
-            except duckdb.Error as exc:
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
-            if self.tables is not None:  # DuckDB resolves CTEs itself: every name it lists is a table
-                extra = sorted(t for t in touched if t.split(".")[-1] not in self.tables)
-                if extra:
-                    raise SqlDenied(f"table {extra[0]!r} is not on the allowed list ({', '.join(sorted(self.tables))})")
-        except BaseException:
-            conn.close()
-            raise
+            answer = self._pool.query({**request, "deadline": deadline}, deadline,
+                                      4 * self.max_result_bytes + _ANSWER_OVERHEAD)
+        except WorkerTimeout:
+            raise self._too_long() from None
+        except WorkerLost as exc:
+            raise CapabilityFault("CapabilityError", f"sql: the query was stopped: {exc} (memory_bytes="
+                                  f"{self.memory_bytes}, max_result_bytes={self.max_result_bytes})") from None
+        except (RuntimeError, OSError) as exc:
+            raise CapabilityFault("CapabilityError", f"sql: {exc}; try again later") from None
+        if answer.get("ok"):
+            return answer["columns"], answer["rows"], bool(answer["truncated"]), set(answer["touched"])
+        kind, message = answer.get("kind"), str(answer.get("message", ""))
+        if kind == "denied":
+            raise SqlDenied(message)
+        if kind == "timeout":
+            raise self._too_long()
+        raise CapabilityFault("CapabilityError", message or "sql: the query failed")
 
-        def work() -> tuple[list[str], list[dict], bool]:
-            try:
-                cursor = conn.execute(text, bound) if bound else conn.execute(text)
-                columns = _unique([d[0] for d in cursor.description or ()])
-                return (columns, *self._collect(cursor, columns))
-            except duckdb.InterruptException:
-                raise self._too_long() from None
-            except duckdb.PermissionException as exc:
-                raise SqlDenied(_first_line(exc)) from None
-            except duckdb.Error as exc:
-                raise CapabilityFault("CapabilityError", f"sql: {type(exc).__name__}: {_first_line(exc)}") from None
+    def _too_long(self) -> CapabilityFault:
+        return CapabilityFault("CapabilityError", f"sql: the query ran longer than {self.timeout:g} s (timeout_seconds, "
+                               "or the run's remaining time if shorter) and was stopped")
 
-        columns, rows, truncated = self._bounded(work, conn, deadline)
-        return columns, rows, truncated, touched
+    def close(self) -> None:
+        """Kill this database's worker processes (a later query starts a new one)."""
+        self._pool.close()
 
-    # -- shared -----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
 
-    def _collect(self, cursor: Any, columns: list[str]) -> tuple[list[dict], bool]:
-        rows: list[dict] = []
-        size = 2
-        while True:
-            batch = cursor.fetchmany(min(256, self.max_rows + 1 - len(rows)))
-            if not batch:
-                return rows, False
-            for raw in batch:
-                if len(rows) >= self.max_rows:
-                    return rows, True
-                row = {col: _jsonable(value) for col, value in zip(columns, raw)}
-                size += len(json.dumps(row, separators=(",", ":"), ensure_ascii=False)) + 1
-                if size > self.max_result_bytes:
-                    return rows, True
-                rows.append(row)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pool = WorkerPool(self._worker_config())
+
+    def _worker_config(self) -> dict[str, Any]:
+        return {"path": str(self.path), "engine": self.engine, "max_rows": self.max_rows,
+                "max_result_bytes": self.max_result_bytes, "memory_bytes": self.memory_bytes,
+                "immutable": self.immutable,
+                "tables": None if self.tables is None else {
+                    t: None if cols is None else sorted(cols) for t, cols in self.tables.items()}}
 
     def _all_columns(self) -> dict[str, list[str]]:
         """Every base table (and view) with its columns, read by the host without the guards."""
@@ -572,15 +419,6 @@ class _Database:
             return result
         finally:
             conn.close()
-
-
-_ACTIONS = {getattr(sqlite3, n): n.removeprefix("SQLITE_").replace("_", " ") for n in dir(sqlite3)
-            if n.startswith("SQLITE_") and n not in ("SQLITE_OK", "SQLITE_DENY", "SQLITE_IGNORE")
-            and isinstance(getattr(sqlite3, n), int) and not n.startswith("SQLITE_LIMIT")}
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:500]
 
 
 def _duckdb_named_params(text: str, params: Any) -> str:
@@ -611,34 +449,3 @@ def _params(params: Any) -> Sequence[Any] | Mapping[str, Any]:
     if isinstance(params, (list, tuple, dict)):
         return params
     raise CapabilityFault("TypeError", "sql: params must be a list, a dict or None")
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        key = name
-        while key in seen:
-            seen[name] += 1
-            key = f"{name}_{seen[name]}"
-        seen.setdefault(key, 1)
-        out.append(key)
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, decimal.Decimal):
-        return float(value) if value.is_finite() else str(value)
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
