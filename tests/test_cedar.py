@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("cedarpy")
 
+from sandbox.errors import ConfigurationError  # noqa: E402
 from sandbox.policy.cedar import CedarPolicy  # noqa: E402
 from sandbox.policy import Policy, Principal, Rule  # noqa: E402
 
@@ -100,7 +101,7 @@ def test_floats_and_nulls_in_arguments_do_not_break_evaluation():
 
 
 def test_schema_validation_and_parse_errors():
-    with pytest.raises(ValueError, match="do not parse"):
+    with pytest.raises(ConfigurationError, match="do not parse"):
         CedarPolicy("permit(principal, action, resource")
     schema = """
     entity Role;
@@ -109,7 +110,7 @@ def test_schema_validation_and_parse_errors():
     action "get_weather" appliesTo { principal: Agent, resource: Resource, context: {} };
     """
     CedarPolicy('permit(principal, action == Action::"get_weather", resource);', schema=schema)
-    with pytest.raises(ValueError, match="schema"):
+    with pytest.raises(ConfigurationError, match="schema"):
         CedarPolicy('permit(principal, action == Action::"nope", resource);', schema=schema)
 
 

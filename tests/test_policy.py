@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import sandbox.policy
+from sandbox.errors import ConfigurationError
 from sandbox.policy import (
     CallContext,
     Constraint,
@@ -17,6 +22,7 @@ from sandbox.policy import (
     Principal,
     RateLimit,
     Rule,
+    coerce_policy,
 )
 
 BOT = Principal(id="agent:etl", on_behalf_of="alice", task="T-12", roles=("analyst",))
@@ -80,7 +86,7 @@ def test_rate_parsing():
     assert RateLimit.parse("10/minute") == RateLimit(calls=10, seconds=60)
     assert RateLimit.parse("3/10s") == RateLimit(calls=3, seconds=10)
     assert RateLimit.parse("100 / hour").seconds == 3600
-    with pytest.raises(ValueError, match="cannot parse rate"):
+    with pytest.raises(ConfigurationError, match="cannot parse rate"):
         RateLimit.parse("often")
 
 
@@ -281,13 +287,15 @@ def test_counts_are_thread_safe():
     assert results.count(True) == 50 and state.calls["x"] == 50
 
 
-def test_bad_configuration_raises():
-    with pytest.raises(ValueError):
+def test_bad_configuration_raises(tmp_path: Path):
+    with pytest.raises(ConfigurationError, match="default"):
         Policy(default="maybe")  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError, match="escalate_after"):
         Policy(escalate_after=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError, match="approval_timeout"):
         Policy(approval_timeout=0)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        coerce_policy(tmp_path / "missing.toml")
     with pytest.raises(ValueError):
         Rule(rate="fast")
     with pytest.raises(ValueError):
@@ -305,7 +313,7 @@ def test_validate_for_checks_argument_names():
 
     Policy(rules={"read": Rule(args={"path": Constraint(prefix="/d")})}).validate_for({"read": read})
     Policy(rules={"other": Rule(args={"zzz": Constraint(prefix="/d")})}).validate_for({"read": read})
-    with pytest.raises(ValueError, match="file"):
+    with pytest.raises(ConfigurationError, match="file"):
         Policy(rules={"read": Rule(args={"file": Constraint(prefix="/d")})}).validate_for({"read": read})
 
 
@@ -369,7 +377,7 @@ def test_from_toml_accepts_a_policy_table(tmp_path: Path):
 def test_from_toml_errors_name_the_key(tmp_path: Path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigurationError, match=message):
         Policy.from_toml(path)
 
 
@@ -493,6 +501,23 @@ def test_validation_errors_do_not_echo_their_input():
         with pytest.raises(ValueError) as info:
             build()
         assert canary not in str(info.value)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigurationError) as info:
         Policy.from_mapping({"capabilities": {"x": {"max_calls": canary}}})
     assert canary not in str(info.value)
+
+
+def test_the_policy_core_never_imports_cedar_at_module_level():
+    package = Path(sandbox.policy.__file__).parent
+    for module in sorted(package.glob("*.py")):
+        if module.name == "cedar.py":
+            continue
+        tree = ast.parse(module.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                assert "cedar" not in (node.module or ""), module.name
+            if isinstance(node, ast.Import):
+                assert not any("cedar" in alias.name for alias in node.names), module.name
+    first = "import sys, sandbox.policy.cedar as c; print(c.CedarPolicy.__mro__[1].__module__, 'cedarpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, timeout=60,
+                         cwd=Path(sandbox.policy.__file__).parents[2])
+    assert out.returncode == 0 and out.stdout.split() == ["sandbox.policy._policy", "False"], out.stderr

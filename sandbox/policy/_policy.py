@@ -78,7 +78,7 @@ class Policy:
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], *, approve: Approver | None = None, **kwargs: Any) -> Policy:
-        """Load a policy file (format in the module docstring). ``approve`` and other keyword
+        """Load a policy file (format in `sandbox.policy`'s docstring). ``approve`` and other keyword
         arguments are passed on (callbacks cannot live in TOML).
 
         A top-level ``cedar = "file.cedar"`` (relative to the TOML file) makes it a
