@@ -24,7 +24,7 @@ from pydantic import BaseModel  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 
 from sandbox import ConfigurationError, Limits, Sandbox, Secret, SecretValue, capability  # noqa: E402
-from sandbox.audit import generate_signing_key, private_key_pem, public_key_pem, read_records  # noqa: E402
+from sandbox.audit import MemorySink, generate_signing_key, private_key_pem, public_key_pem, read_records  # noqa: E402
 from sandbox.ray import (  # noqa: E402
     CapabilityHost,
     ClusterRateStore,
@@ -315,7 +315,8 @@ def test_actor_killed_mid_run_is_worker_lost_and_not_retried(cluster: str, tmp_p
         return 1
 
     spec = SandboxSpec(capabilities=[side_effect], limits=Limits(cpu_seconds=60, wall_seconds=60))
-    with RaySandboxPool(spec, size=2, num_cpus=0.25, max_restarts=1) as pool:
+    sink = MemorySink()
+    with RaySandboxPool(spec, size=2, num_cpus=0.25, max_restarts=1, records=sink) as pool:
         pool.wait_ready(timeout=120)
         pending = pool.submit("side_effect()\nwhile True:\n    pass")
         deadline = time.monotonic() + 30
@@ -327,6 +328,8 @@ def test_actor_killed_mid_run_is_worker_lost_and_not_retried(cluster: str, tmp_p
         assert not result.ok
         assert (result.error.kind, result.error.type) == ("internal", "WorkerLost")
         assert pool.stats().lost == 1
+        lost = [r for r in sink.records if r.run_id == result.run_id]
+        assert len(lost) == 1 and (lost[0].outcome.kind, lost[0].outcome.type) == ("internal", "WorkerLost")
         again = pool.map(["1 + 1"] * 4, batch_size=1)  # the pool keeps serving, around the lost actor
         assert [r.value for r in again] == [2] * 4
         deadline = time.monotonic() + 60

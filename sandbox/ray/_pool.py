@@ -5,8 +5,9 @@ redacted (on the worker); records go to the key holder (see `sandbox.ray._record
 
 A run whose actor dies (killed, node lost, out of memory) becomes a `RunResult` with
 ``error.kind == "internal"`` and ``error.type == "WorkerLost"``; it is never retried, because
-its capability calls may already have had effects. The actor itself is restarted by Ray (up
-to ``max_restarts``) and takes new runs once it has rebuilt its sandboxes.
+its capability calls may already have had effects. The pool records it (the key holder's chain
+shows the run started and was lost). The actor itself is restarted by Ray (up to
+``max_restarts``) and takes new runs once it answers again.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class RaySandboxPool:
         self._specs = specs
         self._default = next(iter(specs))
         self._sink: Any = None
+        self._records = records
         if isinstance(records, ray.actor.ActorHandle):
             worker_records: Any = records
         elif records is not None:
@@ -140,7 +142,8 @@ class RaySandboxPool:
         name = self._spec_name(spec)
         index = self._pick()
         ref = self._actors[index].run.remote(name, code, _plain(inputs), principal, limits)
-        return self._track(ref, index, 1, lambda reply: reply.result, lambda exc: self._lost_result(name, exc))
+        return self._track(ref, index, 1, lambda reply: reply.result,
+                           lambda exc: self._lost_result(name, exc, code, principal, limits))
 
     def run(self, code: str, *, inputs: Mapping[str, Any] | None = None, principal: Any = None,
             limits: Limits | None = None, spec: str | None = None) -> RunResult:
@@ -171,7 +174,8 @@ class RaySandboxPool:
             ref = self._actors[index].run_batch.remote(name, batch)
             futures.append(self._track(
                 ref, index, len(batch), lambda replies: [r.result for r in replies],
-                lambda exc, n=len(batch): [self._lost_result(name, exc) for _ in range(n)],
+                lambda exc, batch=batch: [self._lost_result(name, exc, code, principal, limits)
+                                          for code, _, principal, limits in batch],
             ))
         return [result for future in futures for result in future.result()]
 
@@ -312,9 +316,27 @@ class RaySandboxPool:
 
         self._actors[index].ready.remote().future().add_done_callback(answered)
 
-    def _lost_result(self, spec: str, exc: BaseException) -> RunResult:
+    def _lost_result(self, spec: str, exc: BaseException, code: str, principal: Any, limits: Limits | None,
+                     session_id: str | None = None) -> RunResult:
+        """The WorkerLost result of a run, and its record for the key holder: the chain shows
+        that the run started and was lost (its capability calls are unknown)."""
         chosen = self._specs[spec]
-        return worker_lost(chosen.runtime, chosen.isolation or "none", exc)
+        result = worker_lost(chosen.runtime, chosen.isolation or "none", exc)
+        if self._records is not None:
+            from sandbox.audit import RunRecorder, secret_grants
+            from sandbox.policy import coerce_principal
+
+            record = RunRecorder(
+                run_id=result.run_id, code=code if isinstance(code, str) else "", runtime=result.runtime,
+                isolation=result.isolation, principal=coerce_principal(principal) or chosen.principal,
+                session_id=session_id, limits=limits or chosen.limits or Limits(),
+                capabilities=chosen.capability_names, secrets=secret_grants(chosen.secrets),
+            ).finish(result)
+            if self._sink is not None:
+                self._sink.emit(record)
+            else:
+                self._records.emit.remote(record)
+        return result
 
 
 class PoolSession:
@@ -346,7 +368,8 @@ class PoolSession:
         with self._pool._lock:
             self._pool._in_flight[self._index] += 1
         ref = self._pool._actors[self._index].session_run.remote(self.id, code, _plain(inputs))
-        return self._pool._track(ref, self._index, 1, lambda reply: reply.result, self._on_lost)
+        return self._pool._track(ref, self._index, 1, lambda reply: reply.result,
+                                 lambda exc: self._on_lost(exc, code))
 
     def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
         """Like `RaySandboxPool.run`, but globals from earlier runs of this session are visible."""
@@ -372,9 +395,9 @@ class PoolSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _on_lost(self, exc: BaseException) -> RunResult:
+    def _on_lost(self, exc: BaseException, code: str) -> RunResult:
         self._lost = True
-        return self._pool._lost_result(self._spec, exc)
+        return self._pool._lost_result(self._spec, exc, code, None, None, self.id)
 
 
 def worker_lost(runtime: str, isolation: str, exc: BaseException) -> RunResult:
