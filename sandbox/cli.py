@@ -136,6 +136,8 @@ def run(file: Any, runtime: str, isolation: str | None, cpu_seconds: float, wall
         sandbox = Sandbox(runtime, limits=limits, isolation=isolation, **options)  # type: ignore[arg-type]
     except (ValueError, TypeError, RuntimeError, SandboxError) as exc:
         raise _usage(str(exc)) from None
+    for pattern in _unmatched_rules(sandbox):
+        click.echo(f"sandbox run: warning: the policy's rule for {pattern!r} matches no granted capability", err=True)
     with sandbox:
         try:
             result = sandbox.run(code, inputs=dict(inputs))
@@ -149,6 +151,20 @@ def run(file: Any, runtime: str, isolation: str | None, cpu_seconds: float, wall
                 sandbox.apply(result.changes)
                 click.echo(f"[applied {len(result.changes)} change(s)]", err=True)
     sys.exit(0 if result.ok else 1)
+
+
+def _unmatched_rules(sandbox: Any) -> list[str]:
+    """Policy rules that can govern no granted capability: neither its name nor (for actions
+    such as ``http.get`` of ``http.request``) its namespace matches them."""
+    import fnmatch
+
+    names = list(sandbox.capabilities)
+    namespaces = {name.rsplit(".", 1)[0] + "." for name in names if "." in name}
+    return [
+        pattern for pattern in getattr(sandbox.policy, "rules", {})
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names)
+        and not any(pattern.startswith(prefix) for prefix in namespaces)
+    ]
 
 
 def _source(file: Any) -> str:

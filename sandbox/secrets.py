@@ -652,6 +652,8 @@ _NUMBER_PIECE = re.compile(r"[-+]?[0-9]*\.?[0-9]*(?:e[-+]?[0-9]*)?", re.IGNORECA
 _UUID_PIECE = re.compile(r"[0-9a-f-]*")
 _STR = frozenset({str})
 _NUMBERS = frozenset({int, float})
+_FLOAT_TEXT_MAX = len("-2.2250738585072014e-308")
+"""No ``str()`` of a float is longer."""
 _SKIPPED = frozenset({bool, type(None)})
 
 
@@ -711,7 +713,12 @@ class Redactor:
         self._forms.sort(key=lambda item: -item[1].weight)
         # A scalar whose text cannot hold any form's needle cannot hold a match: skip its text.
         bare = [n.lower() if f.lowered else n for _, f in self._forms for n in (f.bare or f.needles)]
-        self._numbers = any(_in_number(n) for n in bare)
+        shortest = min((len(n) for n in bare if _in_number(n)), default=None)
+        self._numbers = shortest is not None
+        # Shorter texts cannot hold a needle: ints below this magnitude (a sign is one more
+        # character), and every float when no float text (24 characters at most) is long enough.
+        self._int_floor = 10 ** max(shortest - 2, 0) if shortest is not None else 0
+        self._floats = shortest is not None and shortest <= _FLOAT_TEXT_MAX
         self._uuids = any(_UUID_PIECE.fullmatch(n) for n in bare)
         used = set().union(*(set(value) for value in values.values())) if values else set()
         self._separator = next(c for c in _separators() if c not in used)
@@ -812,7 +819,9 @@ class Redactor:
         if isinstance(item, bool) or item is None:
             return None
         if isinstance(item, (int, float, Decimal)):
-            if not self._numbers:
+            if not self._numbers or isinstance(item, int) and abs(item) < self._int_floor:
+                return None
+            if isinstance(item, float) and not self._floats:
                 return None
             try:
                 return str(item)
@@ -852,18 +861,20 @@ class Redactor:
                             texts.append(text)
                 continue
             for items in (node.keys(), node.values()) if isinstance(node, dict) else (node,):
-                types = list(map(type, items))
-                kinds = set(types)
+                kinds = set(map(type, items))
+                types = list(map(type, items)) if len(kinds) > 1 else None
                 for kind in kinds - skip:
-                    group = items if len(kinds) == 1 else itertools.compress(items, map(operator.is_, types, itertools.repeat(kind)))
+                    group = items if types is None else itertools.compress(items, map(operator.is_, types, itertools.repeat(kind)))
                     if kind is str:
                         texts.extend(group)
-                    elif kind in _NUMBERS:
+                    elif kind is int:
                         group = list(group)
-                        try:
+                        if max(group) >= self._int_floor or min(group) <= -self._int_floor:
+                            long_enough = itertools.compress(group, map(self._int_floor.__le__, map(abs, group)))
+                            texts.extend(t for t in map(self._leaf_text, long_enough) if t is not None)
+                    elif kind is float:
+                        if self._floats:
                             texts.extend(map(str, group))
-                        except ValueError:  # an int past the digit limit: item by item
-                            texts.extend(t for t in map(self._leaf_text, group) if t is not None)
                     elif issubclass(kind, CONTAINERS):
                         for item in group:
                             if id(item) not in seen:

@@ -111,6 +111,10 @@ def test_inputs_capabilities_and_policy(tmp_path: Path):
     proc = sandbox_cli("run", "--capabilities", "mytools", "--policy", str(policy), "--input", "rows=[21]",
                        "--input", "limit=3", "-", stdin=code, cwd=tmp_path)
     assert proc.returncode == 1 and "policy" in proc.stderr.lower(), proc.stderr  # the policy really applies
+    policy.write_text('default = "allow"\n[capabilities."ops.neg"]\nmax_calls = 1\n[capabilities.doubel]\nmax_calls = 1\n')
+    proc = sandbox_cli("run", "--capabilities", "mytools", "--policy", str(policy), "-", stdin="double(1)", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "warning: the policy's rule for 'doubel' matches no granted capability" in proc.stderr
     proc = sandbox_cli("run", "--capabilities", "mytools:ONLY_NEG", "-", stdin="double(1)", cwd=tmp_path)
     assert proc.returncode == 1 and "NameError" in proc.stderr, proc.stderr
 
