@@ -39,7 +39,8 @@ class WorkerTimeout(Exception):
 
 
 class _Worker:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], generation: int) -> None:
+        self.generation = generation
         self.proc = _SPAWNER.submit(
             subprocess.Popen, [sys.executable, "-I", _WORKER_SCRIPT], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={"MALLOC_ARENA_MAX": "1"},
@@ -117,6 +118,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
+        self._generation = 0  # bumped by close(): a call in flight then does not start a new worker
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
 
     def warm(self) -> None:
@@ -124,7 +126,7 @@ class WorkerPool:
         with self._lock:
             if self._idle or len(self._all) >= self._max:
                 return
-            worker = _Worker(self._config)
+            worker = _Worker(self._config, self._generation)
             self._all.add(worker)
             self._idle.append(worker)
 
@@ -148,13 +150,14 @@ class WorkerPool:
             return answer
         finally:
             self._give_back(worker, keep)
-            if not keep:
+            if not keep and worker.generation == self._generation:
                 with contextlib.suppress(OSError):
                     self.warm()
 
     def close(self) -> None:
         """Kill and reap every worker (idle or busy). The pool stays usable."""
         with self._lock:
+            self._generation += 1
             self._idle.clear()
             workers = list(self._all)
             self._all.clear()
@@ -171,7 +174,7 @@ class WorkerPool:
                 worker.kill()
             if len(self._all) >= self._max:
                 raise RuntimeError(f"{self._max} queries are already running on this database")
-            worker = _Worker(self._config)
+            worker = _Worker(self._config, self._generation)
             self._all.add(worker)
             return worker
 
