@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtimes.restricted.guards import WRITABLE_PACKAGES, expose_types
+from runtimes.restricted import guest_re  # imported here, not during a run: regex registers with copyreg
 from runtimes.restricted.replacements import REPLACED
 
 ALLOWED_MODULES = (
@@ -133,7 +134,7 @@ in-process runtime's: see docs/data.md, "Why numpy and pandas are not offered in
 Their proxies carry every public attribute; raw memory, file I/O and runaway C calls are
 contained by the process layers (rlimits, seccomp, netns, Landlock), not by the guards."""
 
-SOURCES: dict[str, Callable[[], Any]] = {"re": lambda: importlib.import_module("runtimes.restricted.guest_re")}
+SOURCES: dict[str, Callable[[], Any]] = {"re": lambda: guest_re}
 """Where a module's names are read from when it is not the stdlib module of that name (a
 wrapper object offering the same API); default `importlib.import_module`."""
 
