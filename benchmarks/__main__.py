@@ -3,6 +3,7 @@
     python -m benchmarks --quick              # under a minute
     python -m benchmarks                      # the full run, under 10 minutes on 2 cores
     python -m benchmarks --out /tmp/bench --subjects native,restricted,monty --workloads trivial_fresh
+    python -m benchmarks --out benchmarks/results   # the committed results (README table)
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def _names(text: str | None) -> list[str] | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sandbox bench", description="Benchmark the sandbox runtimes against peers.")
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: benchmarks/results/)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: a new temporary directory; "
+                        "pass --out benchmarks/results to replace the committed results)")
     parser.add_argument("--subjects", help="comma-separated subset of: native, restricted, restricted+process, wasi, "
                         "monty, smolagents, restrictedpython, python-c (default: all)")
     parser.add_argument("--workloads", help="comma-separated subset of: trivial_fresh, trivial_session, cpu_loop, "
@@ -65,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--humaneval-limit", type=int, default=None, help="run only the first N HumanEval problems")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-subject memory/cold-start children")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNGs")
+    parser.add_argument("--wasi-build", action="store_true",
+                        help="also time a first-use wasi guest build into a temporary cache (30-90 s)")
     return parser.parse_args(argv)
 
 
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Config.for_mode(
             args.quick, out=args.out, subjects=_names(args.subjects), workloads=_names(args.workloads),
             budget_seconds=args.budget, workers=args.workers, humaneval_limit=args.humaneval_limit,
+            wasi_build=args.wasi_build or None,
         )
         if args.no_rss:
             config.rss = False

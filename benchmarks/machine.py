@@ -63,9 +63,20 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+BUSY_LOAD_PER_CPU = 0.7
+"""A 1-minute load above this many runnable tasks per CPU marks the machine as busy."""
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def load_snapshot(sample_seconds: float = 0.3) -> dict[str, Any]:
-    """How busy the machine is right now: load average and CPU use outside this process."""
-    snap: dict[str, Any] = {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    """How busy the machine is right now: load average, CPU use outside this process, and
+    ``busy`` (the 1-minute load over `BUSY_LOAD_PER_CPU` × the CPUs this process may use)."""
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    snap: dict[str, Any] = {"load_average": load, "cpus": _cpus(),
+                            "busy": None if load is None else load[0] > BUSY_LOAD_PER_CPU * _cpus()}
     try:
         import psutil
 
@@ -79,6 +90,16 @@ def load_snapshot(sample_seconds: float = 0.3) -> dict[str, Any]:
     except Exception:  # psutil missing or restricted /proc: report what we have
         pass
     return snap
+
+
+def load_warning(before: dict[str, Any], after: dict[str, Any] | None = None) -> str | None:
+    """A one-line warning when the machine was busy before or after the run, else None."""
+    busy = [(when, snap) for when, snap in (("before", before), ("after", after or {})) if snap.get("busy")]
+    if not busy:
+        return None
+    parts = ", ".join(f"{snap['load_average'][0]:.1f} {when}" for when, snap in busy)
+    return (f"the machine was busy: 1-minute load {parts} on {busy[0][1]['cpus']} CPUs; other work competed "
+            "for the cores, so absolute times are inflated and noisier (compare ratios within this run)")
 
 
 def describe() -> dict[str, Any]:

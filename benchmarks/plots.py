@@ -1,7 +1,7 @@
 """PNG plots of a results dict (matplotlib, Agg backend; no display needed).
 
 - ``startup.png``: start-up latency per subject on a log scale (trivial snippet fresh, in a
-  session, and cold start of a new process to its first result), with p90 whiskers.
+  session, and cold start of a new process to its first result), with 95% CI whiskers on the medians.
 - ``overhead.png``: median time over native exec per workload and subject, log scale.
 - ``scaling.png``: runs per second against concurrency (1, 2, 4, 8) per subject.
 - ``humaneval.png``: HumanEval passes per subject.
@@ -33,6 +33,15 @@ def _ok(entry: dict[str, Any]) -> bool:
     return entry.get("status") == "ok" and entry.get("median") is not None
 
 
+def ci_error(entry: dict[str, Any], scale: float = 1.0) -> tuple[float, float]:
+    """(below, above) the median of ``entry`` to its 95% CI bounds, divided by ``scale``; zeros
+    when the cell has too few samples for a CI."""
+    ci = entry.get("median_ci95")
+    if not ci:
+        return 0.0, 0.0
+    return max(0.0, entry["median"] - ci[0]) / scale, max(0.0, ci[1] - entry["median"]) / scale
+
+
 def _footer(fig: Any, results: dict[str, Any]) -> None:
     m = results["machine"]
     fig.text(0.01, 0.005, f"{m['cpu_model']}, {m['cpu_count_logical']} CPUs, Python {m['python']}, "
@@ -51,14 +60,16 @@ def startup(results: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 0.6 * max(3, len(names)) + 2))
     height = 0.27
     for i, (label, res) in enumerate(series):
-        ys, xs, err = [], [], []
+        ys, xs, low, err = [], [], [], []
         for j, name in enumerate(names):
             e = res.get(name, {})
             if _ok(e):
                 ys.append(j + (i - 1) * height)
                 xs.append(e["median"] * 1e3)
-                err.append(max(0.0, e["p90"] - e["median"]) * 1e3)
-        ax.barh(ys, xs, height=height, xerr=[[0] * len(err), err], label=f"`1 + 1`, {label} (median, p90)",
+                lo, hi = ci_error(e)
+                low.append(lo * 1e3)
+                err.append(hi * 1e3)
+        ax.barh(ys, xs, height=height, xerr=[low, err], label=f"`1 + 1`, {label} (median, 95% CI)",
                 color=["#4c72b0", "#55a868"][i], alpha=0.9, error_kw={"elinewidth": 0.8})
         for y, x, e in zip(ys, xs, err):
             ax.text((x + e) * 1.1, y, f"{x * 1e3:.1f} µs" if x < 0.1 else f"{x * 1e3:.0f} µs" if x < 1
@@ -94,18 +105,23 @@ def overhead(results: dict[str, Any], path: Path) -> Path:
     width = 0.8 / max(1, len(names))
     labels = [w["title"] for w in workloads.values()]
     for i, name in enumerate(names):
-        xs, ys = [], []
+        xs, ys, low, high = [], [], [], []
         for j, w in enumerate(workloads.values()):
             e = w["results"].get(name, {})
             if e.get("status") == "ok" and e.get("ratio_native"):
                 xs.append(j - 0.4 + width * (i + 0.5))
                 ys.append(e["ratio_native"])
-        ax.bar(xs, ys, width=width, label=name, color=COLORS.get(name))
+                lo, hi = ci_error(e, e["median"] / e["ratio_native"])
+                low.append(lo)
+                high.append(hi)
+        ax.bar(xs, ys, width=width, label=name, color=COLORS.get(name), yerr=[low, high],
+               error_kw={"elinewidth": 0.7, "capsize": 1.5})
     ax.axhline(1.0, color="#333333", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("median time / native exec (log scale)")
-    ax.set_title("Overhead ratio per workload (1 = native exec; missing bar = skipped, n/a or unsupported)")
+    ax.set_title("Overhead ratio per workload (1 = native exec; whiskers: 95% CI of the median; "
+                 "missing bar = skipped, n/a or unsupported)", fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", which="both", alpha=0.25)
     _footer(fig, results)

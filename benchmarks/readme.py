@@ -62,10 +62,10 @@ def render(results: dict[str, Any], image_dir: str | None = None) -> str:
         lines += [f"- {n}" for n in notes]
     targets = results.get("targets", [])
     if targets:
-        lines += ["", "| issue | target | measured | met |", "|---|---|---:|---|"]
+        lines += ["", "| area | target | measured | met |", "|---|---|---:|---|"]
         for t in targets:
             met = {True: "yes", False: "no", None: "—"}[t["met"]]
-            lines.append(f"| #{t['issue']} | {t['what']}: {t['target']} | {fmt_value(t['value'], t['unit'])} | {met} |")
+            lines.append(f"| {t.get('area', '')} | {t['what']}: {t['target']} | {fmt_value(t['value'], t['unit'])} | {met} |")
     if image_dir is not None:
         lines += ["", " ".join(f"![{name}]({image_dir}/{name}.png)"
                                for name in ("startup", "overhead", "scaling", "humaneval"))]
@@ -76,6 +76,8 @@ def render(results: dict[str, Any], image_dir: str | None = None) -> str:
               f"during the run on {m['cpu_count_logical']} CPUs; other processes used "
               f"{before.get('cpu_percent_other_processes')}% CPU at the start. Compare ratios within one run. "
               f"The run took {fmt_time(results.get('duration_seconds'))}."]
+    if results.get("load_warning"):
+        lines += ["", f"Warning: {results['load_warning']}."]
     return "\n".join(lines) + "\n"
 
 

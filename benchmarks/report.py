@@ -18,6 +18,11 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
+def fmt_ci(ci: list[float] | None) -> str:
+    """A median's confidence interval as ``low–high``; ``-`` when there were too few samples."""
+    return "-" if not ci else f"{fmt_time(ci[0])}–{fmt_time(ci[1])}"
+
+
 def fmt_ratio(value: float | None) -> str:
     if value is None:
         return "-"
@@ -94,15 +99,16 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         if wname == "humaneval":
             continue
         table = Table(title=f"{w['title']} — {w['description']}", title_justify="left")
-        for col in ("subject", "n", "median", "p90", "p99", "min", "× native", "× Monty", "note"):
+        for col in ("subject", "n", "median", "95% CI of median", "p90", "p99", "min", "× native", "× Monty", "note"):
             table.add_column(col, justify="left" if col in ("subject", "note") else "right")
         for name in names:
             e = w["results"].get(name, {})
             if e.get("status") == "ok":
-                table.add_row(name, str(e["n"]), fmt_time(e["median"]), fmt_time(e["p90"]), fmt_time(e["p99"]),
+                table.add_row(name, str(e["n"]), fmt_time(e["median"]), fmt_ci(e.get("median_ci95")),
+                              fmt_time(e.get("p90")), fmt_time(e.get("p99")),
                               fmt_time(e["min"]), fmt_ratio(e.get("ratio_native")), fmt_ratio(e.get("ratio_monty")), "")
             else:
-                table.add_row(name, "", "", "", "", "", "", "", f"[yellow]{e.get('status')}[/]: {e.get('reason', '')}")
+                table.add_row(name, "", "", "", "", "", "", "", "", f"[yellow]{e.get('status')}[/]: {e.get('reason', '')}")
         console.print(table)
 
     he = workloads.get("humaneval")
@@ -170,12 +176,12 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
 
     targets = results.get("targets", [])
     if targets:
-        table = Table(title="Targets from the issues", title_justify="left")
-        for col in ("issue", "what", "target", "measured", "met"):
+        table = Table(title="Performance targets", title_justify="left")
+        for col in ("area", "what", "target", "measured", "met"):
             table.add_column(col, justify="right" if col in ("measured",) else "left")
         for t in targets:
             met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[t["met"]]
-            table.add_row(f"#{t['issue']}", t["what"], t["target"], fmt_value(t["value"], t["unit"]), met)
+            table.add_row(t.get("area", ""), t["what"], t["target"], fmt_value(t["value"], t["unit"]), met)
         console.print(table)
 
     skipped = [(n, s["reason"]) for n, s in subjects.items() if s.get("status") != "ok"]
@@ -185,6 +191,14 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         for n, e in w["results"].items():
             if e.get("status") in ("unsupported", "failed"):
                 console.print(f"[yellow]{e['status']}[/] {n} on {w['title']}: {e.get('reason')}")
+    build = results.get("wasi_build")
+    if build:
+        for key, label in (("cached_load", "wasi guest load from cache"), ("first_use_build", "wasi first-use build")):
+            e = build.get(key, {})
+            shown = fmt_time(e["seconds"]) if e.get("status") == "ok" else f"{e.get('status')}: {e.get('reason')}"
+            console.print(f"{label}: {shown}")
+    if results.get("load_warning"):
+        console.print(f"[yellow]warning:[/] {results['load_warning']}")
     before, after = results.get("load_before", {}), results.get("load_after", {})
     during = results.get("load_during", {})
     console.print(

@@ -26,6 +26,7 @@ import queue
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +49,8 @@ PEER = "monty"
 @dataclass
 class Config:
     quick: bool = False
-    out: Path = Path(__file__).resolve().parent / "results"
+    out: Path | None = None
+    """Where results go; None means a new temporary directory (see `for_mode`)."""
     subjects: list[str] | None = None
     workloads: list[str] | None = None
     budget_seconds: float = 3.0
@@ -63,6 +65,7 @@ class Config:
     workers: int = 2
     plots: bool = True
     hang_seconds: float = 60.0
+    wasi_build: bool = False
 
     @classmethod
     def for_mode(cls, quick: bool, **overrides: Any) -> Config:
@@ -74,6 +77,8 @@ class Config:
         for key, value in overrides.items():
             if value is not None:
                 setattr(base, key, value)
+        if base.out is None:
+            base.out = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
         return base
 
     def public(self) -> dict[str, Any]:
@@ -225,6 +230,9 @@ class Runner:
             "subjects": {},
             "workloads": {},
         }
+        warning = machine.load_warning(self.results["load_before"])
+        if warning:
+            self.progress.log(f"[yellow]warning:[/] {warning}")
         regular = [w for w in self.workloads if w.mode != "suite"]
         suite = [w for w in self.workloads if w.mode == "suite"]
         try:
@@ -472,6 +480,11 @@ class Runner:
                     self.results["workloads"][workload.name] = self.humaneval(workload)
                 else:
                     self.results["workloads"][workload.name] = self.measure(workload)
+            if any(s.name == "wasi" for s in self.ready) or self.config.wasi_build:
+                from benchmarks.wasi_build_time import measure as wasi_build_time
+
+                self.progress.phase("wasi guest: load" + (" and first-use build" if self.config.wasi_build else ""))
+                self.results["wasi_build"] = wasi_build_time(self.config.wasi_build)
             self.results["scaling"] = self.scaling()
             self.results["api_overhead"] = api_overhead(max(200, int(2000 * cfg_scale(self.config))))
             self.results["timing_hooks"] = {s.name: s.timings() for s in self.ready if s.timings()}
@@ -492,6 +505,7 @@ class Runner:
             self.results["rss"] = self.rss()
         self.results["load_during"] = sampler.stop()
         self.results["load_after"] = machine.load_snapshot()
+        self.results["load_warning"] = machine.load_warning(self.results["load_before"], self.results["load_after"])
         from benchmarks.analysis import breakdown, targets
 
         self.results["breakdown"] = breakdown(self.results)

@@ -4,6 +4,7 @@ reports skipped subjects with their reason instead of numbers."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("rich")
 
-from benchmarks import readme, subjects, workloads  # noqa: E402
+from benchmarks import readme, stats, subjects, workloads  # noqa: E402
+from benchmarks.runner import Config  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
 
 
@@ -36,6 +38,25 @@ def test_native_answers_every_workload_it_can() -> None:
     for step in workloads.AGENT_TURN:
         value = session.run(step)
     assert workloads.WORKLOADS[-1].check(value)
+
+
+def test_summary_hides_tails_of_small_cells_and_brackets_the_median() -> None:
+    small = stats.summarise([float(i) for i in range(1, 11)])
+    assert small["p90"] is None and small["p99"] is None
+    low, high = small["median_ci95"]
+    assert low <= small["median"] <= high and low > 1.0 and high < 10.0
+    big = stats.summarise([float(i) for i in range(1, 1001)])
+    assert big["p90"] == 900.0 and big["p99"] == 990.0
+    low, high = big["median_ci95"]
+    assert 460 <= low < 500.5 < high <= 540
+    assert stats.summarise([1.0, 2.0, 3.0])["median_ci95"] is None
+
+
+def test_out_defaults_to_a_temporary_directory() -> None:
+    config = Config.for_mode(True)
+    assert config.out is not None and config.out.is_dir()
+    assert Path(tempfile.gettempdir()) in config.out.parents
+    config.out.rmdir()
 
 
 def test_quick_run_writes_json_pngs_and_skip_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +94,15 @@ def test_quick_run_writes_json_pngs_and_skip_reasons(tmp_path: Path, monkeypatch
     assert he["passed"] == 2 and he["problems"] == 2
     assert results["scaling"]["results"]["native"]["runs_per_second"]["1"]["runs_per_second"] > 0
     assert results["rss"]["native"]["first_result_seconds"] > 0
-    assert {t["issue"] for t in results["targets"]} == {2, 3, 4}
+    assert {t["area"] for t in results["targets"]} == {"restricted", "wasi", "process"}
+    assert all("issue" not in t for t in results["targets"])
+    assert results["load_before"]["cpus"] >= 1 and isinstance(results["load_before"]["busy"], bool)
+    assert ("load_warning" in results) and (results["load_warning"] is None) == (
+        not results["load_before"]["busy"] and not results["load_after"]["busy"])
+    for workload in ("trivial_fresh", "trivial_session", "cpu_loop"):
+        for entry in results["workloads"][workload]["results"].values():
+            if entry["status"] == "ok" and entry["n"] < 20:
+                assert entry["p90"] is None and entry["p99"] is None, entry
 
     markdown = readme.render(results, "benchmarks/results")
     assert "| native exec |" in markdown and "made unavailable by the smoke test" in markdown
