@@ -6,6 +6,7 @@ read is put in the environment before the cluster starts, as a node's environmen
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import secrets as random_secrets
@@ -201,6 +202,7 @@ def test_map_batches_runs_in_order(runtimes_pool: RaySandboxPool) -> None:
     items = [{"code": "n * 2", "inputs": {"n": n}} for n in range(30)]
     results = runtimes_pool.map(items, batch_size=7, spec="restricted")
     assert [r.value for r in results] == [n * 2 for n in range(30)]
+    assert asyncio.run(runtimes_pool.arun("6 * 7", spec="wasi")).value == 42
     assert runtimes_pool.stats().in_flight == (0, 0)
 
 
