@@ -102,6 +102,41 @@ def test_memory_case_stops_within_the_limit(measured, name):
     assert row["after"] == 499500  # the host still runs guests afterwards
 
 
+def test_consecutive_hostile_runs_do_not_accumulate_host_memory():
+    """Each fresh run's memory is released when it ends (globals cleared, cycles collected), so
+    three runs that each fill the cap leave the host's peak RSS near one run's worth."""
+    codes = [
+        "def f():\n    pass\nx = []\nwhile True:\n    x.append(bytearray(1 << 20))",
+        "a = []\na.append(a)\nwhile True:\n    a.append(bytearray(1 << 20))",
+        "y = []\nwhile True:\n    y.append(bytearray(1 << 20))",
+    ]
+    script = CONSECUTIVE % {"memory": MEMORY}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(codes)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(proc.stdout.splitlines()[-1])
+    assert row["limits"] == ["memory"] * 3
+    assert row["growth"] < MEMORY + SLACK, f"host RSS grew by {row['growth'] >> 20} MiB over three runs"
+
+
+CONSECUTIVE = """
+import json, sys
+from sandbox import Limits, Sandbox
+
+def status(key):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+sandbox = Sandbox("restricted", limits=Limits(memory_bytes=%(memory)d, wall_seconds=30))
+sandbox.run("1")
+before = status("VmRSS")
+limits = [sandbox.run(code).error.limit for code in json.loads(sys.argv[1])]
+print(json.dumps({"growth": status("VmHWM") - before, "limits": limits}))
+"""
+
+
 def test_restricted_runs_report_the_layer_and_the_peak():
     with Sandbox("restricted") as sandbox:
         result = sandbox.run("x = bytearray(50 << 20)\nlen(x)")

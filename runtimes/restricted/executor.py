@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import decimal
+import gc
 import keyword
 import logging
 import sys
@@ -50,6 +51,8 @@ _GUEST_ERRORS: dict[str, type[Exception]] = {
 
 
 _MAX_STALE_HANDLES = 4096
+_COLLECT_ABOVE = 8 << 20
+"""Peak bytes of a fresh run above which its end runs a garbage collection."""
 _LOG = logging.getLogger("sandbox.restricted")
 
 
@@ -256,7 +259,7 @@ def _execute(
 
     WATCHDOG.register(budget)
     try:
-        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget)
+        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget, state is None)
     finally:
         run_over.set()
         WATCHDOG.unregister(budget)
@@ -275,11 +278,25 @@ def _execute(
     )
 
 
-def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
+def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget, fresh: bool) -> tuple[dict | None, Any]:
     """`_run_program` in the copied context it is called in, with a decimal context of its own:
     the guest's arithmetic sets flags and traps there, never on the host thread's context."""
     decimal.setcontext(decimal.Context())
-    return _run_program(code, guest_globals, budget)
+    result = _run_program(code, guest_globals, budget)
+    if fresh:
+        _release(guest_globals, budget)
+    return result
+
+
+def _release(guest_globals: dict[str, Any], budget: Budget) -> None:
+    """Drop a fresh run's objects now: its globals, the frames its stop holds and, when the run
+    allocated much (cycles keep objects alive past their last reference), a collection. The
+    next run must not find the host still holding this run's memory on top of its own."""
+    guest_globals.clear()
+    if budget.stop is not None:
+        budget.stop.__traceback__ = None
+    if budget.cap is not None and budget.cap.peak > _COLLECT_ABOVE:
+        gc.collect()
 
 
 def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
