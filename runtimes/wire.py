@@ -1,8 +1,27 @@
 """The wire format shared by every runtime and the host.
 
-An *outcome* is a plain dict, JSON-serialisable, built by `outcome()`::
+**Values.** What crosses the boundary (inputs, capability arguments and results, a run's
+value) is *plain data*: None, bool, int, float, str, list, dict with str keys, and the typed
+values ``tuple``, ``set``, ``frozenset``, ``bytes``, ``datetime.date``, ``datetime.datetime``
+(naive or aware), ``datetime.time``, ``datetime.timedelta``, ``decimal.Decimal`` and
+``uuid.UUID``. `plain` copies a value into plain data (in-process runtimes); `encode` turns it
+into JSON-compatible data where each typed value is a tag, ``{"$type": "date", "v":
+"2024-01-02"}``, and `decode_hook`/`loads` turn tags back into typed values. A dict that has a
+``"$type"`` key of its own is escaped as ``{"$type": "dict", "v": [[key, value], ...]}``, so
+data that looks like a tag never becomes a typed value. numpy scalars become their Python
+values; pandas ``Timestamp``/``Timedelta`` become ``datetime``/``timedelta``.
 
-    {"ok": bool, "value": <json>, "stdout": str, "stderr": str, "output_truncated": bool,
+**Caps.** Every conversion of guest data is metered: its size as compact ASCII JSON (the
+`encode` form; shared references count each time they appear, as JSON repeats them), its node
+count (`max_nodes`: one node per 16 bytes of the size cap) and its depth (`MAX_DEPTH`). Over a
+cap it raises `ValueTooLarge`, which runtimes report as ``limit_exceeded`` with limit
+``"value"``. Hosts parse what a guest sent with `loads_bounded`, which checks size and node
+count on the raw text before parsing and depth right after. Error messages and exception type
+names are clipped by `error` (`clip`, flagged with `TRUNCATED`).
+
+An *outcome* is a plain dict, JSON-serialisable once its value is encoded, built by `outcome()`::
+
+    {"ok": bool, "value": <plain data>, "stdout": str, "stderr": str, "output_truncated": bool,
      "error": None | {"kind", "type", "message", "lineno", "limit"},
      "cpu_seconds": float | None, "peak_memory_bytes": int | None}
 
@@ -20,14 +39,44 @@ worker import it too.
 
 from __future__ import annotations
 
+import binascii
+import datetime as _dt
+import decimal
+import json
 import math
-from typing import Any
+import re
+import sys
+import uuid
+from typing import Any, Callable
 
 SECRET_MARKER = "__sandbox_secret_handle__"
+TAG = "$type"
 
 MAX_INT_BITS = 14_000
 """Larger ints cannot be turned into decimal text (Python's 4300-digit limit), so neither JSON
-nor redaction could handle them: `to_wire` refuses them, `to_result_value` describes them."""
+nor redaction could handle them: strict conversion refuses them, lenient describes them."""
+
+MAX_DECIMAL_EXPONENT = 4_300
+"""A `Decimal` whose adjusted exponent is larger in magnitude is not plain data (turning it
+into an int would allocate that many digits)."""
+
+MAX_DEPTH = 100
+"""Deepest nesting of containers in a value."""
+
+JSON_DEPTH = 2 * MAX_DEPTH + 8
+"""Deepest nesting of JSON a host accepts from a guest: a tagged tuple is two levels, and a
+message wraps the value in a few more."""
+
+NODE_BYTES = 16
+"""A value may have one node (container or scalar) per this many bytes of its size cap."""
+
+MAX_MESSAGE_CHARS = 16_384
+"""Longest error message kept; longer ones are cut and end with `TRUNCATED`."""
+
+MAX_TYPE_CHARS = 256
+"""Longest exception type name kept."""
+
+TRUNCATED = "… [truncated]"
 
 GUEST_ERROR_TYPES = ("TypeError", "ValueError", "PolicyDenied", "CapabilityError")
 """Exception types a capability fault may name. `PolicyDenied` subclasses `PermissionError`,
@@ -48,102 +97,463 @@ class Fault(Exception):
         self.terminate = terminate
 
     def to_wire(self) -> dict:
-        return {"type": self.guest_type, "message": self.message, "terminate": self.terminate}
+        return {"type": self.guest_type, "message": clip(self.message), "terminate": self.terminate}
 
     @classmethod
     def from_wire(cls, data: dict) -> "Fault":
-        return cls(str(data.get("type")), str(data.get("message")), terminate=data.get("terminate"))
+        return cls(str(data.get("type")), clip(str(data.get("message"))), terminate=data.get("terminate"))
 
 
 class WireError(TypeError):
-    """A value cannot cross the boundary (not JSON-compatible)."""
+    """A value cannot cross the boundary (not plain data), or a wire text is malformed."""
 
 
-def to_wire(value: Any, *, depth: int = 0, handle_token: Any = None) -> Any:
-    """Copy ``value`` into plain JSON-compatible data, strictly.
+class ValueTooLarge(WireError):
+    """A value is over the size, node or depth cap; runtimes report limit ``"value"``."""
 
-    Accepts None, bool, int, float (finite), str, list/tuple, and dicts with str keys; a secret
-    handle becomes ``{SECRET_MARKER: token}`` through ``handle_token(obj)``, which returns None
-    for objects that are not handles. Anything else raises `WireError` naming the type, so a
-    guest cannot hand the host an object with behaviour. Subclasses of the builtins are
-    converted to the builtin itself. Depth is capped at 100.
-    """
-    if depth > 100:
-        raise WireError("value nested deeper than 100 levels cannot cross the boundary")
-    if value is None or value is True or value is False:
-        return value
-    kind = type(value)
-    if kind is int or (isinstance(value, int) and not isinstance(value, bool)):
-        if value.bit_length() > MAX_INT_BITS:
-            raise WireError(f"an int of {value.bit_length()} bits is too large to cross the boundary")
-        return int(value)
-    if isinstance(value, float):
-        value = float(value)
-        if not math.isfinite(value):
-            raise WireError(f"{value!r} is not JSON-compatible")
-        return value
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [to_wire(item, depth=depth + 1, handle_token=handle_token) for item in value]
-    if isinstance(value, dict):
+    limit = "value"
+
+
+def max_nodes(max_bytes: int) -> int:
+    """The node cap that goes with a size cap of ``max_bytes``."""
+    return max(1024, max_bytes // NODE_BYTES)
+
+
+def report_bytes(max_value_bytes: int, max_output_bytes: int) -> int:
+    """The most bytes an honest guest's JSON outcome can take: the value, the output (JSON
+    escaping makes a character up to 6 bytes), an error entry and the envelope."""
+    return max_value_bytes + 6 * max_output_bytes + 6 * (MAX_MESSAGE_CHARS + MAX_TYPE_CHARS) + (64 << 10)
+
+
+def clip(text: str, cap: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to at most ``cap`` characters, ending with `TRUNCATED` when it was cut."""
+    if len(text) <= cap:
+        return text
+    return text[: max(0, cap - len(TRUNCATED))] + TRUNCATED
+
+
+# --- converting -----------------------------------------------------------------------------
+
+_enc_str = json.encoder.encode_basestring_ascii
+_TAG_BYTES = len('{"$type":"","v":}')
+_CHECK_EVERY = 1024
+_TIMEDELTA_FIELDS = (_dt.timedelta.days, _dt.timedelta.seconds, _dt.timedelta.microseconds)
+
+
+class _Walk:
+    """One conversion: output form, strictness, caps and counters."""
+
+    __slots__ = ("as_json", "lenient", "handle_token", "default", "check", "max_bytes", "max_nodes",
+                 "nodes", "size", "next_check", "seen")
+
+    def __init__(self, as_json: bool, lenient: bool, max_bytes: int | None, handle_token: Any, default: Any,
+                 check: Any) -> None:
+        self.as_json = as_json
+        self.lenient = lenient
+        self.handle_token = handle_token
+        self.default = default
+        self.check = check
+        self.max_bytes = max_bytes if max_bytes is not None else math.inf
+        self.max_nodes = max_nodes(max_bytes) if max_bytes is not None else math.inf
+        self.nodes = 0
+        self.size = 0
+        self.next_check = _CHECK_EVERY
+        self.seen: dict[int, tuple[Any, int, int, Any]] = {}
+        """Containers already converted (id -> object, nodes, bytes, result): a shared reference
+        counts its nodes and bytes again, without walking it again."""
+
+    def checkpoint(self) -> None:
+        self.next_check = self.nodes + _CHECK_EVERY
+        self.over()
+        if self.check is not None:
+            self.check()
+
+    def over(self) -> None:
+        if self.nodes > self.max_nodes:
+            raise ValueTooLarge(f"the value has more than {self.max_nodes} nodes (shared references count each time)")
+        if self.size > self.max_bytes:
+            raise ValueTooLarge(f"the value is larger than {self.max_bytes} bytes as JSON")
+
+    def reserve(self, items: int) -> None:
+        """Refuse a container whose items alone would be over the node cap, before visiting them."""
+        if self.nodes + items > self.max_nodes:
+            raise ValueTooLarge(f"the value has more than {self.max_nodes} nodes (shared references count each time)")
+
+    def refuse(self, value: Any, why: str = "", text: str | None = None) -> Any:
+        if self.lenient:
+            text = _safe_repr(value) if text is None else text
+            self.size += len(_enc_str(text))
+            if self.size > self.max_bytes:
+                self.over()
+            return text
+        raise WireError(why or f"values of type {type(value).__name__} cannot cross the boundary: pass plain data "
+                        "(JSON types, tuple, set, bytes, date, datetime, time, timedelta, Decimal, UUID)")
+
+    def tag(self, name: str, payload: Any, payload_bytes: int, plain: Any) -> Any:
+        self.size += _TAG_BYTES + len(name) + payload_bytes
+        return {TAG: name, "v": payload} if self.as_json else plain
+
+    def walk(self, value: Any, depth: int) -> Any:
+        self.nodes += 1
+        if self.nodes > self.next_check:
+            self.checkpoint()
+        kind = type(value)
+        if kind is str:
+            if self.size + len(value) > self.max_bytes:
+                self.size += len(value)
+                self.over()
+            self.size += len(_enc_str(value))
+            if self.size > self.max_bytes:
+                self.over()
+            return value
+        if kind is int:
+            bits = value.bit_length()
+            if bits > MAX_INT_BITS:
+                return self.refuse(value, f"an int of {bits} bits is too large to cross the boundary", f"<int of {bits} bits>")
+            self.size += bits // 3 + 2
+            return value
+        if kind is float:
+            if value - value != 0.0:  # inf or nan
+                return self.refuse(value, f"{value!r} is not plain data")
+            self.size += 24
+            return value
+        if value is None or kind is bool:
+            self.size += 5
+            return value
+        if depth >= MAX_DEPTH:
+            if kind in (list, dict, tuple, set, frozenset) or isinstance(value, (list, dict, tuple, set, frozenset)):
+                raise ValueTooLarge(f"the value is nested deeper than {MAX_DEPTH} levels")
+        if kind is list or kind is tuple or kind is dict:
+            seen = self.seen.get(id(value))
+            if seen is not None and seen[0] is value:
+                self.nodes += seen[1] - 1
+                self.size += seen[2]
+                self.over()
+                return seen[3]
+            nodes, size = self.nodes - 1, self.size
+            if kind is dict:
+                result = self.walk_dict(value, depth)
+            else:
+                self.reserve(len(value))
+                self.size += 1 + len(value)
+                items = [self.walk(item, depth + 1) for item in value]
+                result = items if kind is list else self.tag("tuple", items, 0, tuple(items))
+            self.seen[id(value)] = (value, self.nodes - nodes, self.size - size, result)
+            return result
+        return self.walk_other(value, kind, depth)
+
+    def walk_dict(self, value: dict, depth: int) -> dict:
+        self.reserve(len(value))
+        self.size += 1 + len(value)
         result = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise WireError(f"dict keys must be str to cross the boundary, not {type(key).__name__}")
-            result[str(key)] = to_wire(item, depth=depth + 1, handle_token=handle_token)
+        escape = False
+        for key, item in dict.items(value):
+            if type(key) is not str:
+                if isinstance(key, str):
+                    key = str.__str__(key)
+                elif self.lenient:
+                    key = _safe_repr(key)
+                else:
+                    raise WireError(f"dict keys must be str to cross the boundary, not {type(key).__name__}")
+            self.size += len(_enc_str(key)) + 1
+            if key == TAG:
+                escape = True
+            result[key] = self.walk(item, depth + 1)
+        if escape and self.as_json:
+            self.size += _TAG_BYTES + 4 + 5 * len(result)
+            return {TAG: "dict", "v": [[key, item] for key, item in result.items()]}
         return result
-    if handle_token is not None:
-        token = handle_token(value)
-        if token is not None:
-            return {SECRET_MARKER: token}
-    raise WireError(f"a {kind.__name__} cannot cross the boundary: pass JSON-compatible data")
 
+    def walk_other(self, value: Any, kind: type, depth: int) -> Any:
+        """Subclasses of the JSON types, the typed values, numpy scalars, handles, the rest."""
+        try:
+            if isinstance(value, bool):
+                self.size += 5
+                return bool(value)
+            if isinstance(value, int):
+                return self.walk(int.__int__(value), depth)
+            if isinstance(value, float):
+                return self.walk(float.__float__(value), depth)
+            if isinstance(value, str):
+                return self.walk(str.__str__(value), depth)
+            if isinstance(value, (list, tuple)):
+                items = list(list.__iter__(value)) if isinstance(value, list) else list(tuple.__iter__(value))
+                return self.walk(items if isinstance(value, list) else tuple(items), depth)
+            if isinstance(value, dict):
+                return self.walk_dict(dict(dict.items(value)), depth)
+            if isinstance(value, (set, frozenset)):
+                return self.walk_set(value, depth)
+            if isinstance(value, (bytes, bytearray)):
+                view = memoryview(value)
+                self.size += 4 * ((view.nbytes + 2) // 3) + 2
+                if self.size > self.max_bytes:
+                    self.over()
+                data = bytes(view)
+                text = binascii.b2a_base64(data, newline=False).decode("ascii") if self.as_json else None
+                return self.tag("bytes", text, 0, data)
+            if isinstance(value, _dt.datetime):
+                text = _dt.datetime.isoformat(value)
+                return self.tag("datetime", text, len(text) + 2, _dt.datetime.fromisoformat(text))
+            if isinstance(value, _dt.date):
+                text = _dt.date.isoformat(value)
+                return self.tag("date", text, len(text) + 2, _dt.date.fromisoformat(text))
+            if isinstance(value, _dt.time):
+                text = _dt.time.isoformat(value)
+                return self.tag("time", text, len(text) + 2, _dt.time.fromisoformat(text))
+            if isinstance(value, _dt.timedelta):
+                fields = [int(field.__get__(value)) for field in _TIMEDELTA_FIELDS]
+                return self.tag("timedelta", fields, 36, _dt.timedelta(*fields))
+            if isinstance(value, decimal.Decimal):
+                text = decimal.Decimal.__str__(value)
+                number = decimal.Decimal(text)
+                if not number.is_finite() or abs(number.adjusted()) > MAX_DECIMAL_EXPONENT or len(text) > 2 * MAX_DECIMAL_EXPONENT:
+                    return self.refuse(value, f"{text} is not a plain Decimal (finite, exponent within ±{MAX_DECIMAL_EXPONENT})")
+                return self.tag("decimal", text, len(text) + 2, number)
+            if isinstance(value, uuid.UUID):
+                number = uuid.UUID(int=uuid.UUID.int.__get__(value))
+                return self.tag("uuid", str(number), 38, number)
+        except WireError:
+            raise
+        except (LookupError, ValueError, TypeError, OverflowError, AttributeError) as exc:
+            return self.refuse(value, f"a {kind.__name__} could not be converted: {type(exc).__name__}")
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, numpy.generic):
+            try:
+                item = value.item()
+            except Exception:  # noqa: BLE001 - a numpy scalar that has no Python value
+                return self.refuse(value)
+            if type(item) is not kind:
+                return self.walk(item, depth)
+        if self.handle_token is not None:
+            token = self.handle_token(value)
+            if token is not None:
+                self.size += len(SECRET_MARKER) + 40
+                return {SECRET_MARKER: token}
+        if self.default is not None:
+            default, self.default = self.default, None
+            try:
+                return self.walk(default(value), depth)
+            finally:
+                self.default = default
+        return self.refuse(value)
 
-def to_result_value(value: Any, *, depth: int = 0) -> Any:
-    """Convert a guest's final value to JSON-compatible data, leniently.
-
-    Like `to_wire`, but sets and frozensets become sorted lists (insertion order when the
-    items do not sort), non-finite floats and anything else become their ``repr`` string.
-    Never raises for ordinary objects; a ``repr`` that raises gives ``"<unrepresentable T>"``.
-    """
-    if depth > 100:
-        return "<nested too deep>"
-    if value is None or isinstance(value, bool):
-        return None if value is None else bool(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value) if value.bit_length() <= MAX_INT_BITS else f"<int of {value.bit_length()} bits>"
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else repr(value)
-    if isinstance(value, (list, tuple)):
-        return [to_result_value(item, depth=depth + 1) for item in value]
-    if isinstance(value, (set, frozenset)):
+    def walk_set(self, value: Any, depth: int) -> Any:
+        self.reserve(len(value))
         items = list(value)
         try:
             items.sort()
-        except TypeError:
+        except Exception:  # noqa: BLE001 - items that do not sort keep their order
             pass
-        return [to_result_value(item, depth=depth + 1) for item in items]
-    if isinstance(value, dict):
-        return {
-            (key if isinstance(key, str) else _safe_repr(key)): to_result_value(item, depth=depth + 1)
-            for key, item in value.items()
-        }
-    return _safe_repr(value)
+        self.size += 1 + len(items)
+        converted = [self.walk(item, depth + 1) for item in items]
+        name = "frozenset" if isinstance(value, frozenset) else "set"
+        if self.as_json:
+            return self.tag(name, converted, 0, None)
+        try:
+            result = frozenset(converted) if name == "frozenset" else set(converted)
+        except TypeError:  # lenient: an item became an unhashable list
+            return self.refuse(value, "a set item could not be converted to a hashable value")
+        return self.tag(name, None, 0, result)
+
+
+def _convert(value: Any, as_json: bool, *, lenient: bool, max_bytes: int | None, handle_token: Any,
+             default: Any, check: Any) -> Any:
+    walk = _Walk(as_json, lenient, max_bytes, handle_token, default, check)
+    try:
+        result = walk.walk(value, 0)
+    except RecursionError:
+        raise ValueTooLarge(f"the value is nested deeper than {MAX_DEPTH} levels") from None
+    walk.over()
+    return result
+
+
+def plain(value: Any, *, lenient: bool = False, max_bytes: int | None = None, handle_token: Any = None,
+          default: Callable[[Any], Any] | None = None, check: Callable[[], None] | None = None) -> Any:
+    """A copy of ``value`` made of plain data only (see the module docstring).
+
+    Strict (default): anything else raises `WireError` naming its type, so a guest cannot hand
+    the host an object with behaviour; subclasses become their base type. ``handle_token(obj)``
+    returns the token of a secret handle (``{SECRET_MARKER: token}``), or None. ``default(obj)``
+    (host use) may turn an unsupported object into data, once. Lenient: an unsupported object,
+    a non-finite float or a huge int becomes its ``repr`` string; never raises for those.
+
+    Both raise `ValueTooLarge` over ``max_bytes`` (and the node cap that goes with it) or over
+    `MAX_DEPTH`; ``check`` is called every 1024 nodes (a run's time check, which may raise).
+    """
+    return _convert(value, False, lenient=lenient, max_bytes=max_bytes, handle_token=handle_token,
+                    default=default, check=check)
+
+
+def encode(value: Any, *, lenient: bool = False, max_bytes: int | None = None, handle_token: Any = None,
+           check: Callable[[], None] | None = None) -> Any:
+    """Like `plain`, but JSON-compatible: typed values become tags (see the module docstring)."""
+    return _convert(value, True, lenient=lenient, max_bytes=max_bytes, handle_token=handle_token,
+                    default=None, check=check)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of `encode`-d data."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _pairs(v: Any) -> dict:
+    if not isinstance(v, list) or not all(type(p) is list and len(p) == 2 and type(p[0]) is str for p in v):
+        raise ValueError("pairs of [str, value]")
+    return dict(v)
+
+
+def _iso(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def decode(v: Any) -> Any:
+        if type(v) is not str or len(v) > 64:
+            raise ValueError("an ISO 8601 string")
+        return parse(v)
+    return decode
+
+
+def _decimal(v: Any) -> decimal.Decimal:
+    if type(v) is not str or len(v) > 2 * MAX_DECIMAL_EXPONENT:
+        raise ValueError("a decimal string")
+    number = decimal.Decimal(v)
+    if not number.is_finite() or abs(number.adjusted()) > MAX_DECIMAL_EXPONENT:
+        raise ValueError("a finite decimal within range")
+    return number
+
+
+def _timedelta(v: Any) -> _dt.timedelta:
+    if type(v) is not list or len(v) != 3 or any(type(x) is not int for x in v):
+        raise ValueError("[days, seconds, microseconds]")
+    return _dt.timedelta(*v)
+
+
+def _bytes(v: Any) -> bytes:
+    if type(v) is not str:
+        raise ValueError("base64 text")
+    return binascii.a2b_base64(v.encode("ascii"), strict_mode=True)
+
+
+def _items(kind: Callable[[list], Any]) -> Callable[[Any], Any]:
+    def decode(v: Any) -> Any:
+        if type(v) is not list:
+            raise ValueError("a list of items")
+        return kind(v)
+    return decode
+
+
+def _uuid(v: Any) -> uuid.UUID:
+    if type(v) is not str or len(v) > 64:
+        raise ValueError("a UUID string")
+    return uuid.UUID(v)
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "date": _iso(_dt.date.fromisoformat),
+    "datetime": _iso(_dt.datetime.fromisoformat),
+    "time": _iso(_dt.time.fromisoformat),
+    "timedelta": _timedelta,
+    "decimal": _decimal,
+    "uuid": _uuid,
+    "bytes": _bytes,
+    "tuple": _items(tuple),
+    "set": _items(set),
+    "frozenset": _items(frozenset),
+    "dict": _pairs,
+}
+
+
+def decode_hook(data: dict) -> Any:
+    """``json.loads`` object hook: a tag becomes its typed value; raises `WireError` for a
+    malformed tag (any dict with a ``"$type"`` key must be a well-formed tag)."""
+    if TAG not in data:
+        return data
+    name = data[TAG]
+    decoder = _DECODERS.get(name) if type(name) is str else None
+    if decoder is None or len(data) != 2 or "v" not in data:
+        raise WireError(f"malformed typed value {str(name)[:40]!r}")
+    try:
+        return decoder(data["v"])
+    except (ValueError, TypeError, OverflowError, binascii.Error, decimal.InvalidOperation, ArithmeticError) as exc:
+        raise WireError(f"malformed {name} value: {str(exc)[:200]}") from None
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse trusted wire JSON (written by the host, or by our own side) into plain data."""
+    return json.loads(text, object_hook=decode_hook)
+
+
+_STRING_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING_TEXT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _structure(data: str | bytes) -> int:
+    if isinstance(data, bytes):
+        return data.count(b",") + data.count(b"[") + data.count(b"{")
+    return data.count(",") + data.count("[") + data.count("{")
+
+
+def loads_bounded(data: str | bytes, *, max_bytes: int, nodes: int | None = None) -> Any:
+    """Parse wire JSON an untrusted side wrote, within caps, into plain data.
+
+    Checked before parsing: the length of ``data`` (bytes, or characters of a str) against
+    ``max_bytes``, and its node count (commas and openings outside strings) against ``nodes``
+    (default `max_nodes` of ``max_bytes``). Checked while and right after parsing: JSON depth
+    at most `JSON_DEPTH`. Raises `ValueTooLarge` over a cap and `WireError` for text that is
+    not wire JSON. Cost is linear in ``len(data)``.
+    """
+    if len(data) > max_bytes:
+        raise ValueTooLarge(f"{len(data)} bytes is over the {max_bytes}-byte cap")
+    cap = max_nodes(max_bytes) if nodes is None else nodes
+    if _structure(data) > cap:
+        stripped = (_STRING_BYTES if isinstance(data, bytes) else _STRING_TEXT).sub(b"" if isinstance(data, bytes) else "", data)  # type: ignore[call-overload]
+        if _structure(stripped) > cap:
+            raise ValueTooLarge(f"the value has more than {cap} nodes")
+    try:
+        value = json.loads(data, object_hook=decode_hook)
+    except RecursionError:
+        raise ValueTooLarge(f"the value is nested deeper than {JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"not wire JSON: {str(exc)[:200]}") from None
+    if depth(value, JSON_DEPTH) > JSON_DEPTH:
+        raise ValueTooLarge(f"the value is nested deeper than {JSON_DEPTH} levels")
+    return value
+
+
+_CONTAINERS = (list, dict, tuple, set, frozenset)
+
+
+def depth(value: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of plain data (a scalar is 0, ``[1]`` is 1), counted up to ``limit + 1``;
+    iterative, one pass over the containers."""
+    level = 0
+    current = [value] if type(value) in _CONTAINERS else []
+    while current:
+        level += 1
+        if level > limit:
+            break
+        nested: list = []
+        for item in current:
+            children = item.values() if type(item) is dict else item
+            nested.extend(x for x in children if type(x) in _CONTAINERS)
+        current = nested
+    return level
 
 
 def _safe_repr(value: Any) -> str:
     try:
-        return repr(value)
+        text = repr(value)
     except Exception:  # a guest __repr__ may raise anything
         return f"<unrepresentable {type(value).__name__}>"
+    return text if type(text) is str else f"<unrepresentable {type(value).__name__}>"
 
 
 def error(kind: str, type_: str, message: str, *, lineno: int | None = None, limit: str | None = None) -> dict:
-    """An error entry for an outcome."""
-    return {"kind": kind, "type": type_, "message": message, "lineno": lineno, "limit": limit}
+    """An error entry for an outcome; the message and type name are clipped (`clip`)."""
+    return {"kind": kind, "type": clip(type_, MAX_TYPE_CHARS), "message": clip(message), "lineno": lineno,
+            "limit": limit}
+
+
+def value_error(exc: ValueTooLarge, lineno: int | None = None) -> dict:
+    """The error entry of a run whose value (or a capability call's data) is over a cap."""
+    return error("limit_exceeded", "value", str(exc), lineno=lineno, limit="value")
 
 
 def outcome(

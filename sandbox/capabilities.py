@@ -2,7 +2,8 @@
 
 `@capability` turns a fully type-hinted function into a `Capability`. At call time its
 arguments are bound to the signature and validated by pydantic; its return value is dumped
-to JSON-compatible data, so no host object ever reaches the guest. The same declaration
+to plain data (`runtimes.wire.plain`: JSON types plus dates, times, Decimal, UUID, bytes,
+tuples and sets), so no host object ever reaches the guest. The same declaration
 renders a Python stub (code mode) and a JSON tool schema (tool mode).
 """
 
@@ -17,7 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import to_jsonable_python
 
+from runtimes.wire import plain
 from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
 
@@ -144,7 +147,7 @@ class Capability:
         return str(self.action(arguments))
 
     def call_bound(self, arguments: dict[str, Any]) -> Any:
-        """Call the function with validated arguments and return its result as JSON-compatible data.
+        """Call the function with validated arguments and return its result as plain data.
 
         A coroutine function runs to completion on a fresh event loop when called from a
         thread that has none running (see `Sandbox.arun` for running on the host's loop).
@@ -157,9 +160,11 @@ class Capability:
         return self.dump_result(result)
 
     def dump_result(self, result: Any) -> Any:
-        """Convert a host result to JSON-compatible data through the declared return type."""
+        """Convert a host result to plain data through the declared return type: typed values
+        (dates, Decimal, UUID, bytes, tuples, sets) keep their type, numpy/pandas scalars become
+        Python values, anything else takes its pydantic JSON form (an enum its value, a path its text)."""
         try:
-            return self._result.dump_python(result, mode="json")
+            return plain(self._result.dump_python(result, mode="python"), default=to_jsonable_python)
         except Exception as exc:  # pydantic raises several types for unserialisable values
             raise CapabilityFault(
                 "CapabilityError", f"{self.name}() returned a value that does not match its declared return type: {exc}"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-LimitName = Literal["cpu", "wall", "memory", "recursion", "size"]
+LimitName = Literal["cpu", "wall", "memory", "recursion", "size", "value"]
 """Names a limit in `ErrorInfo.limit` when a run hits it. Output over ``max_output_bytes`` is
 not an error (the output is cut and `RunResult.output_truncated` is set)."""
 
@@ -71,6 +71,13 @@ class Limits(BaseModel):
     """stdout plus stderr kept per run; the rest is dropped and the result is flagged. Default 1 MiB."""
     max_recursion_depth: Annotated[int, Field(gt=0, le=10_000)] = 500
     """Deepest guest call stack. Default 500."""
+    max_value_bytes: Bytes = 16 << 20
+    """Largest data crossing the boundary from the guest: the run's value, and each capability
+    call's arguments and result. Measured as compact JSON in the wire format (shared references
+    count each time they appear); at most one node per 16 bytes of it (1 048 576 at the default)
+    and 100 levels of nesting. Over it the run ends with ``limit_exceeded`` / ``"value"`` (a
+    capability result over it raises ``CapabilityError`` in the guest instead). The same on
+    every runtime. Default 16 MiB."""
 
     @field_validator("cpu_seconds", "wall_seconds")
     @classmethod

@@ -53,6 +53,7 @@ from pydantic import ValidationError
 
 from runtimes.process.framing import MAX_FRAME, ChannelClosed, decode, encode
 from runtimes.restricted.modules import OPTIONAL_MODULES
+from runtimes import wire
 from runtimes.wire import Fault
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
@@ -68,6 +69,10 @@ _START_TIMEOUT = 60.0
 _EXIT_TIMEOUT = 5.0
 _ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 """numpy's BLAS must not start a thread pool in the zygote (it forks) or try to in a child (seccomp)."""
+
+
+class _FrameTooLarge(ChannelClosed):
+    """The child sent a message over the size, node or depth cap (it was not parsed)."""
 
 
 class _Child:
@@ -106,11 +111,14 @@ class _Child:
         return bytes(buf)
 
     def recv(self, deadline: float, max_frame: int = MAX_FRAME) -> dict:
+        """One message from the child, parsed within the wire caps (`_FrameTooLarge` over them)."""
         size = int.from_bytes(self._recv_exact(4, deadline), "big")
         if size > max_frame:
-            raise ChannelClosed(f"child sent a {size}-byte frame (cap {max_frame})")
+            raise _FrameTooLarge(f"the worker sent a {size}-byte message (cap {max_frame} bytes)")
         try:
-            return decode(self._recv_exact(size, deadline))
+            return decode(self._recv_exact(size, deadline), max_frame)
+        except wire.ValueTooLarge as exc:
+            raise _FrameTooLarge(f"the worker sent a message over the wire caps: {exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ChannelClosed(f"child sent a malformed frame: {exc}") from None
 
@@ -466,12 +474,12 @@ class ProcessDriver:
                     cpu_seconds=limits.cpu_seconds, cpu_hard=False)[resource.RLIMIT_CPU]}
             child.send({"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
                         "rlimits": [[res, soft, hard] for res, (soft, hard) in plan.items()],
-                        "capabilities": list(job.capabilities), "inputs": dict(job.inputs),
+                        "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets]})
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False
-        max_frame = min(MAX_FRAME, 8 * limits.max_output_bytes + (16 << 20))
+        max_frame = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
         while True:
             try:
                 msg = child.recv(deadline, max_frame)
@@ -480,6 +488,10 @@ class ProcessDriver:
                 child.wait_exit()
                 return self._with_usage(child, _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded"),
                                         layers), False
+            except _FrameTooLarge as exc:
+                child.kill()
+                child.wait_exit()
+                return self._with_usage(child, _limit("value", str(exc)), layers), False
             except ChannelClosed as exc:
                 if not child.exited.wait(1.0):  # closed its channel but lives on: end it
                     child.kill()
@@ -506,7 +518,11 @@ class ProcessDriver:
             record_refusal(job.bridge, name, fault)
             return {"t": "fault", "fault": fault.to_wire()}
         try:
-            return {"t": "ret", "value": job.bridge.call(name, args, kwargs)}
+            result = job.bridge.call(name, args, kwargs)
+            try:
+                return {"t": "ret", "value": wire.encode(result, max_bytes=job.limits.max_value_bytes)}
+            except wire.WireError as exc:
+                raise Fault("CapabilityError", f"{name}() returned data that cannot reach the guest: {exc}") from None
         except Fault as fault:
             return {"t": "fault", "fault": fault.to_wire()}
         except Exception as exc:  # noqa: BLE001 - a bridge bug must not kill the run loop

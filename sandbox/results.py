@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticSerializationError
 
+from runtimes.wire import MAX_MESSAGE_CHARS, MAX_TYPE_CHARS, clip
 from sandbox.limits import LimitName
 
 ErrorKind = Literal["compile_error", "guest_exception", "limit_exceeded", "policy_denied", "internal"]
@@ -22,7 +23,8 @@ class ErrorInfo(BaseModel):
 
     ``type`` is the guest-visible exception type name (``"ZeroDivisionError"``), or the limit's
     name for ``limit_exceeded``; ``lineno`` is the line in the guest's code, when known;
-    ``limit`` is set only for ``limit_exceeded``.
+    ``limit`` is set only for ``limit_exceeded``. A ``message`` longer than 16 384 characters
+    or a ``type`` longer than 256 is cut and ends with ``"… [truncated]"``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -32,6 +34,16 @@ class ErrorInfo(BaseModel):
     message: str
     lineno: int | None = None
     limit: LimitName | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _clip_message(cls, value: str) -> str:
+        return clip(value, MAX_MESSAGE_CHARS)
+
+    @field_validator("type")
+    @classmethod
+    def _clip_type(cls, value: str) -> str:
+        return clip(value, MAX_TYPE_CHARS)
 
 
 class Usage(BaseModel):
@@ -69,14 +81,19 @@ class FileChange(BaseModel):
 class RunResult(BaseModel):
     """The outcome of one `Sandbox.run`.
 
-    ``value`` is the value of the code's last expression statement, converted to JSON-compatible
-    data (tuples become lists, sets sorted lists where possible; any other object becomes its
-    ``repr`` string), or None. ``changes`` lists the files written to the scratch layer of the run's file overlay
+    ``value`` is the value of the code's last expression statement as plain data (see
+    `runtimes.wire`): JSON types, and ``tuple``, ``set``, ``frozenset``, ``bytes``, ``date``,
+    ``datetime``, ``time``, ``timedelta``, ``Decimal`` and ``UUID`` with their types; numpy and
+    pandas scalars become Python values; any other object, a non-finite float or a huge int
+    becomes its ``repr`` string; None when there is none. Its JSON form (`model_dump_json`) is
+    pydantic's: dates and times ISO 8601, ``Decimal`` and ``UUID`` strings, ``bytes`` base64,
+    tuples and sets arrays, ``timedelta`` an ISO 8601 duration. Over `Limits.max_value_bytes`
+    the run ends with ``limit_exceeded`` / ``"value"``. ``changes`` lists the files written to the scratch layer of the run's file overlay
     (None without an overlay). ``output_truncated`` is True when stdout/stderr hit
     `Limits.max_output_bytes`. ``layers`` names the isolation layers that were actually applied.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64")
 
     ok: bool
     value: Any = None

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from runtimes.wire import WireError, to_wire
+from runtimes.wire import WireError, plain
 from sandbox.capabilities import ApiDescription, Capability, close_call_detail, collect, describe, open_call_detail
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.limits import Limits
@@ -387,9 +387,10 @@ class Sandbox:
             wire_inputs = dict(inputs or {})
         else:
             try:
-                wire_inputs = to_wire(dict(inputs or {}))
+                wire_inputs = plain(dict(inputs or {}))
             except WireError as exc:
-                raise TypeError(f"inputs must be JSON-compatible: {exc}") from None
+                raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
+                                f"timedelta, Decimal, UUID): {exc}") from None
         for name in wire_inputs:
             if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
                 raise ValueError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")

@@ -18,7 +18,9 @@
         result = sb.transform(code, "sales.csv", output_model=Out)
         result.ok, result.rows, result.invalid, result.run
 
-Input (``data``): a list of dicts (JSON-compatible values, str keys), or the path of a CSV
+Input (``data``): a list of dicts (str keys; values plain data as `runtimes.wire` defines it:
+JSON types, dates, times, ``Decimal``, ``UUID``, bytes, tuples, sets, numpy/pandas scalars),
+or the path of a CSV
 file (``.csv``: header row, every value a str, a missing field None) or a JSON Lines file
 (``.jsonl``/``.ndjson``: one JSON object per line). Bad input is the host's mistake and raises
 `ValueError`/`TypeError` before anything runs.
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from runtimes.wire import WireError, dumps, encode
 from sandbox.results import RunResult
 
 if TYPE_CHECKING:
@@ -90,7 +93,7 @@ class TransformResult(BaseModel):
     ``input_rows`` counts the rows the guest received.
     """
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, ser_json_bytes="base64")
 
     ok: bool
     rows: list[Any] | None = None
@@ -199,7 +202,8 @@ def _read_file(path: Path, max_rows: int, max_bytes: int) -> list[dict]:
 
 
 def _measure(value: Any, where: str, depth: int) -> int:
-    """Approximate compact-JSON size of ``value``; raises `TypeError` for anything not JSON data."""
+    """Approximate compact-JSON (wire format) size of ``value``; raises `TypeError` for anything
+    that is not plain data."""
     if depth > 100:
         raise TypeError(f"{where}: nested deeper than 100 levels")
     if value is None or value is True or value is False:
@@ -221,4 +225,7 @@ def _measure(value: Any, where: str, depth: int) -> int:
                 raise TypeError(f"{where}: keys must be str, not {type(key).__name__}")
             total += len(key) + 4 + _measure(item, where, depth + 1)
         return total
-    raise TypeError(f"{where}: a {type(value).__name__} is not JSON-compatible")
+    try:
+        return len(dumps(encode(value)))
+    except WireError:
+        raise TypeError(f"{where}: a {type(value).__name__} is not plain data") from None

@@ -19,6 +19,11 @@ Limits, all enforced by Wasmtime outside the guest:
   ``limit_exceeded`` / ``recursion``.
 - **Output** — the guest buffers stdout/stderr up to the cap; the host trims again to
   ``max_output_bytes`` (the guest's own report is never trusted).
+- **Data** — the guest's report and each capability call's arguments are size-checked on
+  the raw string, before it is decoded or parsed (`runtimes.wire.report_bytes`,
+  ``max_value_bytes``), then parsed with `runtimes.wire.loads_bounded` (node and depth caps):
+  a guest that rewrote its own serialiser still cannot make the host parse more. Over a cap:
+  ``limit_exceeded`` / ``value``.
 
 Nothing ambient: the WasiConfig grants no preopened directories, an empty environment, no
 arguments, empty stdin, stdout/stderr discarded (guest ``print`` is captured in the guest),
@@ -55,6 +60,7 @@ from wasmtime import Store, StoreContext, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
 from wasmtime.component import Component, Linker, ResourceAny, ResourceHost, ResourceType
 
+from runtimes import wire
 from runtimes.wire import SECRET_MARKER, Fault
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, ErrorKind
@@ -143,6 +149,8 @@ class _RunState:
     """The WASI call the host refused (see `_refuse_clock_wait`), if one ended the run."""
     refused_past_deadline: bool = False
     """Whether that call asked to wait past the run's wall deadline."""
+    oversized: int = 0
+    """Size of a capability call's arguments refused unread (over ``max_value_bytes``)."""
 
 
 _tls = threading.local()
@@ -177,6 +185,8 @@ def _resolve_handles(value: Any, tokens: list[str | None], depth: int = 0) -> An
     """Replace ``{SECRET_MARKER: i}`` with ``{SECRET_MARKER: token}``; refuse anything else."""
     if isinstance(value, list):
         return [_resolve_handles(item, tokens, depth + 1) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_resolve_handles(item, tokens, depth + 1) for item in value)
     if isinstance(value, dict):
         if SECRET_MARKER in value:
             index = value[SECRET_MARKER]
@@ -190,9 +200,22 @@ def _resolve_handles(value: Any, tokens: list[str | None], depth: int = 0) -> An
     return value
 
 
-def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
+def _value_fault(state: _RunState, store: Any, message: str) -> Fault:
+    """End the run on limit ``value``: the guest gets the fault, then only grace fuel."""
+    fault = Fault("ValueError", message, terminate="limit_exceeded")
+    state.terminate = fault
+    ffi.wasmtime_context_set_fuel(store._context(), TERMINATE_GRACE_FUEL)
+    return fault
+
+
+def _args_cap(limits: Limits) -> int:
+    return limits.max_value_bytes + 1024  # the [args, kwargs] envelope
+
+
+def _host_call(store: Any, name: str, args_json: str | None, handles: list) -> tuple:
     """The ``host.call`` import. Never raises: a Python exception here would become a trap
-    (and wasmtime-py keeps it in a process-global slot that other threads could see)."""
+    (and wasmtime-py keeps it in a process-global slot that other threads could see).
+    ``args_json`` is None when the trampoline refused it unread (over the size cap)."""
     reps: list[int] = []
     returned: list[ResourceHost] = []
     try:
@@ -214,7 +237,16 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
         # Guest code can call the raw host import with any name: only the job's grants pass.
         if name not in state.job.capabilities:
             raise Fault("CapabilityError", f"no capability named {name!r} was granted to this run")
-        decoded = json.loads(args_json)
+        limits = state.job.limits
+        if args_json is None:
+            raise _value_fault(state, store, f"{name}() arguments: {state.oversized} bytes is over the "
+                                             f"{_args_cap(limits)}-byte cap (max_value_bytes)")
+        try:
+            decoded = wire.loads_bounded(args_json, max_bytes=_args_cap(limits))
+        except wire.ValueTooLarge as exc:
+            raise _value_fault(state, store, f"{name}() arguments: {exc}") from None
+        except wire.WireError:
+            raise Fault("TypeError", "malformed capability call") from None
         if not (isinstance(decoded, list) and len(decoded) == 2 and isinstance(decoded[0], list) and isinstance(decoded[1], dict)):
             raise Fault("TypeError", "malformed capability call")
         args, kwargs = decoded
@@ -225,9 +257,9 @@ def _host_call(store: Any, name: str, args_json: str, handles: list) -> tuple:
         reached_bridge = True
         result = state.job.bridge.call(name, args, kwargs)
         try:
-            text = json.dumps(result, allow_nan=False)
+            text = wire.dumps(wire.encode(result, max_bytes=limits.max_value_bytes))
         except (TypeError, ValueError) as exc:
-            raise Fault("CapabilityError", f"capability {name!r} returned a value that is not JSON-compatible: {exc}") from None
+            raise Fault("CapabilityError", f"{name}() returned data that cannot reach the guest: {exc}") from None
         return (True, text, returned)
     except Fault as fault:
         if fault.terminate:
@@ -269,6 +301,16 @@ def _take_string(val: Any) -> str:
     return text
 
 
+def _drop_string(val: Any) -> None:
+    ffi.wasm_byte_vec_delete(_byref(val.of.string))
+    val.kind = _K_BOOL
+    val.of.boolean = False
+
+
+class _ReportTooLarge(Exception):
+    """The guest's report is over the report cap; it was not read."""
+
+
 def _put_string(val: Any, text: str) -> None:
     data = text.encode("utf-8")
     vec = ffi.wasm_byte_vec_t()
@@ -295,7 +337,14 @@ def _call_trampoline(data, context, ty, args, nargs, results, nresults):  # type
     store = StoreContext(context)
     try:
         name = _take_string(args[0])
-        args_json = _take_string(args[1])
+        state: _RunState | None = getattr(_tls, "state", None)
+        size = args[1].of.string.size
+        if state is not None and size > _args_cap(state.job.limits):
+            state.oversized = size
+            _drop_string(args[1])
+            args_json = None
+        else:
+            args_json = _take_string(args[1])
         lst = args[2].of.list
         handles = []
         for i in range(lst.size):
@@ -327,8 +376,9 @@ def _no_finalizer(data):  # type: ignore[no-untyped-def]
     return None
 
 
-def _call_run(store: Store, func: Any, code: str, options: str, handles: list) -> str:
-    """Call the ``run`` export directly (its signature is fixed by the WIT world)."""
+def _call_run(store: Store, func: Any, code: str, options: str, handles: list, max_report: int = 1 << 30) -> str:
+    """Call the ``run`` export directly (its signature is fixed by the WIT world). A report
+    over ``max_report`` bytes raises `_ReportTooLarge` without being decoded."""
     params = (ffi.wasmtime_component_val_t * 3)()
     result = ffi.wasmtime_component_val_t()
     try:
@@ -340,6 +390,10 @@ def _call_run(store: Store, func: Any, code: str, options: str, handles: list) -
             raise WasmtimeError._from_ptr(error)
         if result.kind != _K_STRING.value:
             raise WasmtimeError("the guest's run export returned a non-string")
+        if result.of.string.size > max_report:
+            size = result.of.string.size
+            _drop_string(result)
+            raise _ReportTooLarge(f"the guest's report of {size} bytes is over the {max_report}-byte cap")
         return _take_string(result)
     finally:
         for i in range(3):
@@ -621,8 +675,9 @@ def _options(job: Job, *, session: bool) -> str:
         {
             "capabilities": list(job.capabilities),
             "secrets": [[spec.name, spec.description] for spec in job.secrets],
-            "inputs": dict(job.inputs),
+            "inputs": wire.encode(dict(job.inputs)),
             "max_output": job.limits.max_output_bytes,
+            "max_value": job.limits.max_value_bytes,
             "recursion": job.limits.max_recursion_depth,
             "session": session,
         }
@@ -637,6 +692,8 @@ _KINDS = typing.get_args(ErrorKind)
 
 def _terminate_error(fault: Fault) -> ErrorInfo:
     """The error a terminating capability fault ends the run with (whatever the guest did)."""
+    if fault.terminate == "limit_exceeded":
+        return limit_error("value", fault.message)
     kind = fault.terminate if fault.terminate in _KINDS else "policy_denied"
     return ErrorInfo(kind=kind, type=fault.guest_type, message=fault.message)  # type: ignore[arg-type]
 
@@ -733,10 +790,14 @@ class WasiDriver:
         started_cpu = time.thread_time()
         trap: WasmtimeError | None = None
         text = None
+        oversized: _ReportTooLarge | None = None
         try:
-            text = _call_run(store, inst.func, job.code, options, handles)
+            text = _call_run(store, inst.func, job.code, options, handles,
+                             wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes))
         except WasmtimeError as exc:
             trap = exc
+        except _ReportTooLarge as exc:
+            oversized = exc
         finally:
             _tls.state = previous
             _retire(tokens)
@@ -750,6 +811,9 @@ class WasiDriver:
             inst.poisoned = True
             error = self._classify(trap, state, limits, remaining, wall)
             return Outcome(ok=False, error=error, cpu_seconds=cpu, layers=_LAYERS)
+        if oversized is not None:
+            inst.poisoned = True  # the guest broke the report protocol: do not reuse its state
+            return Outcome(ok=False, error=limit_error("value", str(oversized)), cpu_seconds=cpu, layers=_LAYERS)
         return self._outcome(text, state, limits, cpu)
 
     def _classify(self, trap: WasmtimeError, state: _RunState, limits: Limits, remaining: int, wall: float) -> ErrorInfo:
@@ -786,12 +850,16 @@ class WasiDriver:
 
     def _outcome(self, text: str | None, state: _RunState, limits: Limits, cpu: float) -> Outcome:
         try:
-            data = json.loads(text) if isinstance(text, str) else None
+            cap = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
+            data = wire.loads_bounded(text, max_bytes=cap) if isinstance(text, str) else None
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             stdout, stderr, truncated = _cap_output(str(data.get("stdout") or ""), str(data.get("stderr") or ""), limits.max_output_bytes)
             error = data.get("error")
             error_info = ErrorInfo.model_validate(error) if error is not None else None
+        except wire.ValueTooLarge as exc:
+            return Outcome(ok=False, error=limit_error("value", f"the guest's report: {exc}"), cpu_seconds=cpu,
+                           layers=_LAYERS)
         except (ValueError, TypeError) as exc:
             return internal_error(f"the wasi guest returned a malformed outcome: {exc}")
         if state.terminate is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import sandbox.sandbox as sandbox_module
-from runtimes.wire import to_result_value, to_wire
+from runtimes.wire import plain
 from sandbox.results import ErrorInfo
 from sandbox.runtime import CapabilityFault, Job, Outcome
 
@@ -47,8 +47,8 @@ class Guest:
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         token = lambda obj: obj._token if isinstance(obj, FakeHandle) else None  # noqa: E731
-        wire_args = to_wire(list(args), handle_token=token)
-        wire_kwargs = to_wire(dict(kwargs), handle_token=token)
+        wire_args = plain(list(args), handle_token=token)
+        wire_kwargs = plain(dict(kwargs), handle_token=token)
         return self.job.bridge.call(name, wire_args, wire_kwargs)
 
 
@@ -67,7 +67,7 @@ class FakeDriver:
         error = None
         value = None
         try:
-            value = to_result_value(self.guest(g))
+            value = plain(self.guest(g), lenient=True)
         except CapabilityFault as fault:
             kind = "policy_denied" if fault.guest_type == "PolicyDenied" else "guest_exception"
             error = ErrorInfo(kind=kind, type=fault.guest_type, message=fault.message)

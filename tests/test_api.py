@@ -114,9 +114,9 @@ def test_required_layer_missing_is_refused_not_degraded():
         Sandbox("restricted", require=("seccomp",))
 
 
-def test_inputs_must_be_json_compatible():
+def test_inputs_must_be_plain_data():
     sb = Sandbox()
-    with pytest.raises(TypeError, match="JSON-compatible"):
+    with pytest.raises(TypeError, match="plain data"):
         sb.run("x", inputs={"x": object()})
     with pytest.raises(ValueError, match="identifier"):
         sb.run("x", inputs={"_private": 1})

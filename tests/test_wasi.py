@@ -150,7 +150,7 @@ def test_failed_build_is_one_clear_error(monkeypatch, tmp_path):
 
 def test_values_output_and_errors_with_guest_line_numbers(driver):
     result = run(driver, "print('hi')\nx = [1, 2]\n{'x': x, 't': (1, 2)}")
-    assert result.ok and result.value == {"x": [1, 2], "t": [1, 2]} and result.stdout == "hi\n"
+    assert result.ok and result.value == {"x": [1, 2], "t": (1, 2)} and result.stdout == "hi\n"
     result = run(driver, "def f(n):\n    return g(n)\ndef g(n):\n    return 1 / n\n\nf(0)")
     assert result.error.kind == "guest_exception" and result.error.type == "ZeroDivisionError"
     assert result.error.lineno == 4  # the guest's own line: the runner's frames are not counted
@@ -372,7 +372,7 @@ def test_waiting_that_goes_through_the_guest_app_still_works(driver):
     )
     result, _ = bounded(lambda: run(driver, code, wall_seconds=5))
     assert result.ok, result.error
-    assert result.value == [True, [[], [], []], [[0], [1, 2], []], [], False, 1e-09]
+    assert result.value == [True, ([], [], []), ([0], [1, 2], []), [], False, 1e-09]
     result, elapsed = bounded(lambda: run(driver, "import selectors\nselectors.DefaultSelector().select(60)", wall_seconds=0.5))
     assert result.error.limit == "wall" and elapsed < 3
 
@@ -393,7 +393,7 @@ def test_stdio_cannot_block_stdin_is_closed_and_output_is_discarded(driver, capf
     )
     result, elapsed = bounded(lambda: run(driver, code, wall_seconds=5))
     assert result.ok, result.error
-    assert result.value[:2] == ["b''", ""] and result.value[2] > 0 and result.value[3] == "EOF"
+    assert result.value[:2] == [b"", ""] and result.value[2] > 0 and result.value[3] == "EOF"
     captured = capfd.readouterr()
     assert "guest-raw" not in captured.out and "guest-raw" not in captured.err
     assert elapsed < 4

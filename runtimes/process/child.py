@@ -47,7 +47,7 @@ def _no_host(name: str, args: list, kwargs: dict) -> Any:
     raise wire.Fault("CapabilityError", "no capabilities during warm-up")
 
 
-def _raw_execute(code: str, *, inputs: dict | None = None, **_: Any) -> dict:
+def _raw_execute(code: str, *, inputs: dict | None = None, limits: dict | None = None, **_: Any) -> dict:
     """TEST-ONLY: plain `exec` with no language layer, under the same process confinement.
 
     Only reachable when the zygote was started with ``--allow-raw`` (the driver's
@@ -66,7 +66,15 @@ def _raw_execute(code: str, *, inputs: dict | None = None, **_: Any) -> dict:
                             error=wire.error("limit_exceeded", "memory", "MemoryError", limit="memory"))
     except BaseException as exc:  # noqa: BLE001 - report everything, including SystemExit
         return wire.outcome(stdout=out.getvalue(), error=wire.error("guest_exception", type(exc).__name__, str(exc)))
-    return wire.outcome(value=wire.to_result_value(g.get("result")), stdout=out.getvalue())
+    try:
+        value = wire.plain(g.get("result"), lenient=True, max_bytes=_value_cap(limits))
+    except wire.ValueTooLarge as exc:
+        return wire.outcome(stdout=out.getvalue(), error=wire.value_error(exc))
+    return wire.outcome(value=value, stdout=out.getvalue())
+
+
+def _value_cap(limits: dict | None) -> int:
+    return int((limits or {}).get("max_value_bytes") or (16 << 20))
 
 
 def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid: int | None,
@@ -105,7 +113,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
     state = None
 
     def call_host(name: str, args: list, kwargs: dict) -> Any:
-        write_message(chan, {"t": "call", "name": name, "args": args, "kwargs": kwargs})
+        write_message(chan, {"t": "call", "name": name, "args": wire.encode(args), "kwargs": wire.encode(kwargs)})
         reply = read_message(chan)
         if reply.get("t") == "ret":
             return reply.get("value")
@@ -132,7 +140,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
             if not allow_raw:
                 result = wire.outcome(error=wire.error("internal", "InternalError", "raw jobs are disabled"))
             else:
-                result = _raw_execute(job.get("code", ""), inputs=job.get("inputs"))
+                result = _raw_execute(job.get("code", ""), inputs=job.get("inputs"), limits=job.get("limits"))
         else:
             try:
                 result = executor.execute(
@@ -148,6 +156,11 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
             except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
                 result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
         cpu1, maxrss = _rusage()
+        try:
+            result["value"] = wire.encode(result.get("value"), lenient=True, max_bytes=_value_cap(job.get("limits")))
+        except wire.ValueTooLarge as exc:
+            result = wire.outcome(stdout=result.get("stdout", ""), output_truncated=bool(result.get("output_truncated")),
+                                  error=wire.value_error(exc))
         try:
             write_message(chan, {"t": "done", "outcome": result, "cpu": cpu1 - cpu0, "cpu_total": cpu1,
                                  "maxrss": maxrss})

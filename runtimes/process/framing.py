@@ -2,7 +2,9 @@
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON. JSON, not
 pickle: the host parses what a possibly compromised child wrote, so nothing it reads may
-carry behaviour. Both ends cap the frame size.
+carry behaviour. Values inside messages are in the wire format (`runtimes.wire.encode`; tags
+become typed values when a frame is decoded). Both ends cap the frame size; the host parses
+the child's frames with `runtimes.wire.loads_bounded` (node and depth caps too).
 
 Messages (``"t"`` is the type):
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+
+from runtimes import wire
 
 MAX_FRAME = 256 << 20
 _HEADER = struct.Struct(">I")
@@ -33,8 +37,16 @@ def encode(message: dict) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> dict:
-    message = json.loads(body.decode("utf-8", "surrogatepass"))
+def decode(body: bytes, max_bytes: int | None = None) -> dict:
+    """Parse one frame's body; with ``max_bytes``, as untrusted input within the wire caps
+    (`runtimes.wire.ValueTooLarge` over them). Raises `ValueError` for a malformed frame."""
+    text = body.decode("utf-8", "surrogatepass")
+    try:
+        message = wire.loads(text) if max_bytes is None else wire.loads_bounded(text, max_bytes=max_bytes)
+    except wire.ValueTooLarge:
+        raise
+    except wire.WireError as exc:
+        raise ValueError(str(exc)) from None
     if not isinstance(message, dict):
         raise ValueError("a frame must hold a JSON object")
     return message

@@ -37,7 +37,7 @@ from runtimes.restricted.guards import (
 )
 from runtimes.restricted.modules import MODULES
 from runtimes.restricted.transformer import GUEST_FILENAME, RESULT_NAME, STRING_FILENAME, compile_guest
-from runtimes.wire import Fault, WireError, error, outcome, to_result_value, to_wire
+from runtimes.wire import Fault, ValueTooLarge, WireError, error, outcome, plain, value_error
 
 _BASE_BUILTINS = base_builtins()
 _NUMBER_TYPES = frozenset({int, float})
@@ -54,6 +54,8 @@ _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
 """Peak bytes of a fresh run above which its end runs a garbage collection."""
 _LOG = logging.getLogger("sandbox.restricted")
+DEFAULT_VALUE_BYTES = 16 << 20
+"""``max_value_bytes`` when the limits do not name it."""
 
 
 class GuestState:
@@ -138,15 +140,18 @@ def execute(
     max_recursion_depth. ``capabilities`` are guest names (``sql.query`` becomes ``sql.query``
     on a namespace ``sql``) that call ``call_host(name, args, kwargs)`` with wire data;
     ``secrets`` are (name, token, description) triples the guest sees as ``secrets.<name>``
-    handles; ``inputs`` become guest globals (copied as JSON data); ``state`` keeps globals
-    across runs (None = fresh globals). ``memory_cap`` arms the allocator cap (`alloc_cap`)
-    at ``memory_bytes`` while guest code runs: None uses it when the extension is built, True
-    requires it (`RuntimeError` when it is not built), False leaves only the size guards. The
-    outcome's ``peak_memory_bytes`` is the cap's peak (None without the cap).
+    handles; ``inputs`` become guest globals (copied as plain data, `runtimes.wire.plain`);
+    ``state`` keeps globals across runs (None = fresh globals). Capability arguments and
+    results are copied as plain data too, within ``max_value_bytes`` (optional in ``limits``).
+    ``memory_cap`` arms the allocator cap (`alloc_cap`) at ``memory_bytes`` while guest code
+    runs: None uses it when the extension is built, True requires it (`RuntimeError` when it is
+    not built), False leaves only the size guards. The outcome's ``peak_memory_bytes`` is the
+    cap's peak (None without the cap).
 
-    The outcome's value is the last expression statement's value, as `to_result_value` makes
-    it. Raises only for host-side problems: `ValueError`/`TypeError` for an input name that is
-    not a public identifier or an input value that is not JSON data, and whatever
+    The outcome's value is the last expression statement's value, as lenient
+    `runtimes.wire.plain` makes it; over ``max_value_bytes`` the run ends with
+    ``limit_exceeded`` / ``"value"``. Raises only for host-side problems: `ValueError`/`TypeError`
+    for an input name that is not a public identifier or an input value that is not plain data, and whatever
     ``call_host`` raised when it failed with something other than a `Fault` (e.g. a closed
     channel), after the run has been stopped.
 
@@ -210,7 +215,7 @@ def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise ValueError(f"input name {name!r} is not usable in guest code: use a public identifier")
         try:
-            result[name] = to_wire(value)
+            result[name] = plain(value)
         except WireError as exc:
             raise TypeError(f"input {name!r}: {exc}") from None
     return result
@@ -251,15 +256,18 @@ def _execute(
         guest_builtins = state.builtins
         guest_globals.pop(RESULT_NAME, None)
     budget.anchor = _run_program.__code__
+    value_cap = int(limits.get("max_value_bytes") or DEFAULT_VALUE_BYTES)
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles if state is not None else {}
     run_over = threading.Event()
-    _install(guest_globals, guest_builtins, budget, output, call_host, capabilities, secrets, tokens, stale, run_over)
+    _install(guest_globals, guest_builtins, budget, output, call_host, capabilities, secrets, tokens, stale, run_over,
+             value_cap)
     guest_globals.update(inputs)
 
     WATCHDOG.register(budget)
     try:
-        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget, state is None)
+        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget, state is None,
+                                                    value_cap)
     finally:
         run_over.set()
         WATCHDOG.unregister(budget)
@@ -278,11 +286,12 @@ def _execute(
     )
 
 
-def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget, fresh: bool) -> tuple[dict | None, Any]:
+def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget, fresh: bool,
+                  value_cap: int) -> tuple[dict | None, Any]:
     """`_run_program` in the copied context it is called in, with a decimal context of its own:
     the guest's arithmetic sets flags and traps there, never on the host thread's context."""
     decimal.setcontext(decimal.Context())
-    result = _run_program(code, guest_globals, budget)
+    result = _run_program(code, guest_globals, budget, value_cap)
     if fresh:
         _release(guest_globals, budget)
     return result
@@ -299,7 +308,7 @@ def _release(guest_globals: dict[str, Any], budget: Budget) -> None:
         gc.collect()
 
 
-def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tuple[dict | None, Any]:
+def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value_cap: int) -> tuple[dict | None, Any]:
     """Execute and convert the result while the budget (and its allocator cap) is active;
     returns (error, value). The cap is disarmed before any error is built."""
     cap = budget.cap
@@ -309,13 +318,18 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget) -> tu
     try:
         try:
             exec(code, guest_globals)
-            value = to_result_value(guest_globals.pop(RESULT_NAME, None))
+            value = plain(guest_globals.pop(RESULT_NAME, None), lenient=True, max_bytes=value_cap,
+                          check=budget.check_time)
         finally:
             set_active_budget(previous)
             if cap is not None:
                 cap.disarm()
                 if cap.tripped:
                     budget.trip_memory()
+    except ValueTooLarge as exc:
+        if budget.stop is not None:
+            return _stop_error(budget.stop), None
+        return value_error(exc), None
     except (LimitExceeded, Terminated) as exc:
         return _stop_error(budget.stop or exc, _guest_lineno(exc)), None
     except BaseException as exc:
@@ -380,6 +394,7 @@ def _install(
     tokens: dict[int, tuple[SecretHandle, str]],
     stale: dict[int, tuple[SecretHandle, str]],
     run_over: threading.Event,
+    value_cap: int,
 ) -> None:
     """Bind this run's guards, builtins, capabilities and secret handles into the namespace.
     The capabilities refuse to call the host once ``run_over`` is set."""
@@ -441,7 +456,7 @@ def _install(
         node = tree
         for part in path:
             node = node.setdefault(part, {})
-        node[leaf] = _capability(name, call_host, budget, handle_token, run_over)
+        node[leaf] = _capability(name, call_host, budget, handle_token, run_over, value_cap)
     for key, value in tree.items():
         guest_globals[key] = _namespace(key, value)
 
@@ -458,8 +473,11 @@ def _capability(
     budget: Budget,
     handle_token: Callable[[Any], Any],
     run_over: threading.Event,
+    value_cap: int,
 ) -> Callable[..., Any]:
-    """A guest-callable for capability ``name``: wire-converts arguments, maps faults to exceptions.
+    """A guest-callable for capability ``name``: copies arguments and result as plain data
+    within ``value_cap`` (arguments over it end the run on limit ``"value"``; a result over it
+    raises `CapabilityError`), maps faults to exceptions.
 
     After its run has ended (a guest finaliser or a generator resumed later) it never reaches
     the host: it raises `PolicyDenied` and logs the attempt on ``sandbox.restricted``.
@@ -470,8 +488,10 @@ def _capability(
             _LOG.warning("capability %s called after its run ended: refused", name)
             raise PolicyDenied(f"{name}(): the run that was granted this capability has ended")
         try:
-            wire_args = to_wire(list(args), handle_token=handle_token)
-            wire_kwargs = to_wire(kwargs, handle_token=handle_token)
+            wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=handle_token, max_bytes=value_cap,
+                                           check=budget.check_time)
+        except ValueTooLarge as exc:
+            raise budget.trip_limit("value", f"{name}() arguments: {exc}") from None
         except WireError as exc:
             raise TypeError(f"{name}(): {exc}") from None
         budget.check()
@@ -479,7 +499,7 @@ def _capability(
         if cap is not None:
             cap.pause()  # the host's own allocations are not the guest's
         try:
-            return call_host(name, wire_args, wire_kwargs)
+            result = call_host(name, wire_args, wire_kwargs)
         except Fault as fault:
             exc_type = _GUEST_ERRORS.get(fault.guest_type, CapabilityError)
             if fault.terminate:
@@ -496,6 +516,10 @@ def _capability(
         finally:
             if cap is not None:
                 cap.resume()
+        try:
+            return plain(result, max_bytes=value_cap, check=budget.check_time)
+        except WireError as exc:
+            raise CapabilityError(f"{name}() returned data that cannot reach the guest: {exc}") from None
 
     capability.__name__ = capability.__qualname__ = name.rsplit(".", 1)[-1]
     capability.__doc__ = f"Capability {name}: runs on the host."

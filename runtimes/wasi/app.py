@@ -148,7 +148,14 @@ try:
     )
 except (TypeError, AttributeError):  # no C accelerator, or another signature
     _encode_plain = None
-_scan = json.scanner.make_scanner(json.decoder.JSONDecoder())
+_scan = json.scanner.make_scanner(json.decoder.JSONDecoder(object_hook=wire.decode_hook))
+
+
+class _ValueLimit(BaseException):
+    """Capability arguments over ``max_value_bytes``: the run ends on limit ``value``."""
+
+
+_run_state: dict = {"max_value": 16 << 20, "stop": None}
 
 
 def _dumps_plain(value) -> str:
@@ -161,14 +168,15 @@ def _loads(text: str):
     try:
         value, end = _scan(text, 0)
     except StopIteration:
-        return json.loads(text)  # raises a proper JSONDecodeError
+        return wire.loads(text)  # raises a proper JSONDecodeError
     if end != len(text):
-        return json.loads(text)
+        return wire.loads(text)
     return value
 
 
 def _make_capability(name: str):
-    loads, dumps, dumps_plain, to_wire, call, plain = _loads, json.dumps, _dumps_plain, wire.to_wire, host.call, _PLAIN
+    loads, dumps, dumps_plain, encode, call, plain = _loads, wire.dumps, _dumps_plain, wire.encode, host.call, _PLAIN
+    state = _run_state
 
     def capability(*args, **kwargs):
         holders: list = []
@@ -184,7 +192,7 @@ def _make_capability(name: str):
         if holders is None:
             try:
                 payload = dumps_plain([args, kwargs])
-            except ValueError:  # a non-finite float: let to_wire name it
+            except ValueError:  # a non-finite float: let encode name it
                 holders = []
             else:
                 ok, text, returned = call(name, payload, [])
@@ -199,7 +207,13 @@ def _make_capability(name: str):
                     return len(holders) - 1
                 return None
 
-            payload = dumps([to_wire(list(args), handle_token=handle_token), to_wire(kwargs, handle_token=handle_token)])
+            try:
+                payload = dumps(encode([list(args), kwargs], handle_token=handle_token, max_bytes=state["max_value"]))
+            except wire.ValueTooLarge as exc:
+                state["stop"] = wire.value_error(exc)
+                raise _ValueLimit(str(exc)) from None
+            except wire.WireError as exc:
+                raise TypeError(f"{name}(): {exc}") from None
             ok, text, returned = call(name, payload, [h._resource for h in holders])
             for holder, resource in zip(holders, returned):
                 holder._resource = resource
@@ -373,12 +387,15 @@ def _install(g: dict, options: dict, secrets: list) -> None:
         setattr(ns, name, SecretHandle(resource, name, description))
     g["secrets"] = ns
     for key, value in (options.get("inputs") or {}).items():
-        g[key] = value
+        g[key] = value  # decoded from the wire by `wire.loads`
 
 
 def _run(code: str, options: dict, secrets: list) -> dict:
     global _session_globals
     cap = int(options.get("max_output", 1 << 20))
+    value_cap = int(options.get("max_value", 16 << 20))
+    _run_state["max_value"] = value_cap
+    _run_state["stop"] = None
     state = _OutputState(cap)
     out, err = _Output(state), _Output(state)
     if options.get("session"):
@@ -408,7 +425,10 @@ def _run(code: str, options: dict, secrets: list) -> dict:
                     exec(body, g)
                 if last is not None:
                     value = eval(last, g)
-                    value = wire.to_result_value(value)
+                    value = wire.encode(value, lenient=True, max_bytes=value_cap)
+            except wire.ValueTooLarge as exc:
+                value = None
+                error = wire.value_error(exc)
             except (MemoryError, RecursionError) as exc:
                 value = None
                 error = _limit_error(exc, _guest_lineno(exc.__traceback__))
@@ -423,6 +443,8 @@ def _run(code: str, options: dict, secrets: list) -> dict:
                 exc.__traceback__ = None
     finally:
         sys.stdout, sys.stderr = saved
+    if _run_state["stop"] is not None:  # arguments over the cap, whatever the guest caught
+        value, error = None, _run_state["stop"]
     return wire.outcome(
         value=value,
         stdout=out.getvalue(),
@@ -457,8 +479,8 @@ class WitWorld(wit_world.WitWorld):
     def run(self, code: str, options_json: str, secrets: list) -> str:
         limit = None
         try:
-            result = _run(code, json.loads(options_json), secrets)
-            return json.dumps(result)
+            result = _run(code, wire.loads(options_json), secrets)
+            return wire.dumps(result)
         except MemoryError:
             limit = MemoryError
         except RecursionError:

@@ -42,7 +42,7 @@ from typing import Any, Optional, Union
 from smolagents import CodeAgent
 from smolagents.local_python_executor import CodeOutput, InterpreterError, PythonExecutor
 
-from runtimes.wire import WireError, to_wire
+from runtimes.wire import WireError, plain
 from sandbox.capabilities import Capability
 from sandbox.errors import ConfigurationError
 from sandbox.limits import Limits
@@ -247,7 +247,7 @@ class SandboxExecutor(PythonExecutor):
             if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
                 raise ConfigurationError(f"variable {name!r} cannot be a guest global: use an identifier not starting with '_'")
             try:
-                checked[name] = to_wire(value)
+                checked[name] = plain(value)
             except WireError as exc:
                 raise TypeError(f"variable {name!r} cannot enter the sandbox: {exc}") from None
         with self._lock:

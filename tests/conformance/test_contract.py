@@ -6,6 +6,7 @@ A feature is done when these pass on every entry of `tests.conftest.RUNTIMES`.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -83,10 +84,12 @@ def test_value_is_last_expression_or_none(make_sandbox):
     assert sb.run("").ok
 
 
-def test_values_are_json_compatible(make_sandbox):
+def test_values_keep_their_types_and_serialise_to_json(make_sandbox):
     sb = make_sandbox()
-    assert sb.run("(1, (2, 3))").value == [1, [2, 3]]
-    assert sb.run("{3, 1, 2}").value == [1, 2, 3]
+    result = sb.run("(1, (2, 3))")
+    assert result.value == (1, (2, 3)) and json.loads(result.model_dump_json())["value"] == [1, [2, 3]]
+    result = sb.run("{3, 1, 2}")
+    assert result.value == {1, 2, 3} and json.loads(result.model_dump_json())["value"] == [1, 2, 3]
     assert sb.run("{'a': [1.5, None, True]}").value == {"a": [1.5, None, True]}
     value = sb.run("class P:\n    def __repr__(self):\n        return 'P()'\nP()").value
     assert value == "P()"
