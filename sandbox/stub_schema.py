@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 
-from runtimes.wire import to_wire
+from runtimes.wire import plain
 
 if TYPE_CHECKING:
     from sandbox.capabilities import Capability
@@ -90,14 +90,14 @@ def carried(kind: str, direction: str) -> bool:
     sample, annotation = _SAMPLES[kind]
     try:
         if direction == "arg":
-            to_wire(sample)
+            plain(sample)
             return True
 
         def probe() -> Any:
             return sample
 
         probe.__annotations__ = {"return": annotation}
-        return type(to_wire(Capability(probe, name="probe").dump_result(sample))) is type(sample)
+        return type(plain(Capability(probe, name="probe").dump_result(sample))) is type(sample)
     except Exception:  # refused by the wire or the dump: it crosses in its JSON form
         return False
 

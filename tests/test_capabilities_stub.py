@@ -104,18 +104,18 @@ def test_types_are_defined_in_the_stub_defaults_are_values_and_namespaces_nest()
     assert "FieldInfo" not in stub and "<Status" not in stub and "geo_maps" not in stub
     # Enum: the values the guest passes and receives.
     assert "Status = Literal['open', 'shipped']  # Where an order is." in stub
-    # The returned model is the dict the guest gets: every field present, JSON forms named.
+    # The returned model is the dict the guest gets: every field present, typed values by their type.
     returned = stub[stub.index("class Order(TypedDict):"):].split("\n\n")[0].splitlines()
     assert returned == [
         "class Order(TypedDict):",
         '    """An order."""',
         "    id: int",
         "    status: Status",
-        "    placed: str  # ISO 8601 date-time",
-        "    amount: str  # decimal number as text",
+        "    placed: datetime",
+        "    amount: Decimal",
         "    lines: list[Line]",
-        "    tags: list[str]  # unique items",
-        "    pair: list[int | str]  # a list of exactly [int, str]",
+        "    tags: set[str]",
+        "    pair: tuple[int, str]",
         "    note: str | None  # max_length=20; free text",
     ]
     # The same model as an argument: fields with defaults may be left out.
@@ -123,10 +123,10 @@ def test_types_are_defined_in_the_stub_defaults_are_values_and_namespaces_nest()
     assert "class Line(TypedDict):\n    sku: str\n    qty: int\n" in stub
     # Defaults as values, constraints as comments, keyword-only and positional-only markers kept.
     assert "        limit: int = 20,  # ge=1, le=100\n" in stub
-    assert "        since: str | None = None,  # ISO 8601 date\n" in stub
+    assert "        since: date | None = None,\n" in stub
     assert ") -> list[Order]:" in stub
     assert "def route(a: str, b: str, *, mode: Literal['car', 'foot'] = 'car') -> dict[str, float]:" in stub
-    assert "        place: str,  # min_length=1\n    ) -> list[float]:  # returns a list of exactly [float, float]" in stub
+    assert "        place: str,  # min_length=1\n    ) -> tuple[float, float]:" in stub
     assert "class geo:  # use as geo.<name>(...)\n" in stub
     assert "    class maps:  # use as geo.maps.<name>(...)\n        @staticmethod\n        def route(" in stub
     assert "def sign(payload: str, key: SecretHandle) -> str:" in stub
@@ -141,7 +141,7 @@ def test_types_are_defined_in_the_stub_defaults_are_values_and_namespaces_nest()
 
 def test_a_single_capability_stub_is_its_def():
     assert orders.stub().startswith("def orders(\n    limit: int = 20,  # ge=1, le=100\n")
-    assert "def where(\n    place: str,  # min_length=1\n) -> list[float]:" in where.stub()
+    assert "def where(\n    place: str,  # min_length=1\n) -> tuple[float, float]:" in where.stub()
 
 
 def test_positional_only_parameters_are_refused_at_declaration():
@@ -157,7 +157,7 @@ def test_annotated_constraints_are_validated_as_the_stub_says():
         result = sb.run("geo.where('')")
         assert result.error is not None and result.error.type == "ValueError"
         assert "at least 1 character" in result.error.message
-        assert sb.run("geo.where('Paris')").value == [48.85, 2.35]
+        assert sb.run("geo.where('Paris')").value == (48.85, 2.35)
         assert sb.run("shop.orders(limit=0)").error.type == "ValueError"
 
 
