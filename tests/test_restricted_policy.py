@@ -539,7 +539,11 @@ def test_deeply_nested_c_iterators_are_refused_not_crashing(code: str) -> None:
     "code",
     ["sum(map(abs, range(10**13)))", "import itertools\nany(itertools.repeat(0))", "max(filter(None, range(10**13)))",
      "''.join(map(str, range(10**9)))", "list(enumerate(range(10**9)))", "dict(zip(range(10**9), range(10**9)))",
-     "any(iter(int, 1))", "min(x for x in iter(int, 1))"],
+     "any(iter(int, 1))", "min(x for x in iter(int, 1))",
+     "import itertools\ns = set()\ns.update(itertools.repeat(1))", "import itertools\n-1 in itertools.count()",
+     "import collections\ncollections.deque(range(10**13), maxlen=0)", "s = set()\ns.update(iter(int, 1))",
+     "import collections\nd = collections.deque(maxlen=1)\nd.extend(range(10**13))",
+     "import itertools\nL = list\nL(itertools.cycle([1]))"],
 )
 def test_iterator_consuming_builtins_tick(code: str) -> None:
     err = error(code, limits={"cpu_seconds": 0.3})
@@ -555,3 +559,14 @@ def test_iterator_consuming_builtins_still_work() -> None:
         " dict(zip('ab', range(2))), list(map(abs, range(-2, 1))), sum(range(100)), max(range(10**6)), sum([0.5], 1)]"
     )
     assert value(code) == [3, 10, 1, 2, False, True, [1, 3], 7, "d", "012", {"a": 0, "b": 1}, [2, 1, 0], 4950, 999999, 1.5]
+
+
+def test_guest_deque_and_endless_itertools_behave() -> None:
+    code = (
+        "import itertools, collections\nd = collections.deque([1, 2, 3], maxlen=2)\nd.append(4)\nd[0] = 9\n"
+        "[list(d), list(itertools.islice(itertools.count(5), 3)), list(itertools.repeat(1, 3)),"
+        " list(zip(range(3), itertools.cycle('ab'))), list(iter([3])), isinstance(d, collections.deque), repr(d),"
+        " type(d) is collections.deque]"
+    )
+    assert value(code) == [[9, 4], [5, 6, 7], [1, 1, 1], [[0, "a"], [1, "b"], [2, "a"]], [3], True, "deque([9, 4], maxlen=2)", True]
+    assert error("import itertools\nlist(itertools.count())")["limit"] == "size"

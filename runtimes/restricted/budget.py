@@ -67,6 +67,14 @@ _C_ITERATORS = frozenset({
         "zip_longest", "tee",
     )),
 })
+class Endless(chain):
+    """A ticking view of an endless C iterator (``count()``, ``cycle(x)``, ``repeat(x)``,
+    ``iter(f, sentinel)``) as the guest's itertools and ``iter`` hand it out: any C loop that
+    consumes it (``set().update(it)``, ``x in it``, ``deque(it, maxlen=0)``) ticks."""
+
+    __slots__ = ()
+
+
 _CONTAINERS = frozenset({list, tuple, dict, set, frozenset, str, bytes, bytearray})
 """Iterables whose C loops are bounded by their (already allocated) size."""
 
@@ -77,6 +85,15 @@ _ACTIVE = threading.local()
 def active_budget() -> Budget | None:
     """The budget of the run whose guest code is executing on this thread (None outside a run)."""
     return getattr(_ACTIVE, "budget", None)
+
+
+def running_budget() -> Budget:
+    """`active_budget`, or `LimitExceeded` when there is none (guest code resumed by the host
+    after its run ended, e.g. a generator finalised later)."""
+    budget = active_budget()
+    if budget is None:
+        raise LimitExceeded("cpu", "guest code ran after its run ended")
+    return budget
 
 
 def set_active_budget(budget: Budget | None) -> Budget | None:
@@ -362,6 +379,10 @@ class Budget:
                 elif type(part) in _C_ITERATORS:
                     pending.append((part, depth + 1))
 
+    def endless(self, iterator: Iterator[Any]) -> Endless:
+        """``iterator`` (endless or of unknown length) as a ticking `Endless` view."""
+        return Endless.from_iterable(_LoopChunks(self, iterator))
+
     def iterate(self, iterable: Any) -> Any:
         """The argument of a C consumer (``sum``, ``min``, ``sorted``, ``str.join``, ``list(...)``):
         containers as they are; anything else checked for nesting and, unless a small range,
@@ -500,6 +521,8 @@ class Budget:
             except OverflowError:
                 items = float("inf")
             self.check_count("materialising a range", items)
+        elif isinstance(value, Endless):
+            raise self.refuse_size("materialising an endless iterator", float("inf"))
         elif isinstance(value, _INFINITE):
             hint = operator.length_hint(value, -1)
             if hint < 0:

@@ -29,6 +29,8 @@ from typing import Any
 
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
+from runtimes.restricted.budget import running_budget
+
 GUEST_MODULE = "__guest__"
 """``__name__`` of guest globals, hence ``__module__`` of every class and function guest code defines."""
 
@@ -216,8 +218,25 @@ def _format_methods(formatter: GuardedFormatter) -> tuple[Callable[..., str], Ca
 # --- the per-run guard set ------------------------------------------------------------------
 
 
+class GuestDeque(collections.deque):  # type: ignore[type-arg]
+    """``collections.deque`` as the guest gets it: building or extending one from an iterator
+    ticks (``deque(range(10**13), maxlen=0)`` is a C loop that allocates nothing)."""
+
+    def __init__(self, iterable: Any = (), maxlen: Any = None) -> None:
+        super().__init__(running_budget().iterate(iterable), maxlen)
+
+    def extend(self, iterable: Any, /) -> None:
+        super().extend(running_budget().iterate(iterable))
+
+    def extendleft(self, iterable: Any, /) -> None:
+        super().extendleft(running_budget().iterate(iterable))
+
+
+GuestDeque.__name__ = GuestDeque.__qualname__ = "deque"
+GuestDeque.__module__ = "collections"
+
 _WRITABLE_TYPES = frozenset(
-    {list, dict, set, bytearray, collections.deque, collections.OrderedDict, collections.defaultdict,
+    {list, dict, set, bytearray, collections.deque, GuestDeque, collections.OrderedDict, collections.defaultdict,
      collections.Counter, decimal.Context}
 )
 _STR_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs", "replace", "join"})
@@ -406,7 +425,7 @@ def _read_only(value: Any) -> Any:
     return tuple(value)
 
 
-_PLAIN_SUBSCRIPTED = frozenset({list, dict, tuple, str, bytes, bytearray, range, collections.deque, collections.OrderedDict,
+_PLAIN_SUBSCRIPTED = frozenset({list, dict, tuple, str, bytes, bytearray, range, collections.deque, GuestDeque, collections.OrderedDict,
                                collections.defaultdict, collections.Counter, types.MappingProxyType})
 _TYPE_ARG_ATOMS = frozenset({str, int, bool, bytes, float, type(None), type(Ellipsis)})
 
@@ -615,8 +634,13 @@ def sized_builtins(budget: Any) -> dict[str, Callable[..., Any]]:
         budget.check_nesting(iterator)
         return next(iterator, *default)
 
+    def iter_(source: Any, *sentinel: Any) -> Any:
+        if sentinel:  # calls source until it returns the sentinel: possibly forever
+            return budget.endless(iter(source, *sentinel))
+        return iter(source)
+
     functions = {"sorted": sorted_, "pow": pow_, "sum": sum_, "any": any_, "all": all_,
-                 "min": extreme(min), "max": extreme(max), "next": next_}
+                 "min": extreme(min), "max": extreme(max), "next": next_, "iter": iter_}
     for name, function in functions.items():
         function.__name__ = function.__qualname__ = name
     functions["format"] = plain_function(budget.format, "format")

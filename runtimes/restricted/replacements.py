@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import enum
 import functools
+import itertools
 import time
 import types
 import typing
@@ -23,7 +24,8 @@ from typing import Any
 
 import _strptime
 
-from runtimes.restricted.guards import GUEST_MODULE, is_guest_object
+from runtimes.restricted.budget import running_budget
+from runtimes.restricted.guards import GUEST_MODULE, GuestDeque, is_guest_object
 
 
 def _guest_owned(obj: Any) -> bool:
@@ -165,6 +167,24 @@ def _time_strptime(data_string: Any, format: Any = "%a %b %d %H:%M:%S %Y") -> An
     return time.strptime(exact_str(data_string), exact_str(format))
 
 
+def _count(start: Any = 0, step: Any = 1) -> Any:
+    return running_budget().endless(itertools.count(start, step))
+
+
+def _cycle(iterable: Any, /) -> Any:
+    return running_budget().endless(itertools.cycle(iterable))
+
+
+def _repeat(obj: Any, *times: Any) -> Any:
+    if times:
+        return itertools.repeat(obj, *times)
+    return running_budget().endless(itertools.repeat(obj))
+
+
+for _function, _name in ((_count, "count"), (_cycle, "cycle"), (_repeat, "repeat")):
+    _function.__name__ = _function.__qualname__ = _name
+
+
 REPLACED: Mapping[str, Mapping[str, Any]] = {
     "functools": {
         "update_wrapper": _update_wrapper,
@@ -173,7 +193,8 @@ REPLACED: Mapping[str, Mapping[str, Any]] = {
     },
     "dataclasses": {"dataclass": _guest_class_decorator("dataclasses.dataclass", dataclasses.dataclass)},
     "copy": {"copy": _copy, "deepcopy": _deepcopy},
-    "collections": {"namedtuple": _namedtuple},
+    "collections": {"namedtuple": _namedtuple, "deque": GuestDeque},
+    "itertools": {"count": _count, "cycle": _cycle, "repeat": _repeat},
     "typing": {
         "NamedTuple": _class_form_only("NamedTuple", typing._NamedTuple),  # type: ignore[attr-defined]
         "TypedDict": _class_form_only("TypedDict", typing._TypedDict),  # type: ignore[attr-defined]
