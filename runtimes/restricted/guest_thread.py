@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ _STACK_MIN = 256 << 20
 _STACK_MAX = 16 << 30
 _MAX_IDLE = 4
 """Idle workers kept for reuse; more concurrent runs start more threads, which exit when done."""
+_RETIRE_AFTER = 0.02
+"""Seconds of run after which the worker exits instead of being reused: a long run may have
+grown its stack (committed pages stay with a living thread), and a new thread costs far less."""
 
 
 def stack_bytes(memory_bytes: int) -> int:
@@ -79,9 +83,13 @@ class GuestThreads:
         worker = self._take(stack_bytes(memory_bytes))
         if worker is None:
             return function()
+        started = time.monotonic()
         worker.inbox.put(function)
         ok, value = worker.outbox.get()
-        self._give_back(worker)
+        if time.monotonic() - started < _RETIRE_AFTER:
+            self._give_back(worker)
+        else:
+            worker.inbox.put(None)
         if ok:
             return value
         raise value
