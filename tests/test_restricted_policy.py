@@ -569,5 +569,5 @@ def test_guest_deque_and_endless_itertools_behave() -> None:
         " list(zip(range(3), itertools.cycle('ab'))), list(iter([3])), isinstance(d, collections.deque), repr(d),"
         " type(d) is collections.deque]"
     )
-    assert value(code) == [[9, 4], [5, 6, 7], [1, 1, 1], [[0, "a"], [1, "b"], [2, "a"]], [3], True, "deque([9, 4], maxlen=2)", True]
+    assert value(code) == [[9, 4], [5, 6, 7], [1, 1, 1], [(0, "a"), (1, "b"), (2, "a")], [3], True, "deque([9, 4], maxlen=2)", True]
     assert error("import itertools\nlist(itertools.count())")["limit"] == "size"
