@@ -63,6 +63,9 @@ into an int would allocate that many digits)."""
 MAX_DEPTH = 100
 """Deepest nesting of containers in a value."""
 
+DEFAULT_VALUE_BYTES = 16 << 20
+"""The size cap of a value when the limits name none (`sandbox.Limits.max_value_bytes`)."""
+
 JSON_DEPTH = 2 * MAX_DEPTH + 8
 """Deepest nesting of JSON a host accepts from a guest: a tagged tuple is two levels, and a
 message wraps the value in a few more."""
@@ -138,6 +141,8 @@ _enc_str = json.encoder.encode_basestring_ascii
 _TAG_BYTES = len('{"$type":"","v":}')
 _CHECK_EVERY = 1024
 _TIMEDELTA_FIELDS = (_dt.timedelta.days, _dt.timedelta.seconds, _dt.timedelta.microseconds)
+_UUID_INT: Any = uuid.UUID.__dict__["int"]
+"""The slot holding a UUID's number, read past any property a subclass defines."""
 
 
 class _Walk:
@@ -231,6 +236,7 @@ class _Walk:
                 self.over()
                 return seen[3]
             nodes, size = self.nodes - 1, self.size
+            result: Any
             if kind is dict:
                 result = self.walk_dict(value, depth)
             else:
@@ -310,8 +316,8 @@ class _Walk:
                     return self.refuse(value, f"{text} is not a plain Decimal (finite, exponent within ±{MAX_DECIMAL_EXPONENT})")
                 return self.tag("decimal", text, len(text) + 2, number)
             if isinstance(value, uuid.UUID):
-                number = uuid.UUID(int=uuid.UUID.int.__get__(value))
-                return self.tag("uuid", str(number), 38, number)
+                exact = uuid.UUID(int=_UUID_INT.__get__(value))
+                return self.tag("uuid", str(exact), 38, exact)
         except WireError:
             raise
         except (LookupError, ValueError, TypeError, OverflowError, AttributeError) as exc:
@@ -503,7 +509,7 @@ def loads_bounded(data: str | bytes, *, max_bytes: int, nodes: int | None = None
         raise ValueTooLarge(f"{len(data)} bytes is over the {max_bytes}-byte cap")
     cap = max_nodes(max_bytes) if nodes is None else nodes
     if _structure(data) > cap:
-        stripped = (_STRING_BYTES if isinstance(data, bytes) else _STRING_TEXT).sub(b"" if isinstance(data, bytes) else "", data)  # type: ignore[call-overload]
+        stripped = _STRING_BYTES.sub(b"", data) if isinstance(data, bytes) else _STRING_TEXT.sub("", data)
         if _structure(stripped) > cap:
             raise ValueTooLarge(f"the value has more than {cap} nodes")
     try:

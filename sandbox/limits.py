@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from runtimes.wire import DEFAULT_VALUE_BYTES
+
 LimitName = Literal["cpu", "wall", "memory", "recursion", "size", "value"]
 """Names a limit in `ErrorInfo.limit` when a run hits it. Output over ``max_output_bytes`` is
 not an error (the output is cut and `RunResult.output_truncated` is set)."""
@@ -71,7 +73,7 @@ class Limits(BaseModel):
     """stdout plus stderr kept per run; the rest is dropped and the result is flagged. Default 1 MiB."""
     max_recursion_depth: Annotated[int, Field(gt=0, le=10_000)] = 500
     """Deepest guest call stack. Default 500."""
-    max_value_bytes: Bytes = 16 << 20
+    max_value_bytes: Bytes = DEFAULT_VALUE_BYTES
     """Largest data crossing the boundary from the guest: the run's value, and each capability
     call's arguments and result. Measured as compact JSON in the wire format (shared references
     count each time they appear); at most one node per 16 bytes of it (1 048 576 at the default)

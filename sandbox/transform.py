@@ -31,8 +31,8 @@ before it is read). Over either: `ValueError`. The guest still runs under the sa
 `Limits`: its memory limit must hold the rows as Python objects, in and out, about 15-20
 times ``max_bytes`` (measured: 100 000 small rows, 7 MiB of JSON, peak 142 MB in a confined
 child; they fit the default 256 MiB on every runtime). Raise ``memory_bytes`` with ``max_bytes``.
-The output crosses back the same way; under ``isolation="process"`` the result frame is capped
-at 16 MiB plus 8 x ``max_output_bytes``.
+The output crosses back the same way, within `Limits.max_value_bytes` (default 16 MiB) on every
+runtime.
 
 Copies: the host makes one pass over list input that checks and measures it without copying
 it; CSV and JSON Lines are parsed straight into rows. The rows then cross into the guest once:

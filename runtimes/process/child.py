@@ -74,7 +74,7 @@ def _raw_execute(code: str, *, inputs: dict | None = None, limits: dict | None =
 
 
 def _value_cap(limits: dict | None) -> int:
-    return int((limits or {}).get("max_value_bytes") or (16 << 20))
+    return int((limits or {}).get("max_value_bytes") or wire.DEFAULT_VALUE_BYTES)
 
 
 def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid: int | None,

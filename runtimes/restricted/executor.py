@@ -37,7 +37,7 @@ from runtimes.restricted.guards import (
 )
 from runtimes.restricted.modules import MODULES
 from runtimes.restricted.transformer import GUEST_FILENAME, RESULT_NAME, STRING_FILENAME, compile_guest
-from runtimes.wire import Fault, ValueTooLarge, WireError, error, outcome, plain, value_error
+from runtimes.wire import DEFAULT_VALUE_BYTES, Fault, ValueTooLarge, WireError, error, outcome, plain, value_error
 
 _BASE_BUILTINS = base_builtins()
 _NUMBER_TYPES = frozenset({int, float})
@@ -54,8 +54,6 @@ _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
 """Peak bytes of a fresh run above which its end runs a garbage collection."""
 _LOG = logging.getLogger("sandbox.restricted")
-DEFAULT_VALUE_BYTES = 16 << 20
-"""``max_value_bytes`` when the limits do not name it."""
 
 
 class GuestState:

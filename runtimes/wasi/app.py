@@ -155,7 +155,7 @@ class _ValueLimit(BaseException):
     """Capability arguments over ``max_value_bytes``: the run ends on limit ``value``."""
 
 
-_run_state: dict = {"max_value": 16 << 20, "stop": None}
+_run_state: dict = {"max_value": wire.DEFAULT_VALUE_BYTES, "stop": None}
 
 
 def _dumps_plain(value) -> str:
@@ -393,7 +393,7 @@ def _install(g: dict, options: dict, secrets: list) -> None:
 def _run(code: str, options: dict, secrets: list) -> dict:
     global _session_globals
     cap = int(options.get("max_output", 1 << 20))
-    value_cap = int(options.get("max_value", 16 << 20))
+    value_cap = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
     _run_state["max_value"] = value_cap
     _run_state["stop"] = None
     state = _OutputState(cap)
