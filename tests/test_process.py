@@ -493,3 +493,31 @@ def test_no_child_outlives_its_run_or_session(driver):
     remaining = zygote_children(driver)
     assert len(remaining) <= driver._spares
     assert not [c for c in remaining if c.status() == psutil.STATUS_ZOMBIE]
+
+
+# -- a compromised child: frames over the wire caps are refused unparsed ------------------------
+
+_FORGE = (
+    "import os, struct\n"
+    "body = {body}\n"
+    "for fd in range(3, 256):\n"
+    "    try:\n"
+    "        os.write(fd, struct.pack('>I', {size}) + body)\n"
+    "        break\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "import time\n"
+    "time.sleep(5)\n"
+)
+
+
+@pytest.mark.parametrize("body, size", [
+    ("b'x'", "1 << 30"),  # a header announcing a 1 GiB frame
+    ("b'{\"t\":\"done\",\"outcome\":{\"ok\":true,\"value\":' + b'[' * 900 + b']' * 900 + b'}}'", "len(body)"),
+    ("b'{\"t\":\"done\",\"outcome\":{\"ok\":true,\"value\":[' + b'[],' * 3_000_000 + b'[]]}}'", "len(body)"),
+], ids=["huge_header", "900_deep", "node_bomb"])
+def test_child_frames_over_the_wire_caps_end_on_the_value_limit(driver, body, size):
+    started = time.monotonic()
+    out = driver._run_raw(_FORGE.format(body=body, size=size), Limits(wall_seconds=10, max_value_bytes=1 << 20))
+    assert time.monotonic() - started < 10.5
+    assert out.error is not None and out.error.kind == "limit_exceeded" and out.error.limit == "value", out.error
