@@ -258,6 +258,17 @@ def test_shared_rate_limit_admits_exactly_n_across_actors(tools_pool: RaySandbox
     assert sum(r.value[0] == "pong" for r in results) == 5
 
 
+def test_per_run_principal_and_limits(tools_pool: RaySandboxPool, records_file: Path) -> None:
+    code = 'try:\n    r = ping()\nexcept PolicyDenied:\n    r = "denied"\n[r, whoami()]'
+    results = tools_pool.map([{"code": code, "principal": "agent-b"}] * 8, batch_size=1)
+    assert len({r.value[1] for r in results}) == 2
+    assert sum(r.value[0] == "pong" for r in results) == 5  # agent-b's own 5 per minute, across both actors
+    assert any(r.principal is not None and r.principal.id == "agent-b" for r in read_records(records_file))
+    stopped = tools_pool.run("while True:\n    pass", limits=Limits(cpu_seconds=0.3, wall_seconds=2))
+    assert not stopped.ok and stopped.error.kind == "limit_exceeded"
+    assert tools_pool.run("1 + 1").ok  # the spec's own sandbox is untouched
+
+
 def test_forty_runs_over_two_actors_form_one_verified_chain(
     tools_pool: RaySandboxPool, records_file: Path, keys: tuple[Path, Path]
 ) -> None:
