@@ -28,6 +28,7 @@ from sandbox.audit import (
     summarize_arguments,
     verify,
 )
+from sandbox.errors import ConfigurationError
 from sandbox.policy import Principal, Verdict
 from sandbox.results import ErrorInfo, RunResult, Usage
 
@@ -271,8 +272,22 @@ def test_key_loading_forms(tmp_path: Path, key):
     private_file = tmp_path / "k.pem"
     private_file.write_bytes(private_key_pem(key))
     assert load_private_key(private_file).public_key() == key.public_key()
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigurationError, match="use PEM, 32 raw bytes"):
         load_public_key(b"not a key")
+    with pytest.raises(ConfigurationError, match="use PEM, 32 raw bytes"):
+        load_private_key("00" * 31)
+
+
+def test_a_record_file_that_does_not_end_in_a_record_is_refused(tmp_path: Path):
+    path = tmp_path / "runs.jsonl"
+    JsonlSink(path).emit(make_record(0))
+    with path.open("ab") as fh:
+        fh.write(b"not a record\n")
+    before = path.read_bytes()
+    with pytest.raises(ConfigurationError, match="sandbox verify"):
+        JsonlSink(path).emit(make_record(1))
+    assert path.read_bytes() == before
+    assert not verify(path, None).ok and verify(path, None).bad_line == 2
 
 
 def test_summary_is_readable():
