@@ -4,6 +4,7 @@
     python -m benchmarks                      # the full run, under 10 minutes on 2 cores
     python -m benchmarks --out /tmp/bench --subjects native,restricted,monty --workloads trivial_fresh
     python -m benchmarks --out benchmarks/results   # the committed results (README table)
+    python -m benchmarks --quick --ablate     # plus the cost of each isolation layer (ablation.png)
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--humaneval-limit", type=int, default=None, help="run only the first N HumanEval problems")
     parser.add_argument("--no-rss", action="store_true", help="skip the per-subject memory/cold-start children")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNGs")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also measure what each isolation layer costs (layers switched on one at a time)")
     parser.add_argument("--wasi-build", action="store_true",
                         help="also time a first-use wasi guest build into a temporary cache (30-90 s)")
     return parser.parse_args(argv)
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Config.for_mode(
             args.quick, out=args.out, subjects=_names(args.subjects), workloads=_names(args.workloads),
             budget_seconds=args.budget, workers=args.workers, humaneval_limit=args.humaneval_limit,
-            wasi_build=args.wasi_build or None,
+            wasi_build=args.wasi_build or None, ablate=args.ablate or None,
         )
         if args.no_rss:
             config.rss = False

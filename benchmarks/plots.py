@@ -5,6 +5,7 @@
 - ``overhead.png``: median time over native exec per workload and subject, log scale.
 - ``scaling.png``: runs per second against concurrency (1, 2, 4, 8) per subject.
 - ``humaneval.png``: HumanEval passes per subject.
+- ``ablation.png`` (with ``--ablate``): the cost of each isolation layer per workload, with CIs.
 """
 
 from __future__ import annotations
@@ -179,8 +180,50 @@ def humaneval(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def ablation(results: dict[str, Any], path: Path) -> Path | None:
+    """Cost per layer: one panel per workload, a bar per runtime/layer with its bootstrap 95% CI."""
+    data = results.get("ablation")
+    if not data:
+        return None
+    rows = [(runtime, layer) for runtime, e in data["runtimes"].items() if e.get("status") == "ok"
+            for layer in [*e["layers"], "all"]]
+    if not rows:
+        return None
+    workloads = data["workloads"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 0.42 * len(rows) + 1.8),
+                             sharey=True, squeeze=False)
+    for ax, w in zip(axes[0], workloads):
+        ys, xs, low, high, colors = [], [], [], [], []
+        for i, (runtime, layer) in enumerate(rows):
+            cost = data["runtimes"][runtime]["costs"].get(layer, {}).get(w)
+            if not cost:
+                continue
+            scale = 1e3
+            ys.append(i)
+            xs.append(cost["median"] * scale)
+            ci = cost.get("ci95") or [cost["median"], cost["median"]]
+            low.append(max(0.0, cost["median"] - ci[0]) * scale)
+            high.append(max(0.0, ci[1] - cost["median"]) * scale)
+            colors.append(COLORS["restricted+process" if runtime == "process" else "restricted"]
+                          if layer != "all" else "#555555")
+        ax.barh(ys, xs, xerr=[low, high], color=colors, error_kw={"elinewidth": 0.8, "capsize": 2})
+        ax.axvline(0, color="#333333", linewidth=0.8)
+        ax.set_title(data.get("titles", {}).get(w, w), fontsize=10)
+        ax.set_xlabel("extra ms per run (median, 95% CI)")
+        ax.grid(axis="x", alpha=0.25)
+    axes[0][0].set_yticks(range(len(rows)), [f"{r}: {layer}" for r, layer in rows], fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle("Cost per layer: only that layer on, minus all switchable layers off", fontsize=11)
+    _footer(fig, results)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_all(results: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     made = [startup(results, out / "startup.png"), overhead(results, out / "overhead.png"),
-            scaling(results, out / "scaling.png"), humaneval(results, out / "humaneval.png")]
+            scaling(results, out / "scaling.png"), humaneval(results, out / "humaneval.png"),
+            ablation(results, out / "ablation.png")]
     return [p for p in made if p is not None]

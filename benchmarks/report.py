@@ -191,6 +191,9 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         for n, e in w["results"].items():
             if e.get("status") in ("unsupported", "failed"):
                 console.print(f"[yellow]{e['status']}[/] {n} on {w['title']}: {e.get('reason')}")
+    ablation = results.get("ablation")
+    if ablation:
+        print_ablation(ablation, console)
     build = results.get("wasi_build")
     if build:
         for key, label in (("cached_load", "wasi guest load from cache"), ("first_use_build", "wasi first-use build")):
@@ -210,3 +213,42 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         f"1-min load during the run: max {_round(during.get('load1_max'))}, "
         f"mean {_round(during.get('load1_mean'))}; run took {results.get('duration_seconds', 0):.0f} s[/]"
     )
+
+
+def print_ablation(ablation: dict[str, Any], console: Console) -> None:
+    """The cost-per-layer table: each layer alone over the all-off baseline, with 95% CIs."""
+    titles = ablation.get("titles", {})
+    table = Table(title="Cost per layer: median with only that layer on, minus all switchable layers off "
+                  "(bootstrap 95% CI)", title_justify="left")
+    table.add_column("runtime")
+    table.add_column("layer")
+    for w in ablation["workloads"]:
+        table.add_column(titles.get(w, w), justify="right")
+    for runtime, entry in ablation.get("runtimes", {}).items():
+        if entry.get("status") == "ok":
+            base = entry["variants"].get("none", {})
+            table.add_row(runtime, "[dim]baseline: none on[/]",
+                          *[fmt_time(base.get(w, {}).get("median")) for w in ablation["workloads"]])
+            for layer in [*entry["layers"], "all"]:
+                cells = []
+                for w in ablation["workloads"]:
+                    cost = entry["costs"].get(layer, {}).get(w)
+                    cells.append("failed" if cost is None else
+                                 f"{_signed(cost['median'])}\n[dim]{fmt_signed_ci(cost.get('ci95'))}[/]")
+                table.add_row(runtime, "all (as shipped)" if layer == "all" else layer, *cells)
+        elif entry.get("reason") and not entry.get("not_switchable"):
+            table.add_row(runtime, f"[yellow]skipped[/]: {entry['reason']}", *[""] * len(ablation["workloads"]))
+        for layer, why in entry.get("not_switchable", {}).items():
+            table.add_row(runtime, f"{layer}: [yellow]not switchable[/]", *[""] * len(ablation["workloads"]))
+    console.print(table)
+    for runtime, entry in ablation.get("runtimes", {}).items():
+        for layer, why in entry.get("not_switchable", {}).items():
+            console.print(f"[dim]{runtime} {layer} not switchable: {why}[/]")
+
+
+def _signed(seconds: float) -> str:
+    return ("-" if seconds < 0 else "+") + fmt_time(abs(seconds))
+
+
+def fmt_signed_ci(ci: list[float] | None) -> str:
+    return "no CI" if not ci else f"{_signed(ci[0])} … {_signed(ci[1])}"

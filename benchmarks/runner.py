@@ -66,6 +66,7 @@ class Config:
     plots: bool = True
     hang_seconds: float = 60.0
     wasi_build: bool = False
+    ablate: bool = False
 
     @classmethod
     def for_mode(cls, quick: bool, **overrides: Any) -> Config:
@@ -501,6 +502,13 @@ class Runner:
                     subject.close()
                 except Exception:
                     pass
+        if self.config.ablate:
+            from benchmarks.ablation import AblationConfig
+            from benchmarks.ablation import run as ablation
+
+            cfg = (AblationConfig(budget_seconds=0.2, min_samples=8, max_samples=100) if self.config.quick
+                   else AblationConfig())
+            self.results["ablation"] = ablation(cfg, log=self.progress.phase)
         if self.config.rss:
             self.results["rss"] = self.rss()
         self.results["load_during"] = sampler.stop()

@@ -322,8 +322,9 @@ class ProcessDriver:
     that must be in force (names from `sandbox.runtime.KNOWN_LAYERS`), else `IsolationUnavailable` is raised here.
     ``uid`` overrides the dedicated unprivileged uid (root hosts only). ``_allow_raw`` is a
     test-only switch enabling `_run_raw` (plain ``exec`` under the same confinement);
-    ``_disable`` (test-only) skips layers (``"seccomp"``, ``"landlock"``, ``"netns"``) so a
-    test can show that each remaining layer holds on its own.
+    ``_disable`` (tests and ``benchmarks/ablation.py`` only) skips layers (``"seccomp"``,
+    ``"landlock"``, ``"netns"``, and ``"uid"``: no uid drop, ``"rlimits"``: no per-run rlimits) so a
+    test can show that each remaining layer holds on its own and the ablation can time each one.
     ``modules`` (default none) adds optional heavy modules (`OPTIONAL_MODULES`: numpy, and
     pandas, which implies numpy) to the import allowlist of this driver's children only; the
     zygote imports them (every submodule) and builds their proxies before confinement. An
@@ -355,7 +356,7 @@ class ProcessDriver:
             self.modules = ("numpy", *self.modules)  # pandas hands out ndarrays and imports numpy from C
         if uid is None and os.geteuid() == 0:
             uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
-        self._uid = uid if os.geteuid() == 0 else None
+        self._uid = uid if os.geteuid() == 0 and "uid" not in _disable else None
         self._spares = spares if spares is not None else workers + 1
         self._allow_raw = _allow_raw
         self._disable = frozenset(_disable)
@@ -462,7 +463,9 @@ class ProcessDriver:
         if raw:
             layers = tuple(layer for layer in layers if layer not in ("restricted-python", "alloc-cap"))
         try:
-            if child.limits_plan is None:
+            if "rlimits" in self._disable:
+                plan = {}
+            elif child.limits_plan is None:
                 vm, data = child.zygote.child_size(child.pid)
                 child.limits_plan = rlimit_plan(
                     vm_bytes=vm, data_bytes=data, cpu_used=child.cpu_total, memory_bytes=limits.memory_bytes,

@@ -111,3 +111,39 @@ def test_quick_run_writes_json_pngs_and_skip_reasons(tmp_path: Path, monkeypatch
     assert readme.main(["--results", str(out / "results.json"), "--update", str(doc)]) == 0
     text = doc.read_text()
     assert "old" not in text and "| native exec |" in text and text.endswith("after\n")
+
+
+def test_ablated_compile_leaves_out_exactly_the_switched_off_checks() -> None:
+    from benchmarks.ablation import _compile_without
+
+    loop = workloads.CPU_LOOP + "\nwhile total < 0:\n    total += 1\n"
+    names = lambda off: set(_compile_without(frozenset(off), loop).code.co_names)  # noqa: E731
+    assert {"_tick_", "_getiter_", "_mod_"} <= names(())
+    assert not {"_tick_", "_getiter_"} & names({"ticks"}) and "_mod_" in names({"ticks"})
+    assert "_mod_" not in names({"size-guards"}) and "_tick_" in names({"size-guards"})
+
+
+def test_ablation_section_table_and_plot(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from benchmarks import ablation, machine, plots, report
+
+    section = ablation.run(ablation.AblationConfig(runtimes=("restricted",), workloads=("trivial_fresh", "cpu_loop"),
+                                                   budget_seconds=0.01, min_samples=6, max_samples=20))
+    entry = section["runtimes"]["restricted"]
+    assert entry["status"] == "ok" and entry["layers"] == ["ticks", "size-guards", "alloc-cap"]
+    assert set(entry["variants"]) == {"none", "ticks", "size-guards", "alloc-cap", "all"}
+    for layer in ("ticks", "size-guards", "alloc-cap", "all"):
+        for workload in ("trivial_fresh", "cpu_loop"):
+            cost = entry["costs"][layer][workload]
+            low, high = cost["ci95"]
+            assert low <= cost["median"] <= high
+    assert section["runtimes"]["wasi"]["status"] == "skipped"
+    assert set(section["runtimes"]["wasi"]["not_switchable"]) == {"fuel", "memory-limit"}
+    results = {"ablation": section, "machine": machine.describe(), "config": {"quick": True}}
+    console = Console(record=True, width=200)
+    report.print_ablation(section, console)
+    text = console.export_text()
+    assert "size-guards" in text and "not switchable" in text
+    png = plots.ablation(results, tmp_path / "ablation.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
