@@ -266,15 +266,18 @@ class RaySandboxPool:
         def done(ray_future: Future[Any]) -> None:
             worker_lost = False
             try:
-                replies = ray_future.result()
-                batch = replies if isinstance(replies, list) else [replies]
-                if self._sink is not None:
-                    for reply in batch:
-                        if reply.record is not None:
-                            self._sink.emit(reply.record)
-                value: Any = unpack(replies)
-            except _LOST as exc:
-                worker_lost, value = True, lost(exc)
+                try:
+                    replies = ray_future.result()
+                except _LOST as exc:
+                    worker_lost = True
+                    value: Any = lost(exc)
+                else:
+                    batch = replies if isinstance(replies, list) else [replies]
+                    if self._sink is not None:
+                        for reply in batch:
+                            if reply.record is not None:
+                                self._sink.emit(reply.record)
+                    value = unpack(replies)
             except RayTaskError as exc:
                 self._finish(index, runs, False)
                 out.set_exception(exc.as_instanceof_cause())
