@@ -184,8 +184,13 @@ def _make_call(runtime: str, sb: Any, on: frozenset[str]) -> Callable[[str, dict
     return call
 
 
+def _layers(runtime: str) -> tuple[str, ...]:
+    """The switchable layers of ``runtime`` on this host (the uid drop exists only on a root host)."""
+    return tuple(layer for layer in LAYERS[runtime] if layer != "uid" or os.geteuid() == 0)
+
+
 def _variants(runtime: str) -> list[_Variant]:
-    layers = LAYERS[runtime]
+    layers = _layers(runtime)
     return ([_Variant(runtime, "none", frozenset())]
             + [_Variant(runtime, layer, frozenset({layer})) for layer in layers]
             + [_Variant(runtime, "all", frozenset(layers))])
@@ -254,8 +259,11 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = lambda _text: None) ->
                                         "reason": "no layer of this runtime can be switched off"}
             continue
         variants = _variants(runtime)
-        entry: dict[str, Any] = {"status": "ok", "layers": list(LAYERS[runtime]),
-                                 "not_switchable": NOT_SWITCHABLE.get(runtime, {}), "variants": {}, "costs": {}}
+        not_switchable = dict(NOT_SWITCHABLE.get(runtime, {}))
+        if "uid" in set(LAYERS[runtime]) - set(_layers(runtime)):
+            not_switchable["uid"] = "not a root host: children never change uid, so there is no drop to time"
+        entry: dict[str, Any] = {"status": "ok", "layers": list(_layers(runtime)),
+                                 "not_switchable": not_switchable, "variants": {}, "costs": {}}
         try:
             for v in variants:
                 log(f"ablation: {runtime} with {v.name} on")
