@@ -7,10 +7,28 @@ the run that made it.
 
 from __future__ import annotations
 
+import contextvars
+import time
+
+_CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("sandbox_call_deadline", default=None)
+
 
 def run_remaining() -> float | None:
-    """Seconds left in the current run's wall budget, or None outside a run (or when unknown)."""
-    return None
+    """Seconds left in the wall budget of the run whose capability call is executing, or None
+    outside a call made by a sandbox run (also `sandbox.capabilities.remaining_time`).
+
+    At the run's deadline the call is abandoned (the run stops waiting for it, discards its
+    result and ends with ``limit_exceeded`` / ``wall``), so waiting longer is pointless. The
+    value can be 0 or negative when the time is already spent.
+    """
+    deadline = _CALL_DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def set_call_deadline(deadline: float | None) -> contextvars.Token:
+    """Make `run_remaining` count down to ``deadline`` (a `time.monotonic` instant) in this
+    context (host bridge use); returns the token to reset it with."""
+    return _CALL_DEADLINE.set(deadline)
 
 
 def call_timeout(configured: float) -> float:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from pydantic_core import to_jsonable_python
 
 from runtimes.wire import plain
+from sandbox.call_time import run_remaining
 from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
 
@@ -56,6 +57,12 @@ def open_call_detail() -> tuple[dict[str, Any], contextvars.Token]:
 
 def close_call_detail(token: contextvars.Token) -> None:
     _CALL_DETAIL.reset(token)
+
+
+remaining_time = run_remaining
+"""Seconds left in the wall budget of the run whose capability call is executing, or None
+outside a call made by a sandbox run (see `sandbox.call_time`). A capability that waits on
+something must not wait longer: at the deadline the call is abandoned and the run ends."""
 
 
 CAPABILITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")

@@ -57,7 +57,7 @@ from runtimes import wire
 from runtimes.wire import Fault
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
-from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, internal_error, limit_error, record_refusal
+from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, StreamedOutput, internal_error, limit_error, record_refusal
 
 DEFAULT_UID = 65534
 """Unprivileged uid/gid the children drop to on a root host (``nobody`` unless configured
@@ -67,6 +67,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _START_TIMEOUT = 60.0
 _EXIT_TIMEOUT = 5.0
+_CHILD_DEADLINE_MARGIN = 0.02
+"""The child's own wall check fires this much before the host's kill, so that a wall limit
+usually ends as a report (with the line number) rather than a kill."""
+_KILLED_EXIT_TIMEOUT = 0.25
+"""How long to wait for the usage of a child the host killed (the run's result does not wait for more)."""
 _ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 """numpy's BLAS must not start a thread pool in the zygote (it forks) or try to in a child (seccomp)."""
 
@@ -122,8 +127,10 @@ class _Child:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ChannelClosed(f"child sent a malformed frame: {exc}") from None
 
-    def send(self, message: dict) -> None:
-        self.chan.settimeout(None)
+    def send(self, message: dict, deadline: float | None = None) -> None:
+        """Write ``message``; raises `OSError` (``TimeoutError``) if the child has not taken it
+        all by ``deadline``."""
+        self.chan.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
         self.chan.sendall(encode(message))
 
     def wait_ready(self, deadline: float) -> dict:
@@ -157,8 +164,9 @@ class _Child:
         self.exited.wait(timeout)
         return self.exit_info
 
-    def end(self) -> None:
-        """Kill the child, wait until the zygote has reaped it, and close it.
+    def end(self, timeout: float = _EXIT_TIMEOUT) -> None:
+        """Kill the child, wait until the zygote has reaped it, and close it. After ``timeout``
+        the wait goes on in the background (the child is already sent SIGKILL).
 
         Used at the end of every fresh run and session, whatever the child reported: a child
         whose language layer broke can write its own ``done`` frame and keep running, so its
@@ -168,7 +176,13 @@ class _Child:
             return
         if not self.exited.is_set():
             self.kill("ended")
-            self.wait_exit()
+            if not self.exited.wait(timeout):  # killed, not reaped yet: finish off the run's path
+                threading.Thread(target=self._close_when_reaped, name="sandbox-reap", daemon=True).start()
+                return
+        self.close()
+
+    def _close_when_reaped(self) -> None:
+        self.exited.wait(_EXIT_TIMEOUT)
         self.close()
 
     def close(self) -> None:
@@ -439,9 +453,10 @@ class ProcessDriver:
         return self._run(job, raw=True)
 
     def _run(self, job: Job, *, raw: bool) -> Outcome:
-        start = time.monotonic()
-        deadline = start + job.limits.wall_seconds
-        with self._slots:
+        deadline = job.control.deadline
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+        try:
             try:
                 child = self._take(deadline)
             except TimeoutError:
@@ -452,12 +467,28 @@ class ProcessDriver:
                 outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
                 return outcome
             finally:
-                child.end()
+                child.end(max(_KILLED_EXIT_TIMEOUT, deadline + _KILLED_EXIT_TIMEOUT - time.monotonic()))
                 child.zygote.replenish()
+        finally:
+            self._slots.release()
 
     def _run_on(self, child: _Child, job: Job, deadline: float, *, session: bool, raw: bool = False
                 ) -> tuple[Outcome, bool]:
-        """Run ``job`` on ``child``; returns the outcome and whether the child is still usable."""
+        """Run ``job`` on ``child``; returns the outcome and whether the child is still usable.
+
+        The output the child streams while it runs is kept here, so that it survives the child
+        being killed (a limit, a cancel); the outcome carries it whatever ended the run.
+        """
+        output = StreamedOutput(job)
+        remove = job.control.on_cancel(lambda: child.kill("cancelled"))
+        try:
+            outcome, alive = self._exchange(child, job, deadline, output, session=session, raw=raw)
+        finally:
+            remove()
+        return output.attach(outcome), alive
+
+    def _exchange(self, child: _Child, job: Job, deadline: float, output: StreamedOutput, *, session: bool,
+                  raw: bool) -> tuple[Outcome, bool]:
         limits = job.limits
         layers = tuple(child.ready.get("layers") or ()) if child.ready else ()
         if raw:
@@ -475,10 +506,11 @@ class ProcessDriver:
                 plan = {resource.RLIMIT_CPU: rlimit_plan(
                     vm_bytes=0, data_bytes=0, cpu_used=child.cpu_total, memory_bytes=1,
                     cpu_seconds=limits.cpu_seconds, cpu_hard=False)[resource.RLIMIT_CPU]}
-            child.send({"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
+            child.send(deadline=deadline, message={"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
                         "rlimits": [[res, soft, hard] for res, (soft, hard) in plan.items()],
                         "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
-                        "secrets": [[s.name, s.token, s.description] for s in job.secrets]})
+                        "secrets": [[s.name, s.token, s.description] for s in job.secrets],
+                        "deadline": deadline - _CHILD_DEADLINE_MARGIN})
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False
@@ -488,7 +520,7 @@ class ProcessDriver:
                 msg = child.recv(deadline, max_frame)
             except TimeoutError:
                 child.kill("wall")
-                child.wait_exit()
+                child.wait_exit(_KILLED_EXIT_TIMEOUT)
                 return self._with_usage(child, _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded"),
                                         layers), False
             except _FrameTooLarge as exc:
@@ -500,10 +532,12 @@ class ProcessDriver:
                     child.kill()
                 return self._death(child, job, str(exc), layers), False
             kind = msg.get("t")
-            if kind == "call":
+            if kind == "out":
+                output.add(msg.get("s"), msg.get("text"))
+            elif kind == "call":
                 reply = self._call(job, msg)
                 try:
-                    child.send(reply)
+                    child.send(reply, deadline)
                 except OSError:
                     pass  # the child died; the next recv reports it
             elif kind == "done":
@@ -558,9 +592,12 @@ class ProcessDriver:
 
     def _death(self, child: _Child, job: Job, why: str, layers: tuple[str, ...] = ()) -> Outcome:
         """Map a child that ended without an outcome to a limit or an internal error."""
-        info = child.wait_exit()
+        info = child.wait_exit(_KILLED_EXIT_TIMEOUT if child.kill_reason in ("wall", "cancelled") else _EXIT_TIMEOUT)
         if child.kill_reason == "wall":
             return self._with_usage(child, _limit("wall", "wall-clock limit exceeded"), layers)
+        if child.kill_reason == "cancelled":
+            return self._with_usage(child, Outcome(ok=False, error=ErrorInfo(
+                kind="cancelled", type="Cancelled", message="the run was cancelled by the host")), layers)
         if not info or info.get("status", -1) < 0:
             return self._with_usage(child, internal_error(f"the process worker was lost ({why})"), layers)
         status = int(info["status"])
@@ -626,29 +663,41 @@ class ProcessSession:
         self._child: _Child | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._lost = False
 
     def run(self, job: Job) -> Outcome:
-        start = time.monotonic()
-        deadline = start + job.limits.wall_seconds
-        with self._lock, self._driver._slots:
+        deadline = job.control.deadline
+        slots = self._driver._slots
+        with self._lock:
             if self._closed:
                 return internal_error("the session is closed")
-            if self._child is None:
-                try:
-                    self._child = self._driver._take(deadline)
-                    self._child.zygote.replenish()
-                except TimeoutError:
-                    return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
-                except (ChannelClosed, OSError) as exc:
-                    return internal_error(f"no process worker: {exc}")
-            outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
-            if not alive:
-                self._child.end()
-                self._child = None
-                if outcome.error is not None:
-                    outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
-                        "message": outcome.error.message + " (the session's worker ended; its globals are lost)"})})
-            return outcome
+            if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+            try:
+                reset, self._lost = self._lost, False
+                outcome = self._run_child(job, deadline)
+            finally:
+                slots.release()
+        return outcome.model_copy(update={"session_reset": True}) if reset else outcome
+
+    def _run_child(self, job: Job, deadline: float) -> Outcome:
+        if self._child is None:
+            try:
+                self._child = self._driver._take(deadline)
+                self._child.zygote.replenish()
+            except TimeoutError:
+                return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+            except (ChannelClosed, OSError) as exc:
+                return internal_error(f"no process worker: {exc}")
+        outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
+        if not alive:
+            self._child.end(max(_KILLED_EXIT_TIMEOUT, deadline + _KILLED_EXIT_TIMEOUT - time.monotonic()))
+            self._child = None
+            self._lost = True
+            if outcome.error is not None:
+                outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
+                    "message": outcome.error.message + " (the session's worker ended; its globals are lost)"})})
+        return outcome
 
     def close(self) -> None:
         with self._lock:

@@ -56,6 +56,9 @@ def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Out
         inputs=job.inputs,
         state=state,
         memory_cap="alloc-cap" in layers,
+        deadline=job.control.deadline,
+        on_stop=job.control.on_cancel,
+        on_output=_stdout_sink(job),
     )
     # The executor is host code building plain data in the wire format: construct, don't re-validate.
     error = raw["error"]
@@ -70,6 +73,13 @@ def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Out
         peak_memory_bytes=raw["peak_memory_bytes"],
         layers=layers,
     )
+
+
+def _stdout_sink(job: Job) -> Any:
+    on_output = job.on_output
+    if on_output is None:
+        return None
+    return lambda text: on_output("stdout", text)
 
 
 class RestrictedSession:

@@ -1,8 +1,8 @@
 """What a run returns: `RunResult`, `ErrorInfo`, `Usage`.
 
 Guest failures are results, never host exceptions: a syntax error, an uncaught guest
-exception, a limit, a policy denial and an internal fault all come back as a `RunResult` with
-``ok=False`` and an `ErrorInfo` whose ``kind`` says which.
+exception, a limit, a policy denial, a cancellation by the host and an internal fault all come
+back as a `RunResult` with ``ok=False`` and an `ErrorInfo` whose ``kind`` says which.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic_core import PydanticSerializationError
 from runtimes.wire import MAX_MESSAGE_CHARS, MAX_TYPE_CHARS, clip
 from sandbox.limits import LimitName
 
-ErrorKind = Literal["compile_error", "guest_exception", "limit_exceeded", "policy_denied", "internal"]
+ErrorKind = Literal["compile_error", "guest_exception", "limit_exceeded", "policy_denied", "cancelled", "internal"]
 
 
 class ErrorInfo(BaseModel):
@@ -112,6 +112,9 @@ class RunResult(BaseModel):
     changes: tuple[FileChange, ...] | None = None
     """Files written in the run's overlay (`Sandbox(files=Overlay(...))`), not yet applied;
     None when the sandbox has no overlay. Commit them with `Sandbox.apply(result.changes)`."""
+    session_reset: bool = False
+    """True on the first run of a `Session` after it lost its guest state (a limit ended its
+    worker or instance, or the sandbox released it); stderr then starts with a notice."""
 
     def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
         """The result as JSON. Guest text may hold lone surrogates, which pydantic's JSON

@@ -13,7 +13,9 @@ strictly as the runtime can, with the limit named in the error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,9 +68,63 @@ class SecretHandleSpec:
     description: str
 
 
+class RunControl:
+    """The clock and the stop switch of one run, shared by the `Sandbox`, the host bridge and the driver.
+
+    ``deadline`` is a `time.monotonic` instant: the run's whole wall budget ends there, setup
+    and capability calls included. `cancel` sets ``cancelled`` and calls every hook registered
+    with `on_cancel` (a driver registers how to stop its guest: a tick flag, an epoch deadline,
+    a kill). Hooks run on the cancelling thread, must be quick and must not raise.
+    """
+
+    __slots__ = ("deadline", "cancelled", "abandoned", "_hooks", "_lock")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.cancelled = False
+        self.abandoned: str | None = None
+        """The capability that was still running at the deadline (its result was discarded)."""
+        self._hooks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (negative once it passed)."""
+        return self.deadline - time.monotonic()
+
+    def cancel(self) -> bool:
+        """Stop the run as soon as the runtime can; False when it was already cancelled."""
+        with self._lock:
+            if self.cancelled:
+                return False
+            self.cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook failing must not keep the others from running
+                pass
+        return True
+
+    def on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` when the run is cancelled (at once if it already is); returns a remover."""
+        with self._lock:
+            if not self.cancelled:
+                self._hooks.append(hook)
+                return lambda: self._remove(hook)
+        hook()
+        return lambda: None
+
+    def _remove(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            try:
+                self._hooks.remove(hook)
+            except ValueError:
+                pass
+
+
 @dataclass(frozen=True)
 class Job:
-    """One run, as handed to a driver."""
+    """One run, as handed to a driver. ``control`` defaults to a deadline of ``limits.wall_seconds`` from now."""
 
     run_id: str
     code: str
@@ -78,6 +134,14 @@ class Job:
     capabilities: tuple[str, ...] = ()
     """Guest-visible capability names; a dotted name ``sql.query`` appears as ``sql.query``."""
     secrets: tuple[SecretHandleSpec, ...] = ()
+    control: RunControl = None  # type: ignore[assignment]
+    on_output: Callable[[str, str], None] | None = None
+    """Called with (stream, text) as the guest writes output ("stdout" or "stderr"), within the
+    output limit; drivers call it from whatever thread reads the output."""
+
+    def __post_init__(self) -> None:
+        if self.control is None:
+            object.__setattr__(self, "control", RunControl(time.monotonic() + self.limits.wall_seconds))
 
 
 class Outcome(BaseModel):
@@ -94,6 +158,8 @@ class Outcome(BaseModel):
     cpu_seconds: float | None = None
     peak_memory_bytes: int | None = None
     layers: tuple[str, ...] = ()
+    session_reset: bool = False
+    """A session run that started on fresh guest state because the previous one was lost."""
 
 
 class DriverSession(Protocol):
@@ -123,6 +189,45 @@ class Driver(Protocol):
     def close(self) -> None:
         """Release workers, caches and engines; idempotent."""
         ...
+
+
+class StreamedOutput:
+    """A run's output as the guest streams it out of its boundary (process child, wasi guest).
+
+    Kept within the job's ``max_output_bytes`` (the guest is not trusted to respect the cap:
+    the rest is dropped and ``truncated`` set) and passed on to the job's ``on_output`` as it
+    arrives. It is the only copy of the output, so it survives a guest that is then killed.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self._on_output = job.on_output
+        self._room = job.limits.max_output_bytes
+        self._parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.truncated = False
+
+    def add(self, stream: Any, text: Any) -> None:
+        """Keep ``text`` written to ``stream`` ("stdout" or "stderr"; anything else is ignored)."""
+        if stream not in self._parts or not isinstance(text, str) or not text:
+            return
+        if self._room <= 0:
+            self.truncated = True
+            return
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > self._room:
+            text = data[: self._room].decode("utf-8", "ignore")
+            self.truncated = True
+            self._room = 0
+        else:
+            self._room -= len(data)
+        self._parts[stream].append(text)
+        if self._on_output is not None and text:
+            self._on_output(stream, text)
+
+    def attach(self, outcome: Outcome) -> Outcome:
+        """``outcome`` carrying this output."""
+        return outcome.model_copy(update={
+            "stdout": "".join(self._parts["stdout"]), "stderr": "".join(self._parts["stderr"]),
+            "output_truncated": self.truncated or outcome.output_truncated})
 
 
 def limit_error(limit: str, message: str) -> ErrorInfo:

@@ -21,21 +21,36 @@ and one redacted `RunRecord` per run (Session runs included) is emitted after th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import keyword
 import logging
 import os
+import math
 import threading
 import time
 import uuid
+import warnings
+import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from runtimes.wire import WireError, plain
-from sandbox.capabilities import ApiDescription, Capability, close_call_detail, collect, describe, open_call_detail
+from sandbox import call_threads
+from sandbox.capabilities import (
+    ApiDescription,
+    Capability,
+    close_call_detail,
+    collect,
+    describe,
+    open_call_detail,
+)
+from sandbox.call_time import set_call_deadline
 from sandbox.errors import ConfigurationError, SandboxClosed
+from sandbox.handles import RunHandle, StreamRedactor
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
-from sandbox.runtime import KNOWN_LAYERS, CapabilityFault, Driver, DriverSession, Job, Outcome
+from sandbox.runtime import KNOWN_LAYERS, CapabilityFault, Driver, DriverSession, Job, Outcome, RunControl, limit_error
 from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
 
 if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
@@ -55,20 +70,44 @@ IsolationName = Literal["none", "process"]
 RUNTIMES: tuple[str, ...] = ("restricted", "wasi")
 
 
+class _PendingCall:
+    """One capability call between the thread that waits for it and the thread that runs it.
+
+    Whichever settles first wins: the runner records the call's outcome, or the waiter, at
+    the deadline or on cancel, records it as abandoned; the other side then records nothing.
+    """
+
+    __slots__ = ("lock", "settled", "abandoned", "async_future")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.settled = False
+        self.abandoned = False
+        self.async_future: Any = None
+
+
 class _RunBridge:
     """The host end of one run's capability calls: lookup, secret resolution, validation,
-    policy, invocation, counting, recording, and redaction of what goes back to the guest."""
+    policy, invocation, counting, recording, and redaction of what goes back to the guest.
+
+    Every call runs on a host call thread (`sandbox.call_threads`) while the guest's thread
+    waits, at most until the run's deadline or its cancellation; a call still running then is
+    abandoned (recorded as such, its result discarded) and the run ends. The capability sees
+    the time left through `sandbox.capabilities.remaining_time`.
+    """
 
     def __init__(
         self,
         capabilities: Mapping[str, Capability],
         loop: asyncio.AbstractEventLoop | None,
+        control: RunControl,
         secrets: SecretBroker | None = None,
         policy: PolicyState | None = None,
         recorder: RunRecorder | None = None,
     ) -> None:
         self._capabilities = capabilities
         self._loop = loop
+        self._control = control
         self._secrets = secrets
         self._redactor: Redactor = secrets.redactor if secrets is not None else NO_REDACTION
         self._policy = policy
@@ -78,17 +117,64 @@ class _RunBridge:
         self.warnings: list[str] = []  # from `sandbox.capabilities.warn`, in call order
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        control = self._control
+        if control.cancelled:
+            raise _cancelled_fault()
+        if control.remaining() <= 0:
+            raise _deadline_fault(name)
+        pending = _PendingCall()
+        context = contextvars.copy_context()
+        future = call_threads.submit(lambda: context.run(self._run_call, pending, name, args, kwargs))
+        wake = threading.Event()
+        remove = control.on_cancel(wake.set)
         try:
-            return self._redactor.value(self._call(name, args, kwargs))
-        except CapabilityFault as fault:
-            raise self._redactor.fault(fault) from None
+            done = call_threads.wait(future, control.remaining(), wake)
+        finally:
+            remove()
+        if not done:
+            with pending.lock:
+                done = pending.settled
+                pending.abandoned = not done
+        if done:
+            return future.result()  # the value, or raises the call's CapabilityFault
+        if pending.async_future is not None:
+            pending.async_future.cancel()
+        if control.cancelled:
+            self._record(name, None, args, kwargs, "abandoned", 0.0, error="the run was cancelled during the call")
+            raise _cancelled_fault()
+        control.abandoned = name
+        self._record(name, None, args, kwargs, "abandoned", 0.0,
+                     error="still running at the run's wall-clock deadline: abandoned, its result discarded")
+        raise _deadline_fault(name)
 
-    def _call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    def _run_call(self, pending: _PendingCall, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """On a call thread: the call, its redaction, then its record unless it was abandoned."""
+        set_call_deadline(self._control.deadline)
         started = time.perf_counter()
+        record: dict[str, Any] = {}
+        try:
+            value = self._redactor.value(self._call(pending, name, args, kwargs, record))
+        except CapabilityFault as fault:
+            failure: CapabilityFault | None = self._redactor.fault(fault)
+        else:
+            failure = None
+        with pending.lock:
+            if pending.abandoned:
+                return None
+            pending.settled = True
+        if record:
+            self._record(name, record.pop("arguments"), args, kwargs, record.pop("status"), started, **record)
+        if failure is not None:
+            raise failure
+        return value
+
+    def _call(self, pending: _PendingCall, name: str, args: list[Any], kwargs: dict[str, Any],
+              record: dict[str, Any]) -> Any:
+        """The call itself; fills ``record`` with what the run record should say about it."""
         cap = self._capabilities.get(name)
         if cap is None:
             fault = CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
-            self._record(name, None, args, kwargs, "invalid", started, error=fault.message)
+            record.update(arguments=None, status="invalid", error=fault.message)
             raise fault
         with self._lock:
             self.calls += 1
@@ -106,8 +192,9 @@ class _RunBridge:
                         "PolicyDenied", verdict.reason, terminate="policy_denied" if verdict.terminate else None
                     )
             if cap.is_async and self._loop is not None:
-                future = asyncio.run_coroutine_threadsafe(cap.func(**arguments), self._loop)
-                result = cap.dump_result(future.result())
+                coroutine = _in_context(contextvars.copy_context(), cap.func(**arguments))
+                pending.async_future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+                result = cap.dump_result(pending.async_future.result())
             else:
                 result = cap.call_bound(arguments)
         except CapabilityFault as fault:
@@ -120,19 +207,19 @@ class _RunBridge:
                         terminate="policy_denied",
                     )
             status = "denied" if denied else "invalid" if arguments is None else "failed"
-            self._record(name, arguments, args, kwargs, status, started, verdict, detail=detail,
-                         reason=fault.message if denied else None, error=None if denied else fault.message)
+            record.update(arguments=arguments, status=status, verdict=verdict, detail=detail,
+                          reason=fault.message if denied else None, error=None if denied else fault.message)
             raise fault from None
         except Exception as exc:
             fault = CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}")
-            self._record(name, arguments, args, kwargs, "failed", started, verdict, detail=detail, error=fault.message)
+            record.update(arguments=arguments, status="failed", verdict=verdict, detail=detail, error=fault.message)
             raise fault from None
         finally:
             close_call_detail(token)
             if detail.get("warnings"):
                 with self._lock:
                     self.warnings.extend(self._redactor.text(w) for w in detail["warnings"])
-        self._record(name, arguments, args, kwargs, "ok", started, verdict, detail=detail)
+        record.update(arguments=arguments, status="ok", verdict=verdict, detail=detail)
         return result
 
     def refuse(self, name: str, reason: str) -> None:
@@ -145,8 +232,94 @@ class _RunBridge:
         if self._recorder is not None:
             if arguments is None:  # not bound: summarise what the guest passed
                 arguments = {**{f"#{i}": a for i, a in enumerate(args)}, **kwargs}
-            self._recorder.call(name, arguments, status, verdict=verdict, duration=time.perf_counter() - started,
-                                **detail)
+            duration = time.perf_counter() - started if started else 0.0
+            self._recorder.call(name, arguments, status, verdict=verdict, duration=duration, **detail)
+
+
+async def _in_context(context: contextvars.Context, awaitable: Any) -> Any:
+    """Await ``awaitable`` with the call's context variables (deadline, record detail) set."""
+    for var, value in context.items():
+        var.set(value)
+    return await awaitable
+
+
+def _cancelled_fault() -> CapabilityFault:
+    return CapabilityFault("Cancelled", "the run was cancelled by the host", terminate="cancelled")
+
+
+POST_RUN_GRACE = 0.25
+"""Seconds past the run's deadline that post-run steps (redaction, overlay changes) may take;
+past it they are abandoned and the run ends with ``limit_exceeded`` / ``wall``."""
+
+SESSION_RESET_NOTICE = (
+    "[sandbox] this session's guest state was reset before this run (a limit ended its worker or instance, "
+    "or it was released); globals from earlier runs are gone\n"
+)
+
+OutputCallback = Callable[[str, str], None]
+"""``on_output(stream, text)``: ``stream`` is ``"stdout"`` or ``"stderr"``."""
+
+
+@dataclass(frozen=True)
+class _RunSpec:
+    """A run's checked arguments and its clock, made before anything runs."""
+
+    run_id: str
+    code: str
+    inputs: dict[str, Any]
+    limits: Limits
+    principal: Principal | None
+    control: RunControl
+    started: float
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _output_sink(on_output: OutputCallback | None, handle: RunHandle | None, redactor: Redactor
+                 ) -> tuple[OutputCallback | None, StreamRedactor | None]:
+    """The driver's ``on_output``: the host callback and the handle's iterator, redacted; None
+    when nobody listens (drivers then skip streaming)."""
+    targets = [t for t in (on_output, handle._emit if handle is not None else None) if t is not None]
+    if not targets:
+        return None, None
+
+    def emit(stream: str, text: str) -> None:
+        for target in targets:
+            try:
+                target(stream, text)
+            except Exception:  # a host callback failing must not end the run
+                log.exception("on_output callback failed")
+
+    if not redactor:
+        return emit, None
+    streamer = StreamRedactor(redactor, emit)
+    return streamer.write, streamer
+
+
+def _stopped_outcome(outcome: Outcome, control: RunControl, limits: Limits) -> Outcome:
+    """The outcome of a run the host stopped: cancelled, or a capability abandoned at the
+    deadline. What the guest wrote before is kept; the value is dropped."""
+    if control.cancelled and not outcome.ok:
+        lineno = outcome.error.lineno if outcome.error is not None else None
+        error = ErrorInfo(kind="cancelled", type="Cancelled", message="the run was cancelled by the host", lineno=lineno)
+    elif control.abandoned is not None:
+        error = limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded while capability "
+                                    f"{control.abandoned}() was running; the call was abandoned and its result discarded")
+    else:
+        return outcome
+    return outcome.model_copy(update={"ok": False, "value": None, "error": error})
+
+
+def _deadline_fault(name: str) -> CapabilityFault:
+    return CapabilityFault(
+        "CapabilityError", f"{name}() was still running at the run's wall-clock deadline: abandoned",
+        terminate="limit_exceeded",
+    )
 
 
 class Sandbox:
@@ -188,6 +361,16 @@ class Sandbox:
         files: a `sandbox.overlay.Overlay` grants ``files.read/write/delete/list`` over host
             directories mounted read-only; each run writes to its own scratch layer, listed in
             `RunResult.changes`, and nothing reaches the host until `apply`.
+        session_ttl: seconds a `Session` may sit idle before its guest state is released (its
+            next run starts fresh, with ``RunResult.session_reset``); default: no expiry.
+        max_sessions: most sessions holding guest state at once; opening one more releases
+            the state of the least recently used idle session (same flag on its next run), or
+            raises `SandboxError` when all are running.
+
+    Every run method takes the same per-run keywords: ``inputs``; ``limits`` (a `Limits` whose
+    every field is at most this sandbox's own, else `ValueError` naming the field);
+    ``principal`` (who this run is for, in place of the sandbox's; seen by the policy and the
+    record); ``on_output(stream, text)``, called as the guest writes output.
 
     One `Sandbox` serves many runs, from several threads at once. Call `close()` (or use it as
     a context manager) to release workers and engines.
@@ -209,6 +392,8 @@ class Sandbox:
         principal: Principal | Mapping[str, Any] | str | None = None,
         records: RecordSink | None = None,
         files: Overlay | None = None,
+        session_ttl: float | None = None,
+        max_sessions: int | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -229,6 +414,12 @@ class Sandbox:
         if unknown:
             raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
         extra_modules = _check_modules(modules, runtime, isolation)
+        if session_ttl is not None and (isinstance(session_ttl, bool) or not isinstance(session_ttl, (int, float))
+                                        or not math.isfinite(session_ttl) or session_ttl <= 0):
+            raise ConfigurationError(f"session_ttl must be a positive number of seconds or None, got {session_ttl!r}")
+        if max_sessions is not None and (isinstance(max_sessions, bool) or not isinstance(max_sessions, int)
+                                         or max_sessions < 1):
+            raise ConfigurationError(f"max_sessions must be an int >= 1 or None, got {max_sessions!r}")
         self._egress: EgressClient | None = None
         if egress is not None:  # imported here: httpx is paid for only by sandboxes with egress
             from sandbox.egress import Egress, EgressClient
@@ -272,6 +463,10 @@ class Sandbox:
         self.modules = extra_modules
         self._driver = _make_driver(runtime, isolation, workers, required, extra_modules)
         self.isolation = self._driver.isolation
+        self.session_ttl = float(session_ttl) if session_ttl is not None else None
+        self.max_sessions = max_sessions
+        self._sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self._sessions_lock = threading.Lock()
         self._closed = False
 
     @classmethod
@@ -281,18 +476,72 @@ class Sandbox:
         loop keeps running. Raises what the constructor raises."""
         return await asyncio.to_thread(cls, runtime, **kwargs)
 
-    def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+    def run(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RunResult:
         """Run ``code`` with fresh guest state and return its `RunResult`.
 
         ``inputs`` become guest globals; they must be JSON-compatible (`TypeError` otherwise).
-        Never raises for anything the guest does.
+        Returns within the wall-clock limit plus a small constant, whatever the guest or a
+        capability does. Never raises for anything the guest does. Called on a thread with a
+        running event loop while an async capability is granted, raises `RuntimeError`: use
+        `arun` there.
         """
-        return self._run(code, inputs, None, None)
+        self._check_sync_context("run")
+        spec = self._prepare(code, inputs, limits, principal)
+        return self._run_spec(spec, None, None, on_output=on_output)
 
-    async def arun(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
-        """`run` for asyncio hosts: the guest runs on a worker thread, async capabilities on this loop."""
+    async def arun(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RunResult:
+        """`run` for asyncio hosts: the guest runs on a worker thread, async capabilities on this
+        loop. Cancelling the awaiting task cancels the run (the guest stops; the record says so)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.to_thread(self._run, code, inputs, None, loop)
+        spec = self._prepare(code, inputs, limits, principal)
+        return await self._start_spec(spec, None, loop, on_output)
+
+    def start(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RunHandle:
+        """Start ``code`` on a background thread; returns a `sandbox.handles.RunHandle` at once.
+
+        The handle cancels, waits for or awaits the run, and iterates its output as it comes.
+        Bad arguments raise here, before anything runs. Async capabilities run on the event loop
+        running in this thread, if any.
+        """
+        spec = self._prepare(code, inputs, limits, principal)
+        return self._start_spec(spec, None, _running_loop(), on_output)
+
+    def stream(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+    ) -> RunHandle:
+        """``async for chunk in sb.stream(code)``: the run's output as it is written (`OutputChunk`
+        with ``stream`` and ``text``), bounded by the output limit; then ``await`` the same handle
+        for the `RunResult`. Cancelling the iterating task cancels the run."""
+        return self.start(code, inputs=inputs, limits=limits, principal=principal)
 
     def transform(
         self,
@@ -331,9 +580,39 @@ class Sandbox:
         return self.files.apply(changes or ())
 
     def session(self) -> Session:
-        """A `Session` whose guest globals persist across its runs."""
+        """A `Session` whose guest globals persist across its runs. Close it (or use it as a
+        context manager); an unclosed session is released with a `ResourceWarning` when it is
+        garbage-collected."""
         self._check_open()
-        return Session(self, self._driver.open_session())
+        self._sweep_sessions(opening=True)
+        session = Session(self, self._driver.open_session())
+        with self._sessions_lock:
+            self._sessions[session.id] = session
+        return session
+
+    def sessions(self) -> list[Session]:
+        """The sessions of this sandbox that are open (not closed, not yet collected)."""
+        self._sweep_sessions()
+        with self._sessions_lock:
+            return [s for s in list(self._sessions.values()) if not s.closed]
+
+    def _sweep_sessions(self, *, opening: bool = False) -> None:
+        """Release the state of sessions idle past ``session_ttl``; when ``opening`` one more
+        would pass ``max_sessions``, release the least recently used idle one."""
+        with self._sessions_lock:
+            live = [s for s in list(self._sessions.values()) if s.holds_state]
+        if self.session_ttl is not None:
+            now = time.monotonic()
+            for session in live:
+                if now - session.last_used > self.session_ttl and session.release("idle for longer than session_ttl"):
+                    live.remove(session)
+        if opening and self.max_sessions is not None and len(live) >= self.max_sessions:
+            for session in sorted(live, key=lambda s: s.last_used):
+                if session.release("released to stay within max_sessions"):
+                    return
+            from sandbox.errors import SandboxError
+
+            raise SandboxError(f"max_sessions={self.max_sessions} sessions are running; close one or wait")
 
     def describe(self) -> ApiDescription:
         """The guest API as a Python stub (code mode) and JSON tool schemas (tool mode),
@@ -347,6 +626,10 @@ class Sandbox:
         """Release the runtime's workers and engines. Idempotent; later runs raise `SandboxClosed`."""
         if not self._closed:
             self._closed = True
+            with self._sessions_lock:
+                sessions = list(self._sessions.values())
+            for session in sessions:
+                session.close()
             self._driver.close()
             if self._egress is not None:
                 self._egress.close()
@@ -370,19 +653,36 @@ class Sandbox:
         if self._closed:
             raise SandboxClosed("this Sandbox is closed; create a new one")
 
-    def _run(
-        self,
-        code: str,
-        inputs: Mapping[str, Any] | None,
-        session: DriverSession | None,
-        loop: asyncio.AbstractEventLoop | None,
-        session_id: str | None = None,
-        *,
-        prewired: bool = False,
-    ) -> RunResult:
+    def _check_sync_context(self, method: str) -> None:
+        """Host misuse: a blocking run on a thread whose event loop must serve async capabilities."""
+        if _running_loop() is not None and any(cap.is_async for cap in self.capabilities.values()):
+            raise RuntimeError(
+                f"{method}() was called from a running asyncio event loop while an async capability is granted: "
+                f"the loop would be blocked; use `await {'session' if method.startswith('session') else 'sandbox'}"
+                ".arun(...)` instead"
+            )
+
+    def _limits_for(self, limits: Limits | None) -> Limits:
+        """The run's limits: this sandbox's, or a per-run override within them."""
+        if limits is None:
+            return self.limits
+        if not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a sandbox.Limits, not {type(limits).__name__}")
+        for name in Limits.model_fields:
+            if getattr(limits, name) > getattr(self.limits, name):
+                raise ConfigurationError(
+                    f"limits.{name}={getattr(limits, name)!r} exceeds this Sandbox's {name}={getattr(self.limits, name)!r}:"
+                    " a run may only tighten the sandbox's limits"
+                )
+        return limits
+
+    def _prepare(self, code: str, inputs: Mapping[str, Any] | None, limits: Limits | None,
+                 principal: Principal | Mapping[str, Any] | str | None, *, prewired: bool = False) -> _RunSpec:
+        """Check a run's arguments (host misuse raises here) and start its clock."""
         self._check_open()
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
+        run_limits = self._limits_for(limits)
         if prewired:  # already checked as JSON data by the caller (transform): no second copy
             wire_inputs = dict(inputs or {})
         else:
@@ -394,40 +694,86 @@ class Sandbox:
         for name in wire_inputs:
             if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
                 raise ValueError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
-        run_id = os.urandom(16).hex()
+        who = self.principal
+        if principal is not None:
+            from sandbox.policy import coerce_principal
+
+            who = coerce_principal(principal)
+        started = time.perf_counter()
+        control = RunControl(time.monotonic() + run_limits.wall_seconds)
+        return _RunSpec(os.urandom(16).hex(), code, wire_inputs, run_limits, who, control, started)
+
+    def _start_spec(self, spec: _RunSpec, session: Session | None, loop: asyncio.AbstractEventLoop | None,
+                    on_output: OutputCallback | None) -> RunHandle:
+        handle = RunHandle(spec.run_id, spec.control)
+
+        def target() -> None:
+            try:
+                result = self._run_spec(spec, session, loop, on_output=on_output, handle=handle)
+            except BaseException as exc:  # noqa: BLE001 - host errors reach whoever waits on the handle
+                handle._finish(None, exc)
+            else:
+                handle._finish(result)
+
+        threading.Thread(target=target, name=f"sandbox-run-{spec.run_id[:8]}", daemon=True).start()
+        return handle
+
+    def _run(self, code: str, inputs: Mapping[str, Any] | None, session: Session | None,
+             loop: asyncio.AbstractEventLoop | None, *, prewired: bool = False) -> RunResult:
+        """One run on the calling thread (used by `transform`)."""
+        spec = self._prepare(code, inputs, None, None, prewired=prewired)
+        return self._run_spec(spec, session, loop)
+
+    def _run_spec(
+        self,
+        spec: _RunSpec,
+        session: Session | None,
+        loop: asyncio.AbstractEventLoop | None,
+        *,
+        on_output: OutputCallback | None = None,
+        handle: RunHandle | None = None,
+    ) -> RunResult:
+        """Run a prepared run to its `RunResult`: every step, post-run work included, inside the
+        run's wall budget (plus `POST_RUN_GRACE` for the post-run steps)."""
+        run_id, control = spec.run_id, spec.control
         # Secret values are read now (just in time); SecretUnavailable propagates to the host.
         broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None
         redactor = broker.redactor if broker is not None else NO_REDACTION
         state = recorder = None
         if self.policy is not None:
-            state = self.policy.start(run_id, self.principal)
+            state = self.policy.start(run_id, spec.principal)
             state.bind_loop(loop)
         if self.records is not None:
             from sandbox.audit import RunRecorder, secret_grants
 
             recorder = RunRecorder(
-                run_id=run_id, code=code, runtime=self.runtime, isolation=self.isolation, principal=self.principal,
-                session_id=session_id, limits=self.limits, capabilities=self.capabilities,
-                policy=self.policy.describe() if self.policy is not None else None,
+                run_id=run_id, code=spec.code, runtime=self.runtime, isolation=self.isolation,
+                principal=spec.principal, session_id=session.id if session is not None else None, limits=spec.limits,
+                capabilities=self.capabilities, policy=self.policy.describe() if self.policy is not None else None,
                 secrets=secret_grants(self.secrets), redact=redactor if redactor else None,
             )
         layer = self.files.layer() if self.files is not None else None
         granted = self.capabilities
         if layer is not None:  # the overlay's capabilities, bound to this run's scratch layer
             granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in self.files.capabilities})}
-        bridge = _RunBridge(granted, loop, broker, state, recorder)
+        bridge = _RunBridge(granted, loop, control, broker, state, recorder)
+        sink, streamer = _output_sink(on_output, handle, redactor)
         job = Job(
             run_id=run_id,
-            code=code,
-            limits=self.limits,
+            code=spec.code,
+            limits=spec.limits,
             bridge=bridge,
-            inputs=wire_inputs,
+            inputs=spec.inputs,
             capabilities=tuple(self.capabilities),
             secrets=broker.handles if broker is not None else (),
+            control=control,
+            on_output=sink,
         )
-        started = time.perf_counter()
         try:
-            outcome = (session or self._driver).run(job)
+            if session is not None:
+                outcome = session._driver_run(job)
+            else:
+                outcome = self._driver.run(job)
         except Exception as exc:
             message = redactor.text(str(exc))
             # A traceback repeats the messages of the exception and its chain: attach it only
@@ -443,32 +789,62 @@ class Sandbox:
         finally:
             if broker is not None:
                 broker.revoke()
-        wall = time.perf_counter() - started
-        error = outcome.error
-        if error is not None and redactor:
-            error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
-        # Every field below is already validated (the driver's Outcome) or made here: construct
-        # without validating again, which is most of the host's cost on a trivial run.
-        result = RunResult.model_construct(
-            ok=outcome.ok,
-            value=redactor.value(outcome.value),
-            stdout=redactor.text(outcome.stdout, truncated=outcome.output_truncated),
-            stderr=redactor.text(outcome.stderr, truncated=outcome.output_truncated),
-            output_truncated=outcome.output_truncated,
-            error=error,
-            usage=Usage.model_construct(
-                wall_seconds=wall,
-                cpu_seconds=outcome.cpu_seconds or 0.0,
-                peak_memory_bytes=outcome.peak_memory_bytes,
-                capability_calls=bridge.calls,
-            ),
-            run_id=run_id,
-            runtime=self.runtime,
-            isolation=self.isolation,
-            layers=outcome.layers,
-            changes=layer.changes(redactor.text if redactor else None) if layer is not None else None,
-            warnings=list(bridge.warnings),
-        )
+        outcome = _stopped_outcome(outcome, control, spec.limits)
+
+        def finish() -> RunResult:
+            error = outcome.error
+            if error is not None and redactor:
+                error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
+            if streamer is not None:
+                streamer.flush(outcome.output_truncated)
+            stderr = SESSION_RESET_NOTICE + outcome.stderr if outcome.session_reset else outcome.stderr
+            value = redactor.value(outcome.value)
+            stdout = redactor.text(outcome.stdout, truncated=outcome.output_truncated)
+            stderr = redactor.text(stderr, truncated=outcome.output_truncated)
+            changes = layer.changes(redactor.text if redactor else None) if layer is not None else None
+            # Every field below is already validated (the driver's Outcome) or made here: construct
+            # without validating again, which is most of the host's cost on a trivial run.
+            return RunResult.model_construct(
+                ok=outcome.ok,
+                value=value,
+                stdout=stdout,
+                stderr=stderr,
+                output_truncated=outcome.output_truncated,
+                error=error,
+                usage=Usage.model_construct(
+                    wall_seconds=time.perf_counter() - spec.started,
+                    cpu_seconds=outcome.cpu_seconds or 0.0,
+                    peak_memory_bytes=outcome.peak_memory_bytes,
+                    capability_calls=bridge.calls,
+                ),
+                run_id=run_id,
+                runtime=self.runtime,
+                isolation=self.isolation,
+                layers=outcome.layers,
+                changes=changes,
+                session_reset=outcome.session_reset,
+                warnings=list(bridge.warnings),
+            )
+
+        if redactor or layer is not None:  # work that grows with what the guest produced: bounded
+            future = call_threads.submit(finish)
+            if call_threads.wait(future, control.remaining() + POST_RUN_GRACE):
+                result = future.result()
+            else:
+                result = RunResult.model_construct(
+                    ok=False, output_truncated=True, error=limit_error("wall", (
+                        f"wall-clock limit of {spec.limits.wall_seconds:g} s exceeded while preparing the result "
+                        "(redaction, file changes): output, value and changes were dropped")),
+                    usage=Usage.model_construct(wall_seconds=time.perf_counter() - spec.started,
+                                                cpu_seconds=outcome.cpu_seconds or 0.0,
+                                                peak_memory_bytes=outcome.peak_memory_bytes,
+                                                capability_calls=bridge.calls),
+                    run_id=run_id, runtime=self.runtime, isolation=self.isolation, layers=outcome.layers,
+                    changes=() if layer is not None else None, session_reset=outcome.session_reset,
+                    warnings=list(bridge.warnings),
+                )
+        else:
+            result = finish()
         if recorder is not None and self.records is not None:
             try:
                 self.records.emit(recorder.finish(result))
@@ -481,31 +857,95 @@ class Session:
     """Runs that share guest state (globals, imports, definitions). Made by `Sandbox.session()`.
 
     Runs in one session are serialised; use several sessions for parallelism. Closing the
-    session (or its sandbox) discards the state.
+    session (or its sandbox) discards the state. When the state is lost (a limit ended the
+    session's worker or instance, or the sandbox released it: ``session_ttl``,
+    ``max_sessions``), the next run starts fresh and its result has ``session_reset=True``
+    and a notice at the start of its stderr. An unclosed session that is garbage-collected is
+    released with a `ResourceWarning`.
     """
 
     def __init__(self, sandbox: Sandbox, state: DriverSession) -> None:
         self._sandbox = sandbox
-        self._state: DriverSession | None = state
         self._lock = threading.Lock()
         self.id = uuid.uuid4().hex
         """Names this session in run records."""
+        self.last_used = time.monotonic()
+        self._box = _SessionBox(state)
+        self._finalizer = weakref.finalize(self, _release_unclosed, self._box, self.id)
 
-    def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+    @property
+    def closed(self) -> bool:
+        return self._box.closed
+
+    @property
+    def holds_state(self) -> bool:
+        """True while the session keeps guest state (a worker or an instance) alive."""
+        return not self._box.closed and self._box.state is not None
+
+    def run(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RunResult:
         """Like `Sandbox.run`, but globals from earlier runs of this session are visible."""
-        return self._run(code, inputs, None)
+        self._sandbox._check_sync_context("session.run")
+        self._check_open()
+        spec = self._sandbox._prepare(code, inputs, limits, principal)
+        return self._sandbox._run_spec(spec, self, None, on_output=on_output)
 
-    async def arun(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
-        """`run` for asyncio hosts."""
+    async def arun(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RunResult:
+        """`run` for asyncio hosts; cancelling the awaiting task cancels the run."""
         loop = asyncio.get_running_loop()
-        return await asyncio.to_thread(self._run, code, inputs, loop)
+        self._check_open()
+        spec = self._sandbox._prepare(code, inputs, limits, principal)
+        return await self._sandbox._start_spec(spec, self, loop, on_output)
+
+    def start(
+        self,
+        code: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        principal: Principal | Mapping[str, Any] | str | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> RunHandle:
+        """Like `Sandbox.start`, in this session."""
+        self._check_open()
+        spec = self._sandbox._prepare(code, inputs, limits, principal)
+        return self._sandbox._start_spec(spec, self, _running_loop(), on_output)
 
     def close(self) -> None:
         """Discard the guest state. Idempotent."""
         with self._lock:
-            if self._state is not None:
-                self._state.close()
-                self._state = None
+            self._finalizer.detach()
+            self._box.close()
+
+    def release(self, why: str) -> bool:
+        """Drop the guest state but keep the session usable (its next run starts fresh and says
+        so); False when a run is in progress."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._box.state is not None:
+                self._box.state.close()
+                self._box.state = None
+                self._box.reset = True
+                log.info("session %s released: %s", self.id, why)
+            return True
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Session:
         return self
@@ -513,11 +953,50 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, code: str, inputs: Mapping[str, Any] | None, loop: asyncio.AbstractEventLoop | None) -> RunResult:
+    def _check_open(self) -> None:
+        if self._box.closed:
+            raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
+
+    def _driver_run(self, job: Job) -> Outcome:
         with self._lock:
-            if self._state is None:
+            box = self._box
+            if box.closed:
                 raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
-            return self._sandbox._run(code, inputs, self._state, loop, self.id)
+            reset = box.reset
+            if box.state is None:
+                box.state = self._sandbox._driver.open_session()
+            box.reset = False
+            try:
+                outcome = box.state.run(job)
+            finally:
+                self.last_used = time.monotonic()
+        if reset and not outcome.session_reset:
+            outcome = outcome.model_copy(update={"session_reset": True})
+        return outcome
+
+
+class _SessionBox:
+    """A session's driver state, apart from the `Session` so that its finalizer can release it."""
+
+    __slots__ = ("state", "closed", "reset")
+
+    def __init__(self, state: DriverSession) -> None:
+        self.state: DriverSession | None = state
+        self.closed = False
+        self.reset = False
+
+    def close(self) -> None:
+        self.closed = True
+        state, self.state = self.state, None
+        if state is not None:
+            state.close()
+
+
+def _release_unclosed(box: _SessionBox, session_id: str) -> None:
+    if not box.closed:
+        warnings.warn(f"sandbox Session {session_id} was not closed; its guest state was released",
+                      ResourceWarning, stacklevel=2)
+        box.close()
 
 
 def _holds_secret(exc: BaseException, redactor: Redactor) -> bool:

@@ -9,16 +9,20 @@ Limits, all enforced by Wasmtime outside the guest:
 - **CPU** — fuel. Instantiating the guest (interpreter start-up) gets its own allowance,
   `STARTUP_FUEL`; the user's budget, ``cpu_seconds * fuel_per_cpu_second``, is set only after
   that. Running out traps; the result is ``limit_exceeded`` / ``cpu``.
-- **Wall** — epoch interruption. A ticker thread advances the engine epoch every
-  `TICK_SECONDS` while any run is active; every Store gets a deadline of ``wall_seconds``
-  worth of ticks before it runs anything, so no run is ever without one. Capability calls
-  count: the deadline is checked when the guest resumes. → ``limit_exceeded`` / ``wall``.
+- **Wall** and **cancel** — epoch interruption. A ticker thread advances the engine epoch
+  every `TICK_SECONDS` while any run is active; every Store has an epoch deadline of one
+  tick and a deadline callback (`_on_epoch_deadline`) that, on the thread running the guest,
+  traps the run once the job's deadline has passed or the host cancelled it, and otherwise
+  lets it go on for one more tick. So a run stops within a tick or two of either. Capability
+  calls and ``host.sleep`` are bounded by the same deadline on the host side.
+  → ``limit_exceeded`` / ``wall``, or ``cancelled``.
 - **Memory** — ``Store.set_limits(memory_size=memory_bytes)``: ``memory.grow`` fails past the
   limit and CPython raises ``MemoryError`` → ``limit_exceeded`` / ``memory``.
 - **Recursion** — ``sys.setrecursionlimit`` in the guest; a Wasm stack overflow traps →
   ``limit_exceeded`` / ``recursion``.
-- **Output** — the guest buffers stdout/stderr up to the cap; the host trims again to
-  ``max_output_bytes`` (the guest's own report is never trusted).
+- **Output** — the guest streams stdout/stderr through ``host.output`` as it writes them
+  (coalesced to one call per couple of milliseconds), so output written before a trap is
+  kept; the host trims to ``max_output_bytes`` (the guest's own cap is never trusted).
 - **Data** — the guest's report and each capability call's arguments are size-checked on
   the raw string, before it is decoded or parsed (`runtimes.wire.report_bytes`,
   ``max_value_bytes``), then parsed with `runtimes.wire.loads_bounded` (node and depth caps):
@@ -52,7 +56,7 @@ import os
 import threading
 import time
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import wasmtime
@@ -64,7 +68,7 @@ from runtimes import wire
 from runtimes.wire import SECRET_MARKER, Fault
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, ErrorKind
-from sandbox.runtime import Job, Outcome, internal_error, limit_error, record_refusal
+from sandbox.runtime import Job, Outcome, StreamedOutput, internal_error, limit_error, record_refusal
 from sandbox.wasi_build import WasiBuildError, load_component, make_engine
 
 __all__ = ["WasiDriver", "WasiSession", "WasiBuildError", "FUEL_PER_CPU_SECOND", "STARTUP_FUEL", "TICK_SECONDS"]
@@ -151,6 +155,12 @@ class _RunState:
     """Whether that call asked to wait past the run's wall deadline."""
     oversized: int = 0
     """Size of a capability call's arguments refused unread (over ``max_value_bytes``)."""
+    stop: str | None = None
+    """Why the epoch callback trapped the guest: "wall" or "cancelled"."""
+    wake: threading.Event = field(default_factory=threading.Event)
+    """Set when the run is cancelled: ends a ``host.sleep`` early."""
+    output: StreamedOutput | None = None
+    """What the guest streamed through ``host.output`` (the only copy of its output)."""
 
 
 _tls = threading.local()
@@ -256,6 +266,8 @@ def _host_call(store: Any, name: str, args_json: str | None, handles: list) -> t
             kwargs = _resolve_handles(kwargs, tokens)
         reached_bridge = True
         result = state.job.bridge.call(name, args, kwargs)
+        if time.monotonic() >= state.deadline:  # the guest traps when it resumes: skip converting the result
+            raise Fault("CapabilityError", "the run's wall-clock deadline passed during the call")
         try:
             text = wire.dumps(wire.encode(result, max_bytes=limits.max_value_bytes))
         except (TypeError, ValueError) as exc:
@@ -371,6 +383,21 @@ def _call_trampoline(data, context, ty, args, nargs, results, nresults):  # type
         store._invalidate()
 
 
+@ffi.wasmtime_component_func_callback_t
+def _output_trampoline(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+    """``host.output(stderr: bool, text: string)``: keep the text (within the cap) and stream it."""
+    try:
+        stderr = bool(args[0].of.boolean)
+        text = _take_string(args[1])
+        state: _RunState | None = getattr(_tls, "state", None)
+        if state is not None and state.output is not None:
+            state.output.add("stderr" if stderr else "stdout", text)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - becomes a trap; never unwinds into C
+        error = WasmtimeError(f"sandbox host output failed: {type(exc).__name__}: {exc}")
+        return ctypes.cast(error._consume(), ctypes.c_void_p).value
+
+
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 def _no_finalizer(data):  # type: ignore[no-untyped-def]
     return None
@@ -482,11 +509,12 @@ def _host_sleep(store: Any, seconds: float) -> None:
     if seconds != seconds or seconds <= 0:
         return None
     if seconds < remaining:
-        time.sleep(seconds)
-        return None
-    # the sleep would outlast the run: wait out the deadline, then make the guest trap on its
-    # next epoch check, as if it had been running all along
-    time.sleep(max(0.0, remaining))
+        if not state.wake.wait(seconds):
+            return None
+    else:
+        state.wake.wait(max(0.0, remaining))
+    # the run is over (deadline or cancel): make the guest trap at its next epoch check, where
+    # `_on_epoch_deadline` says why, as if it had been running all along
     ffi.wasmtime_context_set_epoch_deadline(store._context(), 0)
     return None
 
@@ -542,7 +570,7 @@ def _refuse_clock_wait(call: str, end_ns: int | None) -> int:
                 state.refused_past_deadline = True
                 remaining = state.deadline - time.monotonic()
                 if remaining > 0:
-                    time.sleep(remaining)
+                    state.wake.wait(remaining)
     except BaseException:  # noqa: BLE001 - never unwind into C; the trap below still happens
         pass
     error = WasmtimeError(f"sandbox: the host refused {call} (a WASI clock wait it could not interrupt)")
@@ -586,6 +614,37 @@ _CALLBACKS: list = []
 """Keeps the ctypes callbacks handed to the linker alive."""
 
 
+_EPOCH_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+
+
+@_EPOCH_CALLBACK
+def _on_epoch_deadline(context, data, delta, kind):  # type: ignore[no-untyped-def]
+    """Wasmtime calls this on the thread running a Store when its epoch deadline passes.
+
+    During a run: trap when the job's deadline has passed or the run was cancelled (noting
+    which on the run state), else continue for one more tick. Outside a run (start-up,
+    warm-up): trap, as a plain epoch deadline would.
+    """
+    try:
+        state: _RunState | None = getattr(_tls, "state", None)
+        if state is not None and state.stop is None:
+            if state.job.control.cancelled:
+                state.stop = "cancelled"
+            elif time.monotonic() >= state.deadline:
+                state.stop = "wall"
+            else:
+                delta[0] = 1
+                kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+                return 0
+    except BaseException:  # noqa: BLE001 - never unwind into C; trapping is the safe answer
+        pass
+    error = WasmtimeError("sandbox: interrupt (the run's deadline passed or it was cancelled)")
+    return ctypes.cast(error._consume(), ctypes.c_void_p).value or 0
+
+
 class _Runtime:
     """Engine + compiled guest + Linker, shared by every driver in the process."""
 
@@ -601,12 +660,12 @@ class _Runtime:
                 _define_clock(root, name)
             with root.add_instance(INTERFACE) as host:
                 host.add_resource("secret", ResourceType.host(SECRET_TYPE), _drop_secret)
-                name = b"call"
-                error = ffi.wasmtime_component_linker_instance_add_func(
-                    host.ptr(), ctypes.create_string_buffer(name), len(name), _call_trampoline, None, _no_finalizer
-                )
-                if error:
-                    raise WasmtimeError._from_ptr(error)
+                for name, trampoline in ((b"call", _call_trampoline), (b"output", _output_trampoline)):
+                    error = ffi.wasmtime_component_linker_instance_add_func(
+                        host.ptr(), ctypes.create_string_buffer(name), len(name), trampoline, None, _no_finalizer
+                    )
+                    if error:
+                        raise WasmtimeError._from_ptr(error)
                 host.add_func("sleep", _host_sleep)
         self.linker.allow_shadowing = False
         index = self.component.get_export_index("run")
@@ -628,6 +687,7 @@ class _Runtime:
         Raises `WasmtimeError` when the guest cannot start (e.g. the memory limit is too low).
         """
         store = Store(self.engine)
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch_deadline, None, _no_finalizer)
         store.set_limits(memory_size=memory_limit)
         store.set_wasi(WasiConfig())  # nothing inherited, nothing preopened, no network
         store.set_epoch_deadline(_deadline_ticks(60.0))
@@ -717,17 +777,6 @@ def _trap_cause(text: str) -> str:
     return lines[0] if lines else "trap"
 
 
-def _cap_output(stdout: str, stderr: str, cap: int) -> tuple[str, str, bool]:
-    out_b = stdout.encode("utf-8", "replace")
-    if len(out_b) > cap:
-        return out_b[:cap].decode("utf-8", "ignore"), "", True
-    err_b = stderr.encode("utf-8", "replace")
-    room = cap - len(out_b)
-    if len(err_b) > room:
-        return stdout, err_b[:room].decode("utf-8", "ignore"), True
-    return stdout, stderr, False
-
-
 @dataclass
 class _Instance:
     store: Store
@@ -773,19 +822,18 @@ class WasiDriver:
         budget = max(1, int(limits.cpu_seconds * self.fuel_per_cpu_second))
         store = inst.store
         store.set_fuel(budget)
-        store.set_epoch_deadline(_deadline_ticks(limits.wall_seconds))
+        store.set_epoch_deadline(1)  # then every tick, `_on_epoch_deadline` decides
         tokens: dict[int, str] = {}
         handles = []
         for spec in job.secrets:
             rep = next(_reps)
             tokens[rep] = spec.token
             handles.append(ResourceHost.own(rep, SECRET_TYPE))
-        state = _RunState(
-            job=job, tokens=tokens, deadline=time.monotonic() + limits.wall_seconds
-        )
+        state = _RunState(job=job, tokens=tokens, deadline=job.control.deadline, output=StreamedOutput(job))
         options = _options(job, session=session)
         previous = getattr(_tls, "state", None)
         _tls.state = state
+        unregister = job.control.on_cancel(state.wake.set)
         started_wall = time.monotonic()
         started_cpu = time.thread_time()
         trap: WasmtimeError | None = None
@@ -799,6 +847,7 @@ class WasiDriver:
         except _ReportTooLarge as exc:
             oversized = exc
         finally:
+            unregister()
             _tls.state = previous
             _retire(tokens)
             cpu = time.thread_time() - started_cpu
@@ -807,19 +856,25 @@ class WasiDriver:
             remaining = store.get_fuel()
         except WasmtimeError:
             remaining = 0
+        output = state.output
         if trap is not None:
             inst.poisoned = True
             error = self._classify(trap, state, limits, remaining, wall)
-            return Outcome(ok=False, error=error, cpu_seconds=cpu, layers=_LAYERS)
+            return output.attach(Outcome(ok=False, error=error, cpu_seconds=cpu, layers=_LAYERS))
         if oversized is not None:
             inst.poisoned = True  # the guest broke the report protocol: do not reuse its state
-            return Outcome(ok=False, error=limit_error("value", str(oversized)), cpu_seconds=cpu, layers=_LAYERS)
-        return self._outcome(text, state, limits, cpu)
+            return output.attach(Outcome(ok=False, error=limit_error("value", str(oversized)), cpu_seconds=cpu,
+                                         layers=_LAYERS))
+        return output.attach(self._outcome(text, state, limits, cpu))
 
     def _classify(self, trap: WasmtimeError, state: _RunState, limits: Limits, remaining: int, wall: float) -> ErrorInfo:
         text = str(trap)
+        if state.stop == "cancelled":
+            return ErrorInfo(kind="cancelled", type="Cancelled", message="the run was cancelled by the host")
         if state.terminate is not None:
             return _terminate_error(state.terminate)
+        if state.stop == "wall":
+            return limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
         if state.refused is not None:
             if state.refused_past_deadline:
                 return limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded (waiting in {state.refused})")
@@ -854,7 +909,6 @@ class WasiDriver:
             data = wire.loads_bounded(text, max_bytes=cap) if isinstance(text, str) else None
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-            stdout, stderr, truncated = _cap_output(str(data.get("stdout") or ""), str(data.get("stderr") or ""), limits.max_output_bytes)
             error = data.get("error")
             error_info = ErrorInfo.model_validate(error) if error is not None else None
         except wire.ValueTooLarge as exc:
@@ -867,9 +921,7 @@ class WasiDriver:
         return Outcome(
             ok=error_info is None,
             value=data.get("value") if error_info is None else None,
-            stdout=stdout,
-            stderr=stderr,
-            output_truncated=truncated or bool(data.get("output_truncated")),
+            output_truncated=bool(data.get("output_truncated")),
             error=error_info,
             cpu_seconds=cpu,
             peak_memory_bytes=None,
@@ -935,9 +987,11 @@ class WasiSession:
             rt = _get_runtime()
             rt.ticker.enter()
             try:
+                reset = False
                 if self._inst is not None and self._inst.poisoned:
                     self._inst.store.close()
                     self._inst = None
+                    reset = True
                 if self._inst is None:
                     inst = self._driver._instantiate(rt, job.limits)
                     if isinstance(inst, ErrorInfo):
@@ -946,7 +1000,8 @@ class WasiSession:
                 if job.limits.memory_bytes != self._inst.memory_limit:
                     self._inst.store.set_limits(memory_size=job.limits.memory_bytes)
                     self._inst.memory_limit = job.limits.memory_bytes
-                return self._driver._call(rt, self._inst, job, session=True)
+                outcome = self._driver._call(rt, self._inst, job, session=True)
+                return outcome.model_copy(update={"session_reset": True}) if reset else outcome
             except WasmtimeError as exc:
                 if self._inst is not None:
                     self._inst.poisoned = True

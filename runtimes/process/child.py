@@ -9,7 +9,8 @@ Lifecycle (all before any job arrives, so none of it is on a run's critical path
 4. write ``ready`` and block reading the job.
 
 Per job: apply the rlimits the host planned (``job["rlimits"]``), run the code with the executor, answer capability calls through the host,
-write ``done`` with the outcome and this process's own rusage. A fresh-run child then exits;
+stream every piece of output to the host as an ``out`` frame as it is written (so it survives
+a kill), write ``done`` with the outcome (its output already sent) and this process's own rusage. A fresh-run child then exits;
 a session child keeps its `GuestState` and waits for the next job.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import time
 from typing import Any
 
 from runtimes import wire
@@ -109,10 +111,42 @@ def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid
     os._exit(status)
 
 
+class _OutputPipe:
+    """Streams the guest's output to the host in ``out`` frames.
+
+    A write goes out at once unless the previous frame left less than `FLUSH_SECONDS` ago;
+    then it waits for the next write past that interval, the budget's next clock read (every
+    few milliseconds of guest code), a capability call or the end of the run. So output is on
+    the host within milliseconds of being written, and a tight printing loop sends one frame
+    per interval, not one per line.
+    """
+
+    FLUSH_SECONDS = 0.002
+
+    def __init__(self, chan: int) -> None:
+        self._chan = chan
+        self._parts: list[str] = []
+        self._last = 0.0
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        now = time.monotonic()
+        if now - self._last >= self.FLUSH_SECONDS:
+            self._last = now
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            text = "".join(self._parts)
+            self._parts.clear()
+            write_message(self._chan, {"t": "out", "s": "stdout", "text": text})
+
+
 def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
     state = None
 
     def call_host(name: str, args: list, kwargs: dict) -> Any:
+        pipe.flush()
         write_message(chan, {"t": "call", "name": name, "args": wire.encode(args), "kwargs": wire.encode(kwargs)})
         reply = read_message(chan)
         if reply.get("t") == "ret":
@@ -120,6 +154,9 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
         if reply.get("t") == "fault":
             raise wire.Fault.from_wire(reply.get("fault") or {})
         raise ChannelClosed(f"unexpected reply {reply.get('t')!r}")
+
+    pipe = _OutputPipe(chan)
+    send_output = pipe.write
 
     while True:
         job = read_message(chan)
@@ -141,13 +178,18 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                 result = wire.outcome(error=wire.error("internal", "InternalError", "raw jobs are disabled"))
             else:
                 result = _raw_execute(job.get("code", ""), inputs=job.get("inputs"), limits=job.get("limits"))
+                if result["stdout"]:
+                    send_output(result["stdout"])
+                result["stdout"] = ""
         else:
             try:
                 result = executor.execute(
                     job.get("code", ""), limits=job.get("limits") or {}, call_host=call_host,
                     capabilities=tuple(job.get("capabilities") or ()),
                     secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
-                    inputs=job.get("inputs") or {}, state=state)
+                    inputs=job.get("inputs") or {}, state=state, deadline=job.get("deadline"),
+                    on_output=send_output, on_tick=pipe.flush)
+                result["stdout"] = ""  # streamed already
             except MemoryError:
                 result = wire.outcome(error=wire.error("limit_exceeded", "memory", "memory limit exceeded",
                                                        limit="memory"))
@@ -155,6 +197,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                 raise
             except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
                 result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
+        pipe.flush()
         cpu1, maxrss = _rusage()
         try:
             result["value"] = wire.encode(result.get("value"), lenient=True, max_bytes=_value_cap(job.get("limits")))

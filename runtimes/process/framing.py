@@ -9,6 +9,7 @@ the child's frames with `runtimes.wire.loads_bounded` (node and depth caps too).
 Messages (``"t"`` is the type):
 
 - child -> host: ``ready`` {layers, cpu} once the pre-warmed child is confined and waiting;
+  ``out`` {s, text} for output as the guest writes it (``s`` is ``stdout`` or ``stderr``);
   ``call`` {name, args, kwargs} for a capability call; ``done`` {outcome, cpu, maxrss}.
 - host -> child: ``job`` {code, limits, capabilities, secrets, inputs, session, raw};
   ``ret`` {value} or ``fault`` {fault} answering a ``call``.

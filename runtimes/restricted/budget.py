@@ -186,7 +186,8 @@ class _LoopChunks:
 class Budget:
     """Limits and usage of one run; see the module docstring for how each limit is enforced."""
 
-    def __init__(self, limits: Mapping[str, Any], cpu_start: float | None = None, *, memory_cap: bool = False) -> None:
+    def __init__(self, limits: Mapping[str, Any], cpu_start: float | None = None, deadline: float | None = None, *,
+                 memory_cap: bool = False) -> None:
         self.cap: Any = alloc_cap.new_cap() if memory_cap else None
         """The allocator cap (`alloc_cap.new_cap`) the executor arms while guest code runs, or None."""
         self._loop_chunk: list[None] = []
@@ -195,10 +196,11 @@ class Budget:
         self.enter = chain.from_iterable(_Check(self, self._call_chunk, True)).__next__
         self.anchor: Any = None
         """The executor's code object; frames above it are guest frames (for the depth probe)."""
-        self.reset(limits, cpu_start)
+        self.reset(limits, cpu_start, deadline)
 
-    def reset(self, limits: Mapping[str, Any], cpu_start: float | None = None) -> None:
-        """Start a new run with ``limits``. A session reuses its budget, so loops and generators
+    def reset(self, limits: Mapping[str, Any], cpu_start: float | None = None, deadline: float | None = None) -> None:
+        """Start a new run with ``limits``; ``deadline`` (a `time.monotonic` instant) overrides
+        ``wall_seconds`` from now. A session reuses its budget, so loops and generators
         suspended in an earlier run are checked against the current run's limits."""
         self.cpu_limit = float(limits["cpu_seconds"])
         self.wall_limit = float(limits["wall_seconds"])
@@ -207,8 +209,10 @@ class Budget:
         self.size_cap = self.memory_bytes
         self.cpu_start = time.thread_time() if cpu_start is None else cpu_start
         self.wall_start = time.monotonic()
-        self.wall_deadline = self.wall_start + self.wall_limit
+        self.wall_deadline = self.wall_start + self.wall_limit if deadline is None else deadline
         self.clock_id: int | None = None
+        self.on_time_check: Any = None
+        """Called (no arguments) each time the clocks are read: a cheap periodic hook."""
         self.stop: BaseException | None = None
         self.host_failure: BaseException | None = None
         """An exception raised by the host's ``call_host`` (not a Fault); re-raised to the host."""
@@ -263,6 +267,8 @@ class Budget:
         (about 1 µs here) and is read every `_CPU_EVERY` calls (the watchdog reads it too).
         A tripped allocator cap raises `LimitExceeded` memory.
         """
+        if self.on_time_check is not None:
+            self.on_time_check()
         if self.cap is not None and self.cap.tripped:
             raise self.trip_memory()
         if time.monotonic() > self.wall_deadline:

@@ -56,6 +56,11 @@ _COLLECT_ABOVE = 8 << 20
 _LOG = logging.getLogger("sandbox.restricted")
 
 
+def _cancelled() -> Terminated:
+    """The stop of a run the host cancelled."""
+    return Terminated("cancelled", "Cancelled", "the run was cancelled by the host")
+
+
 class GuestState:
     """Guest globals that persist across runs of a session. Opaque to callers.
 
@@ -77,28 +82,35 @@ class GuestState:
 
 
 class Output:
-    """stdout of one run: kept up to ``cap`` bytes (UTF-8), the rest dropped and flagged."""
+    """stdout of one run: kept up to ``cap`` bytes (UTF-8), the rest dropped and flagged.
 
-    __slots__ = ("parts", "size", "cap", "truncated")
+    ``sink``, when given, also receives each kept piece as it is written (streaming).
+    """
 
-    def __init__(self, cap: int) -> None:
+    __slots__ = ("parts", "size", "cap", "truncated", "sink")
+
+    def __init__(self, cap: int, sink: Callable[[str], None] | None = None) -> None:
         self.parts: list[str] = []
         self.size = 0
         self.cap = cap
         self.truncated = False
+        self.sink = sink
 
     def write(self, text: str) -> int:
         if self.truncated:
             return len(text)
         size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         if self.size + size <= self.cap:
-            self.parts.append(text)
+            kept = text
             self.size += size
         else:
             room = self.cap - self.size
-            self.parts.append(text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore"))
+            kept = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
             self.size = self.cap
             self.truncated = True
+        self.parts.append(kept)
+        if self.sink is not None and kept:
+            self.sink(kept)
         return len(text)
 
     def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
@@ -131,6 +143,10 @@ def execute(
     inputs: Mapping[str, Any] | None = None,
     state: GuestState | None = None,
     memory_cap: bool | None = None,
+    deadline: float | None = None,
+    on_stop: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
+    on_output: Callable[[str], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> dict:
     """Run ``code`` with the restricted policy and return a `runtimes.wire.outcome` dict.
 
@@ -145,6 +161,11 @@ def execute(
     runs: None uses it when the extension is built, True requires it (`RuntimeError` when it is
     not built), False leaves only the size guards. The outcome's ``peak_memory_bytes`` is the
     cap's peak (None without the cap).
+    ``deadline`` (a `time.monotonic` instant) replaces ``wall_seconds`` from now. ``on_stop(stop)``
+    registers ``stop``, a thread-safe function that ends the run at its next tick as
+    ``cancelled``, and returns a function that unregisters it. ``on_output(text)`` receives
+    stdout as it is written, within the output cap; ``on_tick()`` is called every few
+    milliseconds while guest code runs (when the budget reads its clocks).
 
     The outcome's value is the last expression statement's value, as lenient
     `runtimes.wire.plain` makes it; over ``max_value_bytes`` the run ends with
@@ -166,7 +187,7 @@ def execute(
 
     def run() -> dict:
         return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, state,
-                           memory_cap)
+                           memory_cap, deadline, on_stop, on_output, on_tick)
 
     try:
         return GUEST_THREADS.run(run, int(limits["memory_bytes"]))
@@ -183,11 +204,12 @@ def _execute_safely(
     inputs: dict[str, Any],
     state: GuestState | None,
     memory_cap: bool,
+    *hooks: Any,
 ) -> dict:
     """`_execute` on the thread that runs the guest; a fault in our own code becomes an internal error."""
     cpu_start = time.thread_time()
     try:
-        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, cpu_start, memory_cap)
+        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, cpu_start, memory_cap, *hooks)
     except (KeyboardInterrupt, SystemExit, _HostFailure):
         raise
     except BaseException as exc:  # a fault in our own code, never the guest's
@@ -229,6 +251,10 @@ def _execute(
     state: GuestState | None,
     cpu_start: float,
     memory_cap: bool,
+    deadline: float | None = None,
+    on_stop: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
+    on_output: Callable[[str], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
 ) -> dict:
     compiled = compile_guest(code) if isinstance(code, str) else None
     if compiled is None or compiled.code is None:
@@ -239,22 +265,23 @@ def _execute(
             cpu_seconds=time.thread_time() - cpu_start,
         )
 
-    output = Output(int(limits["max_output_bytes"]))
+    output = Output(int(limits["max_output_bytes"]), on_output)
     if state is None:
-        budget = Budget(limits, cpu_start, memory_cap=memory_cap)
+        budget = Budget(limits, cpu_start, deadline, memory_cap=memory_cap)
         guest_globals: dict[str, Any] = {}
         guest_builtins = dict(_BASE_BUILTINS)
     else:
         if state.budget is None:
-            state.budget = Budget(limits, cpu_start, memory_cap=memory_cap)
+            state.budget = Budget(limits, cpu_start, deadline, memory_cap=memory_cap)
         else:
-            state.budget.reset(limits, cpu_start)
+            state.budget.reset(limits, cpu_start, deadline)
         budget = state.budget
         guest_globals = state.globals
         guest_builtins = state.builtins
         guest_globals.pop(RESULT_NAME, None)
     budget.anchor = _run_program.__code__
     value_cap = int(limits.get("max_value_bytes") or DEFAULT_VALUE_BYTES)
+    budget.on_time_check = on_tick
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles if state is not None else {}
     run_over = threading.Event()
@@ -263,11 +290,14 @@ def _execute(
     guest_globals.update(inputs)
 
     WATCHDOG.register(budget)
+    unregister = on_stop(lambda: budget.trip(_cancelled())) if on_stop is not None else None
     try:
         err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget, state is None,
                                                     value_cap)
     finally:
         run_over.set()
+        if unregister is not None:
+            unregister()
         WATCHDOG.unregister(budget)
         if state is not None and len(stale) < _MAX_STALE_HANDLES:
             stale.update(tokens)

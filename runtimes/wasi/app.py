@@ -179,6 +179,8 @@ def _make_capability(name: str):
     state = _run_state
 
     def capability(*args, **kwargs):
+        if _current_output is not None:
+            _current_output.flush()
         holders: list = []
         for value in args:
             if type(value) not in plain:
@@ -287,11 +289,11 @@ selectors.DefaultSelector = selectors.SelectSelector
 
 
 class _Output(io.TextIOBase):
-    """A bounded text sink for stdout/stderr (the host applies the cap again)."""
+    """stdout or stderr: text goes to the host through ``host.output`` (see `_OutputState`)."""
 
-    def __init__(self, state: "_OutputState") -> None:
+    def __init__(self, state: "_OutputState", stderr: bool) -> None:
         self._state = state
-        self._parts: list[str] = []
+        self._stderr = stderr
 
     def writable(self) -> bool:
         return True
@@ -299,30 +301,61 @@ class _Output(io.TextIOBase):
     def write(self, text) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        state = self._state
-        room = state.room
-        if room <= 0:
-            if text:
-                state.truncated = True
-            return len(text)
-        if len(text) > room:
-            # chars, not bytes: the host trims to the exact byte cap
-            self._parts.append(text[:room])
-            state.room = 0
-            state.truncated = True
-        else:
-            self._parts.append(text)
-            state.room = room - len(text)
+        self._state.write(self._stderr, text)
         return len(text)
 
-    def getvalue(self) -> str:
-        return "".join(self._parts)
+    def flush(self) -> None:
+        self._state.flush()
 
 
 class _OutputState:
+    """The run's output on its way to the host, bounded by the cap (the host applies it again).
+
+    Every write that ends a line goes to the host at once (with what was pending), so output
+    written before the guest stalls or is stopped is on the host already; a piece without a
+    newline waits for the end of its line (or `PENDING_MAX` characters), a capability call or
+    the end of the run. One host call per line, not one per write.
+    """
+
+    PENDING_MAX = 4096
+
     def __init__(self, cap: int) -> None:
         self.room = cap
         self.truncated = False
+        self._pending: list = []
+        self._size = 0
+
+    def write(self, stderr: bool, text: str) -> None:
+        room = self.room
+        if room <= 0:
+            if text:
+                self.truncated = True
+            return
+        if len(text) > room:  # chars, not bytes: the host trims to the exact byte cap
+            text = text[:room]
+            self.truncated = True
+        self.room = room - len(text)
+        self._pending.append((stderr, text))
+        self._size += len(text)
+        if text.endswith("\n") or self._size >= self.PENDING_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._size = 0
+        stream, parts = pending[0][0], []
+        for stderr, text in pending:
+            if stderr is not stream:
+                host.output(stream, "".join(parts))
+                stream, parts = stderr, []
+            parts.append(text)
+        host.output(stream, "".join(parts))
+
+
+_current_output: _OutputState | None = None
 
 
 # --- running code -------------------------------------------------------------------------
@@ -391,13 +424,14 @@ def _install(g: dict, options: dict, secrets: list) -> None:
 
 
 def _run(code: str, options: dict, secrets: list) -> dict:
-    global _session_globals
+    global _session_globals, _current_output
     cap = int(options.get("max_output", 1 << 20))
     value_cap = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
     _run_state["max_value"] = value_cap
     _run_state["stop"] = None
     state = _OutputState(cap)
-    out, err = _Output(state), _Output(state)
+    out, err = _Output(state, False), _Output(state, True)
+    _current_output = state
     if options.get("session"):
         if _session_globals is None:
             _session_globals = _fresh_globals()
@@ -443,15 +477,11 @@ def _run(code: str, options: dict, secrets: list) -> dict:
                 exc.__traceback__ = None
     finally:
         sys.stdout, sys.stderr = saved
+        _current_output = None
+        state.flush()
     if _run_state["stop"] is not None:  # arguments over the cap, whatever the guest caught
         value, error = None, _run_state["stop"]
-    return wire.outcome(
-        value=value,
-        stdout=out.getvalue(),
-        stderr=err.getvalue(),
-        output_truncated=state.truncated,
-        error=error,
-    )
+    return wire.outcome(value=value, output_truncated=state.truncated, error=error)
 
 
 def _depth() -> int:

@@ -21,7 +21,7 @@ Redact = Union[Redactor, Callable[[str], str]]
 """A `sandbox.secrets.Redactor`, or a function redacting one string."""
 
 
-CallStatus = Literal["ok", "denied", "failed", "invalid"]
+CallStatus = Literal["ok", "denied", "failed", "invalid", "abandoned"]
 
 
 class CallRecord(BaseModel):
@@ -29,7 +29,8 @@ class CallRecord(BaseModel):
 
     ``status``: ``ok`` (ran and returned), ``denied`` (the policy or a secret's scope refused
     it), ``failed`` (ran and raised), ``invalid`` (unknown capability or arguments that did not
-    validate, so no decision was needed). ``decision`` is the policy's effect (``ask`` when an
+    validate, so no decision was needed), ``abandoned`` (still running at the run's deadline or
+    cancel: the run stopped waiting and its result was discarded). ``decision`` is the policy's effect (``ask`` when an
     approver was consulted, with its answer in ``approval``), None when no policy was asked.
     """
 

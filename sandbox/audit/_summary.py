@@ -48,13 +48,13 @@ def summarize(record: RunRecord) -> str:
         lines.append(f"  secrets:  {', '.join(parts)}")
     denied = len(r.denied_calls)
     lines.append(f"  called:   {len(r.calls)} call(s), {denied} denied")
-    marks = {"ok": "+", "denied": "x", "failed": "!", "invalid": "?"}
+    marks = {"ok": "+", "denied": "x", "failed": "!", "invalid": "?", "abandoned": "~"}
     for c in r.calls:
         args = ", ".join(f"{k}={v}" for k, v in c.arguments.items())
         line = f"    {marks[c.status]} {c.capability}({args})  {c.status}"
         if c.approval:
             line += f" [approval: {c.approval}]"
-        if c.status in ("denied", "failed", "invalid") and (c.reason or c.error):
+        if c.status in ("denied", "failed", "invalid", "abandoned") and (c.reason or c.error):
             line += f": {c.reason or c.error}"
         line += f"  {c.duration_seconds * 1000:.1f} ms"
         lines.append(line)
