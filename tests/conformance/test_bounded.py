@@ -29,7 +29,7 @@ def nap(seconds: float) -> float:
 @capability
 def huge() -> str:
     """Returns a value far larger than the output limit."""
-    return "x" * (16 << 20)
+    return "x" * (8 << 20)
 
 
 @capability
