@@ -44,7 +44,6 @@ class RunHandle:
         self._control = control
         self._future: Future[RunResult] = Future()
         self._chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._iterating = False
 
     # -- control ---------------------------------------------------------------------------
 
