@@ -363,23 +363,26 @@ class PoolSession:
         """The index of the actor this session lives on."""
         return self._index
 
-    def submit(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> Future[RunResult]:
+    def submit(self, code: str, *, inputs: Mapping[str, Any] | None = None, principal: Any = None,
+               limits: Limits | None = None) -> Future[RunResult]:
         """Start a run in this session; the future holds its `RunResult`."""
         if self._closed or self._lost:
             raise SandboxClosed("this session is closed" + (" (its worker was lost)" if self._lost else ""))
         self._pool._check_open()
         with self._pool._lock:
             self._pool._in_flight[self._index] += 1
-        ref = self._pool._actors[self._index].session_run.remote(self.id, code, _plain(inputs))
+        ref = self._pool._actors[self._index].session_run.remote(self.id, code, _plain(inputs), principal, limits)
         return self._pool._track(ref, self._index, 1, lambda reply: reply.result,
-                                 lambda exc: self._on_lost(exc, code))
+                                 lambda exc: self._on_lost(exc, code, principal, limits))
 
-    def run(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
+    def run(self, code: str, *, inputs: Mapping[str, Any] | None = None, principal: Any = None,
+            limits: Limits | None = None) -> RunResult:
         """Like `RaySandboxPool.run`, but globals from earlier runs of this session are visible."""
-        return self.submit(code, inputs=inputs).result()
+        return self.submit(code, inputs=inputs, principal=principal, limits=limits).result()
 
-    async def arun(self, code: str, *, inputs: Mapping[str, Any] | None = None) -> RunResult:
-        return await asyncio.wrap_future(self.submit(code, inputs=inputs))
+    async def arun(self, code: str, *, inputs: Mapping[str, Any] | None = None, principal: Any = None,
+                   limits: Limits | None = None) -> RunResult:
+        return await asyncio.wrap_future(self.submit(code, inputs=inputs, principal=principal, limits=limits))
 
     def close(self) -> None:
         """Discard the guest state on the actor. Idempotent."""
@@ -398,9 +401,9 @@ class PoolSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _on_lost(self, exc: BaseException, code: str) -> RunResult:
+    def _on_lost(self, exc: BaseException, code: str, principal: Any, limits: Limits | None) -> RunResult:
         self._lost = True
-        return self._pool._lost_result(self._spec, exc, code, None, None, self.id)
+        return self._pool._lost_result(self._spec, exc, code, principal, limits, self.id)
 
 
 def worker_lost(runtime: str, isolation: str, exc: BaseException) -> RunResult:

@@ -152,13 +152,11 @@ class SandboxSpec:
         """Names of the capabilities given directly (factories add theirs on the worker)."""
         return tuple(source.name for source in self._capabilities)
 
-    def build(self, *, records: Any = None, rate_store: RateStore | None = None,
-              principal: Principal | None = None, limits: Limits | None = None) -> Sandbox:
+    def build(self, *, records: Any = None, rate_store: RateStore | None = None) -> Sandbox:
         """Make the `Sandbox` this spec describes, here (on the worker).
 
         Runs the factories, rebuilds the policy (with ``rate_store`` for its rate windows,
-        when given), and constructs the Sandbox (``principal`` and ``limits`` replace the
-        spec's when given): raises what
+        when given), and constructs the Sandbox: raises what
         `Sandbox(...)` raises (`IsolationUnavailable` for a required layer this machine
         cannot apply, `ConfigurationError` for a module not installed here).
         """
@@ -168,7 +166,7 @@ class SandboxSpec:
             capabilities.extend([made] if callable(made) else list(made))
         return Sandbox(
             self.runtime,  # type: ignore[arg-type]
-            limits=limits or self.limits,
+            limits=self.limits,
             capabilities=capabilities,
             isolation=self.isolation,  # type: ignore[arg-type]
             workers=self.workers,
@@ -177,7 +175,7 @@ class SandboxSpec:
             secrets=self.secrets,
             egress=self.egress,
             policy=self._build_policy(rate_store),
-            principal=principal or self.principal,
+            principal=self.principal,
             records=records,
         )
 

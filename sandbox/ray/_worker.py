@@ -4,18 +4,12 @@
 spec when it starts (so the first run finds a warm zygote or engine), runs code in them, and
 hands back results that were redacted here, on the worker. Secrets are read here at each run
 start, from this node's environment, files or providers: their values never leave it.
-
-A run with its own ``principal`` or ``limits`` runs in a variant of its spec's sandbox built
-with them (the principal is fixed per `Sandbox`), kept for later runs with the same pair
-(at most `MAX_VARIANTS` per worker; the least recently used idle one is closed first). The
-variants of a spec share its rate windows.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,15 +18,12 @@ from pydantic import BaseModel, ConfigDict
 
 from sandbox.audit import RunRecord
 from sandbox.errors import SandboxClosed
-from sandbox.limits import Limits
-from sandbox.policy import MemoryRateStore, Principal, RateStore, coerce_principal
+from sandbox.policy import RateStore
 from sandbox.ray._records import RecordBuffer
 from sandbox.ray._spec import SandboxSpec
 from sandbox.results import RunResult
 from sandbox.sandbox import Sandbox, Session
 from sandbox.transform import TransformResult
-
-MAX_VARIANTS = 16
 
 
 class WorkerInfo(BaseModel):
@@ -63,19 +54,14 @@ class SandboxWorker:
     def __init__(self, index: int, specs: Mapping[str, SandboxSpec], records: Any,
                  rate_store: RateStore | None) -> None:
         self._index = index
-        self._specs = dict(specs)
         self._records = records
         self._buffer = RecordBuffer() if records is not None else None
-        # Without a shared store, a spec's variants still count its rates in one place per worker.
-        self._rates = {name: rate_store if rate_store is not None else MemoryRateStore() if spec.counts_rates else None
-                       for name, spec in self._specs.items()}
         self._sandboxes: dict[str, Sandbox] = {}
-        self._variants: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()  # key -> [sandbox, runs in flight]
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         try:
-            for name, spec in self._specs.items():
-                self._sandboxes[name] = spec.build(records=self._buffer, rate_store=self._rates[name])
+            for name, spec in specs.items():
+                self._sandboxes[name] = spec.build(records=self._buffer, rate_store=rate_store)
         except BaseException:
             self.close()
             raise
@@ -88,16 +74,8 @@ class SandboxWorker:
         )
 
     def run(self, spec: str, code: str, inputs: Mapping[str, Any] | None, principal: Any, limits: Any) -> Reply:
-        """One run in the named spec's sandbox, or in its variant for ``principal``/``limits``."""
-        if principal is None and limits is None:
-            result = self._sandbox(spec).run(code, inputs=inputs)
-            return self._reply(result, result.run_id)
-        entry = self._variant(spec, coerce_principal(principal), limits)
-        try:
-            result = entry[0].run(code, inputs=inputs)
-        finally:
-            with self._lock:
-                entry[1] -= 1
+        """One run in the named spec's sandbox; ``principal`` and ``limits`` override the spec's."""
+        result = self._sandbox(spec).run(code, inputs=inputs, principal=principal, limits=limits)
         return self._reply(result, result.run_id)
 
     def run_batch(self, spec: str, items: list[tuple[str, Any, Any, Any]]) -> list[Reply]:
@@ -116,13 +94,14 @@ class SandboxWorker:
             self._sessions[session.id] = session
         return session.id
 
-    def session_run(self, session_id: str, code: str, inputs: Mapping[str, Any] | None) -> Reply:
+    def session_run(self, session_id: str, code: str, inputs: Mapping[str, Any] | None, principal: Any,
+                    limits: Any) -> Reply:
         """A run in an open session (`SandboxClosed` when this worker does not hold it)."""
         with self._lock:
             session = self._sessions.get(session_id)
         if session is None:
             raise SandboxClosed("this session is not open on its worker (closed, or the worker restarted)")
-        result = session.run(code, inputs=inputs)
+        result = session.run(code, inputs=inputs, principal=principal, limits=limits)
         return self._reply(result, result.run_id)
 
     def close_session(self, session_id: str) -> None:
@@ -135,27 +114,8 @@ class SandboxWorker:
         """Close every session and sandbox (zygotes and engines go with them)."""
         for session in list(self._sessions.values()):
             session.close()
-        for sandbox in [*self._sandboxes.values(), *(entry[0] for entry in self._variants.values())]:
+        for sandbox in self._sandboxes.values():
             sandbox.close()
-
-    def _variant(self, spec: str, principal: Principal | None, limits: Limits | None) -> list[Any]:
-        """The [sandbox, runs in flight] entry for ``spec`` with these overrides, counted as in use."""
-        if limits is not None and not isinstance(limits, Limits):
-            raise TypeError(f"limits must be a sandbox.Limits, not {type(limits).__name__}")
-        self._sandbox(spec)
-        key = (spec, principal.model_dump_json() if principal else "", limits.model_dump_json() if limits else "")
-        with self._lock:
-            entry = self._variants.get(key)
-            if entry is None:
-                entry = [self._specs[spec].build(records=self._buffer, rate_store=self._rates[spec],
-                                                 principal=principal, limits=limits), 0]
-                self._variants[key] = entry
-                idle = [k for k, e in self._variants.items() if e[1] == 0 and k != key]
-                for old in idle[:max(0, len(self._variants) - MAX_VARIANTS)]:
-                    self._variants.pop(old)[0].close()
-            self._variants.move_to_end(key)
-            entry[1] += 1
-            return entry
 
     def _sandbox(self, spec: str) -> Sandbox:
         try:
