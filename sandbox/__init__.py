@@ -43,6 +43,9 @@ _LAZY = {
     "FileChange": "sandbox.results",
     "RunResult": "sandbox.results",
     "Usage": "sandbox.results",
+    "OutputChunk": "sandbox.handles",
+    "RunHandle": "sandbox.handles",
+    "remaining_time": "sandbox.capabilities",
     "Sandbox": "sandbox.sandbox",
     "Session": "sandbox.sandbox",
     "Secret": "sandbox.secrets",
@@ -77,7 +80,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from sandbox.audit import JsonlSink, MemorySink, RunRecord
-    from sandbox.capabilities import ApiDescription, Capability, capability, record_detail
+    from sandbox.capabilities import ApiDescription, Capability, capability, record_detail, remaining_time
+    from sandbox.handles import OutputChunk, RunHandle
     from sandbox.egress import Egress
     from sandbox.limits import Limits
     from sandbox.overlay import Overlay

@@ -551,18 +551,21 @@ class Sandbox:
         output_model: type[BaseModel] | None = None,
         max_rows: int | None = None,
         max_bytes: int | None = None,
+        strict: bool = False,
     ) -> TransformResult:
         """Run generated code defining ``transform(rows)`` over ``data`` and validate its output.
 
         ``data`` is a list of dicts or a ``.csv``/``.jsonl`` path; ``output_model`` an optional
-        pydantic model every output row must satisfy. Input over ``max_rows`` (default 100 000)
+        pydantic model every output row must satisfy. With ``strict=True`` (which needs
+        ``output_model``) a row must match the model without coercion (``"12"`` is not an int)
+        and without keys the model does not declare. Input over ``max_rows`` (default 100 000)
         or ``max_bytes`` (default 8 MiB as JSON) raises `ValueError`. Returns a
         `sandbox.transform.TransformResult`; see `sandbox.transform` for the details.
         """
         from sandbox import transform as _t
 
         return _t.run_transform(
-            self, code, data, output_model=output_model,
+            self, code, data, output_model=output_model, strict=strict,
             max_rows=_t.DEFAULT_MAX_ROWS if max_rows is None else max_rows,
             max_bytes=_t.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
         )

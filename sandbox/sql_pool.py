@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from runtimes import wire
 from sandbox.sql_worker import HEADER
 
 _WORKER_SCRIPT = str(Path(__file__).with_name("sql_worker.py"))
@@ -66,8 +67,8 @@ class _Worker:
         if size > limit:
             raise WorkerLost(f"the query worker sent {size} bytes, more than the {limit} allowed")
         try:
-            return json.loads(self._read(size, deadline))
-        except ValueError as exc:
+            return wire.loads(self._read(size, deadline))
+        except (ValueError, wire.WireError) as exc:
             raise WorkerLost("the query worker sent a malformed answer") from exc
 
     def _read(self, size: int, deadline: float) -> bytes:

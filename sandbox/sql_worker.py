@@ -124,22 +124,41 @@ def unique(names: list[str]) -> list[str]:
     return out
 
 
+TAG = "$type"
+"""The typed-value tag of the wire format (`runtimes.wire`): this script is standard library only,
+so it writes the few tags a database value needs itself, and the host reads them with
+`runtimes.wire.loads`."""
+
+
 def jsonable(value: Any) -> Any:
+    """``value`` as JSON data, with dates, times, decimals and bytes as wire-format tags (a column
+    named like the tag is escaped as the wire format escapes dicts)."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
+        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, decimal.Decimal):
-        return float(value) if value.is_finite() else str(value)
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
+        return {TAG: "decimal", "v": str(value)} if value.is_finite() else str(value)
+    if isinstance(value, _dt.datetime):
+        return {TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, _dt.date):
+        return {TAG: "date", "v": value.isoformat()}
+    if isinstance(value, _dt.time):
+        return {TAG: "time", "v": value.isoformat()}
+    if isinstance(value, _dt.timedelta):
+        return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return escaped({str(k): jsonable(v) for k, v in value.items()})
     return str(value)
+
+
+def escaped(row: dict) -> dict:
+    """``row``, or its wire-format escape when one of its keys is the tag."""
+    return {TAG: "dict", "v": [[k, v] for k, v in row.items()]} if TAG in row else row
 
 
 def collect(cursor: Any, columns: list[str], max_rows: int, max_result_bytes: int) -> tuple[list[dict], bool]:
@@ -153,7 +172,7 @@ def collect(cursor: Any, columns: list[str], max_rows: int, max_result_bytes: in
         for raw in batch:
             if len(rows) >= max_rows:
                 return rows, True
-            row = {col: jsonable(value) for col, value in zip(columns, raw)}
+            row = escaped({col: jsonable(value) for col, value in zip(columns, raw)})
             size += len(json.dumps(row, separators=(",", ":"), ensure_ascii=False)) + 1
             if size > max_result_bytes:
                 return rows, True

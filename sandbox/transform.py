@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from runtimes.wire import WireError, dumps, encode
+from sandbox.errors import ConfigurationError
 from sandbox.results import RunResult
 
 if TYPE_CHECKING:
@@ -131,23 +132,28 @@ def run_transform(
     output_model: type[BaseModel] | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    strict: bool = False,
 ) -> TransformResult:
     if not isinstance(code, str):
         raise TypeError(f"code must be str, not {type(code).__name__}")
     if output_model is not None and not (isinstance(output_model, type) and issubclass(output_model, BaseModel)):
         raise TypeError("output_model must be a pydantic BaseModel subclass")
+    if strict and output_model is None:
+        raise ConfigurationError("transform(strict=True) needs an output_model to be strict about")
     rows = load_rows(data, max_rows=max_rows, max_bytes=max_bytes)
     program = f"{code.rstrip()}\n\n{ENTRY}({_INPUT})\n"
     run = sandbox._run(program, {_INPUT: rows}, None, None, prewired=True)
     if not run.ok:
         return TransformResult(ok=False, input_rows=len(rows), run=run)
-    invalid, out = validate_rows(run.value, output_model)
+    invalid, out = validate_rows(run.value, output_model, strict=strict)
     return TransformResult(ok=invalid is None, rows=out if invalid is None else None, invalid=invalid,
                            input_rows=len(rows), run=run)
 
 
-def validate_rows(value: Any, output_model: type[BaseModel] | None) -> tuple[InvalidRow | None, list[Any]]:
-    """(first problem or None, validated rows)."""
+def validate_rows(
+    value: Any, output_model: type[BaseModel] | None, *, strict: bool = False
+) -> tuple[InvalidRow | None, list[Any]]:
+    """(first problem or None, validated rows); ``strict``: no coercion and no undeclared keys."""
     if not isinstance(value, list):
         shown = value if isinstance(value, (str, int, float, bool)) or value is None else type(value).__name__
         return InvalidRow(index=None, message=f"transform() must return a list of dicts, got {shown!r}"), []
@@ -158,8 +164,12 @@ def validate_rows(value: Any, output_model: type[BaseModel] | None) -> tuple[Inv
         if output_model is None:
             out.append(row)
             continue
+        if strict:
+            extra = sorted(str(key) for key in row if key not in output_model.model_fields)
+            if extra:
+                return InvalidRow(index=index, message=f"row {index}: undeclared keys {extra[:5]}", row=row), []
         try:
-            out.append(output_model.model_validate(row))
+            out.append(output_model.model_validate(row, strict=strict))
         except ValidationError as exc:
             parts = [f"{'.'.join(str(p) for p in e['loc']) or 'row'}: {e['msg']}" for e in exc.errors()[:5]]
             return InvalidRow(index=index, message=f"row {index}: " + "; ".join(parts), row=row), []

@@ -6,6 +6,8 @@ test compares the SHA-256 of every file in the database's directory before and a
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hashlib
 import sqlite3
 import time
@@ -160,7 +162,7 @@ def test_sqlite_blob_and_named_params(tmp_path):
     with Sandbox(capabilities=sql_capability(db)) as sb:
         result = sb.run("sql.query('SELECT note FROM orders WHERE id = :i', {'i': 1})['rows'][0]['note']")
     assert result.ok, result.error
-    assert result.value == "AP8="  # base64 of 00 ff
+    assert result.value == b"\x00\xff"
 
 
 def test_duckdb_decimal_and_date(tmp_path):
@@ -168,7 +170,8 @@ def test_duckdb_decimal_and_date(tmp_path):
     with Sandbox(capabilities=sql_capability(db)) as sb:
         result = sb.run("sql.query('SELECT amount, day FROM orders WHERE id = 1')['rows'][0]")
     assert result.ok, result.error
-    assert result.value == {"amount": 12.5, "day": "2024-01-02"}
+    assert result.value == {"amount": decimal.Decimal("12.50"), "day": datetime.date(2024, 1, 2)}
+    assert type(result.value["amount"]) is decimal.Decimal and type(result.value["day"]) is datetime.date
 
 
 def test_table_not_on_the_list(db):
@@ -407,3 +410,17 @@ def test_named_parameters_work_on_both_engines(db):
                         "AND amount > :least ORDER BY id\", {'who': 'ann', 'least': 1})['rows']")
     assert result.ok, result.error
     assert result.value == [{"id": 1, "literal": ":who"}, {"id": 3, "literal": ":who"}]
+
+
+def test_sql_values_keep_their_types_on_every_engine(tmp_path):
+    """Dates, decimals and bytes reach the guest as values of their type, and a column named like
+    the wire tag stays an ordinary key (it cannot forge a typed value)."""
+    db = _make_duckdb(tmp_path / "typed.duckdb")
+    code = (
+        "r = sql.query(\"SELECT day, amount, '$x' AS \\\"$type\\\", 'v' AS v FROM orders WHERE id = 2\")['rows'][0]\n"
+        "[type(r['day']).__name__, type(r['amount']).__name__, r['$type'], r['v'], r['day'].year]"
+    )
+    with Sandbox(capabilities=sql_capability(db)) as sb:
+        result = sb.run(code)
+    assert result.ok, result.error
+    assert result.value == ["date", "Decimal", "$x", "v", 2024]

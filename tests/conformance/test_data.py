@@ -103,6 +103,22 @@ def test_transform_reports_the_first_invalid_row(make_sandbox):
     assert broken.run.error.kind == "guest_exception" and broken.run.error.type == "IndexError"
 
 
+def test_transform_strict_refuses_coercion_and_undeclared_keys(make_sandbox):
+    sb = make_sandbox()
+    coerced = "def transform(rows):\n    return [{'region': 'a', 'total': '12'}]"
+    assert sb.transform(coerced, [], output_model=Total).ok  # lax: "12" becomes 12.0
+    strict = sb.transform(coerced, [], output_model=Total, strict=True)
+    assert not strict.ok and strict.invalid.index == 0 and "total" in strict.invalid.message
+    extra = sb.transform("def transform(rows):\n    return [{'region': 'a', 'total': 1.0, 'note': 'x'}]", [],
+                         output_model=Total, strict=True)
+    assert not extra.ok and "note" in extra.invalid.message
+    exact = sb.transform("def transform(rows):\n    return [{'region': 'a', 'total': 1.5}]", [],
+                         output_model=Total, strict=True)
+    assert exact.ok and exact.rows == [Total(region="a", total=1.5)]
+    with pytest.raises(ValueError, match="output_model"):
+        sb.transform(coerced, [], strict=True)
+
+
 def test_transform_input_limits(make_sandbox, tmp_path):
     sb = make_sandbox()
     with pytest.raises(ValueError, match="max_rows"):
