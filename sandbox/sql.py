@@ -18,8 +18,8 @@ The guest gets two capabilities (the namespace is ``sql`` unless ``name=`` says 
   the default, returns the rows that fit), or the call fails (``on_truncate="error"``).
 - ``sql.tables() -> {table: [column, ...]}``: the tables and columns the guest may read.
 
-Values are JSON: BLOBs become base64 text, decimals become floats, dates and times ISO-8601
-text, anything else its ``str``.
+Values keep their type (the wire format's typed values): BLOBs are ``bytes``, decimals
+``Decimal``, dates and times ``date``/``time``/``datetime``; anything else unknown is its ``str``.
 
 How the database stays untouched (the guards, outermost first):
 
