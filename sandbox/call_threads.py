@@ -3,8 +3,8 @@
 Capability calls and post-run steps (redaction, overlay diffs) run here so that the thread
 serving the run can stop waiting at the run's deadline. A call still running then keeps its
 thread until it returns on its own; its result goes nowhere. The threads are daemons (an
-abandoned call never holds up interpreter exit), idle ones are reused, and at most
-`MAX_IDLE` wait for work.
+abandoned call never holds up interpreter exit), idle ones are reused, at most
+`MAX_IDLE` wait for work, and one idle for `IDLE_SECONDS` exits (a quiet host holds none).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 MAX_IDLE = 8
+IDLE_SECONDS = 2.0
 
 _idle: list[queue.SimpleQueue] = []
 _lock = threading.Lock()
@@ -37,7 +38,14 @@ def submit(func: Callable[[], T]) -> Future[T]:
 
 def _serve(inbox: queue.SimpleQueue) -> None:
     while True:
-        func, future = inbox.get()
+        try:
+            func, future = inbox.get(timeout=IDLE_SECONDS)
+        except queue.Empty:
+            with _lock:
+                if inbox in _idle:  # nobody took this thread meanwhile: leave
+                    _idle.remove(inbox)
+                    return
+            continue  # taken just now: its work is on the way
         _run(func, future)
         del func, future
         with _lock:

@@ -29,6 +29,8 @@ _STACK_MIN = 256 << 20
 _STACK_MAX = 16 << 30
 _MAX_IDLE = 4
 """Idle workers kept for reuse; more concurrent runs start more threads, which exit when done."""
+_IDLE_SECONDS = 2.0
+"""An idle worker exits after this long without a run, so a quiet host holds no guest threads."""
 _RETIRE_AFTER = 0.02
 """Seconds of run after which the worker exits instead of being reused: a long run may have
 grown its stack (committed pages stay with a living thread), and a new thread costs far less."""
@@ -41,17 +43,23 @@ def stack_bytes(memory_bytes: int) -> int:
 
 
 class _Worker:
-    __slots__ = ("stack", "inbox", "outbox", "thread")
+    __slots__ = ("stack", "inbox", "outbox", "thread", "retire")
 
-    def __init__(self, stack: int) -> None:
+    def __init__(self, stack: int, retire: Callable[[_Worker], bool]) -> None:
         self.stack = stack
+        self.retire = retire
         self.inbox: queue.SimpleQueue[Callable[[], Any] | None] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="sandbox-restricted-guest", daemon=True)
 
     def _loop(self) -> None:
         while True:
-            job = self.inbox.get()
+            try:
+                job = self.inbox.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                if self.retire(self):
+                    return
+                continue  # taken just now: its job is on the way
             if job is None:
                 return
             try:
@@ -101,7 +109,7 @@ class GuestThreads:
             for index, worker in enumerate(self._idle):
                 if worker.stack >= stack:
                     return self._idle.pop(index)
-            worker = _Worker(stack)
+            worker = _Worker(stack, self._retire)
             previous = threading.stack_size()
             try:
                 threading.stack_size(stack)
@@ -119,6 +127,14 @@ class GuestThreads:
                 self._idle.append(worker)
                 return
         worker.inbox.put(None)
+
+    def _retire(self, worker: _Worker) -> bool:
+        """Called by an idle worker that timed out: True (and forgotten) when nobody took it."""
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+                return True
+            return False
 
     def _after_fork_in_child(self) -> None:
         # Workers do not survive a fork; a forked child starts with none.
