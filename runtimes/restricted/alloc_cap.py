@@ -33,6 +33,39 @@ def _load() -> Any:
     return _module
 
 
+OVERHEAD_SHARE = 8
+"""The cap charges each block its size rounded to its allocator unit, not what the allocator
+spends around it (pymalloc pool headers, partly used pools and arenas, malloc bookkeeping):
+up to about a tenth more resident memory for many small objects. `armed_limit` keeps
+1/OVERHEAD_SHARE of ``memory_bytes`` for it, so resident growth stays within ``memory_bytes``."""
+
+
+def armed_limit(memory_bytes: int) -> int:
+    """The byte count the cap is armed with for a run allowed ``memory_bytes``."""
+    return memory_bytes - memory_bytes // OVERHEAD_SHARE
+
+
+_trim: Any = None
+
+
+def return_free_memory() -> None:
+    """Give the C allocator's free heap memory back to the system (glibc ``malloc_trim``).
+
+    glibc raises its mmap threshold after large blocks are freed, so a run's freed buffers may
+    stay in the heap; trimming after a run that allocated much keeps the host's resident memory
+    from carrying one run's peak into the next. A no-op where ``malloc_trim`` does not exist."""
+    global _trim
+    if _trim is None:
+        import ctypes
+
+        try:
+            _trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
 def available() -> bool:
     """True when the extension is built; the first call installs the allocator hooks."""
     return _load() is not None

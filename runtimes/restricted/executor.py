@@ -157,7 +157,7 @@ def execute(
     handles; ``inputs`` become guest globals (copied as plain data, `runtimes.wire.plain`);
     ``state`` keeps globals across runs (None = fresh globals). Capability arguments and
     results are copied as plain data too, within ``max_value_bytes`` (optional in ``limits``).
-    ``memory_cap`` arms the allocator cap (`alloc_cap`) at ``memory_bytes`` while guest code
+    ``memory_cap`` arms the allocator cap (`alloc_cap`) at ``memory_bytes`` (less the allocator overhead share, see `alloc_cap.armed_limit`) while guest code
     runs: None uses it when the extension is built, True requires it (`RuntimeError` when it is
     not built), False leaves only the size guards. The outcome's ``peak_memory_bytes`` is the
     cap's peak (None without the cap).
@@ -334,6 +334,7 @@ def _release(guest_globals: dict[str, Any], budget: Budget) -> None:
         budget.stop.__traceback__ = None
     if budget.cap is not None and budget.cap.peak > _COLLECT_ABOVE:
         gc.collect()
+        alloc_cap.return_free_memory()
 
 
 def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value_cap: int) -> tuple[dict | None, Any]:
@@ -341,7 +342,7 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value
     returns (error, value). The cap is disarmed before any error is built."""
     cap = budget.cap
     if cap is not None:
-        cap.arm(budget.memory_bytes)
+        cap.arm(alloc_cap.armed_limit(budget.memory_bytes))
     previous = set_active_budget(budget)
     try:
         try:
