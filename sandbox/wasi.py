@@ -69,6 +69,7 @@ from runtimes.wire import SECRET_MARKER, Fault
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, ErrorKind
 from sandbox.runtime import Job, Outcome, StreamedOutput, internal_error, limit_error, record_refusal
+from sandbox.trap_handlers import TrapHandlers
 from sandbox.wasi_build import WasiBuildError, load_component, make_engine
 
 __all__ = ["WasiDriver", "WasiSession", "WasiBuildError", "FUEL_PER_CPU_SECOND", "STARTUP_FUEL", "TICK_SECONDS"]
@@ -650,6 +651,8 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.engine = make_engine()
+        self.trap_handlers = TrapHandlers()
+        self.trap_handlers.capture()  # the Engine has just installed them
         self.component: Component = load_component(self.engine)
         self.linker = Linker(self.engine)
         self.linker.add_wasip2()
@@ -686,6 +689,7 @@ class _Runtime:
 
         Raises `WasmtimeError` when the guest cannot start (e.g. the memory limit is too low).
         """
+        self.trap_handlers.ensure()
         store = Store(self.engine)
         ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _on_epoch_deadline, None, _no_finalizer)
         store.set_limits(memory_size=memory_limit)
@@ -818,6 +822,7 @@ class WasiDriver:
             raise
 
     def _call(self, rt: _Runtime, inst: _Instance, job: Job, *, session: bool) -> Outcome:
+        rt.trap_handlers.ensure()
         limits = job.limits
         budget = max(1, int(limits.cpu_seconds * self.fuel_per_cpu_second))
         store = inst.store

@@ -624,3 +624,27 @@ def test_humaneval_canonical_solutions_pass(driver):
     print(f"\nHumanEval on wasi: {len(problems) - len(failures)}/{len(problems)} in {time.monotonic() - started:.1f} s")
     assert failures == {}
     assert len(problems) == 164
+
+
+TRAPS_AFTER_ANOTHER_HANDLER = """
+import faulthandler
+from sandbox import Limits, Sandbox
+code = "x = {}\\ni = 0\\nwhile True:\\n    x[i] = str(i) * 10\\n    i += 1"
+sb = Sandbox("wasi", limits=Limits(cpu_seconds=30, wall_seconds=30, memory_bytes=48 << 20))
+assert sb.run("1").ok
+faulthandler.enable()  # like ray.init(): fatal-signal handlers installed in front of Wasmtime's
+with sb.session() as session:
+    print(session.run(code).error.limit, sb.run(code).error.limit, sb.run("1 + 1").value, flush=True)
+"""
+
+
+def test_guest_traps_stay_results_after_another_library_installs_signal_handlers():
+    """A library that installs fatal-signal handlers after the Engine (Ray, faulthandler) must not
+    turn a guest trap into a host crash."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", TRAPS_AFTER_ANOTHER_HANDLER], capture_output=True, text=True,
+                          timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["memory", "memory", "2"]
