@@ -56,10 +56,10 @@ m = p.search("hello 42 x")
     assert result.ok, result.error
     p = re.compile(r"(?P<w>\w+)\s(\d+)", re.I)
     m = p.search("hello 42 x")
-    expected = [m.group(0), m.group("w"), m[2], list(m.groups()), m.groupdict(), list(m.span()), m.start(2), m.end(),
+    expected = [m.group(0), m.group("w"), m[2], m.groups(), m.groupdict(), m.span(), m.start(2), m.end(),
                 m.lastindex, True, True, True, p.pattern, p.groups, p.groupindex["w"],
-                re.sub(r"\d", lambda mm: str(int(mm.group()) + 1), "a1b2"), list(re.subn("a", "b", "aaa")),
-                re.split(r",\s*", "a, b,c"), [list(t) for t in re.findall(r"(\d)(\d)", "12 34")], ["a", "b"],
+                re.sub(r"\d", lambda mm: str(int(mm.group()) + 1), "a1b2"), re.subn("a", "b", "aaa"),
+                re.split(r",\s*", "a, b,c"), re.findall(r"(\d)(\d)", "12 34"), ["a", "b"],
                 re.escape("a.b c"), True, None, re.sub("", "-", "ab"), re.search("^b", "a\nb", re.M | re.S).start(),
                 "1", m.expand(r"\2-\g<w>")]
     assert result.value == expected
