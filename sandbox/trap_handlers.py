@@ -24,7 +24,10 @@ import threading
 
 _SIGNALS = (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE)
 _STRUCT_BYTES = 256
-"""Room for the C library's ``struct sigaction`` (152 bytes on x86-64 glibc), compared as bytes."""
+"""Room for the C library's ``struct sigaction`` (152 bytes on x86-64 glibc)."""
+_HANDLER = slice(0, ctypes.sizeof(ctypes.c_void_p))
+"""The handler's address, the struct's first field on Linux: what decides who sees a fault (the
+rest of the mask area past the kernel's signal set is not meaningful, so it is not compared)."""
 
 _log = logging.getLogger("sandbox.wasi")
 
@@ -49,7 +52,7 @@ class TrapHandlers:
         """Reinstall the recorded handlers where another library replaced them."""
         if self._libc is None or not self._saved:
             return
-        replaced = [sig for sig, raw in self._saved.items() if self._read(sig) != raw]
+        replaced = [sig for sig, raw in self._saved.items() if self._read(sig)[_HANDLER] != raw[_HANDLER]]
         if not replaced:
             return
         with self._lock:
