@@ -680,20 +680,17 @@ class Sandbox:
         return limits
 
     def _prepare(self, code: str, inputs: Mapping[str, Any] | None, limits: Limits | None,
-                 principal: Principal | Mapping[str, Any] | str | None, *, prewired: bool = False) -> _RunSpec:
+                 principal: Principal | Mapping[str, Any] | str | None) -> _RunSpec:
         """Check a run's arguments (host misuse raises here) and start its clock."""
         self._check_open()
         if not isinstance(code, str):
             raise TypeError(f"code must be str, not {type(code).__name__}")
         run_limits = self._limits_for(limits)
-        if prewired:  # already checked as JSON data by the caller (transform): no second copy
-            wire_inputs = dict(inputs or {})
-        else:
-            try:
-                wire_inputs = plain(dict(inputs or {}))
-            except WireError as exc:
-                raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
-                                f"timedelta, Decimal, UUID): {exc}") from None
+        try:
+            wire_inputs = plain(dict(inputs or {}))
+        except WireError as exc:
+            raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
+                            f"timedelta, Decimal, UUID): {exc}") from None
         for name in wire_inputs:
             if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
                 raise ValueError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
@@ -720,12 +717,6 @@ class Sandbox:
 
         threading.Thread(target=target, name=f"sandbox-run-{spec.run_id[:8]}", daemon=True).start()
         return handle
-
-    def _run(self, code: str, inputs: Mapping[str, Any] | None, session: Session | None,
-             loop: asyncio.AbstractEventLoop | None, *, prewired: bool = False) -> RunResult:
-        """One run on the calling thread (used by `transform`)."""
-        spec = self._prepare(code, inputs, None, None, prewired=prewired)
-        return self._run_spec(spec, session, loop)
 
     def _run_spec(
         self,

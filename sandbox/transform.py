@@ -142,7 +142,7 @@ def run_transform(
         raise ConfigurationError("transform(strict=True) needs an output_model to be strict about")
     rows = load_rows(data, max_rows=max_rows, max_bytes=max_bytes)
     program = f"{code.rstrip()}\n\n{ENTRY}({_INPUT})\n"
-    run = sandbox._run(program, {_INPUT: rows}, None, None, prewired=True)
+    run = sandbox.run(program, inputs={_INPUT: rows})
     if not run.ok:
         return TransformResult(ok=False, input_rows=len(rows), run=run)
     invalid, out = validate_rows(run.value, output_model, strict=strict)

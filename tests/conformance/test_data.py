@@ -119,6 +119,16 @@ def test_transform_strict_refuses_coercion_and_undeclared_keys(make_sandbox):
         sb.transform(coerced, [], strict=True)
 
 
+def test_transform_checks_its_rows_like_run_checks_inputs(make_sandbox):
+    """Rows that cannot cross the boundary are host misuse: a TypeError here, as for `run`'s
+    inputs, never an internal run failure."""
+    sb = make_sandbox()
+    with pytest.raises(TypeError, match="too large"):
+        sb.run("1", inputs={"a": 10**5000})
+    with pytest.raises(TypeError, match="too large"):
+        sb.transform("def transform(rows):\n    return rows", [{"a": 10**5000}])
+
+
 def test_transform_input_limits(make_sandbox, tmp_path):
     sb = make_sandbox()
     with pytest.raises(ValueError, match="max_rows"):
