@@ -7,12 +7,12 @@ nothing the guest does raises on the host.
 
 Secrets (see `sandbox.secrets`): at run start a `SecretBroker` reads every secret's value and
 issues one token per secret; the driver exposes them to the guest as ``secrets.<name>`` handles.
-`_RunBridge` resolves handles in capability arguments (scope, TTL and use checks), and redacts
-capability results and fault messages before they reach the guest. When the run ends the tokens
-are revoked, and stdout, stderr, the value and the error of the `RunResult` are redacted.
+The capability bridge (`sandbox._bridge`) resolves handles in capability arguments (scope, TTL
+and use checks), and redacts capability results and fault messages before they reach the guest.
+When the run ends the tokens are revoked, and stdout, stderr, the value and the error of the `RunResult` are redacted.
 
 Policy and records (see `sandbox.policy`, `sandbox.audit`): with a `Policy`, each run gets a
-`PolicyState` that `_RunBridge` asks about every call once its arguments are validated (allow,
+`PolicyState` that the bridge asks about every call once its arguments are validated (allow,
 deny with a reason the guest sees as `PolicyDenied`, or ask an approver; the escalation rule
 ends the run with ``policy_denied``). With a `RecordSink`, a `RunRecorder` notes every call
 and one redacted `RunRecord` per run (Session runs included) is emitted after the run.
@@ -21,7 +21,6 @@ and one redacted `RunRecord` per run (Session runs included) is emitted after th
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import keyword
 import logging
 import os
@@ -37,20 +36,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from runtimes.wire import WireError, plain
 from sandbox import call_threads
+from sandbox._bridge import RunBridge
 from sandbox.capabilities import (
     ApiDescription,
     Capability,
-    close_call_detail,
     collect,
     describe,
-    open_call_detail,
 )
-from sandbox.call_time import set_call_deadline
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.handles import RunHandle, StreamRedactor
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, RunResult, Usage
-from sandbox.runtime import KNOWN_LAYERS, CapabilityFault, Driver, DriverSession, Job, Outcome, RunControl, limit_error
+from sandbox.runtime import KNOWN_LAYERS, Driver, DriverSession, Job, Outcome, RunControl, limit_error
 from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
 
 if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
@@ -68,183 +65,6 @@ log = logging.getLogger("sandbox")
 RuntimeName = Literal["restricted", "wasi"]
 IsolationName = Literal["none", "process"]
 RUNTIMES: tuple[str, ...] = ("restricted", "wasi")
-
-
-class _PendingCall:
-    """One capability call between the thread that waits for it and the thread that runs it.
-
-    Whichever settles first wins: the runner records the call's outcome, or the waiter, at
-    the deadline or on cancel, records it as abandoned; the other side then records nothing.
-    """
-
-    __slots__ = ("lock", "settled", "abandoned", "async_future")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.settled = False
-        self.abandoned = False
-        self.async_future: Any = None
-
-
-class _RunBridge:
-    """The host end of one run's capability calls: lookup, secret resolution, validation,
-    policy, invocation, counting, recording, and redaction of what goes back to the guest.
-
-    Every call runs on a host call thread (`sandbox.call_threads`) while the guest's thread
-    waits, at most until the run's deadline or its cancellation; a call still running then is
-    abandoned (recorded as such, its result discarded) and the run ends. The capability sees
-    the time left through `sandbox.capabilities.remaining_time`.
-    """
-
-    def __init__(
-        self,
-        capabilities: Mapping[str, Capability],
-        loop: asyncio.AbstractEventLoop | None,
-        control: RunControl,
-        secrets: SecretBroker | None = None,
-        policy: PolicyState | None = None,
-        recorder: RunRecorder | None = None,
-    ) -> None:
-        self._capabilities = capabilities
-        self._loop = loop
-        self._control = control
-        self._secrets = secrets
-        self._redactor: Redactor = secrets.redactor if secrets is not None else NO_REDACTION
-        self._policy = policy
-        self._recorder = recorder
-        self._lock = threading.Lock()
-        self.calls = 0
-        self.warnings: list[str] = []  # from `sandbox.capabilities.warn`, in call order
-
-    def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        control = self._control
-        if control.cancelled:
-            raise _cancelled_fault()
-        if control.remaining() <= 0:
-            raise _deadline_fault(name)
-        pending = _PendingCall()
-        context = contextvars.copy_context()
-        future = call_threads.submit(lambda: context.run(self._run_call, pending, name, args, kwargs))
-        wake = threading.Event()
-        remove = control.on_cancel(wake.set)
-        try:
-            done = call_threads.wait(future, control.remaining(), wake)
-        finally:
-            remove()
-        if not done:
-            with pending.lock:
-                done = pending.settled
-                pending.abandoned = not done
-        if done:
-            return future.result()  # the value, or raises the call's CapabilityFault
-        if pending.async_future is not None:
-            pending.async_future.cancel()
-        if control.cancelled:
-            self._record(name, None, args, kwargs, "abandoned", 0.0, error="the run was cancelled during the call")
-            raise _cancelled_fault()
-        control.abandoned = name
-        self._record(name, None, args, kwargs, "abandoned", 0.0,
-                     error="still running at the run's wall-clock deadline: abandoned, its result discarded")
-        raise _deadline_fault(name)
-
-    def _run_call(self, pending: _PendingCall, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """On a call thread: the call, its redaction, then its record unless it was abandoned."""
-        set_call_deadline(self._control.deadline)
-        started = time.perf_counter()
-        record: dict[str, Any] = {}
-        try:
-            value = self._redactor.value(self._call(pending, name, args, kwargs, record))
-        except CapabilityFault as fault:
-            failure: CapabilityFault | None = self._redactor.fault(fault)
-        else:
-            failure = None
-        with pending.lock:
-            if pending.abandoned:
-                return None
-            pending.settled = True
-        if record:
-            self._record(name, record.pop("arguments"), args, kwargs, record.pop("status"), started, **record)
-        if failure is not None:
-            raise failure
-        return value
-
-    def _call(self, pending: _PendingCall, name: str, args: list[Any], kwargs: dict[str, Any],
-              record: dict[str, Any]) -> Any:
-        """The call itself; fills ``record`` with what the run record should say about it."""
-        cap = self._capabilities.get(name)
-        if cap is None:
-            fault = CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
-            record.update(arguments=None, status="invalid", error=fault.message)
-            raise fault
-        with self._lock:
-            self.calls += 1
-        arguments: dict[str, Any] | None = None
-        verdict = None
-        detail, token = open_call_detail()  # filled by the capability through record_detail()
-        try:
-            if self._secrets is not None:
-                args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
-            arguments = cap.bind(args, kwargs)
-            if self._policy is not None:
-                verdict = self._policy.check(name, arguments, cap.action_for(arguments))
-                if not verdict.allowed:
-                    raise CapabilityFault(
-                        "PolicyDenied", verdict.reason, terminate="policy_denied" if verdict.terminate else None
-                    )
-            if cap.is_async and self._loop is not None:
-                coroutine = _in_context(contextvars.copy_context(), cap.func(**arguments))
-                pending.async_future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-                result = cap.dump_result(pending.async_future.result())
-            else:
-                result = cap.call_bound(arguments)
-        except CapabilityFault as fault:
-            denied = fault.guest_type == "PolicyDenied"
-            if denied and (verdict is None or verdict.allowed) and self._policy is not None and not fault.terminate:
-                # A denial made elsewhere (a secret's scope, the capability itself) counts too.
-                if self._policy.note_denial(name, fault.message):
-                    fault = CapabilityFault(
-                        "PolicyDenied", f"{fault.message}; too many denials in this run: the run ends",
-                        terminate="policy_denied",
-                    )
-            status = "denied" if denied else "invalid" if arguments is None else "failed"
-            record.update(arguments=arguments, status=status, verdict=verdict, detail=detail,
-                          reason=fault.message if denied else None, error=None if denied else fault.message)
-            raise fault from None
-        except Exception as exc:
-            fault = CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}")
-            record.update(arguments=arguments, status="failed", verdict=verdict, detail=detail, error=fault.message)
-            raise fault from None
-        finally:
-            close_call_detail(token)
-            if detail.get("warnings"):
-                with self._lock:
-                    self.warnings.extend(self._redactor.text(w) for w in detail["warnings"])
-        record.update(arguments=arguments, status="ok", verdict=verdict, detail=detail)
-        return result
-
-    def refuse(self, name: str, reason: str) -> None:
-        """Record a call the driver refused before `call` (an ungranted name, a malformed payload)."""
-        if self._recorder is not None:
-            self._recorder.call(name, None, "invalid", error=reason)
-
-    def _record(self, name: str, arguments: Mapping[str, Any] | None, args: list[Any], kwargs: dict[str, Any],
-                status: Any, started: float, verdict: Any = None, **detail: Any) -> None:
-        if self._recorder is not None:
-            if arguments is None:  # not bound: summarise what the guest passed
-                arguments = {**{f"#{i}": a for i, a in enumerate(args)}, **kwargs}
-            duration = time.perf_counter() - started if started else 0.0
-            self._recorder.call(name, arguments, status, verdict=verdict, duration=duration, **detail)
-
-
-async def _in_context(context: contextvars.Context, awaitable: Any) -> Any:
-    """Await ``awaitable`` with the call's context variables (deadline, record detail) set."""
-    for var, value in context.items():
-        var.set(value)
-    return await awaitable
-
-
-def _cancelled_fault() -> CapabilityFault:
-    return CapabilityFault("Cancelled", "the run was cancelled by the host", terminate="cancelled")
 
 
 POST_RUN_GRACE = 0.25
@@ -313,13 +133,6 @@ def _stopped_outcome(outcome: Outcome, control: RunControl, limits: Limits) -> O
     else:
         return outcome
     return outcome.model_copy(update={"ok": False, "value": None, "error": error})
-
-
-def _deadline_fault(name: str) -> CapabilityFault:
-    return CapabilityFault(
-        "CapabilityError", f"{name}() was still running at the run's wall-clock deadline: abandoned",
-        terminate="limit_exceeded",
-    )
 
 
 class Sandbox:
@@ -750,7 +563,7 @@ class Sandbox:
         granted = self.capabilities
         if layer is not None:  # the overlay's capabilities, bound to this run's scratch layer
             granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in self.files.capabilities})}
-        bridge = _RunBridge(granted, loop, control, broker, state, recorder)
+        bridge = RunBridge(granted, loop, control, broker, state, recorder)
         sink, streamer = _output_sink(on_output, handle, redactor)
         job = Job(
             run_id=run_id,
