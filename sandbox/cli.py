@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from sandbox.errors import ConfigurationError
 from sandbox.limits import parse_size
 from sandbox.results import RunResult
 
@@ -190,7 +191,7 @@ def _limits(**values: Any) -> Any:
 
 def _sandbox_options(capability_specs: tuple[str, ...], files: tuple[str, ...], policy_path: str | None,
                      principal: str | None, records_path: str | None, signing_key: str | None) -> dict[str, Any]:
-    """`Sandbox` keyword arguments for the governance options; `ValueError` naming the option."""
+    """`Sandbox` keyword arguments for the governance options; `ConfigurationError` naming the option."""
     options: dict[str, Any] = {}
     if capability_specs:
         from sandbox.adapters.config import import_capabilities
@@ -207,17 +208,17 @@ def _sandbox_options(capability_specs: tuple[str, ...], files: tuple[str, ...], 
         elif all(sep for _, sep, _ in named):
             options["files"] = Overlay({name: directory for name, _, directory in named})
         else:
-            raise ValueError("--files: give one DIR, or NAME=DIR for every mount")
+            raise ConfigurationError("--files: give one DIR, or NAME=DIR for every mount")
     if policy_path is not None:
         from sandbox.policy import Policy
 
         if not capability_specs and not files:
-            raise ValueError("--policy decides capability calls, and this run grants none: add --capabilities or --files")
+            raise ConfigurationError("--policy decides capability calls, and this run grants none: add --capabilities or --files")
         options["policy"] = Policy.from_toml(policy_path)
     if principal is not None:
         options["principal"] = principal
     if signing_key is not None and records_path is None:
-        raise ValueError("--signing-key signs records: add --records FILE")
+        raise ConfigurationError("--signing-key signs records: add --records FILE")
     if records_path is not None:
         from sandbox.audit import JsonlSink
 

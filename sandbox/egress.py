@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from sandbox.call_time import call_timeout
 from sandbox.capabilities import Capability
+from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
 from sandbox.secrets import Redactor, SecretValue, canonical_host, host_matches, normalize_host_pattern
 
@@ -125,7 +126,7 @@ class Egress(BaseModel):
     def _patterns(cls, value: Any) -> Any:
         items = [value] if isinstance(value, str) else list(value)
         if not items:
-            raise ValueError("Egress(allow=[...]) needs at least one host pattern, e.g. ['api.github.com']")
+            raise ConfigurationError("Egress(allow=[...]) needs at least one host pattern, e.g. ['api.github.com']")
         return tuple(normalize_host_pattern(item) for item in items)
 
     @field_validator("methods", mode="before")
@@ -136,10 +137,10 @@ class Egress(BaseModel):
         for item in items:
             method = str(item).upper()
             if method not in _METHODS:
-                raise ValueError(f"method {item!r} is not supported: use {', '.join(sorted(_METHODS))}")
+                raise ConfigurationError(f"method {item!r} is not supported: use {', '.join(sorted(_METHODS))}")
             result.append(method)
         if not result:
-            raise ValueError("Egress(methods=[...]) needs at least one method")
+            raise ConfigurationError("Egress(methods=[...]) needs at least one method")
         return tuple(result)
 
     @field_validator("schemes", mode="before")
@@ -148,7 +149,7 @@ class Egress(BaseModel):
         items = [value] if isinstance(value, str) else list(value)
         result = tuple(str(item).lower() for item in items)
         if not result or any(item not in ("http", "https") for item in result):
-            raise ValueError("Egress(schemes=...) accepts 'https' and 'http'")
+            raise ConfigurationError("Egress(schemes=...) accepts 'https' and 'http'")
         return result
 
     @field_validator("allow_networks", mode="before")
@@ -160,7 +161,7 @@ class Egress(BaseModel):
             try:
                 result.append(str(ipaddress.ip_network(str(item), strict=False)))
             except ValueError:
-                raise ValueError(f"allow_networks entry {item!r} is not a CIDR network (e.g. '127.0.0.1/32')") from None
+                raise ConfigurationError(f"allow_networks entry {item!r} is not a CIDR network (e.g. '127.0.0.1/32')") from None
         return tuple(result)
 
 

@@ -13,10 +13,16 @@ would otherwise catch)::
     ├── Unavailable (RuntimeError)        something this host must provide is missing
     │   ├── IsolationUnavailable          a required isolation layer cannot be applied
     │   ├── GuestBuildError               the wasi guest cannot be built or loaded
+    │   │                                 (`sandbox.wasi_build.WasiBuildError` subclasses it)
     │   └── SecretUnavailable             a secret's source cannot be read at run start
     ├── SandboxClosed (RuntimeError)      the sandbox or session was closed
     └── OverlayConflict (ValueError)      `Sandbox.apply` refused: a host file changed since
                                           the run, or a path is not confined
+
+A bad field of a pydantic configuration model (`Limits`, `Secret`, `Egress`, `Constraint`, ...)
+raises `pydantic.ValidationError` (also a `ValueError`) naming the field; where a validator of
+ours refused the value, the `ConfigurationError` it raised is the error's ``ctx["error"]``.
+Host misuse of an API (a value of the wrong type) raises the builtin `TypeError`.
 
 `CapabilityFault` is not an error of the host: a capability raises it to make the guest's call
 fail with a chosen guest exception (``TypeError``, ``ValueError``, ``PolicyDenied``,

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from runtimes.wire import DEFAULT_VALUE_BYTES
+from sandbox.errors import ConfigurationError
 
 LimitName = Literal["cpu", "wall", "memory", "recursion", "size", "value"]
 """Names a limit in `ErrorInfo.limit` when a run hits it. Output over ``max_output_bytes`` is
@@ -26,22 +27,22 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 def parse_size(value: int | str) -> int:
     """Parse a byte count: an int, or a string such as ``"256M"``, ``"1.5GiB"``, ``"4096"``.
 
-    Suffixes are binary (K = 1024). Raises `ValueError` with the accepted forms when the text
+    Suffixes are binary (K = 1024). Raises `ConfigurationError` with the accepted forms when the text
     does not parse, and for values that are not positive.
     """
     if isinstance(value, bool):
-        raise ValueError("a size must be an int or a string like '256M', not a bool")
+        raise ConfigurationError("a size must be an int or a string like '256M', not a bool")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
         match = _SIZE.match(value)
         if match is None:
-            raise ValueError(f"cannot parse size {value!r}: use bytes or a suffix K, M, G, T (e.g. '256M')")
+            raise ConfigurationError(f"cannot parse size {value!r}: use bytes or a suffix K, M, G, T (e.g. '256M')")
         size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     else:
-        raise ValueError(f"a size must be an int or a string like '256M', not {type(value).__name__}")
+        raise ConfigurationError(f"a size must be an int or a string like '256M', not {type(value).__name__}")
     if size <= 0:
-        raise ValueError(f"a size must be positive, got {value!r}")
+        raise ConfigurationError(f"a size must be positive, got {value!r}")
     return size
 
 
@@ -85,5 +86,5 @@ class Limits(BaseModel):
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise ValueError("must be finite: every run needs a deadline")
+            raise ConfigurationError("must be finite: every run needs a deadline")
         return value

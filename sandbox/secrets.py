@@ -58,7 +58,7 @@ from pydantic_core import core_schema
 
 from runtimes.wire import SECRET_MARKER
 from sandbox.capabilities import CAPABILITY_NAME
-from sandbox.errors import SecretInTransit, SecretUnavailable
+from sandbox.errors import ConfigurationError, SecretInTransit, SecretUnavailable
 from sandbox.runtime import CapabilityFault, SecretHandleSpec
 from sandbox.tree import CONTAINERS, DESCEND, identity, map_tree
 
@@ -82,7 +82,7 @@ _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
 
 
 def normalize_host_pattern(pattern: str) -> str:
-    """Validate and normalise a destination pattern; raise `ValueError` saying what is accepted.
+    """Validate and normalise a destination pattern; raise `ConfigurationError` saying what is accepted.
 
     Accepted: ``"api.github.com"`` (that host only), ``"*.github.com"`` (any subdomain, not the
     apex), ``"*"`` (any host), an IP literal (``"127.0.0.1"``, ``"[::1]"``), each optionally
@@ -90,10 +90,10 @@ def normalize_host_pattern(pattern: str) -> str:
     without a trailing dot.
     """
     if not isinstance(pattern, str) or not pattern.strip():
-        raise ValueError(f"host pattern must be a non-empty string, got {pattern!r}")
+        raise ConfigurationError(f"host pattern must be a non-empty string, got {pattern!r}")
     text = pattern.strip().lower()
     if "/" in text or "@" in text or "?" in text or "#" in text:
-        raise ValueError(f"host pattern {pattern!r} must be a host (optionally ':port'), not a URL")
+        raise ConfigurationError(f"host pattern {pattern!r} must be a host (optionally ':port'), not a URL")
     host, port = _split_port(text, pattern)
     if host == "*":
         return text
@@ -101,7 +101,7 @@ def normalize_host_pattern(pattern: str) -> str:
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ValueError(f"host pattern {pattern!r}: {host} is not an IPv6 address") from None
+            raise ConfigurationError(f"host pattern {pattern!r}: {host} is not an IPv6 address") from None
         return f"{host}:{port}" if port is not None else host
     wildcard = host.startswith("*.")
     name = host[2:] if wildcard else host
@@ -111,11 +111,11 @@ def normalize_host_pattern(pattern: str) -> str:
     except ValueError:
         is_ip = False
     if is_ip and wildcard:
-        raise ValueError(f"host pattern {pattern!r}: a wildcard cannot apply to an IP address")
+        raise ConfigurationError(f"host pattern {pattern!r}: a wildcard cannot apply to an IP address")
     if not is_ip:
         name = _idna(name.rstrip("."), pattern)
         if "*" in name or not all(_LABEL.match(label) for label in name.split(".")):
-            raise ValueError(
+            raise ConfigurationError(
                 f"host pattern {pattern!r} is not valid: use 'host.example', '*.example' or '*', optionally with ':port'"
             )
     host = ("*." if wildcard else "") + name
@@ -126,21 +126,21 @@ def _split_port(text: str, original: str) -> tuple[str, int | None]:
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise ValueError(f"host pattern {original!r}: unbalanced '['")
+            raise ConfigurationError(f"host pattern {original!r}: unbalanced '['")
         host, rest = text[: end + 1], text[end + 1 :]
         if not rest:
             return host, None
         if not rest.startswith(":"):
-            raise ValueError(f"host pattern {original!r}: unexpected {rest!r} after the address")
+            raise ConfigurationError(f"host pattern {original!r}: unexpected {rest!r} after the address")
         port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     elif ":" in text:
-        raise ValueError(f"host pattern {original!r}: write IPv6 addresses in brackets, e.g. '[::1]'")
+        raise ConfigurationError(f"host pattern {original!r}: write IPv6 addresses in brackets, e.g. '[::1]'")
     else:
         return text, None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"host pattern {original!r}: port must be 1-65535")
+        raise ConfigurationError(f"host pattern {original!r}: port must be 1-65535")
     return host, int(port_text)
 
 
@@ -148,7 +148,7 @@ def _idna(name: str, original: str) -> str:
     try:
         return name.encode("idna").decode("ascii") if not name.isascii() else name
     except UnicodeError:
-        raise ValueError(f"host pattern {original!r} is not a valid hostname") from None
+        raise ConfigurationError(f"host pattern {original!r} is not a valid hostname") from None
 
 
 def canonical_host(host: str) -> str:
@@ -239,16 +239,16 @@ class Secret(BaseModel):
     def _one_source(self) -> Secret:
         given = [n for n in ("value", "env", "file", "provider") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError(
+            raise ConfigurationError(
                 "give exactly one source for a Secret: value=, env=, file= or provider= "
                 f"(got {', '.join(given) or 'none'})"
             )
         if not self.capabilities:
-            raise ValueError(
+            raise ConfigurationError(
                 "a Secret needs capabilities=[...]: the capabilities allowed to use it (e.g. ['http'])"
             )
         if self.value is not None and not self.value.get_secret_value():
-            raise ValueError("Secret(value=...) must not be empty")
+            raise ConfigurationError("Secret(value=...) must not be empty")
         return self
 
     @model_validator(mode="wrap")
@@ -268,7 +268,7 @@ class Secret(BaseModel):
         items = [value] if isinstance(value, str) else list(value)
         for item in items:
             if not isinstance(item, str) or not CAPABILITY_NAME.match(item):
-                raise ValueError(f"capability name {item!r} in a Secret scope is not valid (e.g. 'http' or 'sql.query')")
+                raise ConfigurationError(f"capability name {item!r} in a Secret scope is not valid (e.g. 'http' or 'sql.query')")
         return tuple(items)
 
     @field_validator("hosts", mode="before")
@@ -281,7 +281,7 @@ class Secret(BaseModel):
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
         if value is not None and (not value or "=" in value or "\0" in value):
-            raise ValueError(f"env must name an environment variable, got {value!r}")
+            raise ConfigurationError(f"env must name an environment variable, got {value!r}")
         return value
 
     def __getstate__(self) -> dict[str, Any]:
@@ -348,7 +348,7 @@ class Secret(BaseModel):
 
 
 def validate_secrets(secrets: Mapping[str, Secret] | None) -> dict[str, Secret]:
-    """Check a ``secrets=`` mapping at construction; raise `TypeError`/`ValueError` with the fix."""
+    """Check a ``secrets=`` mapping at construction; raise `TypeError`/`ConfigurationError` with the fix."""
     if secrets is None:
         return {}
     if not isinstance(secrets, Mapping):
@@ -356,7 +356,7 @@ def validate_secrets(secrets: Mapping[str, Secret] | None) -> dict[str, Secret]:
     result: dict[str, Secret] = {}
     for name, secret in secrets.items():
         if not isinstance(name, str) or not _SECRET_NAME.match(name) or keyword.iskeyword(name):
-            raise ValueError(
+            raise ConfigurationError(
                 f"secret name {name!r} must be an identifier (not a keyword) not starting with '_'; it becomes secrets.<name>"
             )
         if not isinstance(secret, Secret):

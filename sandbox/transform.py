@@ -23,11 +23,11 @@ JSON types, dates, times, ``Decimal``, ``UUID``, bytes, tuples, sets, numpy/pand
 or the path of a CSV
 file (``.csv``: header row, every value a str, a missing field None) or a JSON Lines file
 (``.jsonl``/``.ndjson``: one JSON object per line). Bad input is the host's mistake and raises
-`ValueError`/`TypeError` before anything runs.
+`ConfigurationError` (a `ValueError`)/`TypeError` before anything runs.
 
 Input-size limits (keyword arguments of `Sandbox.transform`): ``max_rows`` (default 100 000)
 and ``max_bytes`` (default 8 MiB, measured as compact JSON; a file is checked by its size
-before it is read). Over either: `ValueError`. The guest still runs under the sandbox's
+before it is read). Over either: `ConfigurationError`. The guest still runs under the sandbox's
 `Limits`: its memory limit must hold the rows as Python objects, in and out, about 15-20
 times ``max_bytes`` (measured: 100 000 small rows, 7 MiB of JSON, peak 142 MB in a confined
 child; they fit the default 256 MiB on every runtime). Raise ``memory_bytes`` with ``max_bytes``.
@@ -107,20 +107,20 @@ def load_rows(data: Any, *, max_rows: int = DEFAULT_MAX_ROWS, max_bytes: int = D
     """The input rows of a transform, checked against the limits (see the module docstring)."""
     for label, value in (("max_rows", max_rows), ("max_bytes", max_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+            raise ConfigurationError(f"{label} must be an int >= 1, got {value!r}")
     if isinstance(data, (str, os.PathLike)):
         return _read_file(Path(data), max_rows, max_bytes)
     if not isinstance(data, list):
         raise TypeError(f"data must be a list of dicts or a .csv/.jsonl path, not {type(data).__name__}")
     if len(data) > max_rows:
-        raise ValueError(f"the input has {len(data)} rows; the limit is max_rows={max_rows}")
+        raise ConfigurationError(f"the input has {len(data)} rows; the limit is max_rows={max_rows}")
     size = 2
     for index, row in enumerate(data):
         if not isinstance(row, dict):
             raise TypeError(f"row {index} is a {type(row).__name__}, not a dict")
         size += _measure(row, f"row {index}", 0) + 1
         if size > max_bytes:
-            raise ValueError(f"the input is larger than max_bytes={max_bytes} (as JSON) by row {index}")
+            raise ConfigurationError(f"the input is larger than max_bytes={max_bytes} (as JSON) by row {index}")
     return data
 
 
@@ -179,21 +179,21 @@ def validate_rows(
 def _read_file(path: Path, max_rows: int, max_bytes: int) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
-        raise ValueError(f"{str(path)!r}: read rows from a .csv, .jsonl or .ndjson file")
+        raise ConfigurationError(f"{str(path)!r}: read rows from a .csv, .jsonl or .ndjson file")
     if not path.is_file():
-        raise ValueError(f"{str(path)!r} is not an existing file")
+        raise ConfigurationError(f"{str(path)!r} is not an existing file")
     size = path.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{str(path)!r} is {size} bytes; the limit is max_bytes={max_bytes}")
+        raise ConfigurationError(f"{str(path)!r} is {size} bytes; the limit is max_bytes={max_bytes}")
     rows: list[dict] = []
     with open(path, newline="" if suffix == ".csv" else None, encoding="utf-8") as fh:
         if suffix == ".csv":
             for row in csv.DictReader(fh):
                 if None in row:
-                    raise ValueError(f"{str(path)!r}: row {len(rows)} has more fields than the header")
+                    raise ConfigurationError(f"{str(path)!r}: row {len(rows)} has more fields than the header")
                 rows.append(row)
                 if len(rows) > max_rows:
-                    raise ValueError(f"{str(path)!r} has more than max_rows={max_rows} rows")
+                    raise ConfigurationError(f"{str(path)!r} has more than max_rows={max_rows} rows")
         else:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -201,13 +201,13 @@ def _read_file(path: Path, max_rows: int, max_bytes: int) -> list[dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{str(path)!r} line {lineno}: not JSON: {exc.msg}") from None
+                    raise ConfigurationError(f"{str(path)!r} line {lineno}: not JSON: {exc.msg}") from None
                 if not isinstance(row, dict):
-                    raise ValueError(f"{str(path)!r} line {lineno}: a row must be a JSON object")
+                    raise ConfigurationError(f"{str(path)!r} line {lineno}: a row must be a JSON object")
                 _measure(row, f"line {lineno}", 0)  # NaN/Infinity are not JSON data
                 rows.append(row)
                 if len(rows) > max_rows:
-                    raise ValueError(f"{str(path)!r} has more than max_rows={max_rows} rows")
+                    raise ConfigurationError(f"{str(path)!r} has more than max_rows={max_rows} rows")
     return rows
 
 

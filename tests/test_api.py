@@ -136,6 +136,22 @@ def test_configuration_error_is_a_value_error():
     assert issubclass(ConfigurationError, ValueError)
 
 
+def test_configuration_errors_are_one_type_and_say_what_to_change():
+    from sandbox.egress import Egress
+    from sandbox.secrets import normalize_host_pattern
+
+    with pytest.raises(ConfigurationError, match=r"use bytes or a suffix K, M, G, T \(e.g. '256M'\)"):
+        parse_size("12 parsecs")
+    with pytest.raises(ConfigurationError, match="must be a host .*not a URL"):
+        normalize_host_pattern("https://api.github.com/")
+    with pytest.raises(ConfigurationError, match=r"max_rows=2"):
+        Sandbox().transform("rows", [{"a": 1}, {"a": 2}, {"a": 3}], max_rows=2)
+    # a pydantic config model reports the field; the cause is the same ConfigurationError
+    with pytest.raises(ValidationError, match="needs at least one host pattern") as info:
+        Egress(allow=[])
+    assert isinstance(info.value.errors()[0]["ctx"]["error"], ConfigurationError)
+
+
 def test_describe_renders_stub_and_tool_schemas():
     @capability
     def get_weather(city: str, units: str = "metric") -> dict:

@@ -85,7 +85,7 @@ class Constraint(BaseModel):
                 try:
                     Dialect.get_or_raise(self.dialect)
                 except ValueError:
-                    raise ValueError(f"dialect {self.dialect!r} is not a SQL dialect sqlglot knows") from None
+                    raise ConfigurationError(f"dialect {self.dialect!r} is not a SQL dialect sqlglot knows") from None
         return self
 
     @field_validator("prefix", "tables", mode="before")
@@ -99,7 +99,7 @@ class Constraint(BaseModel):
         if value is not None:
             for prefix in value:
                 if not prefix:
-                    raise ValueError("an empty prefix allows everything: name a directory such as '/data/'")
+                    raise ConfigurationError("an empty prefix allows everything: name a directory such as '/data/'")
         return value
 
     @field_validator("pattern")
@@ -109,7 +109,7 @@ class Constraint(BaseModel):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from None
+                raise ConfigurationError(f"pattern {value!r} is not a valid regular expression: {exc}") from None
         return value
 
     def violation(self, name: str, value: Any) -> str | None:
