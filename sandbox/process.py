@@ -17,6 +17,12 @@ a fresh interpreter started once per driver, never a fork of this multi-threaded
   64, FSIZE 0, CORE 0, NPROC 0 (soft == hard except CPU; the child is already unprivileged,
   so the guest can lower them but never raise them). The host cannot set them from outside
   with prlimit(2): that needs CAP_SYS_RESOURCE, which this VM's root lacks;
+- per run the child also arms ``setitimer(ITIMER_PROF)`` with ``cpu_seconds`` (+10 ms, so the
+  language layer's own check usually reports first): SIGPROF, whose default action the child
+  cannot change (seccomp denies ``rt_sigaction``), ends it within a scheduler tick of its
+  budget, where RLIMIT_CPU alone would step in whole seconds. A guest without its language
+  layer could re-arm that timer, so the host also reads the child's CPU clock once the budget
+  has passed on the wall clock, and kills it past ``cpu_seconds`` + 30 ms;
 - usage: CPU time and peak RSS (``ru_maxrss``, which includes the ~16 MiB the child
   inherits) come from the child's own ``getrusage`` when it reports, and from the zygote's
   ``wait4`` when it dies; a compromised child could misreport its own usage, not its limits;
@@ -70,6 +76,13 @@ _EXIT_TIMEOUT = 5.0
 _CHILD_DEADLINE_MARGIN = 0.02
 """The child's own wall check fires this much before the host's kill, so that a wall limit
 usually ends as a report (with the line number) rather than a kill."""
+_CPU_TIMER_MARGIN = 0.01
+"""The child's CPU timer fires this much past ``cpu_seconds``, so that the language layer's own
+CPU check (which reports the line) usually ends the run first; the timer ends what it misses."""
+_HOST_CPU_MARGIN = 0.03
+"""The host kills a child whose CPU clock reads this much past ``cpu_seconds`` (only reached
+when the child's own timer was disarmed by a guest without its language layer)."""
+_HOST_CPU_RECHECK = 0.005
 _KILLED_EXIT_TIMEOUT = 0.25
 """How long to wait for the usage of a child the host killed (the run's result does not wait for more)."""
 _ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -91,7 +104,7 @@ class _Child:
         self.ready: dict | None = None
         self.exited = threading.Event()
         self.exit_info: dict | None = None
-        self.kill_reason: str | None = None  # "wall", "protocol" or "ended" once the host killed it
+        self.kill_reason: str | None = None  # "wall", "cpu", "cancelled", "protocol" or "ended" once killed
         self.closed = False
         self.cpu_total = 0.0
         self.limits_plan: dict[int, tuple[int, int]] | None = None
@@ -126,6 +139,21 @@ class _Child:
             raise _FrameTooLarge(f"the worker sent a message over the wire caps: {exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ChannelClosed(f"child sent a malformed frame: {exc}") from None
+
+    def readable(self, deadline: float) -> bool:
+        """Wait until the channel has data (or was closed) or ``deadline``; True if it has."""
+        poller = select.poll()
+        poller.register(self.chan, select.POLLIN)
+        return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+    def cpu_clock(self) -> float | None:
+        """The child's CPU time (user + system) from its process CPU clock, read from outside;
+        None once it has exited (its pid may then name another process) or the clock is gone."""
+        try:
+            value = time.clock_gettime((~self.pid << 3) | 2)  # CPUCLOCK_SCHED of the process
+        except OSError:
+            return None
+        return value if self.alive() else None
 
     def send(self, message: dict, deadline: float | None = None) -> None:
         """Write ``message``; raises `OSError` (``TimeoutError``) if the child has not taken it
@@ -510,12 +538,32 @@ class ProcessDriver:
                         "rlimits": [[res, soft, hard] for res, (soft, hard) in plan.items()],
                         "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets],
+                        "cpu_timer": None if "rlimits" in self._disable else limits.cpu_seconds + _CPU_TIMER_MARGIN,
                         "deadline": deadline - _CHILD_DEADLINE_MARGIN})
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False
         max_frame = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
+        cpu_budget = limits.cpu_seconds + _HOST_CPU_MARGIN
+        # A single-threaded child cannot use more CPU than wall time: no need to read its
+        # clock before the budget has passed on the wall clock.
+        cpu_check = None if "rlimits" in self._disable else time.monotonic() + cpu_budget
+        cpu_start = child.cpu_clock() if cpu_check is not None else None  # not a session child's word
+        if cpu_start is None:
+            cpu_start = child.cpu_total
         while True:
+            if cpu_check is not None and cpu_check < deadline and not child.readable(cpu_check):
+                used = child.cpu_clock()
+                if used is None:
+                    cpu_check = None  # it exited: the next recv reports how
+                elif used - cpu_start >= cpu_budget:
+                    child.kill("cpu")
+                    child.wait_exit(_KILLED_EXIT_TIMEOUT)
+                    return self._with_usage(child, _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded"),
+                                            layers), False
+                else:
+                    cpu_check = time.monotonic() + max(_HOST_CPU_RECHECK, cpu_budget - (used - cpu_start))
+                continue
             try:
                 msg = child.recv(deadline, max_frame)
             except TimeoutError:
@@ -592,9 +640,12 @@ class ProcessDriver:
 
     def _death(self, child: _Child, job: Job, why: str, layers: tuple[str, ...] = ()) -> Outcome:
         """Map a child that ended without an outcome to a limit or an internal error."""
-        info = child.wait_exit(_KILLED_EXIT_TIMEOUT if child.kill_reason in ("wall", "cancelled") else _EXIT_TIMEOUT)
+        info = child.wait_exit(_KILLED_EXIT_TIMEOUT if child.kill_reason in ("wall", "cancelled", "cpu")
+                               else _EXIT_TIMEOUT)
         if child.kill_reason == "wall":
             return self._with_usage(child, _limit("wall", "wall-clock limit exceeded"), layers)
+        if child.kill_reason == "cpu":
+            return self._with_usage(child, _limit("cpu", f"CPU limit of {job.limits.cpu_seconds:g} s exceeded"), layers)
         if child.kill_reason == "cancelled":
             return self._with_usage(child, Outcome(ok=False, error=ErrorInfo(
                 kind="cancelled", type="Cancelled", message="the run was cancelled by the host")), layers)
@@ -605,7 +656,7 @@ class ProcessDriver:
         limits = job.limits
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.99):
+            if sig in (signal.SIGXCPU, signal.SIGPROF) or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.99):
                 result = _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
             elif sig == signal.SIGKILL and child.kill_reason == "protocol":
                 result = internal_error(f"the process worker was stopped by the host ({why})")

@@ -8,7 +8,8 @@ Lifecycle (all before any job arrives, so none of it is on a run's critical path
 3. drop to the sandbox uid (root hosts), load the seccomp allowlist;
 4. write ``ready`` and block reading the job.
 
-Per job: apply the rlimits the host planned (``job["rlimits"]``), run the code with the executor, answer capability calls through the host,
+Per job: apply the rlimits the host planned (``job["rlimits"]``), arm the CPU timer with the
+run's budget (``job["cpu_timer"]``: SIGPROF ends the child when it is spent), run the code with the executor, answer capability calls through the host,
 stream every piece of output to the host as an ``out`` frame as it is written (so it survives
 a kill), write ``done`` with the outcome (its output already sent) and this process's own rusage. A fresh-run child then exits;
 a session child keeps its `GuestState` and waits for the next job.
@@ -167,10 +168,12 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
             state = executor.GuestState()
         try:
             confine.apply_rlimits(job.get("rlimits") or [])
+            if job.get("cpu_timer"):
+                confine.arm_cpu_timer(float(job["cpu_timer"]))
         except (OSError, ValueError, TypeError) as exc:
             write_message(chan, {"t": "done", "cpu": 0.0, "cpu_total": _rusage()[0], "maxrss": 0,
                                  "outcome": wire.outcome(error=wire.error(
-                                     "internal", "InternalError", f"could not apply rlimits: {exc}"))})
+                                     "internal", "InternalError", f"could not apply the run's limits: {exc}"))})
             raise ChannelClosed("rlimits failed") from None
         cpu0, _ = _rusage()
         if job.get("raw"):
@@ -198,6 +201,8 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
             except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
                 result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
         pipe.flush()
+        if job.get("cpu_timer"):
+            confine.arm_cpu_timer(0)  # a session's next run arms its own budget
         cpu1, maxrss = _rusage()
         try:
             result["value"] = wire.encode(result.get("value"), lenient=True, max_bytes=_value_cap(job.get("limits")))

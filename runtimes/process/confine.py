@@ -14,6 +14,11 @@ Layers and who applies them (see `runtimes.process.zygote` and `runtimes.process
 - ``uid``      child: drops to a dedicated unprivileged uid/gid (root hosts only), so that
                RLIMIT_NPROC=0 holds (root is exempt from NPROC) and no capability remains.
 - ``seccomp``  child: an allowlist, default ``EPERM`` (see `build_seccomp_filter`).
+- ``cpu timer`` child, per run: ``setitimer(ITIMER_PROF)`` armed with the run's CPU budget
+               when the job arrives (`arm_cpu_timer`); SIGPROF's default action ends the child
+               within a scheduler tick of the budget. RLIMIT_CPU (whole seconds) stays as the
+               backstop, and the host also reads the child's CPU clock (a guest without its
+               language layer could disarm the timer; it cannot stop the host's clock read).
 - ``rlimits``  the child sets them on itself when the job arrives, from a plan the host
                computed (`sandbox.process.rlimit_plan`; the host reads the child's size from /proc/<pid>/statm).
                The child is already unprivileged by then and soft == hard for every limit but
@@ -29,6 +34,7 @@ import ctypes.util
 import errno
 import os
 import resource
+import signal
 import sys
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -239,6 +245,9 @@ ALLOWED_SYSCALLS = (
     "getgroups", "getrusage", "getrandom", "uname", "sysinfo", "sched_yield", "sched_getaffinity",
     "futex", "rt_sigreturn", "rt_sigprocmask", "sigaltstack", "restart_syscall", "rseq",
     "exit", "exit_group",
+    # the per-run CPU timer (`arm_cpu_timer`); SIGPROF keeps its default action (terminate)
+    # because rt_sigaction is denied, so re-arming it can only move the kill, never stop it
+    "setitimer",
 )
 """Syscalls the confined child may make (x86-64 names; names unknown to libseccomp on the
 running architecture are skipped). Everything else fails with EPERM."""
@@ -337,6 +346,24 @@ def load_bpf(program: bytes) -> None:
     set_no_new_privs()
     _check(_libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(PR_SET_SECCOMP)")
+
+
+def reset_cpu_signals() -> None:
+    """Give SIGPROF and SIGXCPU their default action (terminate) and unblock them.
+
+    Called in the zygote before any fork: a disposition of "ignore" or a blocked mask survives
+    ``execve`` from the host, and the children can no longer change either once seccomp
+    (which denies ``rt_sigaction``) is loaded.
+    """
+    for signum in (signal.SIGPROF, signal.SIGXCPU):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPROF, signal.SIGXCPU})
+
+
+def arm_cpu_timer(seconds: float) -> None:
+    """Send this process SIGPROF (default action: terminate) after ``seconds`` more CPU time
+    (user + system, all threads); ``0`` disarms. Raises `OSError` if the kernel refuses."""
+    signal.setitimer(signal.ITIMER_PROF, max(0.0, float(seconds)))
 
 
 def apply_rlimits(plan: list[list[int]]) -> None:

@@ -131,10 +131,13 @@ def main(argv: list[str] | None = None) -> None:
 
     sys.dont_write_bytecode = True
     ctrl = socket.socket(fileno=args.ctrl_fd)
+    from runtimes.process import confine
+
+    confine.reset_cpu_signals()
     layers: list[str] = []
     errors: dict[str, str] = {}
 
-    from runtimes.process import child, confine
+    from runtimes.process import child
 
     executor = _load_executor(tuple(args.module))
     for name in ALLOWED_MODULES:
