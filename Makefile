@@ -21,7 +21,7 @@ system-deps:
 	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
 guest: setup
-	$(PY) -m sandbox.wasi_build
+	$(PY) -m sandbox.wasi.build
 
 demo: guest
 	$(PY) examples/agent_demo.py

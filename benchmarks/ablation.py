@@ -48,9 +48,9 @@ NOT_SWITCHABLE: dict[str, dict[str, str]] = {
     "wasi": {
         "fuel": "fuel metering is compiled into the guest's machine code by the Engine configuration "
         "(consume_fuel); an epoch-only variant needs a second Engine, a second compile of the component "
-        "(30-90 s) and a second shared runtime with its own spare pool in sandbox/wasi.py",
+        "(30-90 s) and a second shared runtime with its own spare pool in sandbox/wasi/_engine.py",
         "memory-limit": "Store.set_limits is applied by the shared runtime to every Store, spares included; "
-        "a variant without it needs a per-driver runtime and spare pool in sandbox/wasi.py",
+        "a variant without it needs a per-driver runtime and spare pool in sandbox/wasi/_engine.py",
     },
 }
 BOOTSTRAP_ROUNDS = 1000

@@ -18,7 +18,7 @@ def cached_load() -> dict[str, Any]:
     """Seconds to make an Engine and deserialize the cached guest (warm page cache); builds first
     if the cache is empty, and says so. Never raises: failures are reported with the reason."""
     try:
-        from sandbox.wasi_build import cache_entry, load_component, make_engine
+        from sandbox.wasi.build import cache_entry, load_component, make_engine
     except Exception as exc:
         return {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
     was_cached = cache_entry().artifact.is_file()
@@ -33,7 +33,7 @@ def cached_load() -> dict[str, Any]:
 
 
 def first_use_build() -> dict[str, Any]:
-    """Seconds for `python -m sandbox.wasi_build` into an empty temporary cache directory (a new
+    """Seconds for `python -m sandbox.wasi.build` into an empty temporary cache directory (a new
     process: componentize-py, then Wasmtime compiling the component). Never raises."""
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="sandbox-bench-wasi-") as cache:
@@ -41,7 +41,7 @@ def first_use_build() -> dict[str, Any]:
                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         started = time.perf_counter()
         try:
-            done = subprocess.run([sys.executable, "-m", "sandbox.wasi_build", "--quiet"], cwd=str(root), env=env,
+            done = subprocess.run([sys.executable, "-m", "sandbox.wasi.build", "--quiet"], cwd=str(root), env=env,
                                   capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             return {"status": "failed", "reason": f"the build took longer than {BUILD_TIMEOUT:.0f} s"}
@@ -49,7 +49,7 @@ def first_use_build() -> dict[str, Any]:
     if done.returncode != 0:
         return {"status": "failed", "reason": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
     return {"status": "ok", "seconds": seconds,
-            "how": "python -m sandbox.wasi_build into an empty temporary SANDBOX_WASI_CACHE (new process)"}
+            "how": "python -m sandbox.wasi.build into an empty temporary SANDBOX_WASI_CACHE (new process)"}
 
 
 def measure(build: bool) -> dict[str, Any]:

@@ -310,7 +310,7 @@ def keygen(private_key: str, public_path: str | None, force: bool) -> None:
 def prepare(cache_dir: str | None, force: bool, print_path: bool, quiet: bool) -> None:
     """Build and cache the wasi guest ahead of time (for images and CI), so that no
     `Sandbox("wasi")` builds it on first use."""
-    from sandbox import wasi_build
+    from sandbox.wasi import build as wasi_build
 
     directory = Path(cache_dir) if cache_dir else None
     if print_path:

@@ -219,21 +219,21 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     import io
     import logging
 
-    from sandbox.wasi_build import BuildProgress
+    from sandbox.wasi.build import BuildProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     screen = Terminal()
-    with caplog.at_level(logging.INFO, logger="sandbox.wasi_build"):
+    with caplog.at_level(logging.INFO, logger="sandbox.wasi.build"):
         with BuildProgress(stream=screen) as progress:
             progress.step(1)
             progress.step(2)
     assert "building the wasi guest" in screen.getvalue() and "3/3" in screen.getvalue()
     assert caplog.records == []
     plain = io.StringIO()
-    with caplog.at_level(logging.INFO, logger="sandbox.wasi_build"):
+    with caplog.at_level(logging.INFO, logger="sandbox.wasi.build"):
         with BuildProgress(stream=plain) as progress:
             progress.step(1)
     assert plain.getvalue() == ""
@@ -244,7 +244,7 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
 
 AOPEN_SCRIPT = """
 import asyncio, sys, time
-import sandbox.wasi_build as wasi_build
+import sandbox.wasi.build as wasi_build
 from sandbox import Sandbox
 
 real = wasi_build.load_component
@@ -254,8 +254,6 @@ def slow_load(*args, **kwargs):  # a build on first use: seconds of blocking wor
     return real(*args, **kwargs)
 
 wasi_build.load_component = slow_load
-import sandbox.wasi as wasi_driver
-wasi_driver.load_component = slow_load
 
 async def main():
     ticks = []

@@ -69,7 +69,7 @@ def test_every_exported_name_resolves_to_the_object_of_its_module():
 
 
 def test_exception_hierarchy():
-    from sandbox.wasi_build import WasiBuildError
+    from sandbox.wasi.build import WasiBuildError
 
     for name in errors.__all__:
         exc = getattr(errors, name)

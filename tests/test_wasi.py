@@ -2,7 +2,7 @@
 
 Cache integrity, nothing ambient (files, environment, network), hard limits (fuel, epoch
 deadline, store memory limit, output cap), concurrency, unforgeable secret handles, sessions,
-and HumanEval. The guest is built once per cache (``python -m sandbox.wasi_build``; the first
+and HumanEval. The guest is built once per cache (``python -m sandbox.wasi.build``; the first
 test that needs it builds it otherwise, ~30 s).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from runtimes.wire import SECRET_MARKER, Fault
-from sandbox import wasi_build
+from sandbox.wasi import build as wasi_build
 from sandbox.limits import Limits
 from sandbox.runtime import Job, SecretHandleSpec
 

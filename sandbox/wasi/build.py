@@ -13,14 +13,14 @@ metadata file holding the SHA-256 of the artifact; an entry whose hash, key or h
 match is discarded and rebuilt, never loaded (deserialising trusts its input, so a corrupt file
 must not reach Wasmtime).
 
-``sandbox prepare`` (or ``python -m sandbox.wasi_build``) prebuilds the cache ahead of time, for
+``sandbox prepare`` (or ``python -m sandbox.wasi.build``) prebuilds the cache ahead of time, for
 images and CI (``make demo`` / ``make test`` call it); ``--force`` rebuilds, ``--print-path``
 prints where the artifact is. One cache directory can serve several workers and users: builds
 take an exclusive file lock in it (a second builder waits and then loads the first one's
 artifact), entries are written by atomic renames, and a reader needs only read access.
 
 A build on first use shows a progress bar when stderr is a terminal and ``rich`` is installed,
-and otherwise log lines (logger ``sandbox.wasi_build``: a warning when it starts, so it shows
+and otherwise log lines (logger ``sandbox.wasi.build``: a warning when it starts, so it shows
 without any logging configuration, and info when it is done).
 """
 
@@ -56,7 +56,7 @@ ENGINE_TAG = "fuel+epoch+v1"
 
 FIX_HINT = "pip install 'componentize-py==0.25.1' (a dependency of this package: reinstall it) and retry"
 
-log = logging.getLogger("sandbox.wasi_build")
+log = logging.getLogger("sandbox.wasi.build")
 
 
 class WasiBuildError(GuestBuildError):
@@ -184,7 +184,7 @@ def build_wasm(out: Path) -> None:
         except FileNotFoundError:
             raise WasiBuildError(f"componentize-py could not be started: {FIX_HINT}") from None
         except subprocess.TimeoutExpired:
-            raise WasiBuildError("componentize-py took more than 10 minutes to build the wasi guest; retry, or run `python -m sandbox.wasi_build` to see its output") from None
+            raise WasiBuildError("componentize-py took more than 10 minutes to build the wasi guest; retry, or run `python -m sandbox.wasi.build` to see its output") from None
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
             raise WasiBuildError(
@@ -363,7 +363,7 @@ def prepare(directory: Path | None = None, *, force: bool = False, quiet: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.wasi_build", description="Prebuild the wasi guest component cache.")
+    parser = argparse.ArgumentParser(prog="python -m sandbox.wasi.build", description="Prebuild the wasi guest component cache.")
     parser.add_argument("--force", action="store_true", help="rebuild even when a valid cache entry exists")
     parser.add_argument("--print-path", action="store_true", help="print the cached artifact's path and exit")
     parser.add_argument("--quiet", action="store_true")

@@ -1,0 +1,264 @@
+"""The process-wide Wasmtime state shared by every wasi driver: the Engine, the compiled guest,
+the Linker that defines the guest's imports, the epoch ticker and the spare instances.
+
+`get_runtime` makes it once (loading or building the guest, see `sandbox.wasi.build`).
+`Runtime.new_instance` gives a fresh Store and guest instance with the isolation settings every
+run relies on: no ambient WASI, the start-up fuel allowance, the Store memory limit, and the
+epoch-deadline callback (`on_epoch_deadline`) that ends a run at its wall deadline or on cancel.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import wasmtime
+from wasmtime import Store, WasiConfig
+from wasmtime.component import Component, Linker, ResourceType
+
+from sandbox.limits import Limits
+from sandbox.wasi import _ffi, _clock, build
+from sandbox.wasi._abi import WARM_OPTIONS, call_run, call_trampoline, output_trampoline
+from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
+from sandbox.wasi._trap import TrapHandlers
+
+STARTUP_FUEL = 200_000_000
+"""Allowance for instantiating the guest (its start-up); not charged to the user's budget."""
+
+SPARES = 2
+"""Pre-instantiated guest instances kept ready (fresh: only the guest's start-up has run in
+them). Instantiating the guest costs about 1 ms (mostly filling its function tables, which
+componentize-py's dynamic linking does in a start function), so a background thread does it
+ahead of time and also drops finished Stores. ``SANDBOX_WASI_SPARES=0`` turns this off."""
+
+SPARE_MIN_MEMORY = 32 << 20
+"""Runs whose memory limit is below this instantiate directly (the guest needs ~15 MiB to
+start, and Wasmtime checks that against the run's own limit)."""
+
+TICK_SECONDS = 0.005
+"""Epoch tick period; wall limits are accurate to about one tick."""
+
+_SPARE_LIMIT = Limits().memory_bytes
+"""Spares are made with the default memory limit; a run with another limit re-sets it
+(``Store.set_limits`` costs ~0.2 ms, so it is skipped when the limit is the same)."""
+
+
+def deadline_ticks(wall_seconds: float) -> int:
+    """Epoch ticks that cover ``wall_seconds``, plus one."""
+    return max(1, math.ceil(wall_seconds / TICK_SECONDS)) + 1
+
+
+@_ffi.epoch_callback
+def on_epoch_deadline(context, data, delta, kind):  # type: ignore[no-untyped-def]
+    """Wasmtime calls this on the thread running a Store when its epoch deadline passes.
+
+    During a run: trap when the job's deadline has passed or the run was cancelled (noting
+    which on the run state), else continue for one more tick. Outside a run (start-up,
+    warm-up): trap, as a plain epoch deadline would.
+    """
+    try:
+        state: RunState | None = getattr(tls, "state", None)
+        if state is not None and state.stop is None:
+            if state.job.control.cancelled:
+                state.stop = "cancelled"
+            elif time.monotonic() >= state.deadline:
+                state.stop = "wall"
+            else:
+                delta[0] = 1
+                kind[0] = _ffi.EPOCH_CONTINUE
+                return 0
+    except BaseException:  # noqa: BLE001 - never unwind into C; trapping is the safe answer
+        pass
+    return _ffi.trap("sandbox: interrupt (the run's deadline passed or it was cancelled)")
+
+
+class Ticker:
+    """Advances the engine epoch every `TICK_SECONDS` while at least one run is active."""
+
+    def __init__(self, engine: wasmtime.Engine, interval: float) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._cond = threading.Condition()
+        self._active = 0
+        self._thread: threading.Thread | None = None
+
+    def enter(self) -> None:
+        with self._cond:
+            self._active += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sandbox-wasi-epoch", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def exit(self) -> None:
+        with self._cond:
+            self._active -= 1
+
+    def _loop(self) -> None:
+        engine, interval = self._engine, self._interval
+        while True:
+            with self._cond:
+                while self._active == 0:
+                    if not self._cond.wait(timeout=30.0) and self._active == 0:
+                        self._thread = None  # idle for 30 s: stop; the next run restarts it
+                        return
+            time.sleep(interval)
+            engine.increment_epoch()
+
+
+@dataclass
+class Instance:
+    """A guest instance in its own Store, and what the driver tracks about it."""
+
+    store: Store
+    instance: Any
+    func: Any
+    startup_fuel: int
+    memory_limit: int
+    poisoned: bool = False
+
+
+
+class Spares:
+    """A background thread that keeps `SPARES` fresh instances ready and closes used Stores."""
+
+    def __init__(self, rt: "Runtime", target: int) -> None:
+        self._rt = rt
+        self._target = target
+        self._ready: collections.deque[Instance] = collections.deque()
+        self._garbage: collections.deque[Store] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def _wake(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="sandbox-wasi-spares", daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    def stop(self) -> None:
+        """Stop refilling (interpreter exit): no instantiation races with finalisation."""
+        with self._cond:
+            self._target = 0
+            self._ready.clear()
+            self._cond.notify()
+
+    def take(self) -> "Instance | None":
+        if self._target <= 0:
+            return None
+        with self._cond:
+            inst = self._ready.popleft() if self._ready else None
+            self._wake()
+        return inst
+
+    def discard(self, store: Store) -> None:
+        """Close ``store`` off the caller's critical path."""
+        if self._target <= 0:
+            store.close()
+            return
+        with self._cond:
+            self._garbage.append(store)
+            self._wake()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._target <= 0 and not self._garbage:
+                    self._thread = None
+                    return
+                while not self._garbage and len(self._ready) >= self._target:
+                    if not self._cond.wait(timeout=60.0) and not self._garbage and len(self._ready) >= self._target:
+                        self._thread = None
+                        return
+                store = self._garbage.popleft() if self._garbage else None
+            if store is not None:
+                store.close()
+                continue
+            try:
+                inst = self._rt.new_instance(_SPARE_LIMIT, warm=True)
+            except Exception:  # noqa: BLE001 - runs fall back to instantiating themselves
+                return
+            with self._cond:
+                self._ready.append(inst)
+
+
+class Runtime:
+    """Engine + compiled guest + Linker, shared by every driver in the process."""
+
+    def __init__(self) -> None:
+        self.engine = build.make_engine()
+        self.trap_handlers = TrapHandlers()
+        self.trap_handlers.capture()  # the Engine has just installed them
+        self.component: Component = build.load_component(self.engine)
+        self.linker = Linker(self.engine)
+        self.linker.add_wasip2()
+        clocks = [name for name in self.component.type.imports(self.engine) if name.startswith(_clock.MONOTONIC_CLOCK)]
+        self.linker.allow_shadowing = True  # replace WASI's monotonic clock (see `sandbox.wasi._clock`)
+        with self.linker.root() as root:
+            for name in clocks:
+                _clock.define(root, name)
+            with root.add_instance(INTERFACE) as host:
+                host.add_resource("secret", ResourceType.host(SECRET_TYPE), drop_secret)
+                _ffi.add_function(host, "call", call_trampoline)
+                _ffi.add_function(host, "output", output_trampoline)
+                host.add_func("sleep", host_sleep)
+        self.linker.allow_shadowing = False
+        index = self.component.get_export_index("run")
+        if index is None:
+            raise build.WasiBuildError("the cached wasi guest has no `run` export; rebuild it with `python -m sandbox.wasi.build --force`")
+        self.run_index = index
+        self.ticker = Ticker(self.engine, TICK_SECONDS)
+        self.spares = Spares(self, int(os.environ.get("SANDBOX_WASI_SPARES", SPARES)))
+
+    def new_instance(self, memory_limit: int, *, warm: bool = False) -> "Instance":
+        """A fresh Store and guest instance (start-up fuel allowance, no deadline pressure).
+
+        With ``warm``, the guest's runner then runs an empty program once (our code, no user
+        input, nothing kept: each run builds new globals and reseeds ``random``), so that the
+        pages the runner writes are already copied when the real run comes; that is most of a
+        fresh run's cost (copy-on-write faults on the pre-initialised heap), now paid off the
+        critical path. The fuel it burns is start-up fuel, not the user's.
+
+        Raises `WasmtimeError` when the guest cannot start (e.g. the memory limit is too low).
+        """
+        self.trap_handlers.ensure()
+        store = Store(self.engine)
+        _ffi.on_epoch_deadline(store, on_epoch_deadline)
+        store.set_limits(memory_size=memory_limit)
+        store.set_wasi(WasiConfig())  # nothing inherited, nothing preopened, no network
+        store.set_epoch_deadline(deadline_ticks(60.0))
+        store.set_fuel(STARTUP_FUEL)
+        try:
+            instance = self.linker.instantiate(store, self.component)
+        except BaseException:
+            store.close()
+            raise
+        func = instance.get_func(store, self.run_index)
+        if warm:
+            try:
+                call_run(store, func, "pass", WARM_OPTIONS, [])
+            except BaseException:
+                store.close()
+                raise
+        startup = STARTUP_FUEL - store.get_fuel()
+        return Instance(store, instance, func, startup, memory_limit)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = Runtime()
+                atexit.register(_runtime.spares.stop)
+    return _runtime
