@@ -372,6 +372,10 @@ def test_recursion_limit_is_sticky() -> None:
         "class N:\n    def __index__(self):\n        return 10**10\nbytes(N())",
         "class N:\n    def __index__(self):\n        return 10**10\n'a'.ljust(N())",
         "class N:\n    def __index__(self):\n        return 10**10\nl = [0]\nl *= N()", "list(map(str.center, ['a'], [10**10]))", "bytes.join(b'', [b'x' * 10**6] * 1000)",
+        # Whole-expression arithmetic: a non-number operand sends the whole expression through the guards.
+        "s = 'x'\nn = 10**9\ns * n + 1", "s = '%10000000000d'\nv = 1\n-(s % v * 2)", "s = 'ab'\nk = 10**8\ns *= k * 10",
+        "x = 7\nx ** 2 ** 40 + 1", "x = 3\nx <<= 10**10", "x = 3\ny = 10**10\n(x << y) + 1",
+        "def f(a, b):\n    return a * b % 7 + 1\nf([1], 10**9)",
     ],
 )
 def test_size_guards(code: str) -> None:
@@ -394,6 +398,23 @@ def test_abc_register_is_refused_for_shared_abcs_only() -> None:
     assert "register" in error("import collections.abc\nclass C:\n    pass\ncollections.abc.Sequence.register(C)")["message"]
     code = "from collections.abc import Sized\nclass Mine(Sized):\n    def __len__(self):\n        return 0\nclass C:\n    pass\nMine.register(C)\nisinstance(C(), Mine)"
     assert value(code) is True
+
+
+def test_number_arithmetic_fast_path_matches_python() -> None:
+    code = (
+        "a, b, f, t, s = 7, -3, 2.5, True, 'ab'\n"
+        "x = a * b % 5 - (a // b) ** 2 + ~a * 3 << 2\n"
+        "x *= a + 1\n"
+        "y = f * a % 4 + f ** 0.5 + a ** -1\n"
+        "z = [t * a % 3, s * a % 5 if False else s * 2, a * s, 3 % a * t]\n"
+        "d = {'k': 3}\nd['k'] *= a\n"
+        "[x, y, z, d['k']]"
+    )
+    a, b, f, t, s = 7, -3, 2.5, True, "ab"
+    x = a * b % 5 - (a // b) ** 2 + ~a * 3 << 2
+    x *= a + 1
+    y = f * a % 4 + f ** 0.5 + a ** -1
+    assert value(code) == [x, y, [t * a % 3, s * 2, a * s, 3 % a * t], 21]
 
 
 def test_size_guards_allow_ordinary_sizes() -> None:

@@ -8,7 +8,7 @@ item/attribute stores through ``_write_``, no ``except*``, no ``match``, no asyn
   top of every ``while`` body and ``_enter_()`` at the top of every function and lambda;
 * routes ``*``, ``**``, ``<<`` and ``%`` (and their augmented forms), f-string format specs,
   ``*args`` and the first argument of ``list(...)``/``bytes(...)``-style calls through size
-  guards;
+  guards; number arithmetic skips them after one inline type test per expression (below);
 * allows ``d[k] += 1`` and ``obj.x += 1`` (the container goes through ``_write_``);
 * allows ``eval``/``exec`` calls (the guest's ``eval``/``exec`` compile through this module);
 * allows guest classes to *define* the dunder methods in `guards.DUNDER_METHODS`, and compiles
@@ -18,11 +18,30 @@ item/attribute stores through ``_write_``, no ``except*``, no ``match``, no asyn
 * in ``exec`` mode, stores the value of a final expression statement in ``_result_``.
 
 Print is not rewritten: ``print`` is an ordinary name bound to the run's bounded output.
+
+**Arithmetic fast path.** An expression made only of names, number constants, unary ``+ - ~``
+and binary operators (``**`` and ``<<`` only by a constant small enough that `Budget.pow` and
+`Budget.lshift` would not check it) compiles to::
+
+    (<expression> if a.__class__ in _numbers_ and b.__class__ in _numbers_ ... else <guarded>)
+
+with one test per distinct name (``_numbers_`` is ``{int, float}``). When every name holds an
+int or a float, every intermediate value is a number, and number arithmetic is exactly what
+the guards let through unchecked (they refuse sequence repeats and ``%``-formats, and ints
+from ``**``/``<<`` by large amounts, which the fast path never contains); otherwise the
+``else`` branch runs the expression with every sized operator through its guard. Sound
+because no guest code runs between the test and the arithmetic: the fast branch evaluates
+only name loads (plain dict or fast-local reads; names starting with ``_`` cannot be bound by
+guest code) and operators on ints and floats, and reading ``__class__`` runs no guest code
+(guest classes cannot define ``__class__``, ``__getattribute__`` or ``__getattr__``).
+``x op= <such an expression>`` for a name ``x`` and a guarded operator compiles the same way to
+``x = (x op <expression>) if ... else _inplacevar_(...)``.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -57,6 +76,51 @@ def _clone(node: ast.expr) -> ast.expr:
     if isinstance(node, ast.Name):
         return ast.Name(node.id, ast.Load())
     return ast.Constant(node.value)
+
+
+_NUMBER_CONSTANTS = (int, float, complex)
+_PLAIN_OPS = (ast.Add, ast.Sub, ast.Div, ast.FloorDiv, ast.RShift, ast.BitAnd, ast.BitOr, ast.BitXor)
+"""Binary operators the transformer never guards."""
+_UNCHECKED_SHIFT = 64
+"""Largest constant exponent or shift `Budget.pow`/`Budget.lshift` pass without a size check."""
+
+
+def _arithmetic_names(node: ast.expr, names: list[str]) -> bool:
+    """True when ``node`` is number arithmetic (see the module docstring) over names and number
+    constants; appends the names it reads, in evaluation order, to ``names``."""
+    if isinstance(node, ast.Name):
+        names.append(node.id)
+        return isinstance(node.ctx, ast.Load)
+    if isinstance(node, ast.Constant):
+        return type(node.value) in _NUMBER_CONSTANTS
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, (ast.UAdd, ast.USub, ast.Invert)) and _arithmetic_names(node.operand, names)
+    if not isinstance(node, ast.BinOp):
+        return False
+    op = node.op
+    if isinstance(op, (ast.Pow, ast.LShift)):
+        right = node.right
+        if not isinstance(right, ast.Constant):
+            return False
+        small = type(right.value) is int and abs(right.value) <= _UNCHECKED_SHIFT
+        if not (small or (isinstance(op, ast.Pow) and type(right.value) is float)):
+            return False
+    elif not isinstance(op, (ast.Mult, ast.Mod, *_PLAIN_OPS)):
+        return False
+    return _arithmetic_names(node.left, names) and _arithmetic_names(node.right, names)
+
+
+def _has_sized_op(node: ast.expr) -> bool:
+    return any(isinstance(sub, ast.BinOp) and type(sub.op) in _SIZED_OPS for sub in ast.walk(node))
+
+
+def _numbers_test(names: list[str]) -> ast.expr:
+    """``a.__class__ in _numbers_ and ...`` over the distinct ``names``."""
+    tests: list[ast.expr] = [
+        ast.Compare(ast.Attribute(_name(name), "__class__", ast.Load()), [ast.In()], [_name("_numbers_")])
+        for name in dict.fromkeys(names)
+    ]
+    return tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
 
 
 def _is_small_number(node: ast.expr) -> bool:
@@ -183,6 +247,11 @@ class GuestTransformer(RestrictingNodeTransformer):
     # operators ---------------------------------------------------------------------------
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        names: list[str] = []
+        if _arithmetic_names(node, names) and names and _has_sized_op(node):
+            fast = ast.IfExp(_numbers_test(names), copy.deepcopy(node), self._guarded(node))
+            copy_locations(fast, node)
+            return fast
         node = self.node_contents_visit(node)
         guard = _SIZED_OPS.get(type(node.op))
         if guard is None:
@@ -208,9 +277,43 @@ class GuestTransformer(RestrictingNodeTransformer):
         copy_locations(new, node)
         return new
 
+    def _guarded(self, node: ast.expr) -> ast.expr:
+        """A copy of the number-arithmetic expression ``node`` (`_arithmetic_names`) with every
+        sized operator through its guard, no inline tests; names are checked as usual."""
+        if isinstance(node, ast.Name):
+            self.visit_Name(node)
+            return _clone(node)
+        if isinstance(node, ast.Constant):
+            return _clone(node)
+        if isinstance(node, ast.UnaryOp):
+            new: ast.expr = ast.UnaryOp(node.op, self._guarded(node.operand))
+        else:
+            assert isinstance(node, ast.BinOp)
+            left, right = self._guarded(node.left), self._guarded(node.right)
+            guard = _SIZED_OPS.get(type(node.op))
+            native = guard is None or (
+                _is_small_number(left) and (isinstance(node.op, ast.Mod)
+                                            or (_is_small_number(right) and isinstance(node.op, ast.Mult)))
+            )
+            new = ast.BinOp(left, node.op, right) if native else _call(guard, left, right)  # type: ignore[arg-type]
+        copy_locations(new, node)
+        return new
+
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | list[ast.AST]:
-        node = self.node_contents_visit(node)  # an Attribute/Subscript target now reads _write_(obj)
         op = _SIZED_AUG.get(type(node.op))
+        target = node.target
+        names = [target.id] if isinstance(target, ast.Name) else []
+        if op is not None and names and _arithmetic_names(ast.BinOp(_name(target.id), node.op, node.value), names):
+            self.check_name(target, target.id)
+            fast = ast.IfExp(
+                _numbers_test(names),
+                ast.BinOp(_name(target.id), node.op, copy.deepcopy(node.value)),
+                _call("_inplacevar_", ast.Constant(op), _name(target.id), self._guarded(node.value)),
+            )
+            new = ast.Assign(targets=[ast.Name(target.id, ast.Store())], value=fast)
+            copy_locations(new, node)
+            return new
+        node = self.node_contents_visit(node)  # an Attribute/Subscript target now reads _write_(obj)
         if op is None:
             return node
         target = node.target
