@@ -1,7 +1,8 @@
 """Driver for the in-process restricted runtime (RestrictedPython, cooperative limits).
 
-The guest runs in the host process, on a deep-stack worker thread while the calling thread
-waits (`runtimes.restricted.guest_thread`). Limits are enforced by checks the
+The guest runs in the host process, on the calling thread switched to a deep C stack (or on a
+deep-stack worker thread where the ``_deepstack`` extension is not built; see
+`runtimes.restricted.guest_stack`). Limits are enforced by checks the
 transformer inserts (ticks, size guards, recursion depth) and hold for Python-level code; a
 single long C-level operation cannot be interrupted. Use ``isolation="process"`` for hard limits.
 

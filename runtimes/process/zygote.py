@@ -95,10 +95,10 @@ def _no_watchdog_thread() -> None:
     overflow ends only that child.
     """
     from runtimes.restricted.budget import WATCHDOG
-    from runtimes.restricted.guest_thread import GUEST_THREADS
+    from runtimes.restricted.guest_stack import GUEST_STACK
 
     WATCHDOG.disable()
-    GUEST_THREADS.disable()
+    GUEST_STACK.disable()
 
 
 def _readonly_paths(executor: object) -> list[str]:

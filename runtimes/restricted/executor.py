@@ -22,7 +22,7 @@ from typing import Any
 
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
-from runtimes.restricted.guest_thread import GUEST_THREADS
+from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.restricted.guards import (
     GUEST_MODULE,
     CapabilityError,
@@ -174,9 +174,10 @@ def execute(
     ``call_host`` raised when it failed with something other than a `Fault` (e.g. a closed
     channel), after the run has been stopped.
 
-    The guest runs on a `guest_thread` worker whose C stack is sized to the memory limit (so C
-    recursion over deeply nested guest objects runs out of memory, not stack), in a copy of the
-    caller's context; the call blocks until the run is over.
+    The guest runs on a C stack sized to the memory limit (`guest_stack`: the calling thread
+    switched to a deep stack, or a worker thread), so C recursion over deeply nested guest objects
+    runs out of memory, not stack; it runs in a copy of the caller's context and the call returns
+    when the run is over.
     """
     guest_inputs = _check_inputs(inputs)
     if memory_cap is None:
@@ -190,7 +191,7 @@ def execute(
                            memory_cap, deadline, on_stop, on_output, on_tick)
 
     try:
-        return GUEST_THREADS.run(run, int(limits["memory_bytes"]))
+        return GUEST_STACK.run(run, int(limits["memory_bytes"]))
     except _HostFailure as failure:
         raise failure.original from None
 
