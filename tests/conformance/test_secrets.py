@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-import sandbox.secrets as secrets_module
+import sandbox.secrets._broker as secrets_module  # where SecretBroker looks up new_token
 from loopback import Listener
 from sandbox import capability
 from sandbox.egress import Egress
