@@ -1,57 +1,28 @@
-"""Network egress: the built-in ``http`` capability and its `Egress` policy.
-
-Guest code has no network of its own. A sandbox configured with ``egress=Egress(...)`` grants
-the guest ``http.request(method, url, ...)`` plus ``http.get`` / ``http.post`` when those
-methods are allowed. Every request, and every redirect hop, is checked on the host:
-
-1. scheme, method and host against `Egress` (``allow`` host patterns, ``methods``, ``schemes``);
-2. the host is resolved **at connect time, by our own network backend**, and every address it
-   resolves to must be public (not loopback, private, link-local/metadata, multicast, reserved,
-   CGNAT, or an IPv4 address hidden in IPv6), unless ``allow_private`` / ``allow_networks``
-   say otherwise; the socket is then opened to one of exactly those checked addresses, so a
-   DNS answer that changes between check and connect (rebinding) cannot bypass the check;
-3. secret handles given as ``auth=`` or as header values are injected only if the hop's host
-   matches the secret's ``hosts`` scope (a first request outside the scope is denied; on a
-   redirect outside it the secret headers are dropped). A handle anywhere else (URL, body,
-   params) fails validation: only ``str`` values are accepted there, so at most a handle's
-   description, which holds its name and never its value, can be sent.
-
-Responses are bounded by ``max_response_bytes`` (after decompression, counted while the body
-streams: at most one ``gzip`` or ``deflate`` content encoding is accepted, anything else is
-refused) and by ``timeout`` (the whole exchange, redirects included, and never longer than the
-run's remaining time). Text is decoded with the response's charset only when it is one of a
-fixed set (UTF-8/16/32, ASCII, Latin-1 and the common ISO-8859 and Windows code pages); any
-other charset is decoded as UTF-8 with replacement characters. ``GET`` and ``HEAD`` carry no
-body. Every call opens its own connections and closes them when it returns: nothing one call
-(or run) left on a connection can reach another. Proxy environment variables are ignored. Failures reach
-the guest as ``PolicyDenied`` (refused by policy, nothing was sent), ``ValueError`` (bad
-arguments) or ``CapabilityError`` (network failure, timeout, oversized response).
+"""`EgressClient`: the ``http`` capabilities of one sandbox. It checks every request and redirect
+hop against the `Egress` policy, injects secret handles only into hosts of their scope, bounds
+the response, and keeps injected values out of httpcore's debug logs.
 """
 
 from __future__ import annotations
 
 import base64
+import httpcore
+import httpx
 import inspect
-import ipaddress
 import logging
-import socket
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-import httpcore
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
-
 from sandbox.call_time import call_timeout
 from sandbox.capabilities import Capability
-from sandbox.errors import ConfigurationError
+from sandbox.egress._policy import Egress
+from sandbox.egress._transport import BodyStream, PinnedBackend, Refused, system_resolve
 from sandbox.runtime import CapabilityFault
-from sandbox.secrets import Redactor, SecretValue, canonical_host, host_matches, normalize_host_pattern
+from sandbox.secrets import Redactor, SecretValue, canonical_host, host_matches
 
-__all__ = ["Egress", "EgressClient", "address_refusal"]
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _FORBIDDEN_HEADERS = frozenset(
@@ -69,7 +40,8 @@ _FORBIDDEN_HEADERS = frozenset(
         "accept-encoding",
     }
 )
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 _BODILESS = frozenset({"GET", "HEAD"})
 _CHARSETS = {  # the charsets a response may choose, by normalised label, and the codec used
     **{label: "utf-8" for label in ("utf-8", "utf8", "unicode-1-1-utf-8")},
@@ -83,239 +55,6 @@ _CHARSETS = {  # the charsets a response may choose, by normalised label, and th
     **{label: label for label in ("utf-16", "utf-16le", "utf-16be", "utf-32", "utf-32le", "utf-32be")},
 }
 _ENCODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
-_METADATA = (
-    ipaddress.ip_network("169.254.0.0/16"),  # link-local, cloud metadata 169.254.169.254
-    ipaddress.ip_network("fe80::/10"),
-    ipaddress.ip_network("fd00:ec2::254/128"),  # AWS IPv6 metadata
-    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba metadata
-)
-
-
-class Egress(BaseModel):
-    """What the built-in ``http`` capability may reach.
-
-    Args:
-        allow: host patterns the guest may request (``"api.github.com"``, ``"*.example.com"``,
-            ``"127.0.0.1:8080"``; ``"*"`` allows any host, addresses are still checked).
-        methods: HTTP methods allowed (default ``GET`` only).
-        schemes: URL schemes allowed (default ``https`` only; add ``"http"`` explicitly).
-        max_response_bytes: ceiling on a response body after decompression (default 1 MiB).
-        max_request_bytes: ceiling on a request body (default 1 MiB).
-        timeout: seconds for one call, redirects included (default 10).
-        max_redirects: redirect hops followed, each re-checked (default 5; 0 returns the 3xx).
-        allow_private: also allow loopback, private (RFC 1918, ULA), CGNAT and reserved
-            addresses. Link-local and cloud metadata addresses stay refused.
-        allow_networks: CIDR networks allowed whatever their kind, e.g. ``["127.0.0.1/32"]``
-            for a local test server, or ``["169.254.169.254/32"]`` if you really mean it.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    allow: tuple[str, ...]
-    methods: tuple[str, ...] = ("GET",)
-    schemes: tuple[str, ...] = ("https",)
-    max_response_bytes: PositiveInt = 1 << 20
-    max_request_bytes: PositiveInt = 1 << 20
-    timeout: PositiveFloat = 10.0
-    max_redirects: int = Field(default=5, ge=0, le=20)
-    allow_private: bool = False
-    allow_networks: tuple[str, ...] = ()
-
-    @field_validator("allow", mode="before")
-    @classmethod
-    def _patterns(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else list(value)
-        if not items:
-            raise ConfigurationError("Egress(allow=[...]) needs at least one host pattern, e.g. ['api.github.com']")
-        return tuple(normalize_host_pattern(item) for item in items)
-
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _methods(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else list(value)
-        result = []
-        for item in items:
-            method = str(item).upper()
-            if method not in _METHODS:
-                raise ConfigurationError(f"method {item!r} is not supported: use {', '.join(sorted(_METHODS))}")
-            result.append(method)
-        if not result:
-            raise ConfigurationError("Egress(methods=[...]) needs at least one method")
-        return tuple(result)
-
-    @field_validator("schemes", mode="before")
-    @classmethod
-    def _schemes(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else list(value)
-        result = tuple(str(item).lower() for item in items)
-        if not result or any(item not in ("http", "https") for item in result):
-            raise ConfigurationError("Egress(schemes=...) accepts 'https' and 'http'")
-        return result
-
-    @field_validator("allow_networks", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else list(value)
-        result = []
-        for item in items:
-            try:
-                result.append(str(ipaddress.ip_network(str(item), strict=False)))
-            except ValueError:
-                raise ConfigurationError(f"allow_networks entry {item!r} is not a CIDR network (e.g. '127.0.0.1/32')") from None
-        return tuple(result)
-
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip in ipaddress.ip_network("::/96") and int(ip) > 1:  # deprecated IPv4-compatible
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def address_refusal(address: str, egress: Egress) -> str | None:
-    """Why ``address`` is refused under ``egress`` (a short reason), or None when it is allowed."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return "not an IP address"
-    for network in egress.allow_networks:
-        if ip in ipaddress.ip_network(network):
-            return None
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = _embedded_ipv4(ip)
-        if inner is not None:
-            candidates.insert(0, inner)  # judge by the IPv4 address it really reaches
-            for network in egress.allow_networks:
-                if inner in ipaddress.ip_network(network):
-                    return None
-    for candidate in candidates:
-        if any(candidate in network for network in _METADATA if network.version == candidate.version):
-            return "link-local / cloud metadata address"
-        if candidate.is_multicast:
-            return "multicast address"
-        if candidate.is_unspecified:
-            return "unspecified address"
-        if candidate.is_loopback:
-            kind = "loopback address"
-        elif not candidate.is_global or candidate.is_private or candidate.is_reserved:
-            kind = "private or reserved address"
-        else:
-            continue
-        if not egress.allow_private:
-            return kind
-    return None
-
-
-class _Refused(Exception):
-    """Raised inside the network backend when no address of a host may be connected to."""
-
-
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Resolves, checks every address, and connects to a checked address: no second lookup."""
-
-    def __init__(self, egress: Egress, resolve: Callable[[str, int], list[str]], deadline: float) -> None:
-        self._egress = egress
-        self._resolve = resolve
-        self._deadline = deadline
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            addresses = self._resolve(host, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
-        if not addresses:
-            raise httpcore.ConnectError(f"cannot resolve {host}")
-        for address in addresses:
-            reason = address_refusal(address, self._egress)
-            if reason is not None:
-                raise _Refused(f"{host} resolves to {address}, a {reason}")
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                left = self._deadline - time.monotonic()
-                if left <= 0:
-                    raise httpcore.ConnectTimeout("the call's deadline passed")
-                timeout = left if timeout is None else min(timeout, left)
-                stream = self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
-                return _DeadlineStream(stream, self._deadline)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
-        raise _Refused("unix sockets are not reachable through http")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-
-def system_resolve(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (IPv4 and IPv6), in resolver order, deduplicated."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    seen: list[str] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        address = str(sockaddr[0])
-        if address not in seen:
-            seen.append(address)
-    return seen
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose every read and write waits at most until the call's deadline."""
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def _left(self, timeout: float | None) -> float:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise httpcore.ReadTimeout("the call's deadline passed")
-        return left if timeout is None else min(timeout, left)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._left(timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._left(timeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, self._left(timeout)), self._deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _BodyStream(httpx.SyncByteStream):
-    def __init__(self, response: httpcore.Response) -> None:
-        self._response = response
-
-    def __iter__(self) -> Any:
-        yield from self._response.stream  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        self._response.close()
 
 
 def _deny(message: str) -> CapabilityFault:
@@ -516,7 +255,7 @@ class EgressClient:
             ssl_context=self._ssl,
             max_connections=1,
             max_keepalive_connections=1,  # redirect hops of this one call may share it; closed after the call
-            network_backend=_PinnedBackend(self.egress, self._resolve, deadline),
+            network_backend=PinnedBackend(self.egress, self._resolve, deadline),
         )
 
     def _timed_out(self) -> CapabilityFault:
@@ -539,13 +278,13 @@ class EgressClient:
         )
         try:
             raw = pool.handle_request(core)
-        except _Refused as exc:
+        except Refused as exc:
             raise _deny(f"http: {exc} (rule: private, loopback and metadata addresses are refused)") from None
         except httpcore.TimeoutException:
             raise self._timed_out() from None
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
             raise CapabilityFault("CapabilityError", f"http: {type(exc).__name__}: {exc}") from None
-        response = httpx.Response(status_code=raw.status, headers=raw.headers, stream=_BodyStream(raw), request=request)
+        response = httpx.Response(status_code=raw.status, headers=raw.headers, stream=BodyStream(raw), request=request)
         return response
 
     def _read(self, response: httpx.Response, deadline: float) -> dict[str, Any]:
