@@ -193,7 +193,7 @@ def test_table_not_on_the_list(db):
 
 def test_sqlite_authorizer_guards_without_the_parse_check(tmp_path):
     """Reads of a table off the list are refused by the authorizer itself (no sqlglot involved)."""
-    from sandbox.sql import _Database
+    from sandbox.sql._database import Database as _Database
 
     db = _make_sqlite(tmp_path / "shop.db")
     database = _Database(db, engine=None, tables=["orders"], max_rows=10, max_result_bytes=1 << 20,

@@ -23,7 +23,8 @@ import psutil
 import pytest
 
 from sandbox import Limits, Sandbox
-from sandbox.sql import _Database, sql_capability
+from sandbox.sql import sql_capability
+from sandbox.sql._database import Database as _Database
 
 duckdb = pytest.importorskip("duckdb")
 
@@ -142,7 +143,7 @@ def test_workers_die_with_their_host(tmp_path):
     db = _make_sqlite(tmp_path / "shop.db")
     script = textwrap.dedent(f"""
         import threading, time
-        from sandbox.sql import _Database
+        from sandbox.sql._database import Database as _Database
         db = _Database({str(db)!r}, engine=None, tables=None, max_rows=10, max_result_bytes=1 << 20,
                        timeout_seconds=600, immutable=True)
         slow = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
