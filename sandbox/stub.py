@@ -63,14 +63,12 @@ _RESERVED = frozenset({"Any", "Literal", "NotRequired", "TypedDict", "SecretHand
 
 
 def guest_modules(extra: Iterable[str] = ()) -> tuple[str, ...]:
-    """The modules guest code may import: the allowlist of the runtimes
-    (`runtimes.restricted.modules.ALLOWED_MODULES`) plus ``extra``, the optional modules a
-    Sandbox adds (``modules=``). Private names are left out: C code imports ``_strptime`` on
-    the guest's behalf, guest code cannot name it."""
-    from runtimes.restricted.modules import ALLOWED_MODULES
+    """The modules guest code may import, the same on every runtime (`runtimes.guest.importable`):
+    the allowlist plus ``extra``, the optional modules a Sandbox adds (``modules=``). Private
+    names are left out: C code imports ``_strptime`` on the guest's behalf, guest code cannot name it."""
+    from runtimes.guest import importable
 
-    names = dict.fromkeys([*ALLOWED_MODULES, *extra])
-    return tuple(name for name in names if not any(part.startswith("_") for part in name.split(".")))
+    return importable(extra)
 
 
 def render_api(capabilities: Mapping[str, Capability], secret_names: Iterable[str] = ()) -> str:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from runtimes import wire
+from runtimes.guest import LIMIT_MESSAGES, MEMORY
 from runtimes.process import confine
 from runtimes.process.framing import ChannelClosed, read_message, write_message
 
@@ -65,8 +66,7 @@ def _raw_execute(code: str, *, inputs: dict | None = None, limits: dict | None =
         with contextlib.redirect_stdout(out):
             exec(compile(code, "<raw>", "exec"), g)
     except MemoryError:
-        return wire.outcome(stdout=out.getvalue(),
-                            error=wire.error("limit_exceeded", "memory", "MemoryError", limit="memory"))
+        return wire.outcome(stdout=out.getvalue(), error=_memory_error())
     except BaseException as exc:  # noqa: BLE001 - report everything, including SystemExit
         return wire.outcome(stdout=out.getvalue(), error=wire.error("guest_exception", type(exc).__name__, str(exc)))
     try:
@@ -74,6 +74,10 @@ def _raw_execute(code: str, *, inputs: dict | None = None, limits: dict | None =
     except wire.ValueTooLarge as exc:
         return wire.outcome(stdout=out.getvalue(), error=wire.value_error(exc))
     return wire.outcome(value=value, stdout=out.getvalue())
+
+
+def _memory_error() -> dict:
+    return wire.error("limit_exceeded", MEMORY, LIMIT_MESSAGES[MEMORY], limit=MEMORY)
 
 
 def _value_cap(limits: dict | None) -> int:
@@ -194,8 +198,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                     on_output=send_output, on_tick=pipe.flush)
                 result["stdout"] = ""  # streamed already
             except MemoryError:
-                result = wire.outcome(error=wire.error("limit_exceeded", "memory", "memory limit exceeded",
-                                                       limit="memory"))
+                result = wire.outcome(error=_memory_error())
             except ChannelClosed:
                 raise
             except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces

@@ -23,32 +23,28 @@ from typing import Any
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
 from runtimes.restricted.guest_stack import GUEST_STACK
-from runtimes.restricted.guards import (
-    GUEST_MODULE,
+from runtimes.guest import (
+    CPU,
+    LIMIT_MESSAGES,
     CapabilityError,
-    Guards,
     Namespace,
+    OutputCap,
     PolicyDenied,
     SecretHandle,
-    base_builtins,
-    getitem,
-    plain_function,
-    sized_builtins,
+    capability_globals,
+    error_kind,
+    fault_type,
+    guest_lineno,
+    limit_of,
 )
+from runtimes.restricted.guards import GUEST_MODULE, Guards, base_builtins, getitem, plain_function, sized_builtins
 from runtimes.restricted.modules import MODULES
-from runtimes.restricted.transformer import GUEST_FILENAME, RESULT_NAME, STRING_FILENAME, compile_guest
+from runtimes.restricted.transformer import RESULT_NAME, STRING_FILENAME, compile_guest
 from runtimes.wire import DEFAULT_VALUE_BYTES, Fault, ValueTooLarge, WireError, error, outcome, plain, value_error
 
 _BASE_BUILTINS = base_builtins()
 _NUMBER_TYPES = frozenset({int, float})
 """Operand types for which the transformer's inline fast path skips the size guards."""
-_GUEST_ERRORS: dict[str, type[Exception]] = {
-    "TypeError": TypeError,
-    "ValueError": ValueError,
-    "PolicyDenied": PolicyDenied,
-    "CapabilityError": CapabilityError,
-}
-
 
 _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
@@ -81,36 +77,25 @@ class GuestState:
         self.stale_handles: dict[int, tuple[SecretHandle, str]] = {}
 
 
-class Output:
-    """stdout of one run: kept up to ``cap`` bytes (UTF-8), the rest dropped and flagged.
+class Output(OutputCap):
+    """stdout of one run: kept up to ``cap`` bytes (UTF-8, `OutputCap`), the rest dropped and flagged.
 
     ``sink``, when given, also receives each kept piece as it is written (streaming).
     """
 
-    __slots__ = ("parts", "size", "cap", "truncated", "sink")
+    __slots__ = ("parts", "sink")
 
     def __init__(self, cap: int, sink: Callable[[str], None] | None = None) -> None:
+        super().__init__(cap)
         self.parts: list[str] = []
-        self.size = 0
-        self.cap = cap
-        self.truncated = False
         self.sink = sink
 
     def write(self, text: str) -> int:
-        if self.truncated:
-            return len(text)
-        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-        if self.size + size <= self.cap:
-            kept = text
-            self.size += size
-        else:
-            room = self.cap - self.size
-            kept = text.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
-            self.size = self.cap
-            self.truncated = True
-        self.parts.append(kept)
-        if self.sink is not None and kept:
-            self.sink(kept)
+        kept = self.keep(text)
+        if kept:
+            self.parts.append(kept)
+            if self.sink is not None:
+                self.sink(kept)
         return len(text)
 
     def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
@@ -361,10 +346,10 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value
             return _stop_error(budget.stop), None
         return value_error(exc), None
     except (LimitExceeded, Terminated) as exc:
-        return _stop_error(budget.stop or exc, _guest_lineno(exc)), None
+        return _stop_error(budget.stop or exc, guest_lineno(exc)), None
     except BaseException as exc:
         if budget.stop is not None:
-            return _stop_error(budget.stop, _guest_lineno(exc)), None
+            return _stop_error(budget.stop, guest_lineno(exc)), None
         return _exception_error(exc, budget), None
     if budget.stop is not None:  # the guest caught the stop and finished anyway
         return _stop_error(budget.stop), None
@@ -382,32 +367,17 @@ def _stop_error(stop: BaseException, lineno: int | None = None) -> dict:
 def _exception_error(exc: BaseException, budget: Budget) -> dict:
     if isinstance(exc, (KeyboardInterrupt, SystemExit)) and type(exc).__module__ == "builtins":
         raise exc
-    lineno = _guest_lineno(exc)
-    name = type(exc).__name__
-    if isinstance(exc, RecursionError):
-        return error("limit_exceeded", "recursion", "maximum recursion depth exceeded", lineno=lineno, limit="recursion")
-    if isinstance(exc, MemoryError):
-        return error("limit_exceeded", "memory", "out of memory", lineno=lineno, limit="memory")
+    lineno = guest_lineno(exc)
+    limit = limit_of(exc)
+    if limit is not None:
+        return error("limit_exceeded", limit, LIMIT_MESSAGES[limit], lineno=lineno, limit=limit)
     try:
         message = str(exc)
     except (LimitExceeded, Terminated):
-        return _stop_error(budget.stop) if budget.stop else error("limit_exceeded", "cpu", "limit", limit="cpu")
-    except BaseException:
-        message = f"<{name} with an unprintable message>"
-    kind = "policy_denied" if isinstance(exc, PolicyDenied) else "guest_exception"
-    return error(kind, name, message, lineno=lineno)
-
-
-def _guest_lineno(exc: BaseException) -> int | None:
-    lineno = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == GUEST_FILENAME:
-            lineno = tb.tb_lineno
-        tb = tb.tb_next
-    if lineno is None and isinstance(exc, SyntaxError) and exc.filename in (GUEST_FILENAME, STRING_FILENAME):
-        lineno = exc.lineno
-    return lineno
+        return _stop_error(budget.stop) if budget.stop else error("limit_exceeded", CPU, "limit", limit=CPU)
+    except BaseException:  # noqa: BLE001 - a guest __str__ may raise anything
+        message = f"<{type(exc).__name__} with an unprintable message>"
+    return error(error_kind(exc), type(exc).__name__, message, lineno=lineno)
 
 
 # --- the guest's namespace -------------------------------------------------------------------
@@ -480,21 +450,8 @@ def _install(
         entry = tokens.get(id(obj)) or stale.get(id(obj))
         return entry[1] if entry is not None and entry[0] is obj else None
 
-    tree: dict[str, Any] = {}
-    for name in capabilities:
-        *path, leaf = name.split(".")
-        node = tree
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = _capability(name, call_host, budget, handle_token, run_over, value_cap)
-    for key, value in tree.items():
-        guest_globals[key] = _namespace(key, value)
-
-
-def _namespace(label: str, value: Any) -> Any:
-    if isinstance(value, dict):
-        return Namespace(label, {key: _namespace(f"{label}.{key}", item) for key, item in value.items()})
-    return value
+    guest_globals.update(capability_globals(
+        capabilities, lambda name: _capability(name, call_host, budget, handle_token, run_over, value_cap)))
 
 
 def _capability(
@@ -531,7 +488,7 @@ def _capability(
         try:
             result = call_host(name, wire_args, wire_kwargs)
         except Fault as fault:
-            exc_type = _GUEST_ERRORS.get(fault.guest_type, CapabilityError)
+            exc_type = fault_type(fault.guest_type)
             if fault.terminate:
                 budget.trip(Terminated(fault.terminate, fault.guest_type, fault.message))
             raise exc_type(fault.message) from None

@@ -10,7 +10,7 @@ Guarantees (with the transformer, which refuses ``_names`` and ``._attributes`` 
 * ``str.format``/``format_map`` are replaced by a formatter whose fields go through the same
   guards (the ``'{0.__class__}'.format(x)`` advisory) and whose widths are size-checked.
 * Only the guest's own containers and objects are written to (`Guards.write`).
-* `SecretHandle` carries no token: the executor maps handle identity to token on the host side.
+* `runtimes.guest.SecretHandle` carries no token: the executor maps handle identity to token on the host side.
 * An ``AttributeError`` from a guard carries in ``.obj`` at most the object the guest passed
   in, never a hidden one (refusals carry none; proxies do not delegate lookups).
 """
@@ -29,6 +29,7 @@ from typing import Any
 
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
+from runtimes.guest import CapabilityError, PolicyDenied
 from runtimes.restricted.budget import running_budget
 
 GUEST_MODULE = "__guest__"
@@ -53,14 +54,6 @@ DUNDER_ANY = frozenset({"__name__", "__qualname__", "__doc__", "__module__", "__
 _FORBIDDEN_ATTRS = frozenset(INSPECT_ATTRIBUTES) | {"f_locals", "f_trace", "tb_frame", "gi_frame", "mro_entries"}
 _FORMAT_NAMES = frozenset({"format", "format_map"})
 _ModuleType = types.ModuleType
-
-
-class PolicyDenied(PermissionError):
-    """The host's policy refused a capability call."""
-
-
-class CapabilityError(Exception):
-    """A capability failed on the host."""
 
 
 def _refused(name: str, obj: Any) -> AttributeError:
@@ -494,62 +487,6 @@ def _sized_text_method(budget: Any, obj: Any, name: str, method: Any) -> Any:
         budget.check_text(f"{type(obj).__name__}.{name}", width)
         return method(width, *args)
     return widen
-
-
-# --- handles and namespaces -----------------------------------------------------------------
-
-
-class SecretHandle:
-    """An opaque secret handle: shows its name and description, holds no token.
-
-    Immutable; the token lives on the host side of the executor, keyed by this object's
-    identity, so copies or look-alikes resolve to nothing.
-    """
-
-    __slots__ = ("name", "description")
-
-    def __init__(self, name: str, description: str) -> None:
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "description", description)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("secret handles are read-only")
-
-    def __reduce__(self) -> Any:
-        raise TypeError("secret handles cannot be copied or pickled")
-
-    def __repr__(self) -> str:
-        return self.description or f"<secret {self.name}>"
-
-    __str__ = __repr__
-
-
-class Namespace:
-    """A read-only bag of guest-visible attributes (``secrets``, ``sql`` for ``sql.query``)."""
-
-    def __init__(self, label: str, members: Mapping[str, Any]) -> None:
-        object.__setattr__(self, "_label", label)
-        for key, value in members.items():
-            object.__setattr__(self, key, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{self._label} is read-only")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{self._label} is read-only")
-
-    def __repr__(self) -> str:
-        names = ", ".join(sorted(k for k in vars(self) if not k.startswith("_")))
-        return f"<{self._label}: {names}>"
-
-    def __copy__(self) -> Namespace:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> Namespace:
-        return self
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError(f"{self._label} cannot be pickled")
 
 
 # --- builtins -------------------------------------------------------------------------------

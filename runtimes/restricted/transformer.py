@@ -47,11 +47,10 @@ from dataclasses import dataclass
 
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
+from runtimes.guest import GUEST_FILENAME, STRING_FILENAME
 from runtimes.restricted.guards import DUNDER_ANY, DUNDER_METHODS
 
 RESULT_NAME = "_result_"
-GUEST_FILENAME = "<guest>"
-STRING_FILENAME = "<guest-string>"
 
 _SIZED_OPS = {ast.Mult: "_mul_", ast.Pow: "_pow_", ast.LShift: "_lshift_", ast.Mod: "_mod_"}
 _SIZED_AUG = {ast.Mult: "*=", ast.Pow: "**=", ast.LShift: "<<=", ast.Mod: "%="}

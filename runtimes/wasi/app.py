@@ -85,57 +85,29 @@ import xml.etree.ElementTree
 import wit_world
 from wit_world.imports import host
 
+import guest
 import wire
+from guest import (
+    GUEST_FILENAME,
+    LIMIT_MESSAGES,
+    CapabilityError,
+    Namespace,
+    OutputCap,
+    PolicyDenied,
+    SecretHandle,
+    capability_globals,
+    error_kind,
+    fault_type,
+    guest_lineno,
+    limit_of,
+    message_of,
+)
 
 # --- guest-visible names ------------------------------------------------------------------
 
-_FILENAME = "<guest>"
-
-
-class PolicyDenied(PermissionError):
-    """A capability call was refused by the host's policy."""
-
-
-class CapabilityError(Exception):
-    """A capability call failed on the host side."""
-
-
-_FAULT_TYPES = {
-    "TypeError": TypeError,
-    "ValueError": ValueError,
-    "PolicyDenied": PolicyDenied,
-    "CapabilityError": CapabilityError,
-}
-
-
-class SecretHandle:
-    """``secrets.<name>``: an opaque handle to a host-held secret. It has no value here."""
-
-    __slots__ = ("_resource", "_name", "_description")
-
-    def __init__(self, resource: host.Secret, name: str, description: str) -> None:
-        self._resource = resource
-        self._name = name
-        self._description = description
-
-    def __repr__(self) -> str:
-        return self._description or f"<secret {self._name}>"
-
-    __str__ = __repr__
-
-    def __reduce__(self):
-        raise TypeError("a secret handle cannot be copied or pickled")
-
-
-class _Namespace:
-    """``secrets`` and dotted capability prefixes (``sql`` in ``sql.query``)."""
-
-    def __init__(self, label: str) -> None:
-        self.__dict__["_label"] = label
-
-    def __repr__(self) -> str:
-        names = ", ".join(sorted(k for k in self.__dict__ if not k.startswith("_")))
-        return f"<{self._label}: {names}>"
+_resources: dict = {}
+"""id(`SecretHandle`) -> (handle, its ``host.Secret`` resource): the handle holds no resource
+itself. Kept across a session's runs (a handle kept in its globals still names its secret)."""
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -176,7 +148,7 @@ def _loads(text: str):
 
 def _make_capability(name: str):
     loads, dumps, dumps_plain, encode, call, plain = _loads, wire.dumps, _dumps_plain, wire.encode, host.call, _PLAIN
-    state = _run_state
+    state, resources = _run_state, _resources
 
     def capability(*args, **kwargs):
         if _current_output is not None:
@@ -201,11 +173,12 @@ def _make_capability(name: str):
         if holders is not None:
 
             def handle_token(obj):
-                if type(obj) is SecretHandle:
+                entry = resources.get(id(obj))
+                if entry is not None and entry[0] is obj:
                     for i, held in enumerate(holders):
-                        if held is obj:
+                        if held is entry:
                             return i
-                    holders.append(obj)
+                    holders.append(entry)
                     return len(holders) - 1
                 return None
 
@@ -216,13 +189,13 @@ def _make_capability(name: str):
                 raise _ValueLimit(str(exc)) from None
             except wire.WireError as exc:
                 raise TypeError(f"{name}(): {exc}") from None
-            ok, text, returned = call(name, payload, [h._resource for h in holders])
-            for holder, resource in zip(holders, returned):
-                holder._resource = resource
+            ok, text, returned = call(name, payload, [entry[1] for entry in holders])
+            for entry, resource in zip(holders, returned):
+                resources[id(entry[0])] = (entry[0], resource)
         if ok:
             return loads(text)
         fault = loads(text)
-        raise _FAULT_TYPES.get(fault.get("type"), CapabilityError)(fault.get("message", ""))
+        raise fault_type(fault.get("type"))(fault.get("message", ""))
 
     short = name.rsplit(".", 1)[-1]
     capability.__name__ = short
@@ -308,8 +281,9 @@ class _Output(io.TextIOBase):
         self._state.flush()
 
 
-class _OutputState:
-    """The run's output on its way to the host, bounded by the cap (the host applies it again).
+class _OutputState(OutputCap):
+    """The run's output on its way to the host, bounded by the cap in UTF-8 bytes (`OutputCap`;
+    the host applies it again).
 
     Every write that ends a line goes to the host at once (with what was pending), so output
     written before the guest stalls or is stopped is on the host already; a piece without a
@@ -320,21 +294,14 @@ class _OutputState:
     PENDING_MAX = 4096
 
     def __init__(self, cap: int) -> None:
-        self.room = cap
-        self.truncated = False
+        super().__init__(cap)
         self._pending: list = []
         self._size = 0
 
     def write(self, stderr: bool, text: str) -> None:
-        room = self.room
-        if room <= 0:
-            if text:
-                self.truncated = True
+        text = self.keep(text)
+        if not text:
             return
-        if len(text) > room:  # chars, not bytes: the host trims to the exact byte cap
-            text = text[:room]
-            self.truncated = True
-        self.room = room - len(text)
         self._pending.append((stderr, text))
         self._size += len(text)
         if text.endswith("\n") or self._size >= self.PENDING_MAX:
@@ -361,30 +328,14 @@ _current_output: _OutputState | None = None
 # --- running code -------------------------------------------------------------------------
 
 
-def _guest_lineno(tb) -> int | None:
-    lineno = None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == _FILENAME:
-            lineno = tb.tb_lineno
-        tb = tb.tb_next
-    return lineno
-
-
-def _message(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except BaseException:
-        return f"<unprintable {type(exc).__name__}>"
-
-
 def _compile(code: str):
     """Compile ``code``; return (body, last_expression) code objects."""
-    tree = ast.parse(code, _FILENAME, "exec")
+    tree = ast.parse(code, GUEST_FILENAME, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         expr = ast.Expression(tree.body.pop().value)
-        last = compile(expr, _FILENAME, "eval")
-    body = compile(tree, _FILENAME, "exec") if tree.body else None
+        last = compile(expr, GUEST_FILENAME, "eval")
+    body = compile(tree, GUEST_FILENAME, "exec") if tree.body else None
     return body, last
 
 
@@ -398,27 +349,12 @@ def _fresh_globals() -> dict:
 def _install(g: dict, options: dict, secrets: list) -> None:
     g["PolicyDenied"] = PolicyDenied
     g["CapabilityError"] = CapabilityError
-    for name in options.get("capabilities", ()):
-        parts = name.split(".")
-        target = g
-        for i, part in enumerate(parts[:-1]):
-            ns = target.get(part) if isinstance(target, dict) else getattr(target, part, None)
-            if not isinstance(ns, _Namespace):
-                ns = _Namespace(".".join(parts[: i + 1]))
-                if isinstance(target, dict):
-                    target[part] = ns
-                else:
-                    setattr(target, part, ns)
-            target = ns
-        func = _make_capability(name)
-        if isinstance(target, dict):
-            target[parts[-1]] = func
-        else:
-            setattr(target, parts[-1], func)
-    ns = _Namespace("secrets")
+    g.update(capability_globals(options.get("capabilities", ()), _make_capability))
+    handles = {}
     for (name, description), resource in zip(options.get("secrets", ()), secrets):
-        setattr(ns, name, SecretHandle(resource, name, description))
-    g["secrets"] = ns
+        handle = handles[name] = SecretHandle(name, description)
+        _resources[id(handle)] = (handle, resource)
+    g["secrets"] = Namespace("secrets", handles)
     for key, value in (options.get("inputs") or {}).items():
         g[key] = value  # decoded from the wire by `wire.loads`
 
@@ -438,6 +374,7 @@ def _run(code: str, options: dict, secrets: list) -> dict:
         g = _session_globals
     else:
         g = _fresh_globals()
+        _resources.clear()
         # the snapshot froze one PRNG state for every instance: draw fresh entropy (WASI random)
         random.seed()
     _install(g, options, secrets)
@@ -450,7 +387,7 @@ def _run(code: str, options: dict, secrets: list) -> dict:
         try:
             body, last = _compile(code)
         except SyntaxError as exc:
-            error = wire.error("compile_error", type(exc).__name__, exc.msg or _message(exc), lineno=exc.lineno)
+            error = wire.error("compile_error", type(exc).__name__, exc.msg or message_of(exc), lineno=exc.lineno)
         except (MemoryError, RecursionError) as exc:
             error = _limit_error(exc, None)
         else:
@@ -465,15 +402,10 @@ def _run(code: str, options: dict, secrets: list) -> dict:
                 error = wire.value_error(exc)
             except (MemoryError, RecursionError) as exc:
                 value = None
-                error = _limit_error(exc, _guest_lineno(exc.__traceback__))
+                error = _limit_error(exc, guest_lineno(exc))
             except BaseException as exc:  # SystemExit, KeyboardInterrupt too: all are guest errors
                 value = None
-                error = wire.error(
-                    "policy_denied" if isinstance(exc, PolicyDenied) else "guest_exception",
-                    type(exc).__name__,
-                    _message(exc),
-                    lineno=_guest_lineno(exc.__traceback__),
-                )
+                error = wire.error(error_kind(exc), type(exc).__name__, message_of(exc), lineno=guest_lineno(exc))
                 exc.__traceback__ = None
     finally:
         sys.stdout, sys.stderr = saved
@@ -492,9 +424,8 @@ def _depth() -> int:
 
 
 def _limit_error(exc: BaseException, lineno: int | None) -> dict:
-    if isinstance(exc, MemoryError):
-        return wire.error("limit_exceeded", "memory", _message(exc) or "out of memory", lineno=lineno, limit="memory")
-    return wire.error("limit_exceeded", "recursion", _message(exc) or "maximum recursion depth exceeded", lineno=lineno, limit="recursion")
+    limit = limit_of(exc)
+    return wire.error("limit_exceeded", limit, LIMIT_MESSAGES[limit], lineno=lineno, limit=limit)
 
 
 # Built now, so that reporting an exhausted memory needs no allocation: a run that fills the
@@ -518,7 +449,7 @@ class WitWorld(wit_world.WitWorld):
         except BaseException as exc:
             try:
                 return json.dumps(
-                    wire.outcome(error=wire.error("internal", type(exc).__name__, f"guest runner failed: {_message(exc)}"))
+                    wire.outcome(error=wire.error("internal", type(exc).__name__, f"guest runner failed: {message_of(exc)}"))
                 )
             except MemoryError:
                 limit = MemoryError

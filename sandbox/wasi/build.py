@@ -83,7 +83,9 @@ def guest_dir() -> Path:
 
 def _guest_sources() -> list[tuple[str, Path]]:
     root = guest_dir()
-    files = [("app.py", root / "app.py"), ("wire.py", Path(str(resources.files("runtimes").joinpath("wire.py"))))]
+    shared = resources.files("runtimes")
+    files = [("app.py", root / "app.py")]
+    files += [(name, Path(str(shared.joinpath(name)))) for name in ("wire.py", "guest.py")]
     files += [(f"wit/{p.name}", p) for p in sorted((root / "wit").glob("*.wit"))]
     return files
 
