@@ -20,9 +20,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from runtimes.restricted import alloc_cap
-from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
-from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.guest import (
     CPU,
     LIMIT_MESSAGES,
@@ -37,6 +34,9 @@ from runtimes.guest import (
     guest_lineno,
     limit_of,
 )
+from runtimes.restricted import alloc_cap
+from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
+from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.restricted.guards import GUEST_MODULE, Guards, base_builtins, getitem, plain_function, sized_builtins
 from runtimes.restricted.modules import MODULES
 from runtimes.restricted.transformer import RESULT_NAME, STRING_FILENAME, compile_guest

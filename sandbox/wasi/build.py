@@ -1,7 +1,7 @@
 """Build, cache and load the wasi guest component.
 
-The guest (``runtimes/wasi/app.py`` plus ``runtimes/wire.py``, against the WIT world in
-``runtimes/wasi/wit/``) is turned into a WebAssembly component by componentize-py (about 10 s)
+The guest (``runtimes/wasi/app.py`` plus ``runtimes/wire.py`` and ``runtimes/guest.py``, against
+the WIT world in ``runtimes/wasi/wit/``) is turned into a WebAssembly component by componentize-py (about 10 s)
 and compiled to native code by Wasmtime (about 10 s more). Both are slow, so the compiled
 artifact is cached on disk with ``Component.serialize()`` and loaded with
 ``Component.deserialize_file`` (a few ms).
