@@ -16,9 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from runtimes.wire import DEFAULT_VALUE_BYTES
 from sandbox.errors import ConfigurationError
 
-LimitName = Literal["cpu", "wall", "memory", "recursion", "size", "value"]
-"""Names a limit in `ErrorInfo.limit` when a run hits it. Output over ``max_output_bytes`` is
-not an error (the output is cut and `RunResult.output_truncated` is set)."""
+LimitName = Literal["cpu", "wall", "memory", "recursion", "value"]
+"""Names a limit in `ErrorInfo.limit` when a run hits it: the guest's vocabulary
+(`runtimes.guest.LIMIT_NAMES`, which every runtime reports from), spelled out for type
+checkers. Output over ``max_output_bytes`` is not an error (the output is cut and
+`RunResult.output_truncated` is set)."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

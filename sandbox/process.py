@@ -61,6 +61,7 @@ from runtimes.process.framing import MAX_FRAME, ChannelClosed, decode, encode
 from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes import wire
 from runtimes.wire import Fault
+from sandbox.limits import LimitName
 from sandbox.errors import IsolationUnavailable
 from sandbox.results import ErrorInfo
 from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, StreamedOutput, internal_error, limit_error, record_refusal
@@ -791,7 +792,7 @@ def rlimit_plan(*, vm_bytes: int, data_bytes: int, cpu_used: float, memory_bytes
     return plan
 
 
-def _limit(limit: str, message: str) -> Outcome:
+def _limit(limit: LimitName, message: str) -> Outcome:
     return Outcome(ok=False, error=limit_error(limit, message))
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from runtimes.wire import Fault
-from sandbox.limits import Limits
+from sandbox.limits import LimitName, Limits
 from sandbox.results import ErrorInfo
 
 KNOWN_LAYERS = frozenset({
@@ -230,9 +230,9 @@ class StreamedOutput:
             "output_truncated": self.truncated or outcome.output_truncated})
 
 
-def limit_error(limit: str, message: str) -> ErrorInfo:
+def limit_error(limit: LimitName, message: str) -> ErrorInfo:
     """The error of a run that hit ``limit``; ``type`` is the limit's name, as in every runtime."""
-    return ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit)  # type: ignore[arg-type]
+    return ErrorInfo(kind="limit_exceeded", type=limit, message=message, limit=limit)
 
 
 def internal_error(message: str) -> Outcome:

@@ -96,7 +96,7 @@ def measured() -> dict[str, dict]:
 def test_memory_case_stops_within_the_limit(measured, name):
     row = measured[name]
     assert not row["ok"], row
-    assert row["error"]["kind"] == "limit_exceeded" and row["error"]["limit"] in ("memory", "size"), row["error"]
+    assert row["error"]["kind"] == "limit_exceeded" and row["error"]["limit"] == "memory", row["error"]
     assert row["growth"] < MEMORY + SLACK, f"{name}: host RSS grew by {row['growth'] >> 20} MiB"
     assert "alloc-cap" in row["layers"]
     assert row["after"] == 499500  # the host still runs guests afterwards

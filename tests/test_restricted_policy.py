@@ -381,7 +381,7 @@ def test_recursion_limit_is_sticky() -> None:
 def test_size_guards(code: str) -> None:
     start = time.monotonic()
     err = error(code)
-    assert err["kind"] == "limit_exceeded" and err["limit"] == "size", err
+    assert err["kind"] == "limit_exceeded" and err["limit"] == "memory", err
     assert time.monotonic() - start < 2.0
 
 
@@ -591,4 +591,4 @@ def test_guest_deque_and_endless_itertools_behave() -> None:
         " type(d) is collections.deque]"
     )
     assert value(code) == [[9, 4], [5, 6, 7], [1, 1, 1], [(0, "a"), (1, "b"), (2, "a")], [3], True, "deque([9, 4], maxlen=2)", True]
-    assert error("import itertools\nlist(itertools.count())")["limit"] == "size"
+    assert error("import itertools\nlist(itertools.count())")["limit"] == "memory"

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain, count, cycle, islice, repeat
 from typing import Any
 
+from runtimes.guest import CPU, MEMORY, RECURSION, WALL
 from runtimes.restricted import alloc_cap
 
 _LOOP_CHUNK = 1000
@@ -92,7 +93,7 @@ def running_budget() -> Budget:
     after its run ended, e.g. a generator finalised later)."""
     budget = active_budget()
     if budget is None:
-        raise LimitExceeded("cpu", "guest code ran after its run ended")
+        raise LimitExceeded(CPU, "guest code ran after its run ended")
     return budget
 
 
@@ -239,7 +240,7 @@ class Budget:
 
     def trip_memory(self) -> LimitExceeded:
         """Stop the run on the memory limit (the allocator cap refused an allocation)."""
-        return self.trip_limit("memory", f"memory limit of {_human(self.memory_bytes)} exceeded")
+        return self.trip_limit(MEMORY, f"memory limit of {_human(self.memory_bytes)} exceeded")
 
     def reraise(self) -> BaseException:
         """A fresh copy of the stop exception (the guest may have kept the first one)."""
@@ -248,7 +249,7 @@ class Budget:
             return LimitExceeded(stop.limit, stop.message)
         if isinstance(stop, Terminated):
             return Terminated(stop.kind, stop.type, stop.message)
-        return LimitExceeded("cpu", "run stopped")
+        return LimitExceeded(CPU, "run stopped")
 
     def check(self) -> None:
         """Raise if the run is stopped or over its CPU or wall time. Cheap: reads clocks rarely."""
@@ -272,13 +273,13 @@ class Budget:
         if self.cap is not None and self.cap.tripped:
             raise self.trip_memory()
         if time.monotonic() > self.wall_deadline:
-            raise self.trip_limit("wall", f"wall time limit of {self.wall_limit:g} s exceeded")
+            raise self.trip_limit(WALL, f"wall time limit of {self.wall_limit:g} s exceeded")
         self._cpu_countdown -= 1
         if self._cpu_countdown > 0:
             return
         self._cpu_countdown = _CPU_EVERY
         if time.thread_time() - self.cpu_start > self.cpu_limit:
-            raise self.trip_limit("cpu", f"CPU time limit of {self.cpu_limit:g} s exceeded")
+            raise self.trip_limit(CPU, f"CPU time limit of {self.cpu_limit:g} s exceeded")
 
     def check_depth(self) -> None:
         """Raise `LimitExceeded` recursion when the guest stack is deeper than the cap."""
@@ -289,7 +290,7 @@ class Budget:
             sys._getframe(self._base_depth + self.max_recursion_depth + 2)
         except ValueError:
             return
-        raise self.trip_limit("recursion", f"maximum recursion depth of {self.max_recursion_depth} exceeded")
+        raise self.trip_limit(RECURSION, f"maximum recursion depth of {self.max_recursion_depth} exceeded")
 
     def _depth_below_guest(self) -> int:
         frame = sys._getframe(1)
@@ -315,14 +316,14 @@ class Budget:
         if self.cap is not None and self.cap.tripped:
             self.trip_memory()
         elif now > self.wall_deadline:
-            self.trip(LimitExceeded("wall", f"wall time limit of {self.wall_limit:g} s exceeded"))
+            self.trip(LimitExceeded(WALL, f"wall time limit of {self.wall_limit:g} s exceeded"))
         elif self.clock_id is not None:
             try:
                 used = time.clock_gettime(self.clock_id) - self.cpu_start
             except OSError:
                 return
             if used > self.cpu_limit:
-                self.trip(LimitExceeded("cpu", f"CPU time limit of {self.cpu_limit:g} s exceeded"))
+                self.trip(LimitExceeded(CPU, f"CPU time limit of {self.cpu_limit:g} s exceeded"))
 
     # --- loops ------------------------------------------------------------------------------
 
@@ -373,7 +374,7 @@ class Budget:
         while pending:
             item, depth = pending.pop()
             if depth > _MAX_NESTING:
-                raise self.trip_limit("size", f"iterators nested more than {_MAX_NESTING} deep")
+                raise self.trip_limit(RECURSION, f"iterators nested more than {_MAX_NESTING} deep")
             try:
                 reduced = item.__reduce__()
             except Exception:  # noqa: BLE001 - an iterator that cannot say what it wraps wraps nothing we walk
@@ -404,7 +405,7 @@ class Budget:
 
     def refuse_size(self, what: str, size: float) -> LimitExceeded:
         return self.trip_limit(
-            "size", f"{what} would need about {_human(size)}, over the memory limit of {_human(self.size_cap)}"
+            MEMORY, f"{what} would need about {_human(size)}, over the memory limit of {_human(self.size_cap)}"
         )
 
     def check_count(self, what: str, items: float, item_bytes: float = _ITEM_BYTES) -> None:

@@ -27,6 +27,7 @@ from runtimes.guest import (
     Namespace,
     OutputCap,
     PolicyDenied,
+    VALUE,
     SecretHandle,
     capability_globals,
     error_kind,
@@ -478,7 +479,7 @@ def _capability(
             wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=handle_token, max_bytes=value_cap,
                                            check=budget.check_time)
         except ValueTooLarge as exc:
-            raise budget.trip_limit("value", f"{name}() arguments: {exc}") from None
+            raise budget.trip_limit(VALUE, f"{name}() arguments: {exc}") from None
         except WireError as exc:
             raise TypeError(f"{name}(): {exc}") from None
         budget.check()

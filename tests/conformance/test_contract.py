@@ -263,15 +263,13 @@ def test_memory_limit(make_sandbox):
     sb = make_sandbox(limits=Limits(memory_bytes=64 << 20))
     result = sb.run("x = bytearray(10**9)\nlen(x)")
     assert not result.ok
-    assert result.error.type == "MemoryError" or (
-        result.error.kind == "limit_exceeded" and result.error.limit in ("memory", "size")
-    )
+    assert (result.error.kind, result.error.type, result.error.limit) == ("limit_exceeded", "memory", "memory"), result.error
 
 
 def test_recursion_limit(make_sandbox):
     result = make_sandbox().run("def f(n):\n    return f(n + 1)\nf(0)")
     assert not result.ok
-    assert result.error.type == "RecursionError" or result.error.limit == "recursion"
+    assert (result.error.kind, result.error.type, result.error.limit) == ("limit_exceeded", "recursion", "recursion"), result.error
     # the host is still serving afterwards
     assert make_sandbox().run("1 + 1").value == 2
 
@@ -280,8 +278,8 @@ def test_output_is_truncated_and_flagged(make_sandbox):
     sb = make_sandbox(limits=Limits(max_output_bytes=1000))
     result = sb.run("for i in range(10000):\n    print('x' * 50)\n'done'")
     assert result.output_truncated
-    assert len(result.stdout.encode()) <= 1000
-    assert result.value == "done" or result.error is not None
+    assert len(result.stdout.encode()) == 1000
+    assert result.ok and result.value == "done", result.error
 
 
 def test_arun_with_async_capability(make_sandbox):
