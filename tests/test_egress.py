@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from fake_runtime import fake_driver
 from loopback import Listener
 from sandbox import Sandbox
 from sandbox.egress import Egress, EgressClient, address_refusal
@@ -301,39 +300,50 @@ def test_one_call_counts_as_one_use_even_across_redirects(a):
 # ----------------------------------------------------------------------------- through a Sandbox
 
 
-def test_http_through_the_sandbox_redacts_echoes_and_refuses_handles_as_strings(a, monkeypatch):
-    with fake_driver(monkeypatch) as driver:
-        sb = Sandbox(
-            egress=Egress(allow=["localhost", "127.0.0.1"], schemes=["http"], methods=["GET", "POST"], allow_networks=LOOPBACK),
-            secrets={"canary": Secret(value=CANARY, capabilities=["http"], hosts=["localhost"])},
-        )
-        assert {"http.request", "http.get", "http.post"} <= set(sb.capabilities)
-        stub = sb.describe().stub
-        assert "def get(url: str" in stub and "Allowed hosts: localhost, 127.0.0.1" in stub
+CHEAP_RUNTIMES = [
+    pytest.param(("restricted", None), id="restricted"),
+    pytest.param(("restricted", "process"), id="restricted+process"),
+]
 
-        def guest(g):
-            seen = {}
-            echoed = g.call("http.get", a.url(host="localhost"), auth=g.secrets.canary)
-            seen["echo"] = echoed["headers"]["x-echo-auth"]
-            seen["echoed_body"] = json.loads(echoed["text"])["headers"]["Authorization"]
-            for label, call in {
-                "url": lambda: g.call("http.get", g.secrets.canary),
-                "body": lambda: g.call("http.post", a.url(host="localhost"), body=g.secrets.canary),
-                "params": lambda: g.call("http.get", a.url(host="localhost"), params={"k": g.secrets.canary}),
-                "json": lambda: g.call("http.post", a.url(host="localhost"), json_body={"k": g.secrets.canary}),
-                "header out of scope": lambda: g.call("http.get", a.url(), headers={"X": g.secrets.canary}),
-            }.items():
-                try:
-                    call()
-                    seen[label] = "sent"
-                except CapabilityFault as fault:
-                    seen[label] = fault.guest_type
-            # A formatted handle is its description: the name goes out, never the value.
-            g.call("http.get", a.url(host="localhost") + "?k=" + repr(g.secrets.canary))
-            return seen
 
-        driver.guest = guest
-        result = sb.run("")
+@pytest.fixture(params=CHEAP_RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The runtimes `make_sandbox` builds on here: the ones that start in milliseconds."""
+    return request.param
+
+
+def test_http_through_the_sandbox_redacts_echoes_and_refuses_handles_as_strings(a, make_sandbox):
+    sb = make_sandbox(
+        egress=Egress(allow=["localhost", "127.0.0.1"], schemes=["http"], methods=["GET", "POST"], allow_networks=LOOPBACK),
+        secrets={"canary": Secret(value=CANARY, capabilities=["http"], hosts=["localhost"])},
+    )
+    assert {"http.request", "http.get", "http.post"} <= set(sb.capabilities)
+    stub = sb.describe().stub
+    assert "def get(url: str" in stub and "Allowed hosts: localhost, 127.0.0.1" in stub
+    local, other = a.url(host="localhost"), a.url()
+    result = sb.run(f"""
+import json
+seen = {{}}
+echoed = http.get({local!r}, auth=secrets.canary)
+seen["echo"] = echoed["headers"]["x-echo-auth"]
+seen["echoed_body"] = json.loads(echoed["text"])["headers"]["Authorization"]
+attempts = {{
+    "url": lambda: http.get(secrets.canary),
+    "body": lambda: http.post({local!r}, body=secrets.canary),
+    "params": lambda: http.get({local!r}, params={{"k": secrets.canary}}),
+    "json": lambda: http.post({local!r}, json_body={{"k": secrets.canary}}),
+    "header out of scope": lambda: http.get({other!r}, headers={{"X": secrets.canary}}),
+}}
+for label, call in attempts.items():
+    try:
+        call()
+        seen[label] = "sent"
+    except Exception as fault:
+        seen[label] = type(fault).__name__
+# A formatted handle is its description: the name goes out, never the value.
+http.get({local!r} + "?k=" + repr(secrets.canary))
+seen
+""")
     assert result.ok, result.error
     assert result.value["echo"] == result.value["echoed_body"] == "Bearer [REDACTED:canary]"
     assert result.value["url"] == "ValueError"
@@ -483,30 +493,27 @@ def test_the_whole_call_is_bounded_by_its_deadline(a):
     assert time.monotonic() - started < 1.5
 
 
-def test_policy_rules_hold_for_http_request_and_count_per_rule(a, monkeypatch):
+def test_policy_rules_hold_for_http_request_and_count_per_rule(a, make_sandbox):
     from sandbox.policy import Constraint, Policy, Rule
 
     egress = Egress(allow=["127.0.0.1"], schemes=["http"], methods=["GET", "POST"], allow_networks=LOOPBACK)
     rules = {"http.get": Rule(args={"url": Constraint(pattern=r".*/allowed.*")}), "http.*": Rule(max_calls=1)}
-    with fake_driver(monkeypatch) as driver:
-        sb = Sandbox(egress=egress, policy=Policy(rules=rules, escalate_after=0))
-
-        def guest(g):
-            outcomes = []
-            for call in (
-                lambda: g.call("http.request", "GET", a.url("/forbidden")),  # the http.get rule holds
-                lambda: g.call("http.get", a.url("/allowed")),  # governed by the exact http.get rule only
-                lambda: g.call("http.post", a.url("/allowed"), body="x"),  # the one call http.* admits
-                lambda: g.call("http.request", "POST", a.url("/allowed"), body="x"),  # http.* again: refused
-            ):
-                try:
-                    outcomes.append(call()["status"])
-                except CapabilityFault as fault:
-                    outcomes.append(fault.guest_type)
-            return outcomes
-
-        driver.guest = guest
-        result = sb.run("")
+    sb = make_sandbox(egress=egress, policy=Policy(rules=rules, escalate_after=0))
+    forbidden, allowed = a.url("/forbidden"), a.url("/allowed")
+    result = sb.run(f"""
+outcomes = []
+for call in (
+    lambda: http.request("GET", {forbidden!r}),  # the http.get rule holds
+    lambda: http.get({allowed!r}),  # governed by the exact http.get rule only
+    lambda: http.post({allowed!r}, body="x"),  # the one call http.* admits
+    lambda: http.request("POST", {allowed!r}, body="x"),  # http.* again: refused
+):
+    try:
+        outcomes.append(call()["status"])
+    except Exception as fault:
+        outcomes.append(type(fault).__name__)
+outcomes
+""")
     assert result.ok, result.error
     assert result.value == ["PolicyDenied", 200, 200, "PolicyDenied"]
     assert [r["path"] for r in a.requests] == ["/allowed", "/allowed"]

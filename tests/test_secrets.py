@@ -1,6 +1,6 @@
 """Host side of secrets: configuration, the per-run broker, `SecretValue`, redaction, and the
-`Sandbox` integration (with a stand-in runtime, see `fake_runtime`). The same guarantees are
-checked through real runtimes in `tests/conformance/test_secrets.py`."""
+`Sandbox` integration through real runtimes (restricted, in-process and in confined child
+processes). `tests/conformance/test_secrets.py` checks the guest-facing guarantees on every runtime."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fake_runtime import fake_driver
 from runtimes.wire import SECRET_MARKER
-from sandbox import Sandbox, capability
+from sandbox import Limits, Sandbox, capability
 from sandbox.runtime import CapabilityFault
 from sandbox.secrets import Redactor, Secret, SecretBroker, SecretUnavailable, SecretValue, host_matches, normalize_host_pattern
 
@@ -121,12 +120,6 @@ def test_host_patterns():
     assert host_matches("anything", 1, ["*"])
 
 
-def _sandbox(monkeypatch, secrets, capabilities=(), **kwargs):
-    ctx = fake_driver(monkeypatch)
-    driver = ctx.__enter__()
-    return Sandbox(capabilities=list(capabilities), secrets=secrets, **kwargs), driver
-
-
 @capability
 def use(token: SecretValue) -> str:
     """Reveals the secret and reports its length (never the value)."""
@@ -186,27 +179,25 @@ CAPS = [use, leak, leak_encoded, leak_in_error, leak_in_fault, leak_halves, echo
 LEAKERS = ["use", "leak", "leak_encoded", "leak_in_error", "leak_in_fault", "leak_halves"]
 
 
-def test_sandbox_validates_secrets(monkeypatch):
-    with fake_driver(monkeypatch):
-        with pytest.raises(ValueError, match="not starting with '_'"):
-            Sandbox(capabilities=[use], secrets={"_x": Secret(value="abcdefgh", capabilities=["use"])})
-        with pytest.raises(ValueError, match="not a keyword"):
-            Sandbox(capabilities=[use], secrets={"class": Secret(value="abcdefgh", capabilities=["use"])})
-        with pytest.raises(TypeError, match="sandbox.Secret"):
-            Sandbox(capabilities=[use], secrets={"x": "abcdefgh"})
-        with pytest.raises(ValueError, match="does not grant"):
-            Sandbox(capabilities=[use], secrets={"x": Secret(value="abcdefgh", capabilities=["deploy"])})
-        with pytest.raises(ValueError, match="egress=Egress"):
-            Sandbox(capabilities=[use], secrets={"x": Secret(value="abcdefgh", capabilities=["http"])})
+def test_sandbox_validates_secrets():
+    with pytest.raises(ValueError, match="not starting with '_'"):
+        Sandbox(capabilities=[use], secrets={"_x": Secret(value="abcdefgh", capabilities=["use"])})
+    with pytest.raises(ValueError, match="not a keyword"):
+        Sandbox(capabilities=[use], secrets={"class": Secret(value="abcdefgh", capabilities=["use"])})
+    with pytest.raises(TypeError, match="sandbox.Secret"):
+        Sandbox(capabilities=[use], secrets={"x": "abcdefgh"})
+    with pytest.raises(ValueError, match="does not grant"):
+        Sandbox(capabilities=[use], secrets={"x": Secret(value="abcdefgh", capabilities=["deploy"])})
+    with pytest.raises(ValueError, match="egress=Egress"):
+        Sandbox(capabilities=[use], secrets={"x": Secret(value="abcdefgh", capabilities=["http"])})
 
 
-def test_describe_and_repr_list_secret_names_only(monkeypatch):
-    with fake_driver(monkeypatch):
-        sb = Sandbox(capabilities=[use], secrets={"github": Secret(value=CANARY, capabilities=["use"])})
-        stub = sb.describe().stub
-        assert "github: SecretHandle" in stub
-        assert "secrets=['github']" in repr(sb)
-        assert_clean(stub + repr(sb) + json.dumps(sb.describe().tools))
+def test_describe_and_repr_list_secret_names_only():
+    sb = Sandbox(capabilities=[use], secrets={"github": Secret(value=CANARY, capabilities=["use"])})
+    stub = sb.describe().stub
+    assert "github: SecretHandle" in stub
+    assert "secrets=['github']" in repr(sb)
+    assert_clean(stub + repr(sb) + json.dumps(sb.describe().tools))
 
 
 # ----------------------------------------------------------------------------- sources, just in time
@@ -219,32 +210,30 @@ def test_sources_are_read_at_each_run_start(monkeypatch, tmp_path):
         calls.append(1)
         return f"provided-{len(calls)}-abcdefgh"
 
+    values: list[dict[str, str]] = []
+
+    @capability
+    def grab(p: SecretValue, f: SecretValue, e: SecretValue) -> None:
+        """Reveals each value on the host (outputs would show only [REDACTED:...])."""
+        values.append({value.name: value.reveal() for value in (p, f, e)})
+
     path = tmp_path / "token"
     path.write_text("from-file-abcdefgh\n")
     monkeypatch.setenv("SANDBOX_TEST_TOKEN", "env-one-abcdefgh")
-    with fake_driver(monkeypatch) as driver:
-        sb = Sandbox(
-            capabilities=[leak],
-            secrets={
-                "p": Secret(provider=provider, capabilities=["leak"]),
-                "f": Secret(file=path, capabilities=["leak"]),
-                "e": Secret(env="SANDBOX_TEST_TOKEN", capabilities=["leak"]),
-            },
-        )
+    with Sandbox(
+        capabilities=[grab],
+        secrets={
+            "p": Secret(provider=provider, capabilities=["grab"]),
+            "f": Secret(file=path, capabilities=["grab"]),
+            "e": Secret(env="SANDBOX_TEST_TOKEN", capabilities=["grab"]),
+        },
+    ) as sb:
         assert calls == []  # nothing read at construction
-        # Reveal through each run's broker (outputs would show only [REDACTED:...]).
-        values = []
-
-        def guest(g):
-            broker = g.job.bridge._secrets
-            values.append({name: broker.resolve(spec.token, "leak").reveal() for name, spec in
-                           ((s.name, s) for s in g.job.secrets)})
-
-        driver.guest = guest
-        sb.run("")
+        code = "grab(secrets.p, secrets.f, secrets.e)"
+        assert sb.run(code).ok
         monkeypatch.setenv("SANDBOX_TEST_TOKEN", "env-two-abcdefgh")
         path.write_text("rotated-file-abcdefgh")
-        sb.run("")
+        assert sb.run(code).ok
     assert values[0] == {"p": "provided-1-abcdefgh", "f": "from-file-abcdefgh", "e": "env-one-abcdefgh"}
     assert values[1] == {"p": "provided-2-abcdefgh", "f": "rotated-file-abcdefgh", "e": "env-two-abcdefgh"}
 
@@ -255,18 +244,17 @@ def test_unreadable_source_raises_naming_secret_and_source(monkeypatch, tmp_path
     def failing() -> str:
         raise RuntimeError(f"backend said {CANARY}")
 
-    with fake_driver(monkeypatch):
-        sb = Sandbox(capabilities=[use], secrets={"gh": Secret(env="SANDBOX_TEST_MISSING", capabilities=["use"])})
-        with pytest.raises(SecretUnavailable, match="'gh': environment variable SANDBOX_TEST_MISSING is not set"):
-            sb.run("1")
-        sb = Sandbox(capabilities=[use], secrets={"gh": Secret(provider=failing, capabilities=["use"])})
-        with pytest.raises(SecretUnavailable) as info:
-            sb.run("1")
-        assert "RuntimeError" in str(info.value)
-        assert_clean(str(info.value))
-        sb = Sandbox(capabilities=[use], secrets={"gh": Secret(file=tmp_path / "nope", capabilities=["use"])})
-        with pytest.raises(SecretUnavailable, match="file"):
-            sb.run("1")
+    sb = Sandbox(capabilities=[use], secrets={"gh": Secret(env="SANDBOX_TEST_MISSING", capabilities=["use"])})
+    with pytest.raises(SecretUnavailable, match="'gh': environment variable SANDBOX_TEST_MISSING is not set"):
+        sb.run("1")
+    sb = Sandbox(capabilities=[use], secrets={"gh": Secret(provider=failing, capabilities=["use"])})
+    with pytest.raises(SecretUnavailable) as info:
+        sb.run("1")
+    assert "RuntimeError" in str(info.value)
+    assert_clean(str(info.value))
+    sb = Sandbox(capabilities=[use], secrets={"gh": Secret(file=tmp_path / "nope", capabilities=["use"])})
+    with pytest.raises(SecretUnavailable, match="file"):
+        sb.run("1")
 
 
 # ----------------------------------------------------------------------------- broker
@@ -376,12 +364,53 @@ def test_pydantic_accepts_only_broker_made_values():
 # ----------------------------------------------------------------------------- sandbox integration
 
 
-def run_guest(monkeypatch, guest, *, scope_caps=("use", *LEAKERS[1:]), truncate_at=None, **secret_kwargs):
-    with fake_driver(monkeypatch) as driver:
-        sb = Sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=list(scope_caps), **secret_kwargs)})
-        driver.guest = guest
-        driver.truncate_at = truncate_at
-        return sb.run("")
+CHEAP_RUNTIMES = [
+    pytest.param(("restricted", None), id="restricted"),
+    pytest.param(("restricted", "process"), id="restricted+process"),
+]
+
+
+@pytest.fixture(params=CHEAP_RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """The runtimes `make_sandbox` builds on here: the ones that start in milliseconds."""
+    return request.param
+
+
+noted: list[Any] = []
+
+
+@capability
+def note(x: Any) -> None:
+    """Keeps what the guest holds on the host, as it crossed the boundary (no result redaction)."""
+    noted.append(x)
+
+
+@pytest.fixture
+def tokens(monkeypatch) -> list[str]:
+    """Every handle token issued during the test, in order (what a leak of host logs would give)."""
+    import sandbox.secrets._broker as broker_module
+
+    issued: list[str] = []
+    original = broker_module.new_token
+
+    def record() -> str:
+        issued.append(original())
+        return issued[-1]
+
+    monkeypatch.setattr(broker_module, "new_token", record)
+    return issued
+
+
+def forged(token: str) -> str:
+    """Guest code passing a raw wire handle built from ``token``."""
+    return f"use({{{SECRET_MARKER!r}: {token!r}}})"
+
+
+def run_guest(make_sandbox, code, *, scope_caps=("use", *LEAKERS[1:]), limits=None, **secret_kwargs):
+    noted.clear()
+    sb = make_sandbox(capabilities=[*CAPS, note], limits=limits or Limits(),
+                      secrets={"canary": Secret(value=CANARY, capabilities=list(scope_caps), **secret_kwargs)})
+    return sb.run(code)
 
 
 def assert_result_clean(result) -> None:
@@ -389,138 +418,114 @@ def assert_result_clean(result) -> None:
     assert_clean(repr(result))
 
 
-def test_handle_in_a_capability_outside_the_scope_is_denied(monkeypatch):
-    result = run_guest(monkeypatch, lambda g: g.call("echo", g.secrets.canary))
+def test_handle_in_a_capability_outside_the_scope_is_denied(make_sandbox):
+    result = run_guest(make_sandbox, "echo(secrets.canary)")
     assert result.error.kind == "policy_denied"
     assert "secret 'canary' may not be used by capability 'echo'" in result.error.message
 
 
-def test_allowed_use(monkeypatch):
-    result = run_guest(monkeypatch, lambda g: g.call("use", g.secrets.canary))
+def test_allowed_use(make_sandbox):
+    result = run_guest(make_sandbox, "use(secrets.canary)")
     assert result.ok and result.value == f"canary:{len(CANARY)}"
 
 
 @pytest.mark.parametrize("form", list(encodings(CANARY)))
-def test_capability_results_are_redacted_before_the_guest_sees_them(monkeypatch, form):
-    received = []
-
-    def guest(g):
-        received.append(g.call("leak", g.secrets.canary))
-        received.append(g.call("leak_encoded", g.secrets.canary, form))
-        g.print(received)
-        return received
-
-    result = run_guest(monkeypatch, guest)
+def test_capability_results_are_redacted_before_the_guest_sees_them(make_sandbox, form):
+    code = (f"received = [leak(secrets.canary), leak_encoded(secrets.canary, {form!r})]\n"
+            "print(received)\nnote(received)\nreceived")
+    result = run_guest(make_sandbox, code)
     assert result.ok, result.error
+    received = noted[0]
     assert received[0] == "[REDACTED:canary]"
     assert received[1] == {form: "[REDACTED:canary]"}
     assert_result_clean(result)
 
 
 @pytest.mark.parametrize("cap", ["leak_in_error", "leak_in_fault"])
-def test_fault_messages_are_redacted(monkeypatch, cap):
-    seen = []
-
-    def guest(g):
-        try:
-            g.call(cap, g.secrets.canary)
-        except CapabilityFault as fault:
-            seen.append(fault.message)
-            raise
-
-    result = run_guest(monkeypatch, guest)
+def test_fault_messages_are_redacted(make_sandbox, cap):
+    result = run_guest(make_sandbox, f"try:\n    {cap}(secrets.canary)\nexcept Exception as e:\n    note(str(e))\n    raise")
+    seen = noted
     assert "[REDACTED:canary]" in seen[0]
     assert_clean(seen[0])
     assert_result_clean(result)
 
 
-def test_values_split_across_prints_are_redacted(monkeypatch):
-    def guest(g):
-        a, b = g.call("leak_halves", g.secrets.canary)
-        assert a + b == CANARY  # each half slips past result redaction...
-        g.print(a, end="")
-        g.print(b)  # ...but the whole output is redacted
-        g.print(base64.b64encode((a + b).encode()).decode(), file="stderr")
-        return {"k": [a + b], a + b: 1}
+SPLIT_HALVES = f"a, b = leak_halves(secrets.canary)\nassert a + b == {CANARY!r}  # each half slips past result redaction...\n"
 
-    result = run_guest(monkeypatch, guest)
+
+def test_values_split_across_prints_are_redacted(make_sandbox):
+    code = SPLIT_HALVES + "print(a, end='')\nprint(b)  # ...but the whole output is redacted\n{'k': [a + b], a + b: 1}"
+    result = run_guest(make_sandbox, code)
     assert result.stdout == "[REDACTED:canary]\n"
-    assert result.stderr == "[REDACTED:canary]\n"
     assert result.value == {"k": ["[REDACTED:canary]"], "[REDACTED:canary]": 1}
     assert_result_clean(result)
 
 
-def test_error_messages_are_redacted(monkeypatch):
-    def guest(g):
-        a, b = g.call("leak_halves", g.secrets.canary)
-        raise ValueError("the key is " + a + b)
+def test_values_split_across_writes_to_stderr_are_redacted():
+    """Only the wasi guest has a stderr stream guest code can write (restricted has none)."""
+    from sandbox.errors import Unavailable
 
-    result = run_guest(monkeypatch, guest)
+    try:
+        sb = Sandbox("wasi", capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=["leak_halves"])})
+    except Unavailable as exc:
+        pytest.skip(f"wasi is not available here: {exc}")
+    with sb:
+        result = sb.run(SPLIT_HALVES + "import base64, sys\nprint(base64.b64encode((a + b).encode()).decode(), file=sys.stderr)")
+    if result.error is not None and result.error.type == "ImportError":
+        pytest.skip("no runtime lets guest code write to stderr")
+    assert result.stderr == "[REDACTED:canary]\n"
+    assert_result_clean(result)
+
+
+def test_error_messages_are_redacted(make_sandbox):
+    result = run_guest(make_sandbox, SPLIT_HALVES + "raise ValueError('the key is ' + a + b)")
     assert result.error.message == "the key is [REDACTED:canary]"
     assert_result_clean(result)
 
 
-def test_truncation_cannot_cut_a_value_in_half(monkeypatch):
-    def guest(g):
-        a, b = g.call("leak_halves", g.secrets.canary)
-        g.print("x" * 10 + a + b)
-
-    result = run_guest(monkeypatch, guest, truncate_at=30)
+def test_truncation_cannot_cut_a_value_in_half(make_sandbox):
+    result = run_guest(make_sandbox, SPLIT_HALVES + "print('x' * 10 + a + b)", limits=Limits(max_output_bytes=30))
     assert result.output_truncated
     assert CANARY[:12] not in result.stdout
     assert result.stdout.startswith("x" * 10) and "[REDACTED:canary]" in result.stdout
 
 
-def test_ttl_and_uses_through_the_sandbox(monkeypatch):
-    def guest(g):
-        g.call("use", g.secrets.canary)
-        g.call("nap", 0.1)
-        return g.call("use", g.secrets.canary)
-
-    result = run_guest(monkeypatch, guest, ttl=0.05)
+def test_ttl_and_uses_through_the_sandbox(make_sandbox):
+    code = "use(secrets.canary)\nnap(0.1)\nuse(secrets.canary)"
+    result = run_guest(make_sandbox, code, ttl=0.05)
     assert result.error.kind == "policy_denied" and "ttl=0.05s" in result.error.message
 
-    result = run_guest(monkeypatch, guest, max_uses=1)
+    result = run_guest(make_sandbox, code, max_uses=1)
     assert result.error.kind == "policy_denied" and "max_uses=1" in result.error.message
 
 
-def test_handles_die_with_their_run_in_a_session_and_across_sessions(monkeypatch):
-    with fake_driver(monkeypatch) as driver:
-        sb = Sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
-        session = sb.session()
-        driver.guest = lambda g: g.state.setdefault("h", g.secrets.canary) and g.call("use", g.secrets.canary)
-        assert session.run("").ok
-        driver.guest = lambda g: g.call("use", g.state["h"])  # the handle kept from the first run
-        result = session.run("")
+def test_handles_die_with_their_run_in_a_session_and_across_sessions(make_sandbox, tokens):
+    sb = make_sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
+    with sb.session() as session:
+        assert session.run("h = secrets.canary\nuse(secrets.canary)").ok
+        result = session.run("use(h)")  # the handle kept from the first run
         assert result.error.kind == "policy_denied"
         assert "secret 'canary': handle revoked" in result.error.message
-        driver.guest = lambda g: g.call("use", g.secrets.canary)  # this run's own handle works
-        assert session.run("").ok
-        token = driver.jobs[-1].secrets[0].token
-        other = sb.session()
-        driver.guest = lambda g: g.call("use", {SECRET_MARKER: token})  # forged from a leaked token
-        result = other.run("")
-        assert result.error.kind == "policy_denied" and "revoked" in result.error.message
+        assert session.run("use(secrets.canary)").ok  # this run's own handle works
+        token = tokens[-1]
+    with sb.session() as other:
+        result = other.run(forged(token))  # forged from a leaked token
+    assert result.error.kind == "policy_denied" and "revoked" in result.error.message
 
 
-def test_concurrent_runs_cannot_use_each_others_handles(monkeypatch):
-    with fake_driver(monkeypatch) as driver:
-        sb = Sandbox(capabilities=CAPS, secrets={"canary": Secret(value=CANARY, capabilities=["use"])})
-        outer_tokens = []
+def test_concurrent_runs_cannot_use_each_others_handles(tokens):
+    runs: list[Sandbox] = []
 
-        def inner(g):
-            return g.call("use", {SECRET_MARKER: outer_tokens[0]})
+    @capability
+    def nested() -> str:
+        """Starts another run while the calling run is live, with the calling run's token."""
+        inner = runs[0].run(forged(tokens[-1]))
+        return inner.error.message
 
-        def outer(g):
-            outer_tokens.append(g.job.secrets[0].token)
-            driver.guest = inner
-            nested = sb.run("")  # another run while this one is live
-            driver.guest = outer
-            return nested.error.message
-
-        driver.guest = outer
-        result = sb.run("")
-        assert result.value.startswith("unknown secret handle")
+    with Sandbox(capabilities=[*CAPS, nested], secrets={"canary": Secret(value=CANARY, capabilities=["use"])}) as sb:
+        runs.append(sb)
+        result = sb.run("nested()")
+    assert result.value.startswith("unknown secret handle")
 
 
 def _crash_with_value_in_message(job):
