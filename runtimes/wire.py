@@ -42,11 +42,13 @@ from __future__ import annotations
 import binascii
 import datetime as _dt
 import decimal
+import gc
 import json
 import math
 import re
 import sys
 import uuid
+from itertools import islice
 from typing import Any, Callable
 
 SECRET_MARKER = "__sandbox_secret_handle__"
@@ -140,6 +142,11 @@ def clip(text: str, cap: int = MAX_MESSAGE_CHARS) -> str:
 _enc_str = json.encoder.encode_basestring_ascii
 _TAG_BYTES = len('{"$type":"","v":}')
 _CHECK_EVERY = 1024
+_INLINE_CHARS = 4096
+"""Strings up to this long are measured inline by the containers' loops (longer ones are first
+checked against the size cap by their length, before their JSON form is built)."""
+_INLINE_INT = 1 << 62
+_CONTAINER_TYPES = frozenset({list, dict, tuple, set, frozenset})
 _TIMEDELTA_FIELDS = (_dt.timedelta.days, _dt.timedelta.seconds, _dt.timedelta.microseconds)
 _UUID_INT: Any = uuid.UUID.__dict__["int"]
 """The slot holding a UUID's number, read past any property a subclass defines."""
@@ -199,9 +206,14 @@ class _Walk:
         return {TAG: name, "v": payload} if self.as_json else plain
 
     def walk(self, value: Any, depth: int) -> Any:
+        """Count ``value`` as one node and convert it (at nesting ``depth``)."""
         self.nodes += 1
         if self.nodes > self.next_check:
             self.checkpoint()
+        return self.node(value, depth)
+
+    def node(self, value: Any, depth: int) -> Any:
+        """Convert ``value``, already counted as a node."""
         kind = type(value)
         if kind is str:
             if self.size + len(value) > self.max_bytes:
@@ -240,17 +252,58 @@ class _Walk:
             if kind is dict:
                 result = self.walk_dict(value, depth)
             else:
-                self.reserve(len(value))
-                self.size += 1 + len(value)
-                items = [self.walk(item, depth + 1) for item in value]
+                items = self.walk_items(value, depth)
                 result = items if kind is list else self.tag("tuple", items, 0, tuple(items))
             self.seen[id(value)] = (value, self.nodes - nodes, self.size - size, result)
             return result
         return self.walk_other(value, kind, depth)
 
+    def count_items(self, items: int) -> None:
+        """Count a container's ``items`` as nodes before visiting them (refused over the cap)."""
+        if self.nodes + items > self.max_nodes:
+            raise ValueTooLarge(f"the value has more than {self.max_nodes} nodes (shared references count each time)")
+        self.nodes += items
+        if self.nodes > self.next_check:
+            self.checkpoint()
+
+    def walk_items(self, value: list | tuple, depth: int) -> list:
+        """The converted items of a list or tuple: short strings, ints, finite floats, None and
+        bools inline, anything else through `node`. Exactly the counted items are visited,
+        even if guest code that runs during the walk (a ``__repr__``) grows the list."""
+        count = len(value)
+        self.count_items(count)
+        node = self.node
+        child = depth + 1
+        size = 1 + count
+        result = []
+        append = result.append
+        for item in islice(value, count) if type(value) is list else value:
+            kind = type(item)
+            if kind is str and len(item) <= _INLINE_CHARS:
+                size += len(_enc_str(item))
+            elif kind is int and -_INLINE_INT < item < _INLINE_INT:
+                size += item.bit_length() // 3 + 2
+            elif kind is float and item - item == 0.0:
+                size += 24
+            elif item is None or kind is bool:
+                size += 5
+            else:
+                self.size += size
+                size = 0
+                item = node(item, child)
+            append(item)
+        self.size += size
+        if self.size > self.max_bytes:
+            self.over()
+        return result
+
     def walk_dict(self, value: dict, depth: int) -> dict:
-        self.reserve(len(value))
-        self.size += 1 + len(value)
+        """The converted copy of a dict; values like `walk_items`, keys must be str (a str
+        subclass becomes a str; lenient: any other key becomes its repr)."""
+        self.count_items(len(value))
+        node = self.node
+        child = depth + 1
+        size = 1 + len(value)
         result = {}
         escape = False
         for key, item in dict.items(value):
@@ -261,10 +314,29 @@ class _Walk:
                     key = _safe_repr(key)
                 else:
                     raise WireError(f"dict keys must be str to cross the boundary, not {type(key).__name__}")
-            self.size += len(_enc_str(key)) + 1
+            if len(key) > _INLINE_CHARS and self.size + size + len(key) > self.max_bytes:
+                self.size += size + len(key)
+                self.over()
+            size += len(_enc_str(key)) + 1
             if key == TAG:
                 escape = True
-            result[key] = self.walk(item, depth + 1)
+            kind = type(item)
+            if kind is str and len(item) <= _INLINE_CHARS:
+                size += len(_enc_str(item))
+            elif kind is int and -_INLINE_INT < item < _INLINE_INT:
+                size += item.bit_length() // 3 + 2
+            elif kind is float and item - item == 0.0:
+                size += 24
+            elif item is None or kind is bool:
+                size += 5
+            else:
+                self.size += size
+                size = 0
+                item = node(item, child)
+            result[key] = item
+        self.size += size
+        if self.size > self.max_bytes:
+            self.over()
         if escape and self.as_json:
             self.size += _TAG_BYTES + 4 + 5 * len(result)
             return {TAG: "dict", "v": [[key, item] for key, item in result.items()]}
@@ -365,10 +437,18 @@ class _Walk:
 def _convert(value: Any, as_json: bool, *, lenient: bool, max_bytes: int | None, handle_token: Any,
              default: Any, check: Any) -> Any:
     walk = _Walk(as_json, lenient, max_bytes, handle_token, default, check)
+    # The copy builds only fresh containers that hold no cycle: collecting while it runs finds
+    # no garbage, and a large copy would trigger collections of every generation for nothing.
+    paused = type(value) in _CONTAINER_TYPES and gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         result = walk.walk(value, 0)
     except RecursionError:
         raise ValueTooLarge(f"the value is nested deeper than {MAX_DEPTH} levels") from None
+    finally:
+        if paused:
+            gc.enable()
     walk.over()
     return result
 
@@ -384,7 +464,9 @@ def plain(value: Any, *, lenient: bool = False, max_bytes: int | None = None, ha
     a non-finite float or a huge int becomes its ``repr`` string; never raises for those.
 
     Both raise `ValueTooLarge` over ``max_bytes`` (and the node cap that goes with it) or over
-    `MAX_DEPTH`; ``check`` is called every 1024 nodes (a run's time check, which may raise).
+    `MAX_DEPTH`; ``check`` is called each time the node count passes another 1024 (a run's time
+    check, which may raise; a container's items are counted before they are visited). Garbage
+    collection is paused while a container is copied (the copy holds no cycles).
     """
     return _convert(value, False, lenient=lenient, max_bytes=max_bytes, handle_token=handle_token,
                     default=default, check=check)

@@ -60,6 +60,7 @@ def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Out
         deadline=job.control.deadline,
         on_stop=job.control.on_cancel,
         on_output=_stdout_sink(job),
+        inputs_are_private=True,  # Sandbox.run made them with wire.plain for this run alone
     )
     # The executor is host code building plain data in the wire format: construct, don't re-validate.
     error = raw["error"]

@@ -131,6 +131,8 @@ class Job:
     limits: Limits
     bridge: HostBridge
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    """Plain data (`runtimes.wire.plain`) made for this run alone: a driver may hand it to the
+    guest without copying it again."""
     capabilities: tuple[str, ...] = ()
     """Guest-visible capability names; a dotted name ``sql.query`` appears as ``sql.query``."""
     secrets: tuple[SecretHandleSpec, ...] = ()

@@ -133,6 +133,7 @@ def execute(
     on_stop: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
     on_output: Callable[[str], None] | None = None,
     on_tick: Callable[[], None] | None = None,
+    inputs_are_private: bool = False,
 ) -> dict:
     """Run ``code`` with the restricted policy and return a `runtimes.wire.outcome` dict.
 
@@ -141,6 +142,9 @@ def execute(
     on a namespace ``sql``) that call ``call_host(name, args, kwargs)`` with wire data;
     ``secrets`` are (name, token, description) triples the guest sees as ``secrets.<name>``
     handles; ``inputs`` become guest globals (copied as plain data, `runtimes.wire.plain`);
+    ``inputs_are_private=True`` says ``inputs`` are already plain data made for this run alone
+    (a `runtimes.wire.plain` copy or freshly decoded wire JSON that nothing else holds): the guest
+    gets them as they are, without a second copy (names are still checked).
     ``state`` keeps globals across runs (None = fresh globals). Capability arguments and
     results are copied as plain data too, within ``max_value_bytes`` (optional in ``limits``).
     ``memory_cap`` arms the allocator cap (`alloc_cap`) at ``memory_bytes`` (less the allocator overhead share, see `alloc_cap.armed_limit`) while guest code
@@ -165,7 +169,7 @@ def execute(
     runs out of memory, not stack; it runs in a copy of the caller's context and the call returns
     when the run is over.
     """
-    guest_inputs = _check_inputs(inputs)
+    guest_inputs = _check_inputs(inputs, copy=not inputs_are_private)
     if memory_cap is None:
         memory_cap = alloc_cap.available()
     elif memory_cap and not alloc_cap.available():
@@ -214,13 +218,16 @@ class _HostFailure(Exception):
         self.original = original
 
 
-def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_inputs(inputs: Mapping[str, Any] | None, *, copy: bool = True) -> dict[str, Any]:
     if not inputs:
         return {}
     result = {}
     for name, value in inputs.items():
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             raise ValueError(f"input name {name!r} is not usable in guest code: use a public identifier")
+        if not copy:
+            result[name] = value
+            continue
         try:
             result[name] = plain(value)
         except WireError as exc:
