@@ -1,0 +1,159 @@
+"""One confined child of the zygote as the host sees it: its channel, its pidfd, its end.
+
+A `ChildHandle` is handed out by `sandbox.process.zygote_client.ZygoteClient` once the child
+reported ``ready`` (confined and waiting); the driver writes the job and reads the child's
+frames through it, and ends it (SIGKILL through the pidfd, then waiting until the zygote has
+reaped it).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from runtimes import wire
+from runtimes.process.framing import MAX_FRAME, ChannelClosed, decode, encode
+
+if TYPE_CHECKING:
+    from sandbox.process.zygote_client import ZygoteClient
+
+EXIT_TIMEOUT = 5.0
+"""How long to wait for the zygote to report a child's exit before going on in the background."""
+KILLED_EXIT_TIMEOUT = 0.25
+"""How long to wait for the usage of a child the host killed (the run's result does not wait for more)."""
+
+
+class FrameTooLarge(ChannelClosed):
+    """The child sent a message over the size, node or depth cap (it was not parsed)."""
+
+
+class ChildHandle:
+    """One child of the zygote, as the host sees it: its channel and its pidfd."""
+
+    def __init__(self, zygote: "ZygoteClient", pid: int, chan: socket.socket, pidfd: int) -> None:
+        self.zygote = zygote
+        self.pid = pid
+        self.chan = chan
+        self.pidfd = pidfd
+        self.ready: dict | None = None
+        self.exited = threading.Event()
+        self.exit_info: dict | None = None
+        self.kill_reason: str | None = None  # "wall", "cpu", "cancelled", "protocol" or "ended" once killed
+        self.closed = False
+        self.cpu_total = 0.0
+        self.limits_plan: dict[int, tuple[int, int]] | None = None
+
+    # -- channel -------------------------------------------------------------------------
+    def _recv_exact(self, size: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.chan.settimeout(remaining)
+            try:
+                chunk = self.chan.recv(min(size - len(buf), 1 << 20))
+            except socket.timeout:
+                raise TimeoutError from None
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from None
+            if not chunk:
+                raise ChannelClosed("child closed its channel")
+            buf += chunk
+        return bytes(buf)
+
+    def recv(self, deadline: float, max_frame: int = MAX_FRAME) -> dict:
+        """One message from the child, parsed within the wire caps (`FrameTooLarge` over them)."""
+        size = int.from_bytes(self._recv_exact(4, deadline), "big")
+        if size > max_frame:
+            raise FrameTooLarge(f"the worker sent a {size}-byte message (cap {max_frame} bytes)")
+        try:
+            return decode(self._recv_exact(size, deadline), max_frame)
+        except wire.ValueTooLarge as exc:
+            raise FrameTooLarge(f"the worker sent a message over the wire caps: {exc}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ChannelClosed(f"child sent a malformed frame: {exc}") from None
+
+    def readable(self, deadline: float) -> bool:
+        """Wait until the channel has data (or was closed) or ``deadline``; True if it has."""
+        poller = select.poll()
+        poller.register(self.chan, select.POLLIN)
+        return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+    def cpu_clock(self) -> float | None:
+        """The child's CPU time (user + system) from its process CPU clock, read from outside;
+        None once it has exited (its pid may then name another process) or the clock is gone."""
+        try:
+            value = time.clock_gettime((~self.pid << 3) | 2)  # CPUCLOCK_SCHED of the process
+        except OSError:
+            return None
+        return value if self.alive() else None
+
+    def send(self, message: dict, deadline: float | None = None) -> None:
+        """Write ``message``; raises `OSError` (``TimeoutError``) if the child has not taken it
+        all by ``deadline``."""
+        self.chan.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
+        self.chan.sendall(encode(message))
+
+    def wait_ready(self, deadline: float) -> dict:
+        if self.ready is None:
+            msg = self.recv(deadline)
+            if msg.get("t") != "ready":
+                raise ChannelClosed(f"expected ready, got {msg.get('t')!r}")
+            self.ready = msg
+            self.cpu_total = float(msg.get("cpu") or 0.0)
+        return self.ready
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def kill(self, reason: str = "protocol") -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        if not self.closed:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def alive(self) -> bool:
+        """False once the child has exited (its pidfd turns readable), even before it is reaped."""
+        if self.closed or self.exited.is_set():
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> dict | None:
+        self.exited.wait(timeout)
+        return self.exit_info
+
+    def end(self, timeout: float = EXIT_TIMEOUT) -> None:
+        """Kill the child, wait until the zygote has reaped it, and close it. After ``timeout``
+        the wait goes on in the background (the child is already sent SIGKILL).
+
+        Used at the end of every fresh run and session, whatever the child reported: a child
+        whose language layer broke can write its own ``done`` frame and keep running, so its
+        report is never taken as proof that it exited.
+        """
+        if self.closed:
+            return
+        if not self.exited.is_set():
+            self.kill("ended")
+            if not self.exited.wait(timeout):  # killed, not reaped yet: finish off the run's path
+                threading.Thread(target=self._close_when_reaped, name="sandbox-reap", daemon=True).start()
+                return
+        self.close()
+
+    def _close_when_reaped(self) -> None:
+        self.exited.wait(EXIT_TIMEOUT)
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.chan.close()
+            os.close(self.pidfd)

@@ -1,0 +1,401 @@
+"""`ProcessDriver` and `ProcessSession`: runs in confined children (see `sandbox.process`).
+
+The driver takes a ready child from the zygote (`sandbox.process.zygote_client`), writes the
+job with its rlimit plan and CPU timer, answers the child's capability calls and output
+frames, and maps what ended the run (a ``done`` frame, a limit, a death by signal) to an
+`Outcome`. A fresh run's child is always ended and reaped before the run returns.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from runtimes import wire
+from runtimes.process.framing import ChannelClosed
+from runtimes.restricted.modules import OPTIONAL_MODULES
+from runtimes.wire import Fault
+from sandbox.errors import IsolationUnavailable
+from sandbox.limits import LimitName
+from sandbox.process.child_handle import EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, ChildHandle, FrameTooLarge
+from sandbox.process.rlimits import rlimit_plan
+from sandbox.process.session import ProcessSession
+from sandbox.process.zygote_client import START_TIMEOUT, ZygoteClient
+from sandbox.results import ErrorInfo
+from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, StreamedOutput, internal_error, limit_error, record_refusal
+
+DEFAULT_UID = 65534
+"""Unprivileged uid/gid the children drop to on a root host (``nobody`` unless configured
+with ``SANDBOX_PROCESS_UID``). RLIMIT_NPROC=0 only binds a non-root uid."""
+
+_CHILD_DEADLINE_MARGIN = 0.02
+"""The child's own wall check fires this much before the host's kill, so that a wall limit
+usually ends as a report (with the line number) rather than a kill."""
+_CPU_TIMER_MARGIN = 0.01
+"""The child's CPU timer fires this much past ``cpu_seconds``, so that the language layer's own
+CPU check (which reports the line) usually ends the run first; the timer ends what it misses."""
+_HOST_CPU_MARGIN = 0.03
+"""The host kills a child whose CPU clock reads this much past ``cpu_seconds`` (only reached
+when the child's own timer was disarmed by a guest without its language layer)."""
+_HOST_CPU_RECHECK = 0.005
+
+
+class ProcessDriver:
+    """The restricted runtime in confined child processes (see the module docstring).
+
+    ``workers`` bounds concurrent runs (and the spares kept warm); ``require`` names layers
+    that must be in force (names from `sandbox.runtime.KNOWN_LAYERS`), else `IsolationUnavailable` is raised here.
+    ``uid`` overrides the dedicated unprivileged uid (root hosts only). ``_allow_raw`` is a
+    test-only switch enabling `_run_raw` (plain ``exec`` under the same confinement);
+    ``_disable`` (tests and ``benchmarks/ablation.py`` only) skips layers (``"seccomp"``,
+    ``"landlock"``, ``"netns"``, and ``"uid"``: no uid drop, ``"rlimits"``: no per-run rlimits) so a
+    test can show that each remaining layer holds on its own and the ablation can time each one.
+    ``modules`` (default none) adds optional heavy modules (`OPTIONAL_MODULES`: numpy, and
+    pandas, which implies numpy) to the import allowlist of this driver's children only; the
+    zygote imports them (every submodule) and builds their proxies before confinement. An
+    unknown name raises `ValueError`; one that does not import on the host makes the zygote
+    fail to start (`IsolationUnavailable`).
+    """
+
+    name = "restricted"
+    isolation = "process"
+
+    def __init__(self, workers: int = 1, require: frozenset[str] | set[str] | tuple[str, ...] = frozenset(), *,
+                 uid: int | None = None, spares: int | None = None, modules: tuple[str, ...] = (),
+                 _allow_raw: bool = False, _disable: frozenset[str] = frozenset()) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        require = frozenset(require)
+        unknown = require - KNOWN_LAYERS
+        if unknown:
+            raise ValueError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
+        if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+            raise IsolationUnavailable("isolation='process' needs Linux >= 5.3 (pidfd_open)")
+        self.workers = workers
+        self.require = require
+        self.modules = tuple(dict.fromkeys(modules))
+        unknown_modules = set(self.modules) - set(OPTIONAL_MODULES)
+        if unknown_modules:
+            raise ValueError(f"unknown optional module(s) {sorted(unknown_modules)}: choose from {list(OPTIONAL_MODULES)}")
+        if "pandas" in self.modules and "numpy" not in self.modules:
+            self.modules = ("numpy", *self.modules)  # pandas hands out ndarrays and imports numpy from C
+        if uid is None and os.geteuid() == 0:
+            uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
+        self._uid = uid if os.geteuid() == 0 and "uid" not in _disable else None
+        self._spares = spares if spares is not None else workers + 1
+        self._allow_raw = _allow_raw
+        self._disable = frozenset(_disable)
+        self._slots = threading.BoundedSemaphore(workers)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._zygote: ZygoteClient | None = None
+        zygote = self._ensure_zygote()
+        # Check the layers of a real child, not just the zygote's promise.
+        child = zygote.take(START_TIMEOUT)
+        try:
+            ready = child.wait_ready(time.monotonic() + START_TIMEOUT)
+        except (ChannelClosed, TimeoutError) as exc:
+            child.kill()
+            child.close()
+            self.close()
+            raise IsolationUnavailable(f"the first process worker failed to start: {exc}") from None
+        zygote.put_back(child)
+        self.layers: tuple[str, ...] = tuple(ready.get("layers") or ())
+        self.unavailable: dict[str, str] = dict(zygote.hello.get("errors") or {})
+        missing = require - set(self.layers)
+        if missing:
+            reasons = "; ".join(f"{layer}: {self.unavailable.get(layer, 'not applied on this host')}"
+                                for layer in sorted(missing))
+            self.close()
+            raise IsolationUnavailable(f"required isolation layer(s) unavailable: {reasons}")
+
+    # -- pool ----------------------------------------------------------------------------
+    def _ensure_zygote(self) -> ZygoteClient:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this ProcessDriver is closed")
+            if self._zygote is None or self._zygote.dead:
+                if self._zygote is not None:
+                    self._zygote.close()
+                self._zygote = ZygoteClient(spares=self._spares, uid=self._uid, allow_raw=self._allow_raw,
+                                       disable=self._disable, modules=self.modules)
+            return self._zygote
+
+    def _take(self, deadline: float) -> ChildHandle:
+        for _attempt in range(3):
+            zygote = self._ensure_zygote()
+            try:
+                child = zygote.take(max(0.01, deadline - time.monotonic()))
+            except ChannelClosed:
+                continue
+            try:
+                ready = child.wait_ready(deadline)
+            except ChannelClosed:  # a spare that died while waiting: replace it, take the next
+                child.kill()
+                child.close()
+                zygote.replenish()
+                continue
+            except TimeoutError:
+                child.kill()
+                child.close()
+                zygote.replenish()
+                raise
+            if not child.alive():  # it was ready, then something outside killed it
+                child.close()
+                zygote.replenish()
+                continue
+            missing = self.require - set(ready.get("layers") or ())
+            if missing:
+                child.kill()
+                child.close()
+                raise IsolationUnavailable(f"a process worker came up without {sorted(missing)}")
+            return child
+        raise ChannelClosed("could not obtain a process worker")
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, job: Job) -> Outcome:
+        return self._run(job, raw=False)
+
+    def _run_raw(self, code: str, limits: Any, inputs: dict | None = None) -> Outcome:
+        """TEST-ONLY: run plain ``exec(code)`` in a confined child (no language layer)."""
+        if not self._allow_raw:
+            raise RuntimeError("raw runs are disabled; construct the driver with _allow_raw=True")
+        job = Job(run_id="raw", code=code, limits=limits, bridge=_NoBridge(), inputs=inputs or {})
+        return self._run(job, raw=True)
+
+    def _run(self, job: Job, *, raw: bool) -> Outcome:
+        deadline = job.control.deadline
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+        try:
+            try:
+                child = self._take(deadline)
+            except TimeoutError:
+                return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+            except (ChannelClosed, OSError) as exc:
+                return internal_error(f"no process worker: {exc}")
+            try:
+                outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
+                return outcome
+            finally:
+                child.end(max(KILLED_EXIT_TIMEOUT, deadline + KILLED_EXIT_TIMEOUT - time.monotonic()))
+                child.zygote.replenish()
+        finally:
+            self._slots.release()
+
+    def _run_on(self, child: ChildHandle, job: Job, deadline: float, *, session: bool, raw: bool = False
+                ) -> tuple[Outcome, bool]:
+        """Run ``job`` on ``child``; returns the outcome and whether the child is still usable.
+
+        The output the child streams while it runs is kept here, so that it survives the child
+        being killed (a limit, a cancel); the outcome carries it whatever ended the run.
+        """
+        output = StreamedOutput(job)
+        remove = job.control.on_cancel(lambda: child.kill("cancelled"))
+        try:
+            outcome, alive = self._exchange(child, job, deadline, output, session=session, raw=raw)
+        finally:
+            remove()
+        return output.attach(outcome), alive
+
+    def _exchange(self, child: ChildHandle, job: Job, deadline: float, output: StreamedOutput, *, session: bool,
+                  raw: bool) -> tuple[Outcome, bool]:
+        limits = job.limits
+        layers = tuple(child.ready.get("layers") or ()) if child.ready else ()
+        if raw:
+            layers = tuple(layer for layer in layers if layer not in ("restricted-python", "alloc-cap"))
+        try:
+            if "rlimits" in self._disable:
+                plan = {}
+            elif child.limits_plan is None:
+                vm, data = child.zygote.child_size(child.pid)
+                child.limits_plan = rlimit_plan(
+                    vm_bytes=vm, data_bytes=data, cpu_used=child.cpu_total, memory_bytes=limits.memory_bytes,
+                    cpu_seconds=limits.cpu_seconds, nproc=self._uid is not None, cpu_hard=not session)
+                plan = child.limits_plan
+            else:  # session: the memory ceiling stays, the CPU budget is cumulative
+                plan = {resource.RLIMIT_CPU: rlimit_plan(
+                    vm_bytes=0, data_bytes=0, cpu_used=child.cpu_total, memory_bytes=1,
+                    cpu_seconds=limits.cpu_seconds, cpu_hard=False)[resource.RLIMIT_CPU]}
+            child.send(deadline=deadline, message={"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
+                        "rlimits": [[res, soft, hard] for res, (soft, hard) in plan.items()],
+                        "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
+                        "secrets": [[s.name, s.token, s.description] for s in job.secrets],
+                        "cpu_timer": None if "rlimits" in self._disable else limits.cpu_seconds + _CPU_TIMER_MARGIN,
+                        "deadline": deadline - _CHILD_DEADLINE_MARGIN})
+        except (OSError, ValueError, TypeError) as exc:
+            child.kill()
+            return self._death(child, job, f"could not start the run: {exc}"), False
+        max_frame = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
+        cpu_budget = limits.cpu_seconds + _HOST_CPU_MARGIN
+        # A single-threaded child cannot use more CPU than wall time: no need to read its
+        # clock before the budget has passed on the wall clock.
+        cpu_check = None if "rlimits" in self._disable else time.monotonic() + cpu_budget
+        cpu_start = child.cpu_clock() if cpu_check is not None else None  # not a session child's word
+        if cpu_start is None:
+            cpu_start = child.cpu_total
+        while True:
+            if cpu_check is not None and cpu_check < deadline and not child.readable(cpu_check):
+                used = child.cpu_clock()
+                if used is None:
+                    cpu_check = None  # it exited: the next recv reports how
+                elif used - cpu_start >= cpu_budget:
+                    child.kill("cpu")
+                    child.wait_exit(KILLED_EXIT_TIMEOUT)
+                    return self._with_usage(child, _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded"),
+                                            layers), False
+                else:
+                    cpu_check = time.monotonic() + max(_HOST_CPU_RECHECK, cpu_budget - (used - cpu_start))
+                continue
+            try:
+                msg = child.recv(deadline, max_frame)
+            except TimeoutError:
+                child.kill("wall")
+                child.wait_exit(KILLED_EXIT_TIMEOUT)
+                return self._with_usage(child, _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded"),
+                                        layers), False
+            except FrameTooLarge as exc:
+                child.kill()
+                child.wait_exit()
+                return self._with_usage(child, _limit("value", str(exc)), layers), False
+            except ChannelClosed as exc:
+                if not child.exited.wait(1.0):  # closed its channel but lives on: end it
+                    child.kill()
+                return self._death(child, job, str(exc), layers), False
+            kind = msg.get("t")
+            if kind == "out":
+                output.add(msg.get("s"), msg.get("text"))
+            elif kind == "call":
+                reply = self._call(job, msg)
+                try:
+                    child.send(reply, deadline)
+                except OSError:
+                    pass  # the child died; the next recv reports it
+            elif kind == "done":
+                child.cpu_total = float(msg.get("cpu_total") or child.cpu_total)
+                return self._outcome(msg, layers), True
+            else:
+                child.kill()
+                return self._death(child, job, f"unexpected message {kind!r} from the child", layers), False
+
+    @staticmethod
+    def _call(job: Job, msg: dict) -> dict:
+        name, args, kwargs = msg.get("name"), msg.get("args"), msg.get("kwargs")
+        if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+            fault = Fault("TypeError", "malformed capability call")
+            record_refusal(job.bridge, name, fault)
+            return {"t": "fault", "fault": fault.to_wire()}
+        try:
+            result = job.bridge.call(name, args, kwargs)
+            try:
+                return {"t": "ret", "value": wire.encode(result, max_bytes=job.limits.max_value_bytes)}
+            except wire.WireError as exc:
+                raise Fault("CapabilityError", f"{name}() returned data that cannot reach the guest: {exc}") from None
+        except Fault as fault:
+            return {"t": "fault", "fault": fault.to_wire()}
+        except Exception as exc:  # noqa: BLE001 - a bridge bug must not kill the run loop
+            return {"t": "fault", "fault": Fault("CapabilityError", f"capability {name!r} failed: "
+                                                                    f"{type(exc).__name__}").to_wire()}
+
+    @staticmethod
+    def _outcome(msg: dict, layers: tuple[str, ...]) -> Outcome:
+        data = msg.get("outcome")
+        if not isinstance(data, dict):
+            return internal_error("the child sent no outcome")
+        try:
+            error = data.get("error")
+            return Outcome(
+                ok=bool(data.get("ok")) and not error, value=data.get("value") if not error else None,
+                stdout=str(data.get("stdout") or ""), stderr=str(data.get("stderr") or ""),
+                output_truncated=bool(data.get("output_truncated")),
+                error=ErrorInfo.model_validate(error) if error else None,
+                cpu_seconds=float(msg.get("cpu") or 0.0), peak_memory_bytes=int(msg.get("maxrss") or 0) or None,
+                layers=layers)
+        except (ValidationError, TypeError, ValueError) as exc:
+            return internal_error(f"the child sent a malformed outcome: {exc}")
+
+    def _with_usage(self, child: ChildHandle, outcome: Outcome, layers: tuple[str, ...]) -> Outcome:
+        info = child.exit_info or {}
+        cpu = float(info.get("utime", 0.0)) + float(info.get("stime", 0.0))
+        return outcome.model_copy(update={
+            "cpu_seconds": max(0.0, cpu - child.cpu_total) if info else None,
+            "peak_memory_bytes": int(info.get("maxrss") or 0) or None, "layers": layers})
+
+    def _death(self, child: ChildHandle, job: Job, why: str, layers: tuple[str, ...] = ()) -> Outcome:
+        """Map a child that ended without an outcome to a limit or an internal error."""
+        info = child.wait_exit(KILLED_EXIT_TIMEOUT if child.kill_reason in ("wall", "cancelled", "cpu")
+                               else EXIT_TIMEOUT)
+        if child.kill_reason == "wall":
+            return self._with_usage(child, _limit("wall", "wall-clock limit exceeded"), layers)
+        if child.kill_reason == "cpu":
+            return self._with_usage(child, _limit("cpu", f"CPU limit of {job.limits.cpu_seconds:g} s exceeded"), layers)
+        if child.kill_reason == "cancelled":
+            return self._with_usage(child, Outcome(ok=False, error=ErrorInfo(
+                kind="cancelled", type="Cancelled", message="the run was cancelled by the host")), layers)
+        if not info or info.get("status", -1) < 0:
+            return self._with_usage(child, internal_error(f"the process worker was lost ({why})"), layers)
+        status = int(info["status"])
+        cpu = float(info.get("utime", 0.0)) + float(info.get("stime", 0.0)) - child.cpu_total
+        limits = job.limits
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig in (signal.SIGXCPU, signal.SIGPROF) or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.99):
+                result = _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded")
+            elif sig == signal.SIGKILL and child.kill_reason == "protocol":
+                result = internal_error(f"the process worker was stopped by the host ({why})")
+            elif sig == signal.SIGKILL:
+                result = _limit("memory", "the process worker was killed (out of memory)")
+            elif sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT) and self._near_memory_limit(child, info):
+                result = _limit("memory", f"memory limit exceeded (worker died with {signal.Signals(sig).name})")
+            elif sig == signal.SIGXFSZ:
+                result = internal_error("the guest tried to write a file (SIGXFSZ)")
+            else:
+                result = internal_error(f"the process worker died with {signal.Signals(sig).name}")
+        else:
+            result = internal_error(f"the process worker exited with status {os.WEXITSTATUS(status)} ({why})")
+        return self._with_usage(child, result, layers)
+
+    @staticmethod
+    def _near_memory_limit(child: ChildHandle, info: dict) -> bool:
+        plan = child.limits_plan or {}
+        as_limit = plan.get(resource.RLIMIT_AS, (0, 0))[0]
+        return bool(as_limit) and int(info.get("maxrss") or 0) >= 0.5 * as_limit
+
+    # -- sessions ------------------------------------------------------------------------
+    def open_session(self) -> ProcessSession:
+        return ProcessSession(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.close()
+
+    def __enter__(self) -> "ProcessDriver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _NoBridge:
+    def call(self, name: str, args: list, kwargs: dict) -> Any:
+        raise Fault("CapabilityError", "no capabilities in raw runs")
+
+
+def _limit(limit: LimitName, message: str) -> Outcome:
+    return Outcome(ok=False, error=limit_error(limit, message))

@@ -1,0 +1,74 @@
+"""`ProcessSession`: a pinned confined child that keeps its guest globals across runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from runtimes.process.framing import ChannelClosed
+from sandbox.process.child_handle import KILLED_EXIT_TIMEOUT, ChildHandle
+from sandbox.runtime import Job, Outcome, internal_error, limit_error
+
+if TYPE_CHECKING:
+    from sandbox.process.driver import ProcessDriver
+
+
+class ProcessSession:
+    """A pinned child that keeps its guest globals across runs.
+
+    If a run kills the child (a limit), the outcome says so and the next run starts on a
+    fresh child with empty globals.
+    """
+
+    def __init__(self, driver: ProcessDriver) -> None:
+        self._driver = driver
+        self._child: ChildHandle | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._lost = False
+
+    def run(self, job: Job) -> Outcome:
+        deadline = job.control.deadline
+        slots = self._driver._slots
+        with self._lock:
+            if self._closed:
+                return internal_error("the session is closed")
+            if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return _waited_too_long()
+            try:
+                reset, self._lost = self._lost, False
+                outcome = self._run_child(job, deadline)
+            finally:
+                slots.release()
+        return outcome.model_copy(update={"session_reset": True}) if reset else outcome
+
+    def _run_child(self, job: Job, deadline: float) -> Outcome:
+        if self._child is None:
+            try:
+                self._child = self._driver._take(deadline)
+                self._child.zygote.replenish()
+            except TimeoutError:
+                return _waited_too_long()
+            except (ChannelClosed, OSError) as exc:
+                return internal_error(f"no process worker: {exc}")
+        outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
+        if not alive:
+            self._child.end(max(KILLED_EXIT_TIMEOUT, deadline + KILLED_EXIT_TIMEOUT - time.monotonic()))
+            self._child = None
+            self._lost = True
+            if outcome.error is not None:
+                outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
+                    "message": outcome.error.message + " (the session's worker ended; its globals are lost)"})})
+        return outcome
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._child is not None:
+                self._child.end()
+                self._child = None
+
+
+def _waited_too_long() -> Outcome:
+    return Outcome(ok=False, error=limit_error("wall", "wall-clock limit exceeded while waiting for a process worker"))
