@@ -25,7 +25,7 @@ from sandbox.results import RunResult
 class _Cli(click.Group):
     """A group whose usage errors are one line (click prints a usage block by default)."""
 
-    def main(  # type: ignore[override]
+    def main(
         self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
         standalone_mode: bool = True, **extra: Any,
     ) -> Any:

@@ -104,6 +104,7 @@ class Pattern:
     """A compiled regular expression (``re.Pattern``); its matching methods are bounded."""
 
     __slots__ = ("_compiled",)
+    _compiled: Any
 
     def __init__(self, compiled: Any) -> None:
         object.__setattr__(self, "_compiled", compiled)
@@ -173,6 +174,8 @@ class _Matches:
     computed when it was made, and a timeout stops the run on that limit."""
 
     __slots__ = ("_scanner", "_limit")
+    _scanner: Any
+    _limit: str
 
     def __init__(self, scanner: Any, limit: str) -> None:
         object.__setattr__(self, "_scanner", scanner)
@@ -195,6 +198,7 @@ class Match:
     """A match (``re.Match``); ``re`` gives back the wrapped `Pattern`."""
 
     __slots__ = ("_found",)
+    _found: Any
 
     def __init__(self, found: Any) -> None:
         object.__setattr__(self, "_found", found)

@@ -39,6 +39,8 @@ wrapper object offering the same API); default `importlib.import_module`."""
 class ModuleProxy:
     """A read-only view of an allowed module's public, non-module attributes."""
 
+    __name__: str
+
     def __init__(self, name: str, members: Mapping[str, Any]) -> None:
         object.__setattr__(self, "__name__", name)
         for key, value in members.items():

@@ -197,7 +197,7 @@ REPLACED: Mapping[str, Mapping[str, Any]] = {
     "itertools": {"count": _count, "cycle": _cycle, "repeat": _repeat},
     "typing": {
         "NamedTuple": _class_form_only("NamedTuple", typing._NamedTuple),  # type: ignore[attr-defined]
-        "TypedDict": _class_form_only("TypedDict", typing._TypedDict),  # type: ignore[attr-defined]
+        "TypedDict": _class_form_only("TypedDict", typing._TypedDict),
         "overload": _overload,
     },
     "enum": {"Enum": Enum, "IntEnum": IntEnum, "StrEnum": StrEnum, "Flag": Flag, "IntFlag": IntFlag},

@@ -9,8 +9,8 @@ import httpcore
 import httpx
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from sandbox.egress._policy import Egress, address_refusal
 
@@ -112,7 +112,7 @@ class BodyStream(httpx.SyncByteStream):
         self._response = response
 
     def __iter__(self) -> Any:
-        yield from self._response.stream  # type: ignore[union-attr]
+        yield from cast(Iterable[bytes], self._response.stream)  # a sync response streams bytes
 
     def close(self) -> None:
         self._response.close()

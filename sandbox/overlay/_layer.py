@@ -4,13 +4,14 @@ quotas, reads see them, and `OverlayLayer.changes` lists them with bounded diffs
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sandbox.capabilities import Capability
 from sandbox.overlay._mounts import Overlay, Denied
@@ -36,7 +37,7 @@ class OverlayLayer:
 
     def bind(self, templates: Mapping[str, Capability]) -> dict[str, Capability]:
         """Per-run copies of the overlay's capabilities, calling this layer."""
-        funcs = {"files.read": self.read, "files.write": self.write, "files.delete": self.delete,
+        funcs: dict[str, Callable[..., Any]] = {"files.read": self.read, "files.write": self.write, "files.delete": self.delete,
                  "files.list": self.list}
         bound = {}
         for name, template in templates.items():
@@ -142,6 +143,7 @@ class OverlayLayer:
         clean = redact or _same
         budget = [_DIFF_CELLS]
         out = []
+        action: Literal["created", "modified", "deleted"]
         for key in sorted(files):
             new, old = files[key], base.get(key)
             if new is _DELETED:
@@ -160,15 +162,15 @@ class OverlayLayer:
             ))
         return tuple(out)
 
-    # -- internals ----------------------------------------------------------------------
+    # -- internals (annotations say builtins.list: the method list() shadows it here) --------
 
-    def _resolve(self, path: str) -> tuple[str, str, list[str]]:
+    def _resolve(self, path: str) -> tuple[str, str, builtins.list[str]]:
         try:
             return self.overlay.resolve(path)
         except Denied as exc:
             raise CapabilityFault("PolicyDenied", f"files: {exc}") from None
 
-    def _check_target(self, key: str, mount: str, inner: list[str]) -> None:
+    def _check_target(self, key: str, mount: str, inner: builtins.list[str]) -> None:
         try:
             path = self.overlay.host_path(mount, inner)
         except Denied as exc:
@@ -176,7 +178,7 @@ class OverlayLayer:
         if path.is_dir():
             raise CapabilityFault("CapabilityError", f"files: {key!r} is a directory")
 
-    def _check_tree(self, key: str, mount: str, inner: list[str]) -> None:
+    def _check_tree(self, key: str, mount: str, inner: builtins.list[str]) -> None:
         """A new file must not sit under a file, nor replace a directory (host or layer)."""
         with self._lock:
             live = {k for k, v in self._files.items() if v is not _DELETED}
@@ -194,7 +196,7 @@ class OverlayLayer:
             if ancestor.exists() and not ancestor.is_dir():
                 raise CapabilityFault("CapabilityError", f"files: {'/'.join(parts[: i + len(parts) - len(inner)])!r} is a file, not a directory")
 
-    def _put(self, key: str, mount: str, inner: list[str], data: Any) -> None:
+    def _put(self, key: str, mount: str, inner: builtins.list[str], data: Any) -> None:
         with self._lock:
             if key not in self._base:
                 try:

@@ -172,11 +172,11 @@ class RaySandboxPool:
             batch = runs[start:start + batch_size]
             index = self._pick(len(batch))
             ref = self._actors[index].run_batch.remote(name, batch)
-            futures.append(self._track(
-                ref, index, len(batch), lambda replies: [r.result for r in replies],
-                lambda exc, batch=batch: [self._lost_result(name, exc, code, principal, limits)
-                                          for code, _, principal, limits in batch],
-            ))
+
+            def lost(exc: BaseException, batch: list[Any] = batch) -> list[RunResult]:
+                return [self._lost_result(name, exc, code, principal, limits) for code, _, principal, limits in batch]
+
+            futures.append(self._track(ref, index, len(batch), lambda replies: [r.result for r in replies], lost))
         return [result for future in futures for result in future.result()]
 
     def session(self, spec: str | None = None) -> PoolSession:
