@@ -62,7 +62,7 @@ CAPABILITIES: dict[str, Callable[..., Any]] = {
     "save_note": save_note,
 }
 
-# The restricted runtime's default import allowlist (issue 2); smolagents and stock
+# The restricted runtime's default import allowlist; smolagents and stock
 # RestrictedPython are given the same one.
 ALLOWLIST = (
     "math", "json", "re", "datetime", "collections", "itertools", "functools", "statistics", "decimal",
