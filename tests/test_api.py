@@ -101,11 +101,11 @@ def test_plain_typed_functions_are_accepted():
 
 
 def test_bad_workers_and_layers():
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(ConfigurationError, match="workers"):
         Sandbox(workers=0)
-    with pytest.raises(ValueError, match="workers applies only"):
+    with pytest.raises(ConfigurationError, match="workers applies only"):
         Sandbox(workers=2)
-    with pytest.raises(ValueError, match="unknown isolation layer"):
+    with pytest.raises(ConfigurationError, match="unknown isolation layer"):
         Sandbox(require=("magic",))
 
 

@@ -22,7 +22,7 @@ from runtimes import wire
 from runtimes.process.framing import ChannelClosed
 from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes.wire import Fault
-from sandbox.errors import IsolationUnavailable
+from sandbox.errors import ConfigurationError, IsolationUnavailable
 from sandbox.limits import LimitName
 from sandbox.process.child_handle import EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, ChildHandle, FrameTooLarge
 from sandbox.process.rlimits import rlimit_plan
@@ -60,7 +60,7 @@ class ProcessDriver:
     ``modules`` (default none) adds optional heavy modules (`OPTIONAL_MODULES`: numpy, and
     pandas, which implies numpy) to the import allowlist of this driver's children only; the
     zygote imports them (every submodule) and builds their proxies before confinement. An
-    unknown name raises `ValueError`; one that does not import on the host makes the zygote
+    unknown name raises `ConfigurationError`; one that does not import on the host makes the zygote
     fail to start (`IsolationUnavailable`).
     """
 
@@ -71,11 +71,11 @@ class ProcessDriver:
                  uid: int | None = None, spares: int | None = None, modules: tuple[str, ...] = (),
                  _allow_raw: bool = False, _disable: frozenset[str] = frozenset()) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
+            raise ConfigurationError(f"workers must be a positive int, got {workers!r}")
         require = frozenset(require)
         unknown = require - KNOWN_LAYERS
         if unknown:
-            raise ValueError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
+            raise ConfigurationError(f"unknown isolation layer(s) {sorted(unknown)}: choose from {sorted(KNOWN_LAYERS)}")
         if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
             raise IsolationUnavailable("isolation='process' needs Linux >= 5.3 (pidfd_open)")
         self.workers = workers
@@ -83,7 +83,7 @@ class ProcessDriver:
         self.modules = tuple(dict.fromkeys(modules))
         unknown_modules = set(self.modules) - set(OPTIONAL_MODULES)
         if unknown_modules:
-            raise ValueError(f"unknown optional module(s) {sorted(unknown_modules)}: choose from {list(OPTIONAL_MODULES)}")
+            raise ConfigurationError(f"unknown optional module(s) {sorted(unknown_modules)}: choose from {list(OPTIONAL_MODULES)}")
         if "pandas" in self.modules and "numpy" not in self.modules:
             self.modules = ("numpy", *self.modules)  # pandas hands out ndarrays and imports numpy from C
         if uid is None and os.geteuid() == 0:
