@@ -15,7 +15,7 @@ How layers are switched off (benchmark-only, never reachable from `Sandbox(...)`
 - restricted (in process): ``alloc-cap`` through ``SANDBOX_DISABLE_ALLOC_CAP=1`` when the driver
   is built (the allocator hooks, once loaded, stay installed process-wide but unarmed);
   ``ticks`` and ``size-guards`` by compiling the guest with a transformer subclass (below) that
-  leaves out the inserted ``_tick_``/``_enter_``/``_getiter_`` calls, or the ``_mul_``/``_mod_``/
+  leaves out the inserted ``_tick_``/``_enter_``/``_getiter_`` ticks, or the ``_mul_``/``_mod_``/
   ``_pow_``/``_lshift_``/``_sized_``/``_starred_``/``_formatted_`` guards. Every restricted
   variant, the baseline included, runs through the same compile hook, so the hook's own cost
   cancels out.
@@ -94,6 +94,9 @@ def _transformer_without(off: frozenset[str]) -> type:
 
             def guard_iter(self, node: Any) -> ast.AST:
                 return self.node_contents_visit(node)
+
+            def _tick_while(self, node: ast.While) -> ast.AST:
+                return node
 
         if "size-guards" in off:
 

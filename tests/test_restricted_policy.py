@@ -526,6 +526,16 @@ def test_session_generators_outlive_an_earlier_runs_deadline_and_limit() -> None
     assert second["value"] == 3000
 
 
+def test_session_loops_and_calls_tick_again_after_an_earlier_runs_limit() -> None:
+    state = GuestState()
+    first = run("def f(n):\n    return f(n + 1)\ntry:\n    f(0)\nfinally:\n    while True:\n        pass",
+                state=state, limits={"cpu_seconds": 0.2, "wall_seconds": 0.5})
+    assert first["error"]["limit"] == "recursion"
+    code = "i = 0\nwhile i < 2000:\n    i += 1\nelse:\n    i = -i\ndef g(n):\n    return n if n < 1 else g(n - 1)\n[i, g(100)]"
+    assert value(code, state=state) == [-2000, 0]
+    assert error("while True:\n    pass", state=state, limits={"cpu_seconds": 0.2})["limit"] == "cpu"
+
+
 def test_fresh_runs_do_not_share_globals() -> None:
     assert value("leak = 1") is None
     assert error("leak")["type"] == "NameError"

@@ -3,13 +3,34 @@
 A `Budget` is created per run. Compiled guest code calls into it through names the
 transformer inserts (``_tick_``, ``_getiter_``, ``_mul_`` ...):
 
-* **Ticks** are C-level: ``_tick_`` is the ``__next__`` of an `itertools.chain` over chunks of
-  a list, and ``_getiter_`` wraps a loop's iterable in a chain of `islice` chunks. Python code
-  (the *check*) runs only once per chunk, so a tick costs one C call. A check compares
-  ``time.thread_time()`` with ``cpu_seconds`` and ``time.monotonic()`` with ``wall_seconds``.
-* A shared **watchdog** thread looks at every active run every few milliseconds and, when one is
-  over its deadline, empties its chunk lists so the very next tick runs the check.
-* **Recursion** is checked on function entry every few calls by probing the frame stack.
+* **Ticks** are C-level. ``_tick_`` is an endless `itertools.chain` over chunks of one list of
+  `_LOOP_CHUNK` Nones, shared by every ``while`` loop of the run (the transformer makes
+  ``while test:`` a ``for`` over it that breaks when ``test`` is false), so an iteration costs
+  one C ``next`` and no Python call. ``_getiter_`` wraps a ``for`` loop's iterable in a chain
+  of `islice` (or sub-``range``) chunks. ``_enter_``, called on every function entry, is the
+  ``__next__`` of a chain over chunks of function entries. Python code (the *check*) runs only
+  once per chunk. A check counts down: every `_TIME_EVERY`-th check reads ``time.monotonic()``
+  against the wall deadline (and a tripped allocator cap), every `_CPU_EVERY`-th of those reads
+  ``time.thread_time()`` against ``cpu_seconds``.
+* A shared **watchdog** thread (every `_WATCHDOG_PERIOD`) reads the wall clock and each run's
+  thread CPU clock and, when a run is over a deadline, stops it and empties its chunk lists, so
+  the very next tick or function entry runs the check and raises.
+
+  What this guarantees for a pure-Python loop (``while True: pass``, ``for x in
+  itertools.count(): ...``, recursion): with the watchdog running, it stops within one
+  iteration of the watchdog's next poll after the wall deadline or CPU limit passes (a few
+  milliseconds). Without a watchdog (threads forbidden), a loop reads the wall clock at
+  least every ``_LOOP_CHUNK * _TIME_EVERY`` iterations and the CPU clock every
+  ``_CPU_EVERY`` times as many, so the overshoot is that many iterations' time (milliseconds
+  for plain iterations; slow iterations shrink ``for`` loop chunks to about `_CHUNK_SECONDS`).
+  A single long C call (one huge ``sorted``) is not interrupted: only the process runtime
+  kills a run mid-call.
+* **Recursion** is checked on function entry: before each chunk of entries a probe of the frame
+  stack (`sys._getframe`) refuses a guest stack deeper than ``max_recursion_depth``. While the
+  stack is under a quarter of the cap the next probe comes after `_long_call_chunk` entries
+  (a quarter of the cap, at most `_LONG_CALL_CHUNK`), so the cap is not passed before it unless
+  a guest call adds more than three Python frames; past a quarter, every `_CALL_CHUNK` entries
+  (a recursion passes the cap by less than that many calls).
 * **Size guards** estimate the result of ``*``, ``**``, ``<<``, ``%``, format widths,
   ``bytes(n)`` and materialising ranges, and refuse results larger than ``memory_bytes``:
   the early, cheap check.
@@ -46,7 +67,9 @@ _FIRST_CHUNK = 8
 _CHUNK_SECONDS = 0.002
 """Target time of one loop chunk: chunks shrink when iterations are slow."""
 _CALL_CHUNK = 32
-"""Function entries between two recursion probes; a recursion overshoots the cap by less."""
+"""Function entries between two recursion probes once the stack is past a quarter of the cap."""
+_LONG_CALL_CHUNK = 256
+"""Most function entries between two probes while the stack is under a quarter of the cap."""
 _TIME_EVERY = 8
 """Checks between two wall-clock reads; the watchdog bounds the latency in between."""
 _CPU_EVERY = 8
@@ -126,22 +149,38 @@ class Terminated(BaseException):
 class _Check:
     """Source of tick chunks: each request for a new chunk runs the budget's check first."""
 
-    __slots__ = ("_budget", "_chunk", "_depth")
+    __slots__ = ("_budget", "_chunk")
 
-    def __init__(self, budget: Budget, chunk: list, depth: bool) -> None:
+    def __init__(self, budget: Budget, chunk: list) -> None:
         self._budget = budget
         self._chunk = chunk
-        self._depth = depth
 
     def __iter__(self) -> _Check:
         return self
 
     def __next__(self) -> Iterator[None]:
+        self._budget.check()
+        return iter(self._chunk)
+
+
+class _EntryCheck:
+    """Source of function-entry chunks: the check and a recursion probe before each; a long
+    chunk while the stack is under a quarter of the cap, a short one past it."""
+
+    __slots__ = ("_budget", "_short", "_long")
+
+    def __init__(self, budget: Budget, short: list, long: list) -> None:
+        self._budget = budget
+        self._short = short
+        self._long = long
+
+    def __iter__(self) -> _EntryCheck:
+        return self
+
+    def __next__(self) -> Iterator[None]:
         budget = self._budget
         budget.check()
-        if self._depth:
-            budget.check_depth()
-        return iter(self._chunk)
+        return iter(self._long if budget.check_depth() else self._short)
 
 
 class _LoopChunks:
@@ -193,8 +232,7 @@ class Budget:
         """The allocator cap (`alloc_cap.new_cap`) the executor arms while guest code runs, or None."""
         self._loop_chunk: list[None] = []
         self._call_chunk: list[None] = []
-        self.tick = chain.from_iterable(_Check(self, self._loop_chunk, False)).__next__
-        self.enter = chain.from_iterable(_Check(self, self._call_chunk, True)).__next__
+        self._long_call_chunk: list[None] = []
         self.anchor: Any = None
         """The executor's code object; frames above it are guest frames (for the depth probe)."""
         self.reset(limits, cpu_start, deadline)
@@ -222,6 +260,12 @@ class Budget:
         self._base_depth: int | None = None
         self._loop_chunk[:] = [None] * _LOOP_CHUNK
         self._call_chunk[:] = [None] * _CALL_CHUNK
+        self._long_call_chunk[:] = [None] * max(_CALL_CHUNK, min(_LONG_CALL_CHUNK, self.max_recursion_depth // 4))
+        # Fresh chains each run: a chain whose check raised is exhausted for good.
+        self.ticks: Iterator[None] = chain.from_iterable(_Check(self, self._loop_chunk))
+        """``_tick_``: the endless iterator every ``while`` loop of the run iterates."""
+        self.enter = chain.from_iterable(_EntryCheck(self, self._call_chunk, self._long_call_chunk)).__next__
+        """``_enter_``: called on every function entry."""
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -231,6 +275,7 @@ class Budget:
             self.stop = exc
         self._loop_chunk.clear()
         self._call_chunk.clear()
+        self._long_call_chunk.clear()
         return self.stop
 
     def trip_limit(self, limit: str, message: str) -> LimitExceeded:
@@ -281,15 +326,21 @@ class Budget:
         if time.thread_time() - self.cpu_start > self.cpu_limit:
             raise self.trip_limit(CPU, f"CPU time limit of {self.cpu_limit:g} s exceeded")
 
-    def check_depth(self) -> None:
-        """Raise `LimitExceeded` recursion when the guest stack is deeper than the cap."""
+    def check_depth(self) -> bool:
+        """Raise `LimitExceeded` recursion when the guest stack is deeper than the cap; True
+        when it is under a quarter of the cap."""
         if self._base_depth is None:
             self._base_depth = self._depth_below_guest()
-        # From check_depth: itself, _Check.__next__, then the guest frames, then the anchor.
+        # From check_depth: itself, _EntryCheck.__next__, then the guest frames, then the anchor.
+        base = self._base_depth + 2
         try:
-            sys._getframe(self._base_depth + self.max_recursion_depth + 2)
+            sys._getframe(base + self.max_recursion_depth // 4)
         except ValueError:
-            return
+            return True
+        try:
+            sys._getframe(base + self.max_recursion_depth)
+        except ValueError:
+            return False
         raise self.trip_limit(RECURSION, f"maximum recursion depth of {self.max_recursion_depth} exceeded")
 
     def _depth_below_guest(self) -> int:

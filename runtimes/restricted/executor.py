@@ -432,7 +432,7 @@ def _install(
             "_getitem_": getitem,
             "_write_": guards.write,
             "_getiter_": budget.getiter,
-            "_tick_": budget.tick,
+            "_tick_": budget.ticks,
             "_enter_": budget.enter,
             "_inplacevar_": budget.inplace,
             "_mul_": budget.mul,

@@ -4,8 +4,10 @@ On top of RestrictedPython 9's `RestrictingNodeTransformer` (names and attribute
 with ``_`` refused, attribute reads through ``_getattr_``, item reads through ``_getitem_``,
 item/attribute stores through ``_write_``, no ``except*``, no ``match``, no async), this:
 
-* inserts ticks: ``_getiter_`` around every ``for``/comprehension iterable, ``_tick_()`` at the
-  top of every ``while`` body and ``_enter_()`` at the top of every function and lambda;
+* inserts ticks: ``_getiter_`` around every ``for``/comprehension iterable, ``_enter_()`` at
+  the top of every function and lambda, and turns ``while test:`` into
+  ``for _tmpN in _tick_:`` whose body starts with ``if not test: break`` (``_tick_`` is the
+  run's endless ticking iterator, so an iteration costs no Python call; see `_tick_while`);
 * routes ``*``, ``**``, ``<<`` and ``%`` (and their augmented forms), f-string format specs,
   ``*args`` and the first argument of ``list(...)``/``bytes(...)``-style calls through size
   guards; number arithmetic skips them after one inline type test per expression (below);
@@ -219,10 +221,35 @@ class GuestTransformer(RestrictingNodeTransformer):
         node.iter = wrapped
         return node
 
-    def visit_While(self, node: ast.While) -> ast.AST:
+    def visit_While(self, node: ast.While) -> ast.AST | list[ast.AST]:
         node = self.node_contents_visit(node)
-        self._prepend(node, node.body, "_tick_")
-        return node
+        return self._tick_while(node)
+
+    def _tick_while(self, node: ast.While) -> ast.AST | list[ast.AST]:
+        """``while test: body`` as ``for _tmpA in _tick_:`` with ``if not test: break`` first.
+
+        ``continue`` re-tests, ``break`` leaves, as before. An ``else`` clause runs after the
+        loop when the test ended it (a flag set just before that ``break``), so a ``break``
+        or ``continue`` inside it still refers to the enclosing loop.
+        """
+        exit_: list[ast.stmt] = [ast.Break()]
+        before: list[ast.stmt] = []
+        after: list[ast.stmt] = []
+        if node.orelse:
+            flag = self.gen_tmp_name()
+            before = [ast.Assign(targets=[ast.Name(flag, ast.Store())], value=ast.Constant(False))]
+            exit_ = [ast.Assign(targets=[ast.Name(flag, ast.Store())], value=ast.Constant(True)), ast.Break()]
+            after = [ast.If(_name(flag), node.orelse, [])]
+        body = list(node.body)
+        if not (isinstance(node.test, ast.Constant) and node.test.value):
+            body.insert(0, ast.If(ast.UnaryOp(ast.Not(), node.test), exit_, []))
+        loop = ast.For(target=ast.Name(self.gen_tmp_name(), ast.Store()), iter=_name("_tick_"), body=body, orelse=[])
+        for stmt in (*before, *after):
+            copy_locations(stmt, node)
+        copy_locations(loop, node.body[0])  # a stop raised by the tick points into the body, as before
+        for stmt in body[:1] + exit_:
+            copy_locations(stmt, node.test)
+        return [*before, loop, *after] if before else loop
 
     # unpacking ---------------------------------------------------------------------------
 
