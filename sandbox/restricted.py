@@ -22,7 +22,7 @@ from typing import Any
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.executor import GuestState, execute
 from sandbox.limits import Limits
-from sandbox.results import ErrorInfo
+from sandbox.results import ErrorInfo, trusted
 from sandbox.runtime import Job, Outcome
 
 LAYERS = ("restricted-python",)
@@ -48,6 +48,7 @@ def _why_no_cap() -> str:
 
 
 def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Outcome:
+    timings: dict[str, float] | None = {} if job.timings else None
     raw = execute(
         job.code,
         limits=_limits_dict(job.limits),
@@ -61,20 +62,23 @@ def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Out
         on_stop=job.control.on_cancel,
         on_output=_stdout_sink(job),
         inputs_are_private=True,  # Sandbox.run made them with wire.plain for this run alone
+        timings=timings,
     )
     # The executor is host code building plain data in the wire format: construct, don't re-validate.
     error = raw["error"]
-    return Outcome.model_construct(
-        ok=raw["ok"],
-        value=raw["value"],
-        stdout=raw["stdout"],
-        stderr=raw["stderr"],
-        output_truncated=raw["output_truncated"],
-        error=ErrorInfo(**error) if error is not None else None,
-        cpu_seconds=raw["cpu_seconds"],
-        peak_memory_bytes=raw["peak_memory_bytes"],
-        layers=layers,
-    )
+    return trusted(Outcome, {
+        "ok": raw["ok"],
+        "value": raw["value"],
+        "stdout": raw["stdout"],
+        "stderr": raw["stderr"],
+        "output_truncated": raw["output_truncated"],
+        "error": ErrorInfo(**error) if error is not None else None,
+        "cpu_seconds": raw["cpu_seconds"],
+        "peak_memory_bytes": raw["peak_memory_bytes"],
+        "layers": layers,
+        "session_reset": False,
+        "timings": timings,
+    })
 
 
 def _stdout_sink(job: Job) -> Any:

@@ -7,7 +7,7 @@ back as a `RunResult` with ``ok=False`` and an `ErrorInfo` whose ``kind`` says w
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticSerializationError
@@ -115,6 +115,13 @@ class RunResult(BaseModel):
     session_reset: bool = False
     """True on the first run of a `Session` after it lost its guest state (a limit ended its
     worker or instance, or the sandbox released it); stderr then starts with a notice."""
+    timings: dict[str, float] | None = None
+    """Seconds spent in each phase of the run, with `Sandbox(timings=True)`; None otherwise.
+    Every runtime reports the host's phases: ``prepare`` (from the checked arguments to the
+    driver call: secrets, policy, bridge), ``driver`` (the driver's whole run, the guest's
+    code included) and ``finish`` (redaction, file changes, building this result). Drivers
+    that measure their own work add its phases, which fall inside ``driver`` (restricted:
+    ``compile``, ``setup``, ``execute``, ``finish`` prefixed ``driver.``)."""
 
     def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
         """The result as JSON. Guest text may hold lone surrogates, which pydantic's JSON
@@ -125,3 +132,52 @@ class RunResult(BaseModel):
             from sandbox.jsontext import dumps, jsonable
 
             return dumps(jsonable(self.model_dump(**kwargs)), indent=indent)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_set = object.__setattr__
+_FIELD_COUNTS: dict[type, int] = {}
+
+
+def trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
+    """A ``cls`` holding ``values`` as they are: for host-built data already of the field types,
+    with every field given. It is what ``cls.model_construct(**values)`` builds for these plain
+    models (no aliases, extra fields, private attributes or post-init hook; `_plain_model`
+    checks that at import), without its per-field loop, which costs several microseconds per
+    model on every run. ``values`` becomes the model's ``__dict__``: pass a fresh dict. Fields
+    left out get their defaults (a missing required field raises `TypeError`)."""
+    count = _FIELD_COUNTS.get(cls)
+    if count is None:
+        count = _FIELD_COUNTS[cls] = len(cls.model_fields)
+    if len(values) != count:
+        values = _complete(cls, values)
+    model = cls.__new__(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", set(values))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
+def _complete(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    complete: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        if name in values:
+            complete[name] = values[name]
+        elif field.is_required():
+            raise TypeError(f"{cls.__name__}.{name} is required")
+        else:
+            complete[name] = field.get_default(call_default_factory=True, validated_data=complete)
+    return complete
+
+
+def _plain_model(cls: type[BaseModel]) -> None:
+    """Raise `TypeError` when `trusted` would not build what ``model_construct`` builds for ``cls``."""
+    aliased = [name for name, field in cls.model_fields.items() if field.alias or field.validation_alias]
+    if (aliased or cls.model_config.get("extra") == "allow" or cls.__private_attributes__
+            or cls.__pydantic_post_init__ or cls.__pydantic_root_model__):
+        raise TypeError(f"{cls.__name__} is not a plain model: build it with model_construct")
+
+
+for _cls in (ErrorInfo, Usage, RunResult):
+    _plain_model(_cls)

@@ -122,9 +122,10 @@ class RunControl:
                 pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Job:
-    """One run, as handed to a driver. ``control`` defaults to a deadline of ``limits.wall_seconds`` from now."""
+    """One run, as handed to a driver (read-only for drivers). ``control`` defaults to a deadline
+    of ``limits.wall_seconds`` from now."""
 
     run_id: str
     code: str
@@ -140,10 +141,13 @@ class Job:
     on_output: Callable[[str, str], None] | None = None
     """Called with (stream, text) as the guest writes output ("stdout" or "stderr"), within the
     output limit; drivers call it from whatever thread reads the output."""
+    timings: bool = False
+    """Report per-phase durations in `Outcome.timings` (drivers that measure phases do; the
+    others leave it None). Off, a driver must not spend anything on measuring."""
 
     def __post_init__(self) -> None:
         if self.control is None:
-            object.__setattr__(self, "control", RunControl(time.monotonic() + self.limits.wall_seconds))
+            self.control = RunControl(time.monotonic() + self.limits.wall_seconds)
 
 
 class Outcome(BaseModel):
@@ -162,6 +166,10 @@ class Outcome(BaseModel):
     layers: tuple[str, ...] = ()
     session_reset: bool = False
     """A session run that started on fresh guest state because the previous one was lost."""
+    timings: dict[str, float] | None = None
+    """Seconds per phase of the driver's own work, when `Job.timings` asked for them and the
+    driver measures phases (names are the driver's: restricted reports compile, setup,
+    execute, finish)."""
 
 
 class DriverSession(Protocol):

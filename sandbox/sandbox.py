@@ -21,6 +21,7 @@ and one redacted `RunRecord` per run (Session runs included) is emitted after th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import keyword
 import logging
 import os
@@ -46,7 +47,7 @@ from sandbox.capabilities import (
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.handles import RunHandle, StreamRedactor
 from sandbox.limits import Limits
-from sandbox.results import ErrorInfo, RunResult, Usage
+from sandbox.results import ErrorInfo, RunResult, Usage, trusted
 from sandbox.runtime import KNOWN_LAYERS, Driver, DriverSession, Job, Outcome, RunControl, limit_error
 from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
 
@@ -91,6 +92,27 @@ class _RunSpec:
     principal: Principal | None
     control: RunControl
     started: float
+
+
+class _RunIds:
+    """Run ids: 32 hex digits, a random per-process prefix (new in a forked child) and a counter.
+    Unique within the process and across processes; not secret (nothing is granted by a run id)."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_RUN_IDS = _RunIds()
+_next_run_id = _RUN_IDS.next
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUN_IDS.reseed)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -179,6 +201,8 @@ class Sandbox:
         max_sessions: most sessions holding guest state at once; opening one more releases
             the state of the least recently used idle session (same flag on its next run), or
             raises `SandboxError` when all are running.
+        timings: when True, every `RunResult` carries ``timings``, the seconds spent in each
+            phase of the run (see `RunResult.timings`); off (the default), nothing is measured.
 
     Every run method takes the same per-run keywords: ``inputs``; ``limits`` (a `Limits` whose
     every field is at most this sandbox's own, else `ValueError` naming the field);
@@ -207,6 +231,7 @@ class Sandbox:
         files: Overlay | None = None,
         session_ttl: float | None = None,
         max_sessions: int | None = None,
+        timings: bool = False,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
@@ -254,6 +279,7 @@ class Sandbox:
         granted = list(capabilities) + (self._egress.capabilities if self._egress is not None else [])
         granted += files.capabilities if files is not None else []
         self.capabilities = collect(granted)
+        self._async_capabilities = any(cap.is_async for cap in self.capabilities.values())
         for secret_name, secret in self.secrets.items():
             for pattern in secret.capabilities:
                 if not any(scope_allows_capability([pattern], cap) for cap in self.capabilities):
@@ -276,6 +302,9 @@ class Sandbox:
         self.modules = extra_modules
         self._driver = _make_driver(runtime, isolation, workers, required, extra_modules)
         self.isolation = self._driver.isolation
+        if not isinstance(timings, bool):
+            raise ConfigurationError(f"timings must be True or False, got {timings!r}")
+        self.timings = timings
         self.session_ttl = float(session_ttl) if session_ttl is not None else None
         self.max_sessions = max_sessions
         self._sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
@@ -471,7 +500,7 @@ class Sandbox:
 
     def _check_sync_context(self, method: str) -> None:
         """Host misuse: a blocking run on a thread whose event loop must serve async capabilities."""
-        if _running_loop() is not None and any(cap.is_async for cap in self.capabilities.values()):
+        if self._async_capabilities and _running_loop() is not None:
             raise RuntimeError(
                 f"{method}() was called from a running asyncio event loop while an async capability is granted: "
                 f"the loop would be blocked; use `await {'session' if method.startswith('session') else 'sandbox'}"
@@ -500,7 +529,7 @@ class Sandbox:
             raise TypeError(f"code must be str, not {type(code).__name__}")
         run_limits = self._limits_for(limits)
         try:
-            wire_inputs = plain(dict(inputs or {}))
+            wire_inputs = plain(dict(inputs)) if inputs else {}
         except WireError as exc:
             raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
                             f"timedelta, Decimal, UUID): {exc}") from None
@@ -514,7 +543,7 @@ class Sandbox:
             who = coerce_principal(principal)
         started = time.perf_counter()
         control = RunControl(time.monotonic() + run_limits.wall_seconds)
-        return _RunSpec(os.urandom(16).hex(), code, wire_inputs, run_limits, who, control, started)
+        return _RunSpec(_next_run_id(), code, wire_inputs, run_limits, who, control, started)
 
     def _start_spec(self, spec: _RunSpec, session: Session | None, loop: asyncio.AbstractEventLoop | None,
                     on_output: OutputCallback | None) -> RunHandle:
@@ -575,7 +604,9 @@ class Sandbox:
             secrets=broker.handles if broker is not None else (),
             control=control,
             on_output=sink,
+            timings=self.timings,
         )
+        driver_start = time.perf_counter() if self.timings else 0.0
         try:
             if session is not None:
                 outcome = session._driver_run(job)
@@ -597,6 +628,8 @@ class Sandbox:
             if broker is not None:
                 broker.revoke()
         outcome = _stopped_outcome(outcome, control, spec.limits)
+        finish_start = time.perf_counter() if self.timings else 0.0
+        timings = _host_timings(spec.started, driver_start, finish_start, outcome.timings) if self.timings else None
 
         def finish() -> RunResult:
             error = outcome.error
@@ -611,27 +644,28 @@ class Sandbox:
             changes = layer.changes(redactor.text if redactor else None) if layer is not None else None
             # Every field below is already validated (the driver's Outcome) or made here: construct
             # without validating again, which is most of the host's cost on a trivial run.
-            return RunResult.model_construct(
-                ok=outcome.ok,
-                value=value,
-                stdout=stdout,
-                stderr=stderr,
-                output_truncated=outcome.output_truncated,
-                error=error,
-                usage=Usage.model_construct(
-                    wall_seconds=time.perf_counter() - spec.started,
-                    cpu_seconds=outcome.cpu_seconds or 0.0,
-                    peak_memory_bytes=outcome.peak_memory_bytes,
-                    capability_calls=bridge.calls,
-                ),
-                run_id=run_id,
-                runtime=self.runtime,
-                isolation=self.isolation,
-                layers=outcome.layers,
-                changes=changes,
-                session_reset=outcome.session_reset,
-                warnings=list(bridge.warnings),
-            )
+            return trusted(RunResult, {
+                "ok": outcome.ok,
+                "value": value,
+                "stdout": stdout,
+                "stderr": stderr,
+                "output_truncated": outcome.output_truncated,
+                "error": error,
+                "usage": trusted(Usage, {
+                    "wall_seconds": time.perf_counter() - spec.started,
+                    "cpu_seconds": outcome.cpu_seconds or 0.0,
+                    "peak_memory_bytes": outcome.peak_memory_bytes,
+                    "capability_calls": bridge.calls,
+                }),
+                "run_id": run_id,
+                "runtime": self.runtime,
+                "isolation": self.isolation,
+                "layers": outcome.layers,
+                "warnings": list(bridge.warnings),
+                "changes": changes,
+                "session_reset": outcome.session_reset,
+                "timings": timings,
+            })
 
         if redactor or layer is not None:  # work that grows with what the guest produced: bounded
             future = call_threads.submit(finish)
@@ -648,10 +682,12 @@ class Sandbox:
                                                 capability_calls=bridge.calls),
                     run_id=run_id, runtime=self.runtime, isolation=self.isolation, layers=outcome.layers,
                     changes=() if layer is not None else None, session_reset=outcome.session_reset,
-                    warnings=list(bridge.warnings),
+                    warnings=list(bridge.warnings), timings=timings,
                 )
         else:
             result = finish()
+        if timings is not None:
+            timings["finish"] = time.perf_counter() - finish_start
         if recorder is not None and self.records is not None:
             try:
                 self.records.emit(recorder.finish(result))
@@ -804,6 +840,16 @@ def _release_unclosed(box: _SessionBox, session_id: str) -> None:
         warnings.warn(f"sandbox Session {session_id} was not closed; its guest state was released",
                       ResourceWarning, stacklevel=2)
         box.close()
+
+
+def _host_timings(started: float, driver_start: float, driver_end: float,
+                  driver: dict[str, float] | None) -> dict[str, float]:
+    """The host's phases up to the driver's end (``prepare``, ``driver``) and the driver's own,
+    prefixed ``driver.``; the caller adds ``finish`` once the result is built."""
+    timings = {"prepare": driver_start - started, "driver": driver_end - driver_start}
+    if driver:
+        timings.update((f"driver.{name}", seconds) for name, seconds in driver.items())
+    return timings
 
 
 def _holds_secret(exc: BaseException, redactor: Redactor) -> bool:

@@ -15,7 +15,6 @@ import gc
 import keyword
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -63,19 +62,25 @@ class GuestState:
 
     Holds the guest's globals, one builtins dict that every run refreshes in place (functions
     defined in an earlier run keep the builtins they were created with, so they print into
-    the current run's output), and one `Budget` that every run resets (loops and generators
-    suspended in an earlier run are checked against the current run's limits).
+    the current run's output), and one `_Kit` (a `Budget` that every run resets, the guards,
+    builtins and hooks bound to it, an `Output` every run empties): loops and generators
+    suspended in an earlier run are checked against the current run's limits.
     """
 
-    __slots__ = ("globals", "builtins", "budget", "stale_handles")
+    __slots__ = ("globals", "builtins", "kit", "stale_handles")
 
     def __init__(self) -> None:
         self.globals: dict[str, Any] = {}
         self.builtins: dict[str, Any] = dict(_BASE_BUILTINS)
-        self.budget: Budget | None = None
+        self.kit: _Kit | None = None
         # Handles issued by earlier runs, with their (revoked) tokens: a handle kept in the
         # session's globals is sent to the host as its old token, which the host refuses by name.
         self.stale_handles: dict[int, tuple[SecretHandle, str]] = {}
+
+    @property
+    def budget(self) -> Budget | None:
+        """The budget the session's runs share (None before the first run)."""
+        return self.kit.budget if self.kit is not None else None
 
 
 class Output(OutputCap):
@@ -89,6 +94,12 @@ class Output(OutputCap):
     def __init__(self, cap: int, sink: Callable[[str], None] | None = None) -> None:
         super().__init__(cap)
         self.parts: list[str] = []
+        self.sink = sink
+
+    def reset(self, cap: int, sink: Callable[[str], None] | None) -> None:
+        """Empty, for a new run that keeps ``cap`` bytes and streams to ``sink``."""
+        OutputCap.__init__(self, cap)
+        self.parts = []
         self.sink = sink
 
     def write(self, text: str) -> int:
@@ -134,6 +145,7 @@ def execute(
     on_output: Callable[[str], None] | None = None,
     on_tick: Callable[[], None] | None = None,
     inputs_are_private: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """Run ``code`` with the restricted policy and return a `runtimes.wire.outcome` dict.
 
@@ -155,7 +167,9 @@ def execute(
     registers ``stop``, a thread-safe function that ends the run at its next tick as
     ``cancelled``, and returns a function that unregisters it. ``on_output(text)`` receives
     stdout as it is written, within the output cap; ``on_tick()`` is called every few
-    milliseconds while guest code runs (when the budget reads its clocks).
+    milliseconds while guest code runs (when the budget reads its clocks). ``timings``, when
+    given, receives the seconds spent in each phase: ``compile``, ``setup`` (namespace, limits),
+    ``execute`` (guest code and converting its value; a fresh run's clean-up too) and ``finish``.
 
     The outcome's value is the last expression statement's value, as lenient
     `runtimes.wire.plain` makes it; over ``max_value_bytes`` the run ends with
@@ -178,7 +192,7 @@ def execute(
 
     def run() -> dict:
         return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, state,
-                           memory_cap, deadline, on_stop, on_output, on_tick)
+                           memory_cap, deadline, on_stop, on_output, on_tick, timings)
 
     try:
         return GUEST_STACK.run(run, int(limits["memory_bytes"]))
@@ -249,8 +263,13 @@ def _execute(
     on_stop: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
     on_output: Callable[[str], None] | None = None,
     on_tick: Callable[[], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict:
+    if timings is not None:
+        mark = time.perf_counter()
     compiled = compile_guest(code) if isinstance(code, str) else None
+    if timings is not None:
+        mark = _phase(timings, "compile", mark)
     if compiled is None or compiled.code is None:
         message = compiled.error_message if compiled is not None else "code must be a str"
         lineno = compiled.lineno if compiled is not None else None
@@ -259,46 +278,51 @@ def _execute(
             cpu_seconds=time.thread_time() - cpu_start,
         )
 
-    output = Output(int(limits["max_output_bytes"]), on_output)
+    fresh = state is None
     if state is None:
-        budget = Budget(limits, cpu_start, deadline, memory_cap=memory_cap)
-        guest_globals: dict[str, Any] = {}
-        guest_builtins = dict(_BASE_BUILTINS)
+        state = GuestState()
+    kit = state.kit
+    if kit is None or (kit.budget.cap is not None) != memory_cap:
+        kit = state.kit = _Kit(Budget(limits, cpu_start, deadline, memory_cap=memory_cap),
+                               Output(int(limits["max_output_bytes"]), on_output), state.globals, state.builtins)
     else:
-        if state.budget is None:
-            state.budget = Budget(limits, cpu_start, deadline, memory_cap=memory_cap)
-        else:
-            state.budget.reset(limits, cpu_start, deadline)
-        budget = state.budget
-        guest_globals = state.globals
-        guest_builtins = state.builtins
-        guest_globals.pop(RESULT_NAME, None)
+        kit.budget.reset(limits, cpu_start, deadline)
+        kit.output.reset(int(limits["max_output_bytes"]), on_output)
+        state.globals.pop(RESULT_NAME, None)
+    budget, output, guest_globals = kit.budget, kit.output, state.globals
     budget.anchor = _run_program.__code__
     value_cap = int(limits.get("max_value_bytes") or DEFAULT_VALUE_BYTES)
     budget.on_time_check = on_tick
     tokens: dict[int, tuple[SecretHandle, str]] = {}
-    stale = state.stale_handles if state is not None else {}
-    run_over = threading.Event()
-    _install(guest_globals, guest_builtins, budget, output, call_host, capabilities, secrets, tokens, stale, run_over,
-             value_cap)
-    guest_globals.update(inputs)
+    stale = state.stale_handles
+    run = _RunFlag()
+    state.builtins.update(kit.builtins)
+    guest_globals.update(kit.hooks)
+    if secrets or capabilities:
+        _install_grants(guest_globals, budget, call_host, capabilities, secrets, tokens, stale, run, value_cap)
+    if inputs:
+        guest_globals.update(inputs)
 
     WATCHDOG.register(budget)
     unregister = on_stop(lambda: budget.trip(_cancelled())) if on_stop is not None else None
+    if timings is not None:
+        mark = _phase(timings, "setup", mark)
     try:
-        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, guest_globals, budget, state is None,
-                                                    value_cap)
+        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, state, value_cap, run,
+                                                    fresh)
     finally:
-        run_over.set()
+        run.over = True
         if unregister is not None:
             unregister()
         WATCHDOG.unregister(budget)
-        if state is not None and len(stale) < _MAX_STALE_HANDLES:
+        if not fresh and len(stale) < _MAX_STALE_HANDLES:
             stale.update(tokens)
         tokens.clear()
     if budget.host_failure is not None:
         raise _HostFailure(budget.host_failure)
-    return outcome(
+    if timings is not None:
+        mark = _phase(timings, "execute", mark)
+    result = outcome(
         value=value,
         stdout=output.text(),
         output_truncated=output.truncated,
@@ -306,26 +330,58 @@ def _execute(
         cpu_seconds=time.thread_time() - cpu_start,
         peak_memory_bytes=budget.cap.peak if budget.cap is not None else None,
     )
-
-
-def _run_isolated(code: Any, guest_globals: dict[str, Any], budget: Budget, fresh: bool,
-                  value_cap: int) -> tuple[dict | None, Any]:
-    """`_run_program` in the copied context it is called in, with a decimal context of its own:
-    the guest's arithmetic sets flags and traps there, never on the host thread's context."""
-    decimal.setcontext(decimal.Context())
-    result = _run_program(code, guest_globals, budget, value_cap)
-    if fresh:
-        _release(guest_globals, budget)
+    if timings is not None:
+        _phase(timings, "finish", mark)
     return result
 
 
-def _release(guest_globals: dict[str, Any], budget: Budget) -> None:
-    """Drop a fresh run's objects now: its globals, the frames its stop holds and, when the run
-    allocated much (cycles keep objects alive past their last reference), a collection. The
-    next run must not find the host still holding this run's memory on top of its own."""
-    guest_globals.clear()
+def _phase(timings: dict[str, float], name: str, since: float) -> float:
+    """Record ``name`` as the seconds from ``since`` to now; returns now."""
+    now = time.perf_counter()
+    timings[name] = now - since
+    return now
+
+
+class _RunFlag:
+    """Set when a run is over: its capabilities then refuse to reach the host."""
+
+    __slots__ = ("over",)
+
+    def __init__(self) -> None:
+        self.over = False
+
+
+def _run_isolated(code: Any, state: GuestState, value_cap: int, run: _RunFlag, fresh: bool) -> tuple[dict | None, Any]:
+    """`_run_program` in the copied context it is called in, with a decimal context of its own:
+    the guest's arithmetic sets flags and traps there, never on the host thread's context. A
+    fresh run's objects are released (`_release`) in that context too: releasing them may run
+    guest finalisers, which must find the run over."""
+    decimal.setcontext(decimal.Context())
+    kit = state.kit
+    assert kit is not None
+    try:
+        return _run_program(code, state.globals, kit.budget, value_cap)
+    finally:
+        if fresh:
+            run.over = True
+            _release(state)
+
+
+def _release(state: GuestState) -> None:
+    """Drop a fresh run's objects now and leave no cyclic garbage behind: its globals, its
+    builtins, the frames its stop holds, the cycles of its `_Kit`, and, when the run allocated
+    much (guest cycles keep objects alive past their last reference), a collection. The next
+    run must not find the host still holding this run's memory on top of its own. Guest code
+    that outlives the run (a finaliser, a generator) finds no hooks or builtins and fails."""
+    kit = state.kit
+    state.globals.clear()
+    state.builtins.clear()
+    if kit is None:
+        return
+    budget = kit.budget
     if budget.stop is not None:
         budget.stop.__traceback__ = None
+    kit.dismantle()
     if budget.cap is not None and budget.cap.peak > _COLLECT_ABOVE:
         gc.collect()
         alloc_cap.return_free_memory()
@@ -391,40 +447,37 @@ def _exception_error(exc: BaseException, budget: Budget) -> dict:
 # --- the guest's namespace -------------------------------------------------------------------
 
 
-def _install(
-    guest_globals: dict[str, Any],
-    guest_builtins: dict[str, Any],
-    budget: Budget,
-    output: Output,
-    call_host: Callable[[str, list, dict], Any],
-    capabilities: Sequence[str],
-    secrets: Sequence[tuple[str, str, str]],
-    tokens: dict[int, tuple[SecretHandle, str]],
-    stale: dict[int, tuple[SecretHandle, str]],
-    run_over: threading.Event,
-    value_cap: int,
-) -> None:
-    """Bind this run's guards, builtins, capabilities and secret handles into the namespace.
-    The capabilities refuse to call the host once ``run_over`` is set."""
-    guards = Guards(budget)
-    guest_builtins.update(sized_builtins(budget))
-    guest_builtins.update(
-        {
-            name: plain_function(method, name)
-            for name, method in (
-                ("print", output.print),
-                ("getattr", guards.getattr_dynamic),
-                ("hasattr", guards.hasattr_),
-                ("setattr", guards.setattr_),
-                ("delattr", guards.delattr_),
-                ("dir", guards.dir_),
-                ("__import__", MODULES.import_),
-            )
-        }
-    )
-    guest_builtins["eval"], guest_builtins["exec"] = _evaluator(guest_globals, guest_builtins)
-    guest_globals.update(
-        {
+class _Kit:
+    """The guest objects of a run that do not depend on its code or its grants, all bound to one
+    `Budget` and one `Output`: the guards, the builtins that check sizes or print, the guest's
+    ``eval``/``exec``, and the hooks the transformed code calls (``_tick_``, ``_getattr_`` ...).
+
+    A session keeps one for all its runs (its budget and output are reset per run); a fresh run
+    makes its own and `dismantle`s it at the end.
+    """
+
+    __slots__ = ("budget", "output", "guards", "builtins", "hooks")
+
+    def __init__(self, budget: Budget, output: Output, guest_globals: dict[str, Any],
+                 guest_builtins: dict[str, Any]) -> None:
+        self.budget = budget
+        self.output = output
+        guards = self.guards = Guards(budget)
+        functions = sized_builtins(budget)
+        for name, method in (
+            ("print", output.print),
+            ("getattr", guards.getattr_dynamic),
+            ("hasattr", guards.hasattr_),
+            ("setattr", guards.setattr_),
+            ("delattr", guards.delattr_),
+            ("dir", guards.dir_),
+            ("__import__", MODULES.import_),
+        ):
+            functions[name] = plain_function(method, name)
+        functions["eval"], functions["exec"] = _evaluator(guest_globals, guest_builtins)
+        self.builtins: dict[str, Any] = functions
+        """Merged into the guest's builtins dict at the start of every run."""
+        self.hooks: dict[str, Any] = {
             "__builtins__": guest_builtins,
             "__name__": GUEST_MODULE,
             "_getattr_": guards.getattr_static,
@@ -445,7 +498,37 @@ def _install(
             "_sized_bytes_": budget.sized_bytes,
             "_numbers_": _NUMBER_TYPES,
         }
-    )
+        """Merged into the guest's globals at the start of every run."""
+
+    def dismantle(self) -> None:
+        """Break the reference cycles among these objects (the guards and their formatter, the
+        budget and its tick sources, builtins and the evaluator) so that a fresh run's objects
+        are freed by reference counting when it ends, not by a later garbage collection."""
+        guards = self.guards
+        guards.formatter = guards.format_ = guards.format_map = None
+        self.budget.tick = self.budget.enter = _run_ended
+        self.builtins.clear()
+        self.hooks.clear()
+
+
+def _run_ended(*_args: Any) -> None:
+    """What a dismantled run's tick sources do: guest code resumed after its run ended stops."""
+    raise LimitExceeded("cpu", "guest code ran after its run ended")
+
+
+def _install_grants(
+    guest_globals: dict[str, Any],
+    budget: Budget,
+    call_host: Callable[[str, list, dict], Any],
+    capabilities: Sequence[str],
+    secrets: Sequence[tuple[str, str, str]],
+    tokens: dict[int, tuple[SecretHandle, str]],
+    stale: dict[int, tuple[SecretHandle, str]],
+    run: _RunFlag,
+    value_cap: int,
+) -> None:
+    """Bind this run's capabilities and secret handles into the namespace. The capabilities
+    refuse to call the host once ``run.over`` is set."""
     if secrets:
         handles = {}
         for name, token, description in secrets:
@@ -459,7 +542,7 @@ def _install(
         return entry[1] if entry is not None and entry[0] is obj else None
 
     guest_globals.update(capability_globals(
-        capabilities, lambda name: _capability(name, call_host, budget, handle_token, run_over, value_cap)))
+        capabilities, lambda name: _capability(name, call_host, budget, handle_token, run, value_cap)))
 
 
 def _capability(
@@ -467,7 +550,7 @@ def _capability(
     call_host: Callable[[str, list, dict], Any],
     budget: Budget,
     handle_token: Callable[[Any], Any],
-    run_over: threading.Event,
+    run: _RunFlag,
     value_cap: int,
 ) -> Callable[..., Any]:
     """A guest-callable for capability ``name``: copies arguments and result as plain data
@@ -479,7 +562,7 @@ def _capability(
     """
 
     def capability(*args: Any, **kwargs: Any) -> Any:
-        if run_over.is_set():
+        if run.over:
             _LOG.warning("capability %s called after its run ended: refused", name)
             raise PolicyDenied(f"{name}(): the run that was granted this capability has ended")
         try:

@@ -1,0 +1,89 @@
+"""Per-phase timings (`Sandbox(timings=True)`) on every runtime, and the run scaffolding that
+must cost nothing per run: results built without re-validation, run ids, no cyclic garbage."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+
+import pytest
+
+from sandbox import Sandbox
+from sandbox.errors import ConfigurationError
+from sandbox.results import ErrorInfo, RunResult, Usage, trusted
+
+HOST_PHASES = {"prepare", "driver", "finish"}
+
+
+def test_timings_are_none_by_default(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    assert sb.run("1 + 1").timings is None
+    with sb.session() as session:
+        assert session.run("x = 1").timings is None
+
+
+def test_timings_have_the_phases_when_asked(make_sandbox: Callable[..., Sandbox], runtime: tuple) -> None:
+    sb = make_sandbox(timings=True)
+    for result in (sb.run("1 + 1"), sb.run("1 / 0")):
+        timings = result.timings
+        assert timings is not None and HOST_PHASES <= set(timings), timings
+        assert all(isinstance(v, float) and v >= 0 for v in timings.values()), timings
+        driver_phases = {k: v for k, v in timings.items() if k.startswith("driver.")}
+        assert sum(driver_phases.values()) <= timings["driver"] + 1e-6
+        if runtime == ("restricted", None):
+            assert {"driver.compile", "driver.setup", "driver.execute", "driver.finish"} <= set(timings)
+    with sb.session() as session:
+        assert HOST_PHASES <= set(session.run("x = 1").timings or {})
+    assert '"timings":{' in sb.run("1").model_dump_json()
+
+
+def test_timings_flag_must_be_a_bool() -> None:
+    with pytest.raises(ConfigurationError, match="timings"):
+        Sandbox(timings="yes")  # type: ignore[arg-type]
+
+
+def test_trusted_builds_what_model_construct_builds() -> None:
+    values = dict(ok=False, value=(1, "a"), stdout="o", stderr="e", output_truncated=True,
+                  error=ErrorInfo(kind="internal", type="X", message="m"),
+                  usage=Usage(wall_seconds=1.0, cpu_seconds=0.5, peak_memory_bytes=3, capability_calls=2),
+                  run_id="r", runtime="restricted", isolation="none", layers=("a",), warnings=["w"], changes=None,
+                  session_reset=True, timings={"prepare": 1.0})
+    built, constructed = trusted(RunResult, dict(values)), RunResult.model_construct(**values)
+    assert built == constructed and built.model_fields_set == constructed.model_fields_set
+    assert built.model_dump_json() == constructed.model_dump_json()
+    partial = trusted(RunResult, {"ok": True, "run_id": "r", "runtime": "restricted", "isolation": "none"})
+    assert partial == RunResult.model_construct(ok=True, run_id="r", runtime="restricted", isolation="none")
+    with pytest.raises(TypeError, match="run_id"):
+        trusted(RunResult, {"ok": True})
+
+
+def test_run_ids_are_unique_and_differ_across_processes() -> None:
+    with Sandbox() as sb:
+        ids = {sb.run("1").run_id for _ in range(50)}
+        assert len(ids) == 50 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child reports the first run id it makes
+            os.write(write, sb.run("1").run_id.encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        child = os.read(read, 64).decode()
+        os.close(read)
+        os.close(write)
+        assert child[:16] != next(iter(ids))[:16]
+
+
+@pytest.mark.parametrize("code", ["1 + 1", "def f(n):\n    return f(n - 1) if n else 0\nf(20)", "print('x')\n1 / 0",
+                                  "'{} {x}'.format(1, x=2)"])
+def test_fresh_runs_leave_no_cyclic_garbage_of_their_own(code: str) -> None:
+    with Sandbox() as sb:
+        sb.run(code)
+        gc.collect()
+        gc.disable()
+        try:
+            sb.run(code)
+            found = gc.collect()
+        finally:
+            gc.enable()
+        assert found == 0
