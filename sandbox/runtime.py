@@ -187,8 +187,11 @@ class Driver(Protocol):
 
     name: str
     isolation: str
-    layers: tuple[str, ...]
-    """The isolation layers this driver applies to every run (checked against ``require``)."""
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The isolation layers this driver applies to every run (checked against ``require``)."""
+        ...
 
     def run(self, job: Job) -> Outcome:
         """Run ``job`` with fresh guest state."""

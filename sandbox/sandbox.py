@@ -590,7 +590,7 @@ class Sandbox:
             )
         layer = self.files.layer() if self.files is not None else None
         granted = self.capabilities
-        if layer is not None:  # the overlay's capabilities, bound to this run's scratch layer
+        if layer is not None and self.files is not None:  # the overlay's capabilities, bound to this run's scratch layer
             granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in self.files.capabilities})}
         bridge = RunBridge(granted, loop, control, broker, state, recorder)
         sink, streamer = _output_sink(on_output, handle, redactor)

@@ -36,13 +36,14 @@ import select
 import signal
 import socket
 import sys
+from typing import Any
 
 ALLOWED_MODULES = ("contextlib", "types", "operator", "copy", "encodings.idna", "unicodedata")
 """Imported before Landlock and the uid drop (besides the executor's allowlist, whose proxies
 are built in `_load_executor`), so no run needs the filesystem to import."""
 
 
-def _load_executor(extra_modules: tuple[str, ...] = ()) -> object:
+def _load_executor(extra_modules: tuple[str, ...] = ()) -> Any:
     """The restricted executor, with its module proxies built and its watchdog thread off.
 
     ``extra_modules`` (``--module``, from `runtimes.restricted.modules.OPTIONAL_MODULES`) join
