@@ -87,3 +87,15 @@ def test_fresh_runs_leave_no_cyclic_garbage_of_their_own(code: str) -> None:
         finally:
             gc.enable()
         assert found == 0
+
+
+def test_a_session_keeps_ticking_after_a_run_that_hit_a_limit() -> None:
+    from sandbox import Limits
+
+    with Sandbox() as sb, sb.session() as session:
+        stopped = session.run("while True:\n    pass", limits=Limits(cpu_seconds=0.2, wall_seconds=0.5))
+        assert stopped.error is not None and stopped.error.limit in ("cpu", "wall")
+        looped = session.run("i = 0\nwhile i < 5000:\n    i += 1\ndef f(n):\n    return f(n - 1) if n else i\nf(50)")
+        assert looped.ok and looped.value == 5000, looped.error
+        again = session.run("while True:\n    pass", limits=Limits(cpu_seconds=0.2, wall_seconds=0.5))
+        assert again.error is not None and again.error.limit in ("cpu", "wall")

@@ -298,6 +298,9 @@ def _execute(
     run = _RunFlag()
     state.builtins.update(kit.builtins)
     guest_globals.update(kit.hooks)
+    # The budget makes new tick sources on every reset: these two hooks are the run's own.
+    guest_globals["_tick_"] = budget.ticks
+    guest_globals["_enter_"] = budget.enter
     if secrets or capabilities:
         _install_grants(guest_globals, budget, call_host, capabilities, secrets, tokens, stale, run, value_cap)
     if inputs:
@@ -485,8 +488,6 @@ class _Kit:
             "_getitem_": getitem,
             "_write_": guards.write,
             "_getiter_": budget.getiter,
-            "_tick_": budget.ticks,
-            "_enter_": budget.enter,
             "_inplacevar_": budget.inplace,
             "_mul_": budget.mul,
             "_pow_": budget.pow,
@@ -498,7 +499,8 @@ class _Kit:
             "_sized_bytes_": budget.sized_bytes,
             "_numbers_": _NUMBER_TYPES,
         }
-        """Merged into the guest's globals at the start of every run."""
+        """Merged into the guest's globals at the start of every run (with the budget's tick
+        sources ``_tick_`` and ``_enter_``, which it renews on every reset)."""
 
     def dismantle(self) -> None:
         """Break the reference cycles among these objects (the guards and their formatter, the
@@ -506,14 +508,25 @@ class _Kit:
         are freed by reference counting when it ends, not by a later garbage collection."""
         guards = self.guards
         guards.formatter = guards.format_ = guards.format_map = None
-        self.budget.tick = self.budget.enter = _run_ended
+        self.budget.ticks = _ENDED
+        self.budget.enter = _ENDED.__next__
         self.builtins.clear()
         self.hooks.clear()
 
 
-def _run_ended(*_args: Any) -> None:
-    """What a dismantled run's tick sources do: guest code resumed after its run ended stops."""
-    raise LimitExceeded("cpu", "guest code ran after its run ended")
+class _Ended:
+    """What a dismantled run's tick sources become: guest code resumed after its run ended stops."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> _Ended:
+        return self
+
+    def __next__(self) -> None:
+        raise LimitExceeded("cpu", "guest code ran after its run ended")
+
+
+_ENDED = _Ended()
 
 
 def _install_grants(
