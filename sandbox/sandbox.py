@@ -1,7 +1,7 @@
 """The public entry point: `Sandbox` runs guest code, `Session` keeps guest state across runs.
 
 A `Sandbox` is configured once (runtime, isolation, limits, capabilities, secrets, egress) and
-validated at construction: bad host input raises `ValueError`/`TypeError` with what to change.
+validated at construction: bad host input raises `ConfigurationError` (a `ValueError`) or `TypeError` with what to change.
 Each `run` then builds a `Job`, hands it to the runtime's driver and returns a `RunResult`;
 nothing the guest does raises on the host.
 
@@ -162,10 +162,10 @@ class Sandbox:
 
     Args:
         runtime: ``"restricted"`` (default; RestrictedPython in this process) or ``"wasi"``
-            (CPython compiled to WebAssembly, inside Wasmtime). Anything else raises `ValueError`.
+            (CPython compiled to WebAssembly, inside Wasmtime). Anything else raises `ConfigurationError`.
         limits: per-run ceilings; default ``Limits()`` (5 s CPU, 10 s wall, 256 MiB).
         capabilities: host functions the guest may call, as `Capability` objects or plain
-            fully type-hinted functions. Duplicate names raise `ValueError`; missing type hints
+            fully type-hinted functions. Duplicate names raise `ConfigurationError`; missing type hints
             raise `TypeError`.
         isolation: ``None`` for the runtime's own boundary, or ``"process"`` (restricted only):
             each run in a confined child process with rlimits, seccomp and a network namespace.
@@ -182,13 +182,13 @@ class Sandbox:
             that only the capabilities in the secret's scope can resolve, on the host. Values are
             read at the start of each run (`SecretUnavailable` if one cannot be read) and
             redacted from everything the run returns. A scope naming a capability this sandbox
-            does not grant raises `ValueError`.
+            does not grant raises `ConfigurationError`.
         egress: an `Egress` policy grants the built-in ``http`` capabilities (``http.request``,
             and ``http.get`` / ``http.post`` when those methods are allowed); without it the
             guest has no network at all.
         policy: a `sandbox.policy.Policy` (or the path of a TOML policy file) that decides every
             capability call at call time; a rule constraining an argument a capability does not
-            have raises `ValueError`. Without one, every granted capability is allowed.
+            have raises `ConfigurationError`. Without one, every granted capability is allowed.
         principal: who the runs are for (`sandbox.policy.Principal`, a dict of its fields, or an
             id string): seen by the policy and written into every record.
         records: a `sandbox.audit.RecordSink` (e.g. ``JsonlSink("runs.jsonl", signing_key=...)``)
@@ -205,7 +205,7 @@ class Sandbox:
             phase of the run (see `RunResult.timings`); off (the default), nothing is measured.
 
     Every run method takes the same per-run keywords: ``inputs``; ``limits`` (a `Limits` whose
-    every field is at most this sandbox's own, else `ValueError` naming the field);
+    every field is at most this sandbox's own, else `ConfigurationError` naming the field);
     ``principal`` (who this run is for, in place of the sandbox's; seen by the policy and the
     record); ``on_output(stream, text)``, called as the guest writes output.
 
@@ -535,7 +535,7 @@ class Sandbox:
                             f"timedelta, Decimal, UUID): {exc}") from None
         for name in wire_inputs:
             if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-                raise ValueError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
+                raise ConfigurationError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
         who = self.principal
         if principal is not None:
             from sandbox.policy import coerce_principal

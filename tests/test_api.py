@@ -118,9 +118,9 @@ def test_inputs_must_be_plain_data():
     sb = Sandbox()
     with pytest.raises(TypeError, match="plain data"):
         sb.run("x", inputs={"x": object()})
-    with pytest.raises(ValueError, match="identifier"):
+    with pytest.raises(ConfigurationError, match="identifier"):
         sb.run("x", inputs={"_private": 1})
-    with pytest.raises(ValueError, match="keyword"):
+    with pytest.raises(ConfigurationError, match="keyword"):
         sb.run("x", inputs={"class": 1})
 
 
