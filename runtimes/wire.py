@@ -275,7 +275,7 @@ class _Walk:
         node = self.node
         child = depth + 1
         size = 1 + count
-        result = []
+        result: list = []
         append = result.append
         for item in islice(value, count) if type(value) is list else value:
             kind = type(item)

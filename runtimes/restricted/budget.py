@@ -16,24 +16,25 @@ transformer inserts (``_tick_``, ``_getiter_``, ``_mul_`` ...):
   thread CPU clock and, when a run is over a deadline, stops it and empties its chunk lists, so
   the very next tick or function entry runs the check and raises.
 
-  What this guarantees for a pure-Python loop (``while True: pass``, ``for x in
-  itertools.count(): ...``, recursion): with the watchdog running, it stops within one
-  iteration of the watchdog's next poll after the wall deadline or CPU limit passes (a few
-  milliseconds). Without a watchdog (threads forbidden), a loop reads the wall clock at
-  least every ``_LOOP_CHUNK * _TIME_EVERY`` iterations and the CPU clock every
-  ``_CPU_EVERY`` times as many, so the overshoot is that many iterations' time (milliseconds
-  for plain iterations; slow iterations shrink ``for`` loop chunks to about `_CHUNK_SECONDS`).
-  A single long C call (one huge ``sorted``) is not interrupted: only the process runtime
-  kills a run mid-call.
+  What this guarantees for pure-Python code that never returns (``while True: pass``, ``for x
+  in itertools.count(): ...``, endless recursion): with the watchdog running, a ``while`` loop
+  or a function entry raises at its first tick after the watchdog's next poll past the wall
+  deadline or the CPU limit (a few milliseconds); a ``for`` loop first finishes its current
+  chunk (at most `_LOOP_CHUNK` items, and about `_CHUNK_SECONDS` of them: chunks shrink when
+  iterations are slow). Without a watchdog (threads forbidden), every loop reads the wall
+  clock at least every ``_LOOP_CHUNK * _TIME_EVERY`` iterations and the CPU clock
+  ``_CPU_EVERY`` times less often, so it overshoots by that many iterations' time. A single
+  long C call (one huge ``sorted``) is not interrupted: only the process runtime kills a run
+  mid-call.
 * **Recursion** is checked on function entry: before each chunk of entries a probe of the frame
   stack (`sys._getframe`) refuses a guest stack deeper than ``max_recursion_depth``. While the
-  stack is under a quarter of the cap the next probe comes after `_long_call_chunk` entries
-  (a quarter of the cap, at most `_LONG_CALL_CHUNK`), so the cap is not passed before it unless
+  stack is under a quarter of the cap the next probe comes after a quarter of the cap's entries
+  (at most `_LONG_CALL_CHUNK`), so the cap is not passed before it unless
   a guest call adds more than three Python frames; past a quarter, every `_CALL_CHUNK` entries
   (a recursion passes the cap by less than that many calls).
-* **Size guards** estimate the result of ``*``, ``**``, ``<<``, ``%``, format widths,
-  ``bytes(n)`` and materialising ranges, and refuse results larger than ``memory_bytes``:
-  the early, cheap check.
+* **Size guards** (`runtimes.restricted.size_guards`, mixed into `Budget`) estimate the result
+  of ``*``, ``**``, ``<<``, ``%``, format widths, ``bytes(n)`` and materialising ranges, and
+  refuse results larger than ``memory_bytes``: the early, cheap check.
 * The **allocator cap** (`alloc_cap`, when the budget has one) counts every byte the guest's
   thread allocates while armed; past ``memory_bytes`` allocations fail and the cap trips, which
   the next check (or the watchdog) turns into a memory stop.
@@ -46,18 +47,17 @@ the executor reports the stop whatever the guest did with the exception.
 from __future__ import annotations
 
 import itertools
-import operator
-import os
-import re
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import chain, count, cycle, islice, repeat
+from itertools import chain, islice
 from typing import Any
 
 from runtimes.guest import CPU, MEMORY, RECURSION, WALL
 from runtimes.restricted import alloc_cap
+from runtimes.restricted.size_guards import SizeGuards, human_size
+from runtimes.restricted.watchdog import _WATCHDOG_PERIOD, WATCHDOG, Watchdog  # noqa: F401 - importers take WATCHDOG from here
 
 _LOOP_CHUNK = 1000
 """Most loop iterations between two checks of the same loop (a check also runs when a loop starts)."""
@@ -74,12 +74,6 @@ _TIME_EVERY = 8
 """Checks between two wall-clock reads; the watchdog bounds the latency in between."""
 _CPU_EVERY = 8
 """Wall-clock reads between two thread-CPU-clock reads."""
-_WATCHDOG_PERIOD = 0.005
-
-_ITEM_BYTES = 8
-"""Estimated bytes per element when a sequence is materialised (one pointer)."""
-
-_INFINITE = (count, cycle, repeat)
 _MAX_NESTING = 1000
 """Deepest chain of C iterators (``map(f, map(f, ...))``) a guest may consume: each level is
 one C stack frame when the outer one is advanced, and C code does not check its depth."""
@@ -223,7 +217,7 @@ class _LoopChunks:
         raise StopIteration
 
 
-class Budget:
+class Budget(SizeGuards):
     """Limits and usage of one run; see the module docstring for how each limit is enforced."""
 
     def __init__(self, limits: Mapping[str, Any], cpu_start: float | None = None, deadline: float | None = None, *,
@@ -285,7 +279,7 @@ class Budget:
 
     def trip_memory(self) -> LimitExceeded:
         """Stop the run on the memory limit (the allocator cap refused an allocation)."""
-        return self.trip_limit(MEMORY, f"memory limit of {_human(self.memory_bytes)} exceeded")
+        return self.trip_limit(MEMORY, f"memory limit of {human_size(self.memory_bytes)} exceeded")
 
     def reraise(self) -> BaseException:
         """A fresh copy of the stop exception (the guest may have kept the first one)."""
@@ -344,7 +338,7 @@ class Budget:
         raise self.trip_limit(RECURSION, f"maximum recursion depth of {self.max_recursion_depth} exceeded")
 
     def _depth_below_guest(self) -> int:
-        frame = sys._getframe(1)
+        frame: Any = sys._getframe(1)
         depth = 0
         anchor_depth = 0
         while frame is not None:
@@ -439,7 +433,7 @@ class Budget:
 
     def endless(self, iterator: Iterator[Any]) -> Endless:
         """``iterator`` (endless or of unknown length) as a ticking `Endless` view."""
-        return Endless.from_iterable(_LoopChunks(self, iterator))
+        return Endless.from_iterable(_LoopChunks(self, iterator))  # type: ignore[return-value]
 
     def iterate(self, iterable: Any) -> Any:
         """The argument of a C consumer (``sum``, ``min``, ``sorted``, ``str.join``, ``list(...)``):
@@ -452,264 +446,11 @@ class Budget:
             return iterable
         return self.getiter(iterable)
 
-    # --- sizes ------------------------------------------------------------------------------
-
-    def refuse_size(self, what: str, size: float) -> LimitExceeded:
-        return self.trip_limit(
-            MEMORY, f"{what} would need about {_human(size)}, over the memory limit of {_human(self.size_cap)}"
-        )
-
-    def check_count(self, what: str, items: float, item_bytes: float = _ITEM_BYTES) -> None:
-        """Raise `LimitExceeded` size when ``items * item_bytes`` exceeds the memory limit."""
-        if items * item_bytes > self.size_cap:
-            raise self.refuse_size(what, items * item_bytes)
-
-    def mul(self, a: Any, b: Any) -> Any:
-        """``a * b`` after refusing a sequence repeat larger than the memory limit.
-
-        A repeat count given by an object's ``__index__`` is read once, checked, and the
-        checked int is what multiplies (so a second ``__index__`` call cannot differ).
-        """
-        ta = type(a)
-        if (ta is int or ta is float) and type(b) in _NUMBERS:
-            return a * b
-        if _is_sized_sequence(a) and _has_index(b):
-            b = operator.index(b)
-            self._check_repeat(a, b)
-        elif _is_sized_sequence(b) and _has_index(a):
-            a = operator.index(a)
-            self._check_repeat(b, a)
-        return a * b
-
-    def _check_repeat(self, seq: Any, times: int) -> None:
-        if times <= 1:
-            return
-        unit = _ITEM_BYTES if isinstance(seq, (list, tuple)) else 1
-        size = len(seq) * times * unit
-        if size > self.size_cap:
-            raise self.refuse_size(f"repeating a {type(seq).__name__} {times} times", size)
-
-    def pow(self, a: Any, b: Any, mod: Any = None) -> Any:
-        """``a ** b`` (or ``pow(a, b, mod)``) after refusing an integer result larger than the limit."""
-        if mod is not None:
-            return pow(a, b, mod)
-        if isinstance(b, int) and b > 64 and isinstance(a, int) and not isinstance(a, bool) and abs(a) > 1:
-            bits = (abs(a).bit_length() - 1) * b
-            if bits / 8 > self.size_cap:
-                raise self.refuse_size(f"{_short(a)} ** {_short(b)}", bits / 8)
-        elif isinstance(b, int) and b > 64 and type(a).__name__ == "Fraction":
-            bits = (max(abs(a.numerator), abs(a.denominator)).bit_length() - 1) * b
-            if bits / 8 > self.size_cap:
-                raise self.refuse_size(f"Fraction ** {_short(b)}", bits / 8)
-        return a**b
-
-    def lshift(self, a: Any, b: Any) -> Any:
-        """``a << b`` after refusing an integer result larger than the limit."""
-        if isinstance(a, int) and isinstance(b, int) and b > 64 and a:
-            size = (abs(a).bit_length() + b) / 8
-            if size > self.size_cap:
-                raise self.refuse_size(f"{_short(a)} << {_short(b)}", size)
-        return a << b
-
-    def mod(self, a: Any, b: Any) -> Any:
-        """``a % b`` after refusing a %-format whose widths exceed the limit."""
-        if type(a) is int or type(a) is float:
-            return a % b
-        if isinstance(a, (str, bytes, bytearray)):
-            self.check_widths(a)
-            args = b if isinstance(b, tuple) else (b,)
-            if b"*" in a if not isinstance(a, str) else "*" in a:
-                for item in args:
-                    if isinstance(item, int) and abs(item) > self.size_cap:
-                        raise self.refuse_size("a %-format width", abs(item))
-        return a % b
-
-    def inplace(self, op: str, target: Any, value: Any) -> Any:
-        """``target op= value`` for the size-guarded operators ``*=``, ``**=``, ``<<=``, ``%=``."""
-        if op == "*=":
-            if _is_sized_sequence(target) and _has_index(value):
-                value = operator.index(value)
-                self._check_repeat(target, value)
-            elif _is_sized_sequence(value) and _has_index(target):
-                target = operator.index(target)
-                self._check_repeat(value, target)
-            target *= value
-            return target
-        if op == "**=":
-            return self.pow(target, value)
-        if op == "<<=":
-            return self.lshift(target, value)
-        if op == "%=":
-            return self.mod(target, value)
-        return _INPLACE[op](target, value)
-
-    def check_widths(self, spec: str | bytes) -> None:
-        """Refuse a format spec or %-format with a width or precision above the limit."""
-        digits = _DIGITS.findall(spec) if isinstance(spec, str) else _BDIGITS.findall(spec)
-        for run in digits:
-            if len(run) > 6 and int(run) > self.size_cap:
-                raise self.refuse_size("a format width or precision", int(run))
-
-    def format(self, value: Any, spec: Any = "") -> str:
-        """``format(value, spec)`` with the width check."""
-        if spec:
-            self.check_widths(spec)
-        return format(value, spec)
-
-    def formatted(self, value: Any, conversion: int, spec: str) -> str:
-        """An f-string replacement field with a computed format spec: ``f'{value!r:{spec}}'``."""
-        if conversion == 114:
-            value = repr(value)
-        elif conversion == 115:
-            value = str(value)
-        elif conversion == 97:
-            value = ascii(value)
-        return self.format(value, spec)
-
-    def starred(self, value: Any) -> Any:
-        """The operand of ``*value`` in a call or display: refuse materialising a huge range."""
-        self.check_materialise(value)
-        return value
-
     def check_materialise(self, value: Any) -> None:
-        """Refuse turning a huge range or an infinite iterator into a collection."""
-        if type(value) is range:
-            try:
-                items = len(value)
-            except OverflowError:
-                items = float("inf")
-            self.check_count("materialising a range", items)
-        elif isinstance(value, Endless):
+        """Refuse turning a huge range or an infinite iterator (an `Endless` view included) into a collection."""
+        if isinstance(value, Endless):
             raise self.refuse_size("materialising an endless iterator", float("inf"))
-        elif isinstance(value, _INFINITE):
-            hint = operator.length_hint(value, -1)
-            if hint < 0:
-                raise self.refuse_size(f"materialising an endless {type(value).__name__}", float("inf"))
-            self.check_count(f"materialising a {type(value).__name__}", hint)
-
-    def sized(self, value: Any) -> Any:
-        """First argument of ``list(...)``, ``set(...)`` and the like (``_sized_``): refuse a
-        huge range, an endless or too deeply nested iterator; an iterator comes back wrapped so
-        the constructor's C loop ticks (``dict(...)`` of an iterator of pairs works the same)."""
-        self.check_materialise(value)
-        if hasattr(type(value), "__next__"):
-            return self.getiter(value)
-        return value
-
-    def sized_bytes(self, value: Any) -> Any:
-        """First argument of ``bytes(...)``/``bytearray(...)`` (``_sized_bytes_``): a count (an
-        int or an object with ``__index__``, read once) is checked as that many bytes and
-        returned as an int; anything else is checked like `sized`."""
-        if _has_index(value) and not isinstance(value, (str, bytes, bytearray, memoryview)):
-            value = operator.index(value)
-            self.check_count("allocating that many bytes", value, 1)
-            return value
-        self.check_materialise(value)
-        return value
-
-    def check_text(self, what: str, size: float) -> None:
-        """Refuse producing text or bytes of ``size`` bytes when it exceeds the limit."""
-        if size > self.size_cap:
-            raise self.refuse_size(what, size)
+        super().check_materialise(value)
 
 
-_NUMBERS = frozenset({int, float, bool, complex})
 _FIXED = frozenset({range, tuple, str, bytes, frozenset})
-_DIGITS = re.compile(r"\d+")
-_BDIGITS = re.compile(rb"\d+")
-_INPLACE = {
-    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
-    ">>=": operator.irshift, "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor,
-    "@=": operator.imatmul,
-}
-
-
-def _has_index(value: Any) -> bool:
-    return isinstance(value, int) or hasattr(type(value), "__index__")
-
-
-def _is_sized_sequence(value: Any) -> bool:
-    return isinstance(value, (str, bytes, bytearray, list, tuple))
-
-
-def _short(number: int) -> str:
-    text = str(number) if abs(number) < 10**12 else f"<{abs(number).bit_length()}-bit int>"
-    return text
-
-
-def _human(size: float) -> str:
-    if size == float("inf"):
-        return "unbounded memory"
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}"
-        size /= 1024
-    return f"{size:.0f} PiB"
-
-
-class Watchdog:
-    """One daemon thread that polls active budgets every few milliseconds.
-
-    `register`/`unregister` are cheap (a dict operation under a lock). The thread starts on
-    the first registration and exits after a second without runs. If a thread cannot be
-    started (for example under a seccomp filter), runs rely on their own tick checks.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active: dict[int, Budget] = {}
-        self._thread: threading.Thread | None = None
-        self._disabled = False
-
-    def disable(self) -> None:
-        """Never start the thread again (a process that forks or forbids threads); runs then
-        rely on their own tick checks. A thread already running stops within a second of idling."""
-        self._disabled = True
-
-    def register(self, budget: Budget) -> None:
-        try:
-            budget.clock_id = time.pthread_getcpuclockid(threading.get_ident())
-        except (AttributeError, OSError):
-            budget.clock_id = None
-        with self._lock:
-            self._active[id(budget)] = budget
-            if self._thread is None and not self._disabled:
-                try:
-                    thread = threading.Thread(target=self._loop, name="sandbox-restricted-watchdog", daemon=True)
-                    thread.start()
-                except Exception:  # cannot start threads here: ticks still check on their own
-                    return
-                self._thread = thread
-
-    def unregister(self, budget: Budget) -> None:
-        with self._lock:
-            self._active.pop(id(budget), None)
-
-    def _loop(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            time.sleep(_WATCHDOG_PERIOD)
-            now = time.monotonic()
-            with self._lock:  # only copies: nothing runs under the lock
-                active = list(self._active.values())
-                if not active and now - idle_since > 1.0:
-                    self._thread = None
-                    return
-            if active:
-                idle_since = now
-            for budget in active:
-                budget.watchdog_poll(now)
-
-
-    def _after_fork_in_child(self) -> None:
-        # A forked child inherits the lock in whatever state the parent's watchdog left it, and
-        # no watchdog thread: start afresh.
-        self._lock = threading.Lock()
-        self._active = {}
-        self._thread = None
-
-
-WATCHDOG = Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=WATCHDOG._after_fork_in_child)

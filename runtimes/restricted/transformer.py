@@ -46,6 +46,7 @@ import ast
 import copy
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
@@ -76,6 +77,7 @@ def _is_name_or_number(node: ast.expr) -> bool:
 def _clone(node: ast.expr) -> ast.expr:
     if isinstance(node, ast.Name):
         return ast.Name(node.id, ast.Load())
+    assert isinstance(node, ast.Constant)
     return ast.Constant(node.value)
 
 
@@ -125,11 +127,7 @@ def _numbers_test(names: list[str]) -> ast.expr:
 
 
 def _is_small_number(node: ast.expr) -> bool:
-    return (
-        isinstance(node, ast.Constant)
-        and type(node.value) in (int, float)
-        and abs(node.value) <= 2**32
-    )
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and abs(node.value) <= 2**32  # type: ignore[arg-type]
 
 
 class GuestTransformer(RestrictingNodeTransformer):
@@ -206,7 +204,7 @@ class GuestTransformer(RestrictingNodeTransformer):
         return node
 
     @staticmethod
-    def _prepend(owner: ast.AST, body: list[ast.stmt], tick: str) -> None:
+    def _prepend(owner: ast.stmt | ast.expr, body: list[ast.stmt], tick: str) -> None:
         stmt = ast.Expr(_call(tick))
         copy_locations(stmt, body[0] if body else owner)
         start = 1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str) else 0
@@ -292,7 +290,7 @@ class GuestTransformer(RestrictingNodeTransformer):
         # ``a % b`` when ``a`` is one. Only for names and constants, which are safe to evaluate twice.
         checked = [left, right] if isinstance(node.op, ast.Mult) else [left] if isinstance(node.op, ast.Mod) else []
         if checked and all(_is_name_or_number(x) for x in (left, right)):
-            tests = [
+            tests: list[ast.expr] = [
                 ast.Compare(ast.Attribute(_clone(x), "__class__", ast.Load()), [ast.In()], [_name("_numbers_")])
                 for x in checked
                 if isinstance(x, ast.Name)
@@ -327,18 +325,18 @@ class GuestTransformer(RestrictingNodeTransformer):
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | list[ast.AST]:
         op = _SIZED_AUG.get(type(node.op))
-        target = node.target
-        names = [target.id] if isinstance(target, ast.Name) else []
-        if op is not None and names and _arithmetic_names(ast.BinOp(_name(target.id), node.op, node.value), names):
-            self.check_name(target, target.id)
+        name = node.target.id if isinstance(node.target, ast.Name) else None
+        names = [name] if name is not None else []
+        if op is not None and name is not None and _arithmetic_names(ast.BinOp(_name(name), node.op, node.value), names):
+            self.check_name(node.target, name)
             fast = ast.IfExp(
                 _numbers_test(names),
-                ast.BinOp(_name(target.id), node.op, copy.deepcopy(node.value)),
-                _call("_inplacevar_", ast.Constant(op), _name(target.id), self._guarded(node.value)),
+                ast.BinOp(_name(name), node.op, copy.deepcopy(node.value)),
+                _call("_inplacevar_", ast.Constant(op), _name(name), self._guarded(node.value)),
             )
-            new = ast.Assign(targets=[ast.Name(target.id, ast.Store())], value=fast)
-            copy_locations(new, node)
-            return new
+            assign = ast.Assign(targets=[ast.Name(name, ast.Store())], value=fast)
+            copy_locations(assign, node)
+            return assign
         node = self.node_contents_visit(node)  # an Attribute/Subscript target now reads _write_(obj)
         if op is None:
             return node
@@ -353,6 +351,8 @@ class GuestTransformer(RestrictingNodeTransformer):
         # obj.attr op= v / obj[key] op= v: evaluate obj (and key) once, as Python does.
         holder = self.gen_tmp_name()
         stmts: list[ast.stmt] = [ast.Assign(targets=[ast.Name(holder, ast.Store())], value=target.value)]
+        read: ast.expr
+        write: ast.expr
         if isinstance(target, ast.Subscript):
             key = self.gen_tmp_name()
             stmts.append(ast.Assign(targets=[ast.Name(key, ast.Store())], value=target.slice))
@@ -364,7 +364,7 @@ class GuestTransformer(RestrictingNodeTransformer):
         stmts.append(ast.Assign(targets=[write], value=_call("_inplacevar_", ast.Constant(op), read, node.value)))
         for stmt in stmts:
             copy_locations(stmt, node)
-        return stmts
+        return list(stmts)
 
     # calls -------------------------------------------------------------------------------
 
@@ -409,7 +409,7 @@ class GuestTransformer(RestrictingNodeTransformer):
             new = _call("_getattr_dunder_", node.value, ast.Constant(attr))
             copy_locations(new, node)
             return new
-        return super().visit_Attribute(node)
+        return cast(ast.AST, super().visit_Attribute(node))
 
 
 def _constant_spec_is_small(spec: ast.expr) -> bool:
