@@ -31,6 +31,7 @@ from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
 from runtimes.guest import CapabilityError, PolicyDenied
 from runtimes.restricted.budget import running_budget
+from runtimes.restricted.size_guards import sized_text_method
 
 GUEST_MODULE = "__guest__"
 """``__name__`` of guest globals, hence ``__module__`` of every class and function guest code defines."""
@@ -325,8 +326,8 @@ class Guards:
             return value
         if isinstance(obj, type):  # str.ljust(s, n): guard the call on its first argument
             budget = self.budget
-            return lambda text, *args, **kwargs: _sized_text_method(budget, text, name, getattr(text, name))(*args, **kwargs)
-        return _sized_text_method(self.budget, obj, name, value)
+            return lambda text, *args, **kwargs: sized_text_method(budget, text, name, getattr(text, name))(*args, **kwargs)
+        return sized_text_method(self.budget, obj, name, value)
 
     def _other(self, obj: Any, name: str, value: Any) -> Any:
         if name == "register":
@@ -453,40 +454,6 @@ def _check_type_args(key: Any) -> None:
 
 def _is_text(obj: Any) -> bool:
     return isinstance(obj, (str, bytes, bytearray)) or (isinstance(obj, type) and issubclass(obj, (str, bytes, bytearray)))
-
-
-def _sized_text_method(budget: Any, obj: Any, name: str, method: Any) -> Any:
-    """Wrap str/bytes methods whose result can be far larger than their inputs."""
-    if name == "join":
-        def join(iterable: Any) -> Any:
-            items = iterable if isinstance(iterable, (list, tuple)) else list(budget.iterate(iterable))
-            if items:
-                try:
-                    size = sum(map(len, items)) + len(obj) * (len(items) - 1)
-                except TypeError:  # not all sized: join itself raises the right error
-                    size = 0
-                budget.check_text(f"{type(obj).__name__}.join", size)
-            return method(items)
-        return join
-    if name == "replace":
-        def replace(old: Any, new: Any, count: int = -1) -> Any:
-            if isinstance(old, (str, bytes)) and isinstance(new, (str, bytes)) and len(new) > len(old):
-                hits = obj.count(old) if count < 0 else min(count, obj.count(old))
-                budget.check_text(f"{type(obj).__name__}.replace", len(obj) + hits * (len(new) - len(old)))
-            return method(old, new, count)
-        return replace
-    if name == "expandtabs":
-        def expandtabs(tabsize: int = 8) -> Any:
-            tabsize = operator.index(tabsize)
-            budget.check_text(f"{type(obj).__name__}.expandtabs", len(obj) * max(tabsize, 1))
-            return method(tabsize)
-        return expandtabs
-
-    def widen(width: Any, *args: Any) -> Any:
-        width = operator.index(width)  # read a guest __index__ once; the checked int is used
-        budget.check_text(f"{type(obj).__name__}.{name}", width)
-        return method(width, *args)
-    return widen
 
 
 # --- builtins -------------------------------------------------------------------------------

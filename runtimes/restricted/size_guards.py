@@ -229,3 +229,39 @@ def human_size(size: float) -> str:
             return f"{size:.0f} {unit}"
         size /= 1024
     return f"{size:.0f} PiB"
+
+
+def sized_text_method(budget: Any, obj: Any, name: str, method: Any) -> Any:
+    """``method`` (the bound ``obj.name`` of a str/bytes/bytearray ``obj``) wrapped so a result
+    far larger than its inputs (``join``, ``replace``, ``expandtabs``, ``ljust``/``rjust``/
+    ``center``/``zfill`` widths) is refused against ``budget`` before it is built."""
+    if name == "join":
+        def join(iterable: Any) -> Any:
+            items = iterable if isinstance(iterable, (list, tuple)) else list(budget.iterate(iterable))
+            if items:
+                try:
+                    size = sum(map(len, items)) + len(obj) * (len(items) - 1)
+                except TypeError:  # not all sized: join itself raises the right error
+                    size = 0
+                budget.check_text(f"{type(obj).__name__}.join", size)
+            return method(items)
+        return join
+    if name == "replace":
+        def replace(old: Any, new: Any, count: int = -1) -> Any:
+            if isinstance(old, (str, bytes)) and isinstance(new, (str, bytes)) and len(new) > len(old):
+                hits = obj.count(old) if count < 0 else min(count, obj.count(old))
+                budget.check_text(f"{type(obj).__name__}.replace", len(obj) + hits * (len(new) - len(old)))
+            return method(old, new, count)
+        return replace
+    if name == "expandtabs":
+        def expandtabs(tabsize: int = 8) -> Any:
+            tabsize = operator.index(tabsize)
+            budget.check_text(f"{type(obj).__name__}.expandtabs", len(obj) * max(tabsize, 1))
+            return method(tabsize)
+        return expandtabs
+
+    def widen(width: Any, *args: Any) -> Any:
+        width = operator.index(width)  # read a guest __index__ once; the checked int is used
+        budget.check_text(f"{type(obj).__name__}.{name}", width)
+        return method(width, *args)
+    return widen
