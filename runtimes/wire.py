@@ -34,7 +34,9 @@ A *secret handle* crosses the boundary as ``{SECRET_MARKER: token}``; the token 
 only means something to the host that issued it, for the run it was issued to.
 
 This module is pure Python with no third-party imports: the wasi guest and the confined
-worker import it too.
+worker import it too. It stays one module (over the usual length) because the wasi guest is
+built from a fixed list of files (`sandbox.wasi.build`), and the converting walk, the tag
+decoders and the bounded parser are each the counterpart of the other on the two sides.
 """
 
 from __future__ import annotations
