@@ -77,6 +77,19 @@ def test_run_value_stdout_layers(driver):
     assert out.peak_memory_bytes and out.peak_memory_bytes > 1 << 20
 
 
+def test_programs_compiled_on_the_host_or_in_the_child_agree(driver):
+    """Small programs reach the child as bytecode the host compiled; larger ones (and ones that
+    do not compile) as source the child compiles. Both paths give the same outcomes."""
+    big = "\n".join(f"v{i} = {i}" for i in range(2000)) + "\nv1999 + 1"
+    assert len(big) > 8 << 10
+    for code, value in (("21 * 2", 42), (big, 2000)):
+        out = driver.run(job(code))
+        assert out.ok and out.value == value, out.error
+    for code in ("1 +", "_secret = 1", "\n".join(f"w{i} = {i}" for i in range(2000)) + "\n1 +"):
+        out = driver.run(job(code))
+        assert not out.ok and out.error.kind == "compile_error", out.error
+
+
 def test_fresh_state_per_run(driver):
     assert driver.run(job("x = 41")).ok
     out = driver.run(job("x"))

@@ -17,6 +17,8 @@ a session child keeps its `GuestState` and waits for the next job.
 
 from __future__ import annotations
 
+import base64
+import marshal
 import os
 import resource
 import signal
@@ -27,6 +29,7 @@ from runtimes import wire
 from runtimes.guest import LIMIT_MESSAGES, MEMORY
 from runtimes.process import confine
 from runtimes.process.framing import ChannelClosed, read_message, write_message
+from runtimes.restricted.transformer import Compiled
 
 WARMUP_CODE = """\
 total = 0
@@ -78,6 +81,15 @@ def _raw_execute(code: str, *, inputs: dict | None = None, limits: dict | None =
 
 def _memory_error() -> dict:
     return wire.error("limit_exceeded", MEMORY, LIMIT_MESSAGES[MEMORY], limit=MEMORY)
+
+
+def _program(job: dict) -> Any:
+    """The job's program: the bytecode the host compiled (``bytecode``, base64 of `marshal`),
+    else the source, which the executor compiles here."""
+    bytecode = job.get("bytecode")
+    if isinstance(bytecode, str):
+        return Compiled(marshal.loads(base64.b64decode(bytecode)))
+    return job.get("code", "")
 
 
 def _value_cap(limits: dict | None) -> int:
@@ -191,7 +203,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
         else:
             try:
                 result = executor.execute(
-                    job.get("code", ""), limits=job.get("limits") or {}, call_host=call_host,
+                    _program(job), limits=job.get("limits") or {}, call_host=call_host,
                     capabilities=tuple(job.get("capabilities") or ()),
                     secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
                     inputs=job.get("inputs") or {}, state=state, deadline=job.get("deadline"),

@@ -39,7 +39,7 @@ from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminat
 from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.restricted.guards import GUEST_MODULE, Guards, base_builtins, getitem, plain_function, sized_builtins
 from runtimes.restricted.modules import MODULES
-from runtimes.restricted.transformer import RESULT_NAME, STRING_FILENAME, compile_guest
+from runtimes.restricted.transformer import RESULT_NAME, STRING_FILENAME, Compiled, compile_guest
 from runtimes.wire import DEFAULT_VALUE_BYTES, Fault, ValueTooLarge, WireError, error, outcome, plain, value_error
 
 _BASE_BUILTINS = base_builtins()
@@ -131,7 +131,7 @@ class Output(OutputCap):
 
 
 def execute(
-    code: str,
+    code: str | Compiled,
     *,
     limits: Mapping[str, Any],
     call_host: Callable[[str, list, dict], Any],
@@ -148,6 +148,9 @@ def execute(
     timings: dict[str, float] | None = None,
 ) -> dict:
     """Run ``code`` with the restricted policy and return a `runtimes.wire.outcome` dict.
+
+    ``code`` is source text, or a program `compile_guest` already compiled (the process
+    runtime's host compiles small programs once and ships the bytecode to its children).
 
     ``limits`` needs cpu_seconds, wall_seconds, memory_bytes, max_output_bytes and
     max_recursion_depth. ``capabilities`` are guest names (``sql.query`` becomes ``sql.query``
@@ -201,7 +204,7 @@ def execute(
 
 
 def _execute_safely(
-    code: str,
+    code: str | Compiled,
     limits: Mapping[str, Any],
     call_host: Callable[[str, list, dict], Any],
     capabilities: Sequence[str],
@@ -250,7 +253,7 @@ def _check_inputs(inputs: Mapping[str, Any] | None, *, copy: bool = True) -> dic
 
 
 def _execute(
-    code: str,
+    code: str | Compiled,
     limits: Mapping[str, Any],
     call_host: Callable[[str, list, dict], Any],
     capabilities: Sequence[str],
@@ -267,7 +270,7 @@ def _execute(
 ) -> dict:
     if timings is not None:
         mark = time.perf_counter()
-    compiled = compile_guest(code) if isinstance(code, str) else None
+    compiled = code if isinstance(code, Compiled) else compile_guest(code) if isinstance(code, str) else None
     if timings is not None:
         mark = _phase(timings, "compile", mark)
     if compiled is None or compiled.code is None:

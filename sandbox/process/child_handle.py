@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 EXIT_TIMEOUT = 5.0
 """How long to wait for the zygote to report a child's exit before going on in the background."""
+_RECV_CHUNK = 1 << 16
 KILLED_EXIT_TIMEOUT = 0.25
 """How long to wait for the usage of a child the host killed (the run's result does not wait for more)."""
 
@@ -47,17 +48,20 @@ class ChildHandle:
         self.closed = False
         self.cpu_total = 0.0
         self.limits_plan: dict[int, tuple[int, int]] | None = None
+        self._buf = bytearray()  # bytes read from the channel, not yet returned as frames
 
     # -- channel -------------------------------------------------------------------------
-    def _recv_exact(self, size: int, deadline: float) -> bytes:
-        buf = bytearray()
+    def _fill(self, size: int, deadline: float) -> None:
+        """Read until the buffer holds ``size`` bytes. A timeout keeps what was read, so the
+        next `recv` resumes the same frame (`TimeoutError`, `ChannelClosed` otherwise)."""
+        buf = self._buf
         while len(buf) < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
             self.chan.settimeout(remaining)
             try:
-                chunk = self.chan.recv(min(size - len(buf), 1 << 20))
+                chunk = self.chan.recv(min(max(size - len(buf), _RECV_CHUNK), 1 << 20))
             except socket.timeout:
                 raise TimeoutError from None
             except OSError as exc:
@@ -65,34 +69,35 @@ class ChildHandle:
             if not chunk:
                 raise ChannelClosed("child closed its channel")
             buf += chunk
-        return bytes(buf)
 
     def recv(self, deadline: float, max_frame: int = MAX_FRAME) -> dict:
-        """One message from the child, parsed within the wire caps (`FrameTooLarge` over them)."""
-        size = int.from_bytes(self._recv_exact(4, deadline), "big")
+        """One message from the child, parsed within the wire caps (`FrameTooLarge` over them).
+
+        Raises `TimeoutError` at ``deadline`` without losing a partly read frame: calling again
+        (a later deadline) returns it. One ``recv`` usually reads a whole small frame."""
+        self._fill(4, deadline)
+        size = int.from_bytes(self._buf[:4], "big")
         if size > max_frame:
             raise FrameTooLarge(f"the worker sent a {size}-byte message (cap {max_frame} bytes)")
+        self._fill(4 + size, deadline)
+        body = bytes(self._buf[4:4 + size])
+        del self._buf[:4 + size]
         try:
-            return decode(self._recv_exact(size, deadline), max_frame)
+            return decode(body, max_frame)
         except wire.ValueTooLarge as exc:
             raise FrameTooLarge(f"the worker sent a message over the wire caps: {exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ChannelClosed(f"child sent a malformed frame: {exc}") from None
 
-    def readable(self, deadline: float) -> bool:
-        """Wait until the channel has data (or was closed) or ``deadline``; True if it has."""
-        poller = select.poll()
-        poller.register(self.chan, select.POLLIN)
-        return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
-
-    def cpu_clock(self) -> float | None:
+    def cpu_clock(self, *, check_alive: bool = True) -> float | None:
         """The child's CPU time (user + system) from its process CPU clock, read from outside;
-        None once it has exited (its pid may then name another process) or the clock is gone."""
+        None when the clock is gone or (``check_alive``) the child has exited, as its pid may
+        then name another process."""
         try:
             value = time.clock_gettime((~self.pid << 3) | 2)  # CPUCLOCK_SCHED of the process
         except OSError:
             return None
-        return value if self.alive() else None
+        return value if not check_alive or self.alive() else None
 
     def send(self, message: dict, deadline: float | None = None) -> None:
         """Write ``message``; raises `OSError` (``TimeoutError``) if the child has not taken it

@@ -8,12 +8,16 @@ frames, and maps what ended the run (a ``done`` frame, a limit, a death by signa
 
 from __future__ import annotations
 
+import base64
+import functools
+import marshal
 import os
 import resource
 import signal
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +25,7 @@ from pydantic import ValidationError
 from runtimes import wire
 from runtimes.process.framing import ChannelClosed
 from runtimes.restricted.modules import OPTIONAL_MODULES
+from runtimes.restricted.transformer import compile_guest
 from runtimes.wire import Fault
 from sandbox.errors import ConfigurationError, IsolationUnavailable
 from sandbox.limits import LimitName
@@ -45,6 +50,9 @@ _HOST_CPU_MARGIN = 0.03
 """The host kills a child whose CPU clock reads this much past ``cpu_seconds`` (only reached
 when the child's own timer was disarmed by a guest without its language layer)."""
 _HOST_CPU_RECHECK = 0.005
+_HOST_COMPILE_BYTES = 8 << 10
+"""Programs up to this size are compiled on the host (cached) and shipped as bytecode: a parse
+of this size is cheap and bounded, and the in-process runtime parses the same on the host."""
 
 
 class ProcessDriver:
@@ -211,6 +219,9 @@ class ProcessDriver:
         layers = tuple(child.ready.get("layers") or ()) if child.ready else ()
         if raw:
             layers = tuple(layer for layer in layers if layer not in ("restricted-python", "alloc-cap"))
+        # The child's CPU clock before the job, read here rather than taken from its reports (a
+        # session child's are its word); a child that already died fails the run whatever this reads.
+        cpu_start = None if "rlimits" in self._disable else child.cpu_clock(check_alive=False)
         try:
             if "rlimits" in self._disable:
                 plan = {}
@@ -222,9 +233,10 @@ class ProcessDriver:
                 plan = child.limits_plan
             else:  # session: the memory ceiling stays, the CPU budget is cumulative
                 plan = {resource.RLIMIT_CPU: rlimit_plan(
-                    vm_bytes=0, data_bytes=0, cpu_used=child.cpu_total, memory_bytes=1,
+                    vm_bytes=0, data_bytes=0, cpu_used=child.cpu_total if cpu_start is None else cpu_start, memory_bytes=1,
                     cpu_seconds=limits.cpu_seconds, cpu_hard=False)[resource.RLIMIT_CPU]}
             child.send(deadline=deadline, message={"t": "job", "code": job.code, "limits": limits.model_dump(), "raw": raw, "session": session,
+                        "bytecode": None if raw else _bytecode(job.code),
                         "rlimits": [[res, soft, hard] for res, (soft, hard) in plan.items()],
                         "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets],
@@ -238,25 +250,25 @@ class ProcessDriver:
         # A single-threaded child cannot use more CPU than wall time: no need to read its
         # clock before the budget has passed on the wall clock.
         cpu_check = None if "rlimits" in self._disable else time.monotonic() + cpu_budget
-        cpu_start = child.cpu_clock() if cpu_check is not None else None  # not a session child's word
         if cpu_start is None:
             cpu_start = child.cpu_total
         while True:
-            if cpu_check is not None and cpu_check < deadline and not child.readable(cpu_check):
-                used = child.cpu_clock()
-                if used is None:
-                    cpu_check = None  # it exited: the next recv reports how
-                elif used - cpu_start >= cpu_budget:
-                    child.kill("cpu")
-                    child.wait_exit(KILLED_EXIT_TIMEOUT)
-                    return self._with_usage(child, _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded"),
-                                            layers), False
-                else:
-                    cpu_check = time.monotonic() + max(_HOST_CPU_RECHECK, cpu_budget - (used - cpu_start))
-                continue
+            wait_until = cpu_check if cpu_check is not None and cpu_check < deadline else deadline
             try:
-                msg = child.recv(deadline, max_frame)
+                msg = child.recv(wait_until, max_frame)
             except TimeoutError:
+                if wait_until < deadline:
+                    used = child.cpu_clock()
+                    if used is None:
+                        cpu_check = None  # it exited: the next recv reports how
+                    elif used - cpu_start >= cpu_budget:
+                        child.kill("cpu")
+                        child.wait_exit(KILLED_EXIT_TIMEOUT)
+                        return self._with_usage(child, _limit("cpu", f"CPU limit of {limits.cpu_seconds:g} s exceeded"),
+                                                layers), False
+                    else:
+                        cpu_check = time.monotonic() + max(_HOST_CPU_RECHECK, cpu_budget - (used - cpu_start))
+                    continue
                 child.kill("wall")
                 child.wait_exit(KILLED_EXIT_TIMEOUT)
                 return self._with_usage(child, _limit("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded"),
@@ -395,6 +407,21 @@ class ProcessDriver:
 class _NoBridge:
     def call(self, name: str, args: list, kwargs: dict) -> Any:
         raise Fault("CapabilityError", "no capabilities in raw runs")
+
+
+@functools.lru_cache(maxsize=128)
+def _bytecode(source: str) -> str | None:
+    """``source`` compiled by the language layer's compiler here, as base64 of `marshal`, for
+    the child to run without compiling (a cold compiler in a fresh child costs a few hundred
+    microseconds per run). None, and the child compiles, over `_HOST_COMPILE_BYTES` (this
+    parse runs outside the child's limits) or when it does not compile (the child then reports
+    the error exactly as it would have)."""
+    if not isinstance(source, str) or len(source) > _HOST_COMPILE_BYTES:
+        return None
+    code = compile_guest(source).code
+    if not isinstance(code, types.CodeType):
+        return None
+    return base64.b64encode(marshal.dumps(code)).decode("ascii")
 
 
 def _limit(limit: LimitName, message: str) -> Outcome:
