@@ -475,9 +475,9 @@ def test_wasi_refused_raw_host_calls_are_recorded():
     sink = MemorySink()
     code = (
         "from wit_world.imports import host\n"
-        "[host.call('not_granted', '[[], {}]', [])[0], host.call('echo', 'not json', [])[0],\n"
-        " host.call('echo', '[1, 2, 3]', [])[0], host.call('echo', '[[{\"__sandbox_secret_handle__\": 5}], {}]', [])[0],\n"
-        " host.call('echo', '[[\"ok\"], {}]', [])[0]]"
+        "[host.call('not_granted', '[[], {}]')[:1] != '!', host.call_with_handles('echo', 'not json', [])[0],\n"
+        " host.call('echo', '[1, 2, 3]')[:1] != '!', host.call_with_handles('echo', '[[{\"__sandbox_secret_handle__\": 5}], {}]', [])[0],\n"
+        " host.call('echo', '[[\"ok\"], {}]')[:1] != '!']"
     )
     with Sandbox("wasi", capabilities=[echo], records=sink) as sb:
         result = sb.run(code)

@@ -475,9 +475,12 @@ def test_a_terminating_fault_ends_the_run_whatever_the_guest_catches(driver):
 
 
 def test_raw_host_calls_are_checked_too(driver):
-    code = "from wit_world.imports import host\nhost.call('not_granted', '[[], {}]', [])"
+    code = "from wit_world.imports import host\nhost.call_with_handles('not_granted', '[[], {}]', [])"
     result = run(driver, code)
     assert result.ok and result.value[0] is False and "not_granted" in json.loads(result.value[1])["message"]
+    code = "from wit_world.imports import host\nhost.call('not_granted', '[[], {}]')"
+    result = run(driver, code)
+    assert result.ok and result.value.startswith("!") and "not_granted" in json.loads(result.value[1:])["message"]
 
 
 SECRET = SecretHandleSpec("github", "tok-7f3a-never-in-guest", "<secret github: api.github.com>")
@@ -540,7 +543,7 @@ def test_forged_resource_handles_cannot_name_a_secret(driver):
         "    fake.handle = n\n"
         "    fake.finalizer = weakref.finalize(fake, lambda: None)\n"
         "    try:\n"
-        f"        out.append(host.call('echo', '[[{{\"{SECRET_MARKER}\": 0}}], {{}}]', [fake])[0])\n"
+        f"        out.append(host.call_with_handles('echo', '[[{{\"{SECRET_MARKER}\": 0}}], {{}}]', [fake])[0])\n"
         "    except BaseException as e:\n"
         "        out.append(type(e).__name__)\n"
         "out"

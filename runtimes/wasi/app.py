@@ -147,7 +147,8 @@ def _loads(text: str):
 
 
 def _make_capability(name: str):
-    loads, dumps, dumps_plain, encode, call, plain = _loads, wire.dumps, _dumps_plain, wire.encode, host.call, _PLAIN
+    loads, dumps, dumps_plain, encode, plain = _loads, wire.dumps, _dumps_plain, wire.encode, _PLAIN
+    call, call_with_handles = host.call, host.call_with_handles
     state, resources = _run_state, _resources
 
     def capability(*args, **kwargs):
@@ -168,8 +169,6 @@ def _make_capability(name: str):
                 payload = dumps_plain([args, kwargs])
             except ValueError:  # a non-finite float: let encode name it
                 holders = []
-            else:
-                ok, text, returned = call(name, payload, [])
         if holders is not None:
 
             def handle_token(obj):
@@ -189,12 +188,18 @@ def _make_capability(name: str):
                 raise _ValueLimit(str(exc)) from None
             except wire.WireError as exc:
                 raise TypeError(f"{name}(): {exc}") from None
-            ok, text, returned = call(name, payload, [entry[1] for entry in holders])
-            for entry, resource in zip(holders, returned):
-                resources[id(entry[0])] = (entry[0], resource)
-        if ok:
+            if holders:
+                ok, text, returned = call_with_handles(name, payload, [entry[1] for entry in holders])
+                for entry, resource in zip(holders, returned):
+                    resources[id(entry[0])] = (entry[0], resource)
+                if ok:
+                    return loads(text)
+                fault = loads(text)
+                raise fault_type(fault.get("type"))(fault.get("message", ""))
+        text = call(name, payload)  # the result's JSON, or "!" and a fault's
+        if not text.startswith("!"):
             return loads(text)
-        fault = loads(text)
+        fault = loads(text[1:])
         raise fault_type(fault.get("type"))(fault.get("message", ""))
 
     short = name.rsplit(".", 1)[-1]
@@ -328,8 +333,38 @@ _current_output: _OutputState | None = None
 # --- running code -------------------------------------------------------------------------
 
 
+_compiled: dict = {}
+"""Code compiled in this instance (a session's repeated snippets), bounded by `_COMPILED_MAX`."""
+_COMPILED_MAX = 32
+_COMPILED_SOURCE_MAX = 4096
+
+
 def _compile(code: str):
-    """Compile ``code``; return (body, last_expression) code objects."""
+    """Compile ``code``; return (body, last_expression) code objects.
+
+    A snippet that is one expression compiles directly in ``eval`` mode (what the AST path
+    below does for its last expression anyway); only a leading indent compiles in ``eval`` mode
+    but not as a module, so that goes the AST way and fails there. Compiled code objects are
+    immutable, so a session reuses them for a repeated snippet."""
+    hit = _compiled.get(code)
+    if hit is not None:
+        return hit
+    compiled = None
+    if code[:1] not in ("", " ", "\t", "\f"):
+        try:
+            compiled = (None, compile(code, GUEST_FILENAME, "eval"))
+        except SyntaxError:
+            compiled = None
+    if compiled is None:
+        compiled = _compile_module(code)
+    if len(code) <= _COMPILED_SOURCE_MAX:
+        if len(_compiled) >= _COMPILED_MAX:
+            _compiled.clear()
+        _compiled[code] = compiled
+    return compiled
+
+
+def _compile_module(code: str):
     tree = ast.parse(code, GUEST_FILENAME, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -346,21 +381,42 @@ def _fresh_globals() -> dict:
     return {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
 
 
-def _install(g: dict, options: dict, secrets: list) -> None:
+_capabilities: dict = {}
+"""Capability functions made so far in this instance, by name (they hold no per-run state)."""
+
+
+def _capability(name: str):
+    func = _capabilities.get(name)
+    if func is None:
+        func = _capabilities[name] = _make_capability(name)
+    return func
+
+
+def _install(g: dict, options: dict, inputs: dict, secrets: list) -> None:
     g["PolicyDenied"] = PolicyDenied
     g["CapabilityError"] = CapabilityError
-    g.update(capability_globals(options.get("capabilities", ()), _make_capability))
+    names = options.get("capabilities", ())
+    if _flat.get(id(names)) is names:  # no dotted name: no namespaces to build
+        for name in names:
+            g[name] = _capability(name)
+    else:
+        g.update(capability_globals(names, _capability))
     handles = {}
     for (name, description), resource in zip(options.get("secrets", ()), secrets):
         handle = handles[name] = SecretHandle(name, description)
         _resources[id(handle)] = (handle, resource)
     g["secrets"] = Namespace("secrets", handles)
-    for key, value in (options.get("inputs") or {}).items():
-        g[key] = value  # decoded from the wire by `wire.loads`
+    for key, value in inputs.items():
+        g[key] = value  # decoded from the wire by `_loads`
 
 
-def _run(code: str, options: dict, secrets: list) -> dict:
-    global _session_globals, _current_output
+_seeded = False
+"""Whether `random` was reseeded since the pre-initialised snapshot froze its state and no run
+has drawn from it since (the host's warm-up of a fresh instance reseeds it)."""
+
+
+def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
+    global _session_globals, _current_output, _seeded
     cap = int(options.get("max_output", 1 << 20))
     value_cap = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
     _run_state["max_value"] = value_cap
@@ -375,9 +431,12 @@ def _run(code: str, options: dict, secrets: list) -> dict:
     else:
         g = _fresh_globals()
         _resources.clear()
-        # the snapshot froze one PRNG state for every instance: draw fresh entropy (WASI random)
-        random.seed()
-    _install(g, options, secrets)
+        # the snapshot froze one PRNG state for every instance: draw fresh entropy (WASI random),
+        # unless the host's warm-up of this instance just did and nothing ran since
+        if not _seeded or options.get("warm"):
+            random.seed()
+        _seeded = bool(options.get("warm"))
+    _install(g, options, inputs, secrets)
     value = None
     error = None
     saved = sys.stdout, sys.stderr
@@ -436,11 +495,26 @@ _LIMIT_OUTCOMES = {
 }
 
 
+_flat: dict = {}
+"""id -> the current options' capability names, when none of them is dotted."""
+_options_text: str | None = None
+_options: dict = {}
+"""The last options text and its parsed form: the host sends the same text for every run of
+one configuration (the inputs travel separately), and nothing here mutates it."""
+
 class WitWorld(wit_world.WitWorld):
-    def run(self, code: str, options_json: str, secrets: list) -> str:
+    def run(self, code: str, options_json: str, inputs_json: str, secrets: list) -> str:
+        global _options_text, _options
         limit = None
         try:
-            result = _run(code, wire.loads(options_json), secrets)
+            if options_json != _options_text:
+                _options, _options_text = _loads(options_json), options_json
+                names = _options.get("capabilities", ())
+                _flat.clear()
+                if type(names) is list and all(type(n) is str and "." not in n for n in names):
+                    _flat[id(names)] = names
+            inputs = _loads(inputs_json) if inputs_json != "{}" else {}
+            result = _run(code, _options, inputs, secrets)
             return wire.dumps(result)
         except MemoryError:
             limit = MemoryError

@@ -25,22 +25,42 @@ class ReportTooLarge(Exception):
     """The guest's report is over the report cap; it was not read."""
 
 
+def _take_args(args: Any) -> tuple[str, str | None]:
+    """The capability name and arguments text of a call; arguments over the size cap are
+    dropped unread and read as None (`host_call` then ends the run on limit ``value``)."""
+    name = _ffi.take_string(args[0])
+    state: RunState | None = getattr(tls, "state", None)
+    size = _ffi.string_size(args[1])
+    if state is not None and size > args_cap(state.job.limits):
+        state.oversized = size
+        _ffi.drop_string(args[1])
+        return name, None
+    return name, _ffi.take_string(args[1])
+
+
 @_ffi.host_function
 def call_trampoline(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
-    """``host.call(name: string, args-json: string, handles: list<secret>)
-    -> tuple<bool, string, list<secret>>`` without type reflection. Arguments over the size cap
-    are dropped unread (`host_call` then ends the run on limit ``value``)."""
+    """``host.call(name: string, args-json: string) -> string``: the result's JSON, or ``!``
+    and a fault's."""
     store = _ffi.store_context(context)
     try:
-        name = _ffi.take_string(args[0])
-        state: RunState | None = getattr(tls, "state", None)
-        size = _ffi.string_size(args[1])
-        if state is not None and size > args_cap(state.job.limits):
-            state.oversized = size
-            _ffi.drop_string(args[1])
-            args_json = None
-        else:
-            args_json = _ffi.take_string(args[1])
+        name, args_json = _take_args(args)
+        ok, text, _ = host_call(store, name, args_json, ())
+        _ffi.put_string(results[0], text if ok else "!" + text)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - becomes a trap; never unwinds into C
+        return _ffi.trap(f"sandbox host call failed: {type(exc).__name__}: {exc}")
+    finally:
+        _ffi.release(store)
+
+
+@_ffi.host_function
+def call_with_handles_trampoline(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+    """``host.call-with-handles(name: string, args-json: string, handles: list<secret>)
+    -> tuple<bool, string, list<secret>>``."""
+    store = _ffi.store_context(context)
+    try:
+        name, args_json = _take_args(args)
         handles = _ffi.take_resources(args[2])
         ok, text, returned = host_call(store, name, args_json, handles)
 
@@ -71,16 +91,18 @@ def output_trampoline(data, context, ty, args, nargs, results, nresults):  # typ
         return _ffi.trap(f"sandbox host output failed: {type(exc).__name__}: {exc}")
 
 
-def call_run(store: Store, func: Any, code: str, options: str, handles: list[ResourceHost], max_report: int = 1 << 30) -> str:
+def call_run(store: Store, func: Any, code: str, options: str, inputs: str, handles: list[ResourceHost],
+             max_report: int = 1 << 30) -> str:
     """Call the ``run`` export directly. A report over ``max_report`` bytes raises
     `ReportTooLarge` without being decoded; a trap raises `WasmtimeError`."""
-    params = _ffi.new_values(3)
+    params = _ffi.new_values(4)
     result = _ffi.new_value()
     try:
         _ffi.put_string(params[0], code)
         _ffi.put_string(params[1], options)
-        _ffi.put_resources(store, params[2], handles)
-        _ffi.call(store, func, params, 3, result)
+        _ffi.put_string(params[2], inputs)
+        _ffi.put_resources(store, params[3], handles)
+        _ffi.call(store, func, params, 4, result)
         if not _ffi.is_string(result):
             raise WasmtimeError("the guest's run export returned a non-string")
         size = _ffi.string_size(result)
@@ -89,24 +111,46 @@ def call_run(store: Store, func: Any, code: str, options: str, handles: list[Res
             raise ReportTooLarge(f"the guest's report of {size} bytes is over the {max_report}-byte cap")
         return _ffi.take_string(result)
     finally:
-        for i in range(3):
+        for i in range(4):
             _ffi.delete_value(params[i])
 
 
+_OPTIONS_CACHE: dict[tuple, str] = {}
+_OPTIONS_CACHE_MAX = 256
+
+
 def run_options(job: Job, *, session: bool) -> str:
-    """The ``options-json`` argument of ``run`` for ``job``."""
-    return json.dumps(
-        {
-            "capabilities": list(job.capabilities),
-            "secrets": [[spec.name, spec.description] for spec in job.secrets],
-            "inputs": wire.encode(dict(job.inputs)),
-            "max_output": job.limits.max_output_bytes,
-            "max_value": job.limits.max_value_bytes,
-            "recursion": job.limits.max_recursion_depth,
-            "session": session,
-        }
-    )
+    """The ``options-json`` argument of ``run`` for ``job``: the same text for every run of one
+    configuration (the guest parses a text it has seen once only)."""
+    limits = job.limits
+    secrets = tuple((spec.name, spec.description) for spec in job.secrets)
+    key = (tuple(job.capabilities), secrets, limits.max_output_bytes, limits.max_value_bytes,
+           limits.max_recursion_depth, session)
+    text = _OPTIONS_CACHE.get(key)
+    if text is None:
+        text = json.dumps(
+            {
+                "capabilities": list(key[0]),
+                "secrets": [list(pair) for pair in secrets],
+                "max_output": limits.max_output_bytes,
+                "max_value": limits.max_value_bytes,
+                "recursion": limits.max_recursion_depth,
+                "session": session,
+            }
+        )
+        if len(_OPTIONS_CACHE) >= _OPTIONS_CACHE_MAX:
+            _OPTIONS_CACHE.clear()
+        _OPTIONS_CACHE[key] = text
+    return text
 
 
-WARM_OPTIONS = json.dumps({"capabilities": [], "secrets": [], "inputs": {}, "max_output": 1024, "recursion": 100, "session": False})
+def run_inputs(job: Job) -> str:
+    """The ``inputs-json`` argument of ``run``: the wire JSON object of the job's inputs."""
+    if not job.inputs:
+        return "{}"
+    return json.dumps(wire.encode(dict(job.inputs)))
+
+
+WARM_OPTIONS = json.dumps({"capabilities": [], "secrets": [], "max_output": 1024, "recursion": 100, "session": False,
+                           "warm": True})
 """Options of the empty program a spare runs once to warm up (see `sandbox.wasi._engine`)."""

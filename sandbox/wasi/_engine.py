@@ -24,7 +24,7 @@ from wasmtime.component import Component, Linker, ResourceType
 
 from sandbox.limits import Limits
 from sandbox.wasi import _ffi, _clock, build
-from sandbox.wasi._abi import WARM_OPTIONS, call_run, call_trampoline, output_trampoline
+from sandbox.wasi._abi import WARM_OPTIONS, call_run, call_trampoline, call_with_handles_trampoline, output_trampoline
 from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
 from sandbox.wasi._trap import TrapHandlers
 
@@ -126,11 +126,22 @@ class Instance:
 
 
 class Spares:
-    """A background thread that keeps `SPARES` fresh instances ready and closes used Stores."""
+    """Fresh, warmed-up instances kept ready, made by one background thread that also closes
+    used Stores.
+
+    Refills happen after runs, never on a run's critical path: `take` only pops a ready
+    instance (a run that finds none instantiates its own, it never waits for a refill), and
+    the thread is woken when a run ends (`discard`, `run_finished`). Back-pressure: the thread
+    starts a refill only while fewer runs are in progress than the machine has cores, so a
+    refill uses a core no run needs, and under full load runs get every core and instantiate
+    for themselves. Closing used Stores is never deferred (their memory must go back).
+    """
 
     def __init__(self, rt: "Runtime", target: int) -> None:
         self._rt = rt
         self._target = target
+        self._cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        self._running = 0
         self._ready: collections.deque[Instance] = collections.deque()
         self._garbage: collections.deque[Store] = collections.deque()
         self._cond = threading.Condition()
@@ -149,13 +160,23 @@ class Spares:
             self._ready.clear()
             self._cond.notify()
 
+    def run_started(self) -> None:
+        with self._cond:
+            self._running += 1
+
+    def run_finished(self) -> None:
+        """A run ended: the thread may refill now (it is woken only when there is work)."""
+        with self._cond:
+            self._running -= 1
+            if self._target > 0 and len(self._ready) < self._target:
+                self._wake()
+
     def take(self) -> "Instance | None":
-        if self._target <= 0:
+        """A ready instance, or None (the caller instantiates its own). Never waits."""
+        if self._target <= 0 or not self._ready:
             return None
         with self._cond:
-            inst = self._ready.popleft() if self._ready else None
-            self._wake()
-        return inst
+            return self._ready.popleft() if self._ready else None
 
     def discard(self, store: Store) -> None:
         """Close ``store`` off the caller's critical path."""
@@ -166,14 +187,17 @@ class Spares:
             self._garbage.append(store)
             self._wake()
 
+    def _refill_allowed(self) -> bool:
+        return len(self._ready) < self._target and self._running < self._cores
+
     def _loop(self) -> None:
         while True:
             with self._cond:
                 if self._target <= 0 and not self._garbage:
                     self._thread = None
                     return
-                while not self._garbage and len(self._ready) >= self._target:
-                    if not self._cond.wait(timeout=60.0) and not self._garbage and len(self._ready) >= self._target:
+                while not self._garbage and not self._refill_allowed():
+                    if not self._cond.wait(timeout=60.0) and not self._garbage and not self._refill_allowed():
                         self._thread = None
                         return
                 store = self._garbage.popleft() if self._garbage else None
@@ -185,7 +209,10 @@ class Spares:
             except Exception:  # noqa: BLE001 - runs fall back to instantiating themselves
                 return
             with self._cond:
-                self._ready.append(inst)
+                if self._target <= 0:
+                    inst.store.close()
+                else:
+                    self._ready.append(inst)
 
 
 class Runtime:
@@ -206,6 +233,7 @@ class Runtime:
             with root.add_instance(INTERFACE) as host:
                 host.add_resource("secret", ResourceType.host(SECRET_TYPE), drop_secret)
                 _ffi.add_function(host, "call", call_trampoline)
+                _ffi.add_function(host, "call-with-handles", call_with_handles_trampoline)
                 _ffi.add_function(host, "output", output_trampoline)
                 host.add_func("sleep", host_sleep)
         self.linker.allow_shadowing = False
@@ -215,6 +243,16 @@ class Runtime:
         self.run_index = index
         self.ticker = Ticker(self.engine, TICK_SECONDS)
         self.spares = Spares(self, int(os.environ.get("SANDBOX_WASI_SPARES", SPARES)))
+
+    def enter(self) -> None:
+        """A run starts: the epoch ticks, and the spares thread counts it (back-pressure)."""
+        self.ticker.enter()
+        self.spares.run_started()
+
+    def exit(self) -> None:
+        """The run ended (after its Store was discarded or kept)."""
+        self.ticker.exit()
+        self.spares.run_finished()
 
     def new_instance(self, memory_limit: int, *, warm: bool = False) -> "Instance":
         """A fresh Store and guest instance (start-up fuel allowance, no deadline pressure).
@@ -242,7 +280,7 @@ class Runtime:
         func = instance.get_func(store, self.run_index)
         if warm:
             try:
-                call_run(store, func, "pass", WARM_OPTIONS, [])
+                call_run(store, func, "pass", WARM_OPTIONS, "{}", [])
             except BaseException:
                 store.close()
                 raise

@@ -82,6 +82,32 @@ def token_of(state: RunState, rep: int) -> str | None:
     return token
 
 
+_DECODER = json.JSONDecoder(object_hook=wire.decode_hook)
+_SHALLOW = min(wire.JSON_DEPTH, wire.max_nodes(0))
+_encode_json = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False  # type: ignore[attr-defined]
+) if getattr(json.encoder, "c_make_encoder", None) else None
+
+
+def decode_wire(text: str, max_bytes: int) -> Any:
+    """`runtimes.wire.loads_bounded` (same result, same errors), without its structure scans
+    for a small value: a text with at most `_SHALLOW` commas and openings is under the node
+    cap and cannot nest deeper than `wire.JSON_DEPTH`, so it is decoded directly."""
+    if len(text) <= max_bytes and text.count(",") + text.count("[") + text.count("{") <= _SHALLOW:
+        try:
+            return _DECODER.decode(text)
+        except ValueError as exc:
+            raise wire.WireError(f"not wire JSON: {str(exc)[:200]}") from None
+    return wire.loads_bounded(text, max_bytes=max_bytes)
+
+
+def dumps_wire(value: Any) -> str:
+    """`runtimes.wire.dumps` of `wire.encode`-d data, with one prebuilt encoder."""
+    if _encode_json is None:
+        return wire.dumps(value)
+    return "".join(_encode_json(value, 0))
+
+
 def fault_payload(fault: Fault) -> str:
     return json.dumps(fault.to_wire())
 
@@ -147,7 +173,7 @@ def host_call(store: Any, name: str, args_json: str | None, handles: list) -> tu
             raise _value_fault(state, store, f"{name}() arguments: {state.oversized} bytes is over the "
                                              f"{args_cap(limits)}-byte cap (max_value_bytes)")
         try:
-            decoded = wire.loads_bounded(args_json, max_bytes=args_cap(limits))
+            decoded = decode_wire(args_json, args_cap(limits))
         except wire.ValueTooLarge as exc:
             raise _value_fault(state, store, f"{name}() arguments: {exc}") from None
         except wire.WireError:
@@ -164,7 +190,7 @@ def host_call(store: Any, name: str, args_json: str | None, handles: list) -> tu
         if time.monotonic() >= state.deadline:  # the guest traps when it resumes: skip converting the result
             raise Fault("CapabilityError", "the run's wall-clock deadline passed during the call")
         try:
-            text = wire.dumps(wire.encode(result, max_bytes=limits.max_value_bytes))
+            text = dumps_wire(wire.encode(result, max_bytes=limits.max_value_bytes))
         except (TypeError, ValueError) as exc:
             raise Fault("CapabilityError", f"{name}() returned data that cannot reach the guest: {exc}") from None
         return (True, text, returned)

@@ -51,9 +51,12 @@ class TrapHandlers:
 
     def __init__(self) -> None:
         self._saved: dict[int, bytes] = {}
+        self._saved_handlers: tuple[tuple[int, int], ...] = ()
         self._lock = threading.Lock()
         self._warned = False
         self._libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+        self._probe = ctypes.create_string_buffer(_STRUCT_BYTES)
+        self._probe_handler = ctypes.c_void_p.from_buffer(self._probe)
 
     def capture(self) -> None:
         """Record the current handlers (call right after the first Engine is made)."""
@@ -61,15 +64,24 @@ class TrapHandlers:
             return
         with self._lock:
             self._saved = {int(sig): self._read(sig) for sig in _SIGNALS}
+            self._saved_handlers = tuple(
+                (sig, ctypes.c_void_p.from_buffer_copy(raw[_HANDLER]).value or 0) for sig, raw in self._saved.items()
+            )
 
     def ensure(self) -> None:
         """Reinstall the recorded handlers where another library replaced them."""
         if self._libc is None or not self._saved:
             return
-        replaced = [sig for sig, raw in self._saved.items() if self._read(sig)[_HANDLER] != raw[_HANDLER]]
-        if not replaced:
-            return
         with self._lock:
+            sigaction, probe, handler = self._libc.sigaction, self._probe, self._probe_handler
+            replaced = []
+            for sig, address in self._saved_handlers:
+                if sigaction(sig, None, probe) != 0:
+                    raise OSError(ctypes.get_errno(), f"sandbox: cannot read the handler for signal {sig}")
+                if (handler.value or 0) != address:
+                    replaced.append(sig)
+            if not replaced:
+                return
             for sig in replaced:
                 buffer = ctypes.create_string_buffer(self._saved[sig], _STRUCT_BYTES)
                 if self._libc.sigaction(sig, buffer, None) != 0:

@@ -8,10 +8,20 @@ artifact is cached on disk with ``Component.serialize()`` and loaded with
 
 Cache entries live in ``platformdirs.user_cache_dir("sandbox")/wasi`` (override with the
 ``SANDBOX_WASI_CACHE`` environment variable) and are keyed by the wasmtime version, the engine
-configuration and a hash of the guest sources and the componentize-py version. Each entry has a
-metadata file holding the SHA-256 of the artifact; an entry whose hash, key or header does not
-match is discarded and rebuilt, never loaded (deserialising trusts its input, so a corrupt file
-must not reach Wasmtime).
+configuration and a hash of the guest sources and the componentize-py version, so a changed guest
+gets an entry of its own (and checkouts with different guests can share one directory). Each
+entry has a metadata file holding the SHA-256 of the artifact; an entry whose hash, key or
+header does not match is discarded and rebuilt, never loaded (deserialising trusts its input, so
+a corrupt file must not reach Wasmtime).
+
+Hashing the ~40 MB artifact costs 50-150 ms, half a process's start-up budget, so the metadata
+also records the artifact's *stamp* (device, inode, size, mtime and ctime) right after it was
+written, and a load whose stamp matches skips the hash. That is as strong for everything but
+media corruption: the kernel updates ctime on every write, truncation, chmod or rename, and no
+unprivileged process can set it back, so a matching stamp means nothing has changed the file's
+content through the filesystem since its hash was taken. A copied or rewritten entry (another
+inode, a new ctime) is hashed in full, and its stamp recorded when the hash matched and the
+cache directory is writable.
 
 ``sandbox prepare`` (or ``python -m sandbox.wasi.build``) prebuilds the cache ahead of time, for
 images and CI (``make demo`` / ``make test`` call it); ``--force`` rebuilds, ``--print-path``
@@ -143,15 +153,41 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stamp(path: Path) -> list[int]:
+    """What changes whenever the file's content is changed through the filesystem."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def _valid(entry: CacheEntry) -> bool:
-    """True when the entry exists and its metadata and hash match; never raises."""
+    """True when the entry exists and its metadata and hash match (the hash is skipped when the
+    artifact's stamp is the one recorded when it was written); never raises."""
     try:
         meta = json.loads(entry.meta.read_text())
         if meta.get("key") != entry.key or meta.get("size") != entry.artifact.stat().st_size:
             return False
-        return meta.get("sha256") == _sha256_file(entry.artifact)
+        before = _stamp(entry.artifact)
+        if meta.get("stamp") == before:
+            return True
+        if meta.get("sha256") != _sha256_file(entry.artifact):
+            return False
+        if _stamp(entry.artifact) == before:  # unchanged while it was hashed: later loads skip the hash
+            _record_stamp(entry, meta, before)
+        return True
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _record_stamp(entry: CacheEntry, meta: dict[str, Any], stamp: list[int]) -> None:
+    """Add ``stamp`` to the entry's metadata, atomically; skipped where the cache is read-only."""
+    tmp = entry.meta.with_name(f".{entry.meta.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps({**meta, "stamp": stamp}, indent=1))
+        tmp.chmod(0o644)
+        os.replace(tmp, entry.meta)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _discard(entry: CacheEntry) -> None:
@@ -307,12 +343,13 @@ def _build(engine: wasmtime.Engine, entry: CacheEntry, directory: Path, progress
             "componentize_py": _componentize_version(),
             "built_at": time.time(),
         }
-        tmp_meta = Path(tmp) / "guest.json"
-        tmp_meta.write_text(json.dumps(meta, indent=1))
-        for path in (tmp_artifact, tmp_meta):  # readable by every worker sharing the directory
-            path.chmod(0o644)
+        tmp_artifact.chmod(0o644)  # readable by every worker sharing the directory
         # artifact first, metadata last: a reader that sees the metadata sees the artifact
         os.replace(tmp_artifact, entry.artifact)
+        meta["stamp"] = _stamp(entry.artifact)  # after the rename, which sets the ctime
+        tmp_meta = Path(tmp) / "guest.json"
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        tmp_meta.chmod(0o644)
         os.replace(tmp_meta, entry.meta)
     return component
 
@@ -341,14 +378,23 @@ def load_component(engine: wasmtime.Engine, *, directory: Path | None = None, qu
             return build(engine, entry, quiet=quiet)
 
 
-def prune(directory: Path | None = None) -> int:
-    """Remove cache entries other than the current one; return how many were removed."""
+PRUNE_AFTER_SECONDS = 86400.0
+"""Entries of other guests are kept this long after they were written: checkouts with another
+guest (a branch, a second worktree) share the cache directory and still use theirs."""
+
+
+def prune(directory: Path | None = None, *, older_than: float = PRUNE_AFTER_SECONDS) -> int:
+    """Remove cache entries other than the current one that were written more than
+    ``older_than`` seconds ago; return how many files were removed."""
     directory = directory or cache_dir()
     keep = cache_entry(directory)
+    cutoff = time.time() - older_than
     removed = 0
     for path in directory.glob("guest-*"):
         if path not in (keep.artifact, keep.meta):
             with contextlib.suppress(OSError):
+                if path.stat().st_mtime > cutoff:
+                    continue
                 path.unlink()
                 removed += 1
     return removed
@@ -356,7 +402,7 @@ def prune(directory: Path | None = None) -> int:
 
 def prepare(directory: Path | None = None, *, force: bool = False, quiet: bool = False) -> tuple[CacheEntry, float]:
     """Make sure the cache in ``directory`` (default `cache_dir`) holds the current guest:
-    build it unless a valid entry exists (or ``force``), then remove stale entries. Returns the
+    build it unless a valid entry exists (or ``force``), then remove stale entries (`prune`). Returns the
     entry and the seconds it took. Raises `WasiBuildError` with a fix."""
     started = time.monotonic()
     load_component(make_engine(), directory=directory, force=force, quiet=quiet)

@@ -56,9 +56,9 @@ from runtimes import wire
 from sandbox.limits import Limits
 from sandbox.results import ErrorInfo
 from sandbox.runtime import Job, Outcome, StreamedOutput, internal_error, limit_error
-from sandbox.wasi._abi import ReportTooLarge, call_run, run_options
+from sandbox.wasi._abi import ReportTooLarge, call_run, run_inputs, run_options
 from sandbox.wasi._engine import SPARE_MIN_MEMORY, Instance, Runtime, get_runtime
-from sandbox.wasi._host import SECRET_TYPE, RunState, reps, retire, tls
+from sandbox.wasi._host import SECRET_TYPE, RunState, decode_wire, reps, retire, tls
 from sandbox.wasi._trap import classify, terminate_error
 
 FUEL_PER_CPU_SECOND = 5_000_000_000
@@ -118,6 +118,7 @@ class WasiDriver:
             handles.append(ResourceHost.own(rep, SECRET_TYPE))
         state = RunState(job=job, tokens=tokens, deadline=job.control.deadline, output=StreamedOutput(job))
         options = run_options(job, session=session)
+        inputs = run_inputs(job)
         previous = getattr(tls, "state", None)
         tls.state = state
         unregister = job.control.on_cancel(state.wake.set)
@@ -127,7 +128,7 @@ class WasiDriver:
         text = None
         oversized: ReportTooLarge | None = None
         try:
-            text = call_run(store, inst.func, job.code, options, handles,
+            text = call_run(store, inst.func, job.code, options, inputs, handles,
                              wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes))
         except WasmtimeError as exc:
             trap = exc
@@ -157,7 +158,7 @@ class WasiDriver:
     def _outcome(self, text: str | None, state: RunState, limits: Limits, cpu: float) -> Outcome:
         try:
             cap = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
-            data = wire.loads_bounded(text, max_bytes=cap) if isinstance(text, str) else None
+            data = decode_wire(text, cap) if isinstance(text, str) else None
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             error = data.get("error")
@@ -184,7 +185,7 @@ class WasiDriver:
     def run(self, job: Job) -> Outcome:
         """Run ``job`` in a fresh Store and a fresh instance of the guest."""
         rt = get_runtime()
-        rt.ticker.enter()
+        rt.enter()
         try:
             inst = self._instantiate(rt, job.limits)
             if isinstance(inst, ErrorInfo):
@@ -196,7 +197,7 @@ class WasiDriver:
         except WasmtimeError as exc:
             return internal_error(f"wasmtime failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
         finally:
-            rt.ticker.exit()
+            rt.exit()
 
     def open_session(self) -> "WasiSession":
         return WasiSession(self)
@@ -236,7 +237,7 @@ class WasiSession:
             if self._closed:
                 return internal_error("the session is closed")
             rt = get_runtime()
-            rt.ticker.enter()
+            rt.enter()
             try:
                 reset = False
                 if self._inst is not None and self._inst.poisoned:
@@ -258,7 +259,7 @@ class WasiSession:
                     self._inst.poisoned = True
                 return internal_error(f"wasmtime failed: {exc}")
             finally:
-                rt.ticker.exit()
+                rt.exit()
 
     def close(self) -> None:
         with self._lock:

@@ -150,15 +150,17 @@ RAW_CALLS = {
 }
 
 
+@pytest.mark.parametrize("call", ["host.call('echo', {})", "host.call_with_handles('echo', {}, [])"],
+                         ids=["call", "call_with_handles"])
 @pytest.mark.parametrize("payload", RAW_CALLS.values(), ids=RAW_CALLS.keys())
-def test_wasi_raw_capability_arguments_are_capped_before_parsing(payload):
+def test_wasi_raw_capability_arguments_are_capped_before_parsing(payload, call):
     from sandbox import Sandbox
 
     with Sandbox("wasi", limits=LIMITS, capabilities=[echo]) as sb:
         started = time.monotonic()
         result = sb.run(
             "from wit_world.imports import host\n"
-            f"try:\n    host.call('echo', {payload}, [])\nexcept BaseException:\n    pass\n'survived'"
+            f"try:\n    {call.format(payload)}\nexcept BaseException:\n    pass\n'survived'"
         )
         _bounded(result, started)
         _value_limit(result)
