@@ -71,31 +71,49 @@ class RunBridge:
         self._policy = policy
         self._recorder = recorder
         self._lock = threading.Lock()
+        self._lean = secrets is None and policy is None and recorder is None
+        """Nothing to resolve, redact, ask or record: calls take `_run_lean`."""
+        self._waiting: set[call_threads.Call[Any]] = set()
+        self._cancel_hooked = False
         self.calls = 0
         self.warnings: list[str] = []  # from `sandbox.capabilities.warn`, in call order
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run capability ``name`` on a call thread and return its plain-data result; raises the
+        call's `CapabilityFault`, or `cancelled_fault` / `deadline_fault` when the run was
+        cancelled or reached its deadline first (the call is then abandoned)."""
         control = self._control
         if control.cancelled:
             raise cancelled_fault()
-        if control.remaining() <= 0:
+        if control.deadline - time.monotonic() <= 0:
             raise deadline_fault(name)
-        pending = PendingCall()
-        context = contextvars.copy_context()
-        future = call_threads.submit(lambda: context.run(self._run_call, pending, name, args, kwargs))
-        wake = threading.Event()
-        remove = control.on_cancel(wake.set)
+        cap = self._capabilities.get(name)
+        pending: PendingCall | None = None
+        if self._lean and cap is not None and not (cap.is_async and self._loop is not None):
+            call = call_threads.start(contextvars.copy_context().run, self._run_lean, cap, args, kwargs)
+        else:
+            pending = PendingCall()
+            call = call_threads.start(contextvars.copy_context().run, self._run_call, pending, name, args, kwargs)
+        if not self._cancel_hooked:
+            self._cancel_hooked = True
+            control.on_cancel(self._wake_waiting)
+        waiting = self._waiting
+        waiting.add(call)
         try:
-            done = call_threads.wait(future, control.remaining(), wake)
+            # Cancel sets the flag before it calls the hooks: a cancel that came before ``add``
+            # is seen here, one that comes after wakes the wait.
+            done = call.done if control.cancelled else call.wait(control.deadline - time.monotonic())
         finally:
-            remove()
-        if not done:
+            waiting.discard(call)
+        if not done and pending is not None:
             with pending.lock:
                 done = pending.settled
                 pending.abandoned = not done
+            while done and not call.done:  # settled just now: its outcome is being published
+                time.sleep(0.0001)
         if done:
-            return future.result()  # the value, or raises the call's CapabilityFault
-        if pending.async_future is not None:
+            return call.result()  # the value, or raises the call's CapabilityFault
+        if pending is not None and pending.async_future is not None:
             pending.async_future.cancel()
         if control.cancelled:
             self._record(name, None, args, kwargs, "abandoned", 0.0, error="the run was cancelled during the call")
@@ -105,15 +123,43 @@ class RunBridge:
                      error="still running at the run's wall-clock deadline: abandoned, its result discarded")
         raise deadline_fault(name)
 
+    def _wake_waiting(self) -> None:
+        """Cancel hook: every call this run waits for stops being waited for."""
+        for call in list(self._waiting):
+            call.wake()
+
+    def _run_lean(self, cap: Capability, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """`_run_call` for a run without secrets, policy and records (so nothing to resolve,
+        ask, redact or record) and a call that is not awaited on the host's loop: the same
+        result or the same fault."""
+        set_call_deadline(self._control.deadline)
+        with self._lock:
+            self.calls += 1
+        detail, token = open_call_detail()  # filled by the capability through record_detail() and warn()
+        try:
+            return cap.call_bound(cap.bind(args, kwargs))
+        except CapabilityFault as fault:
+            raise fault from None
+        except Exception as exc:
+            raise CapabilityFault("CapabilityError", f"{cap.name}() failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            close_call_detail(token)
+            if detail.get("warnings"):
+                with self._lock:
+                    self.warnings.extend(detail["warnings"])
+
     def _run_call(self, pending: PendingCall, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """On a call thread: the call, its redaction, then its record unless it was abandoned."""
         set_call_deadline(self._control.deadline)
         started = time.perf_counter()
         record: dict[str, Any] = {}
+        redactor = self._redactor
         try:
-            value = self._redactor.value(self._call(pending, name, args, kwargs, record))
+            value = self._call(pending, name, args, kwargs, record)
+            if redactor:
+                value = redactor.value(value)
         except CapabilityFault as fault:
-            failure: CapabilityFault | None = self._redactor.fault(fault)
+            failure: CapabilityFault | None = redactor.fault(fault) if redactor else fault
         else:
             failure = None
         with pending.lock:
@@ -164,9 +210,9 @@ class RunBridge:
                           reason=fault.message if denied else None, error=None if denied else fault.message)
             raise fault from None
         except Exception as exc:
-            fault = CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}")
-            record.update(arguments=arguments, status="failed", verdict=verdict, detail=detail, error=fault.message)
-            raise fault from None
+            failure = CapabilityFault("CapabilityError", f"{name}() failed: {type(exc).__name__}: {exc}")
+            record.update(arguments=arguments, status="failed", verdict=verdict, detail=detail, error=failure.message)
+            raise failure from None
         finally:
             close_call_detail(token)
             if detail.get("warnings"):

@@ -5,69 +5,233 @@ serving the run can stop waiting at the run's deadline. A call still running the
 thread until it returns on its own; its result goes nowhere. The threads are daemons (an
 abandoned call never holds up interpreter exit), idle ones are reused, at most
 `MAX_IDLE` wait for work, and one idle for `IDLE_SECONDS` exits (a quiet host holds none).
+
+The hand-off is lean, because a run may make many calls. A thread that hands off work keeps a
+partner worker (while it is free), so calls from one guest thread land on one warm thread. Each
+worker has two pipes: a byte on one wakes it for a call, a byte on the other wakes its caller
+when the call is done (or when `Call.wake` is called). Pipes rather than locks because writing
+to a pipe releases the GIL before the wake-up and the kernel treats it as a synchronous wake-up:
+the woken thread runs on the waker's CPU and finds the GIL free, where a lock wakes a thread
+that must then wait for the GIL and may be placed on an idle CPU, which is slow to wake in a VM.
 """
 
 from __future__ import annotations
 
-import queue
+import math
+import os
+import select
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 MAX_IDLE = 8
 IDLE_SECONDS = 2.0
 
-_idle: list[queue.SimpleQueue] = []
 _lock = threading.Lock()
+_idle: list[_Worker] = []
+_workers: set[_Worker] = set()
+"""Every worker whose thread runs (for closing their pipes in a forked child)."""
+_local = threading.local()
 
 
-def submit(func: Callable[[], T]) -> Future[T]:
-    """Run ``func()`` on a daemon thread; its return value or exception lands in the future."""
-    future: Future[T] = Future()
-    with _lock:
-        inbox = _idle.pop() if _idle else None
-    if inbox is None:
-        inbox = queue.SimpleQueue()
-        threading.Thread(target=_serve, args=(inbox,), name="sandbox-host-call", daemon=True).start()
-    inbox.put((func, future))
-    return future
+class Call(Generic[T]):
+    """One piece of work handed to a worker: its outcome once done, and the waiter's side.
 
+    `wait` returns when the work is done, when `wake` is called, or at the timeout, whichever
+    comes first. Only the thread that started the call may wait for it.
+    """
 
-def _serve(inbox: queue.SimpleQueue) -> None:
-    while True:
+    __slots__ = ("_func", "_args", "_worker", "_signalled", "_woken", "_ok", "_value", "done")
+
+    def __init__(self, func: Callable[..., T], args: tuple[Any, ...], worker: _Worker) -> None:
+        self._func: Callable[..., T] | None = func
+        self._args = args
+        self._worker = worker
+        self._signalled = False
+        self._woken = False
+        self._ok = False
+        self._value: Any = None
+        self.done = False
+
+    def _run(self) -> None:
+        func, args = self._func, self._args
+        self._func = self._args = None  # type: ignore[assignment]
         try:
-            func, future = inbox.get(timeout=IDLE_SECONDS)
-        except queue.Empty:
-            with _lock:
-                if inbox in _idle:  # nobody took this thread meanwhile: leave
-                    _idle.remove(inbox)
-                    return
-            continue  # taken just now: its work is on the way
-        _run(func, future)
-        del func, future
+            self._value = func(*args)  # type: ignore[misc]
+            self._ok = True
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            self._value = exc
+
+    def _signal(self) -> None:  # under _lock
+        if not self._signalled:
+            self._signalled = True
+            try:
+                os.write(self._worker.done_w, b"x")
+            except BlockingIOError:  # the pipe is full of stale wake-ups: the waiter is awake anyway
+                pass
+
+    def wake(self) -> None:
+        """Make `wait` return now (thread-safe, idempotent)."""
         with _lock:
-            if len(_idle) >= MAX_IDLE:
+            self._woken = True
+            self._signal()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the work (or `wake`); True when it is done."""
+        if self.done or self._woken or timeout <= 0:
+            return self.done
+        worker = self._worker
+        poll, done_r = worker.done_poll, worker.done_r
+        deadline = time.monotonic() + timeout
+        while True:
+            if poll.poll(math.ceil(timeout * 1000)):
+                try:
+                    os.read(done_r, 64)  # this call's byte, and stale ones from abandoned or woken calls
+                except BlockingIOError:
+                    pass
+            if self.done or self._woken:
+                return self.done
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return False
+
+    def result(self) -> T:
+        """The work's return value, or raises its exception. Only once it is done."""
+        if not self.done:
+            raise RuntimeError("the call is not done")
+        if self._ok:
+            return self._value
+        raise self._value
+
+
+class _Worker:
+    """A daemon thread that runs the calls given to it, one at a time.
+
+    ``busy`` (under `_lock`): it was taken for a call that has not finished. ``owned``: a
+    thread keeps it as its partner, so when free it waits for that thread's next call instead
+    of joining `_idle`. ``retired``: its thread has exited or is exiting. Its pipes are closed
+    when nothing refers to it any more.
+    """
+
+    __slots__ = ("go_r", "go_w", "done_r", "done_w", "done_poll", "_call", "busy", "owned", "retired")
+
+    def __init__(self) -> None:
+        self.go_r, self.go_w = os.pipe()
+        self.done_r, self.done_w = os.pipe()
+        for fd in (self.go_r, self.go_w, self.done_r, self.done_w):
+            os.set_blocking(fd, False)
+        self.done_poll = select.poll()
+        self.done_poll.register(self.done_r, select.POLLIN)
+        self._call: Call[Any] | None = None
+        self.busy = True
+        self.owned = True
+        self.retired = False
+        with _lock:
+            _workers.add(self)
+        threading.Thread(target=self._serve, name="sandbox-host-call", daemon=True).start()
+
+    def give(self, call: Call[Any]) -> None:
+        """Hand ``call`` to this worker (busy, and taken by the caller)."""
+        self._call = call
+        os.write(self.go_w, b"x")
+
+    def _serve(self) -> None:
+        go = select.poll()
+        go.register(self.go_r, select.POLLIN)
+        idle_ms = int(IDLE_SECONDS * 1000)
+        while True:
+            if not go.poll(idle_ms):
+                with _lock:
+                    if not self.busy:  # nobody took this thread meanwhile: leave
+                        self._retire()
+                        return
+                go.poll()  # taken just now: its work is on the way
+            try:
+                os.read(self.go_r, 64)
+            except BlockingIOError:
+                pass
+            call, self._call = self._call, None
+            if call is None:
+                continue
+            call._run()
+            with _lock:
+                # Free before the waiter wakes, so its next call finds this worker available.
+                self.busy = False
+                leave = False
+                if not self.owned:
+                    if len(_idle) >= MAX_IDLE:
+                        self._retire()
+                        leave = True
+                    else:
+                        _idle.append(self)
+                call.done = True
+                call._signal()
+            del call
+            if leave:
                 return
-            _idle.append(inbox)
+
+    def _retire(self) -> None:  # under _lock
+        self.retired = True
+        _workers.discard(self)
+        if self in _idle:
+            _idle.remove(self)
+
+    def close(self) -> None:
+        for fd in (self.go_r, self.go_w, self.done_r, self.done_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.go_r = self.go_w = self.done_r = self.done_w = -1
+
+    def __del__(self) -> None:
+        if self.go_r >= 0:
+            self.close()
 
 
-def _run(func: Callable[[], Any], future: Future) -> None:
-    try:
-        result = func()
-    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+def start(func: Callable[..., T], *args: Any) -> Call[T]:
+    """Run ``func(*args)`` on a daemon thread: the calling thread's partner when it is free,
+    else an idle worker, else a new one."""
+    worker: _Worker | None = getattr(_local, "partner", None)
+    with _lock:
+        if worker is not None and (worker.busy or worker.retired):
+            worker.owned = False  # busy with an abandoned call, or gone: it joins the idle list when done
+            worker = None
+        if worker is None and _idle:
+            worker = _idle.pop()
+        if worker is not None:
+            worker.busy = worker.owned = True
+    if worker is None:
+        worker = _Worker()
+    _local.partner = worker
+    call: Call[T] = Call(func, args, worker)
+    worker.give(call)
+    return call
 
 
-def wait(future: Future, timeout: float, wake: threading.Event | None = None) -> bool:
-    """Wait up to ``timeout`` seconds for ``future`` (or until ``wake`` is set); True when it is done."""
-    if future.done():
-        return True
-    event = wake if wake is not None else threading.Event()
-    future.add_done_callback(lambda _f: event.set())
-    event.wait(max(0.0, timeout))
-    return future.done()
+def submit(func: Callable[[], T]) -> Call[T]:
+    """Run ``func()`` on a daemon thread (see `start`); for one-off work such as post-run steps."""
+    return start(func)
+
+
+def wait(call: Call[Any], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``call``; True when it is done."""
+    return call.wait(timeout)
+
+
+def _after_fork_in_child() -> None:
+    # Workers do not survive a fork: a forked child starts with none, and closes their pipes.
+    global _lock, _idle, _workers, _local
+    for worker in list(_workers):
+        worker.close()
+    _lock = threading.Lock()
+    _idle = []
+    _workers = set()
+    _local = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
