@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import inspect
 import keyword
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_type_hints, overload
@@ -20,7 +21,7 @@ from typing import Any, get_type_hints, overload
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from runtimes.wire import plain
+from runtimes.wire import MAX_INT_BITS, plain
 from sandbox.call_time import run_remaining
 from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
@@ -122,6 +123,9 @@ class Capability:
             f"{self.name.replace('.', '_')}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
         self._result = TypeAdapter(self.return_type)
+        self._fast_params = _fast_parameters(self.signature, hints)
+        self._fast_names = frozenset(p[0] for p in self._fast_params) if self._fast_params is not None else frozenset()
+        self._fast_result = next((t for t in _EXACT if self.return_type is t), None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -134,7 +138,17 @@ class Capability:
 
         Raises `CapabilityFault` ``TypeError`` for arity or unknown keywords and ``ValueError``
         for values that fail validation, with pydantic's message.
+
+        When every parameter is annotated exactly ``int``, ``str``, ``bool`` or ``float`` and
+        every value passed is of exactly that type (a float finite, an int within the wire's
+        size), validation would return the values unchanged: they are bound without it. Any
+        other call, errors included, takes the full path.
         """
+        fast = self._fast_params
+        if fast is not None and len(args) <= len(fast):
+            arguments = _bind_exact(fast, self._fast_names, args, kwargs)
+            if arguments is not None:
+                return arguments
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -162,6 +176,9 @@ class Capability:
         `CapabilityFault` ``CapabilityError``.
         """
         result = self.func(**arguments)
+        kind = self._fast_result
+        if kind is not None and type(result) is kind and _exact_ok(result):
+            return result
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
         return self.dump_result(result)
@@ -169,7 +186,12 @@ class Capability:
     def dump_result(self, result: Any) -> Any:
         """Convert a host result to plain data through the declared return type: typed values
         (dates, Decimal, UUID, bytes, tuples, sets) keep their type, numpy/pandas scalars become
-        Python values, anything else takes its pydantic JSON form (an enum its value, a path its text)."""
+        Python values, anything else takes its pydantic JSON form (an enum its value, a path its text).
+        A result of exactly the declared ``int``/``str``/``bool``/finite ``float`` type is
+        returned as is (what the conversion would return)."""
+        kind = self._fast_result
+        if kind is not None and type(result) is kind and _exact_ok(result):
+            return result
         try:
             return plain(self._result.dump_python(result, mode="python"), default=to_jsonable_python)
         except Exception as exc:  # pydantic raises several types for unserialisable values
@@ -247,6 +269,70 @@ def describe(
         tools=[c.tool_schema() for c in capabilities.values()],
         modules=list(modules),
     )
+
+
+_EXACT: tuple[type, ...] = (int, str, bool, float)
+"""Annotations whose values of exactly that type validate and dump to themselves."""
+
+
+def _exact_ok(value: Any) -> bool:
+    """For a value whose type is exactly one of `_EXACT`: True when validation and the wire
+    would keep it as is (an int within `MAX_INT_BITS`, a finite float)."""
+    kind = type(value)
+    if kind is int:
+        return value.bit_length() <= MAX_INT_BITS
+    if kind is float:
+        return math.isfinite(value)
+    return True
+
+
+def _fast_parameters(signature: inspect.Signature, hints: dict[str, Any]
+                     ) -> tuple[tuple[str, type, Any], ...] | None:
+    """(name, exact type, default or `inspect.Parameter.empty`) per parameter when every
+    annotation is exactly one of `_EXACT`; None otherwise."""
+    params = []
+    for param in signature.parameters.values():
+        kind = next((t for t in _EXACT if hints[param.name] is t), None)
+        default = param.default
+        if kind is None or not (default is param.empty or default is None or type(default) in _EXACT):
+            return None  # a mutable default: pydantic hands out a copy
+        params.append((param.name, kind, param.default))
+    return tuple(params)
+
+
+def _bind_exact(params: tuple[tuple[str, type, Any], ...], names: frozenset[str], args: list[Any],
+                kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The arguments by name when each value has exactly its parameter's type (see
+    `Capability.bind`); None when anything needs the full path (which also reports errors)."""
+    arguments: dict[str, Any] = {}
+    value: Any
+    for (name, kind, _default), value in zip(params, args):
+        if type(value) is not kind:
+            return None
+        if kind is int:
+            if value.bit_length() > MAX_INT_BITS:
+                return None
+        elif kind is float and value - value != 0.0:  # inf or nan
+            return None
+        arguments[name] = value
+    if not kwargs and len(args) == len(params):
+        return arguments
+    for name, value in kwargs.items():
+        if name in arguments or name not in names:
+            return None
+        arguments[name] = value
+    result: dict[str, Any] = {}
+    for name, kind, default in params:
+        if name in arguments:
+            value = arguments[name]
+            if type(value) is not kind or not _exact_ok(value):
+                return None
+            result[name] = value
+        elif default is inspect.Parameter.empty:
+            return None
+        else:
+            result[name] = default
+    return result
 
 
 def _hints(func: Callable[..., Any], name: str) -> dict[str, Any]:
