@@ -67,7 +67,7 @@ class GuestState:
     suspended in an earlier run are checked against the current run's limits.
     """
 
-    __slots__ = ("globals", "builtins", "kit", "stale_handles")
+    __slots__ = ("globals", "builtins", "kit", "stale_handles", "link")
 
     def __init__(self) -> None:
         self.globals: dict[str, Any] = {}
@@ -76,6 +76,9 @@ class GuestState:
         # Handles issued by earlier runs, with their (revoked) tokens: a handle kept in the
         # session's globals is sent to the host as its old token, which the host refuses by name.
         self.stale_handles: dict[int, tuple[SecretHandle, str]] = {}
+        # The capabilities, built once: one kept in a session's globals calls the host through
+        # the run that is current when it is called.
+        self.link = CallLink()
 
     @property
     def budget(self) -> Budget | None:
@@ -298,14 +301,15 @@ def _execute(
     budget.on_time_check = on_tick
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles
-    run = _RunFlag()
+    link = state.link
+    link.open(call_host, budget, value_cap)
     state.builtins.update(kit.builtins)
     guest_globals.update(kit.hooks)
     # The budget makes new tick sources on every reset: these two hooks are the run's own.
     guest_globals["_tick_"] = budget.ticks
     guest_globals["_enter_"] = budget.enter
     if secrets or capabilities:
-        _install_grants(guest_globals, budget, call_host, capabilities, secrets, tokens, stale, run, value_cap)
+        _install_grants(guest_globals, capabilities, secrets, tokens, stale, link)
     if inputs:
         guest_globals.update(inputs)
 
@@ -314,10 +318,10 @@ def _execute(
     if timings is not None:
         mark = _phase(timings, "setup", mark)
     try:
-        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, state, value_cap, run,
+        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, state, value_cap, link,
                                                     fresh)
     finally:
-        run.over = True
+        link.close()
         if unregister is not None:
             unregister()
         WATCHDOG.unregister(budget)
@@ -348,16 +352,35 @@ def _phase(timings: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-class _RunFlag:
-    """Set when a run is over: its capabilities then refuse to reach the host."""
+class CallLink:
+    """What the guest's capabilities of one `GuestState` (a session, or one fresh run) call
+    through: the current run's host bridge and limits, or nothing between runs (then they
+    refuse to reach the host). The capability callables are built once per link, in ``callables``."""
 
-    __slots__ = ("over",)
+    __slots__ = ("call_host", "budget", "handle_token", "value_cap", "callables")
 
     def __init__(self) -> None:
-        self.over = False
+        self.call_host: Callable[[str, list, dict], Any] | None = None
+        self.budget: Budget | None = None
+        self.handle_token: Callable[[Any], Any] = _no_token
+        self.value_cap = DEFAULT_VALUE_BYTES
+        self.callables: dict[str, Callable[..., Any]] = {}
+
+    def open(self, call_host: Callable[[str, list, dict], Any], budget: Budget, value_cap: int) -> None:
+        """Route calls to this run (its ``handle_token`` is set by `_install_grants`)."""
+        self.budget, self.value_cap, self.call_host = budget, value_cap, call_host
+
+    def close(self) -> None:
+        """The run is over: calls refuse from now on, until the next `open`."""
+        self.call_host = None
+        self.handle_token = _no_token
 
 
-def _run_isolated(code: Any, state: GuestState, value_cap: int, run: _RunFlag, fresh: bool) -> tuple[dict | None, Any]:
+def _no_token(obj: Any) -> None:
+    return None
+
+
+def _run_isolated(code: Any, state: GuestState, value_cap: int, link: CallLink, fresh: bool) -> tuple[dict | None, Any]:
     """`_run_program` in the copied context it is called in, with a decimal context of its own:
     the guest's arithmetic sets flags and traps there, never on the host thread's context. A
     fresh run's objects are released (`_release`) in that context too: releasing them may run
@@ -369,7 +392,7 @@ def _run_isolated(code: Any, state: GuestState, value_cap: int, run: _RunFlag, f
         return _run_program(code, state.globals, kit.budget, value_cap)
     finally:
         if fresh:
-            run.over = True
+            link.close()
             _release(state)
 
 
@@ -534,17 +557,14 @@ _ENDED = _Ended()
 
 def _install_grants(
     guest_globals: dict[str, Any],
-    budget: Budget,
-    call_host: Callable[[str, list, dict], Any],
     capabilities: Sequence[str],
     secrets: Sequence[tuple[str, str, str]],
     tokens: dict[int, tuple[SecretHandle, str]],
     stale: dict[int, tuple[SecretHandle, str]],
-    run: _RunFlag,
-    value_cap: int,
+    link: CallLink,
 ) -> None:
     """Bind this run's capabilities and secret handles into the namespace. The capabilities
-    refuse to call the host once ``run.over`` is set."""
+    call the host through ``link`` (opened for this run; they refuse once it is closed)."""
     if secrets:
         handles = {}
         for name, token, description in secrets:
@@ -557,33 +577,41 @@ def _install_grants(
         entry = tokens.get(id(obj)) or stale.get(id(obj))
         return entry[1] if entry is not None and entry[0] is obj else None
 
-    guest_globals.update(capability_globals(
-        capabilities, lambda name: _capability(name, call_host, budget, handle_token, run, value_cap)))
+    link.handle_token = handle_token
+
+    def callable_for(name: str) -> Callable[..., Any]:
+        function = link.callables.get(name)
+        if function is None:
+            function = link.callables[name] = _capability(name, link)
+        return function
+
+    guest_globals.update(capability_globals(capabilities, callable_for))
 
 
-def _capability(
-    name: str,
-    call_host: Callable[[str, list, dict], Any],
-    budget: Budget,
-    handle_token: Callable[[Any], Any],
-    run: _RunFlag,
-    value_cap: int,
-) -> Callable[..., Any]:
-    """A guest-callable for capability ``name``: copies arguments and result as plain data
-    within ``value_cap`` (arguments over it end the run on limit ``"value"``; a result over it
-    raises `CapabilityError`), maps faults to exceptions.
+def _capability(name: str, link: CallLink) -> Callable[..., Any]:
+    """A guest-callable for capability ``name`` that calls the host through ``link``'s current
+    run: copies arguments and result as plain data within the run's value cap (arguments over
+    it end the run on limit ``"value"``; a result over it raises `CapabilityError`), maps
+    faults to exceptions.
 
-    After its run has ended (a guest finaliser or a generator resumed later) it never reaches
-    the host: it raises `PolicyDenied` and logs the attempt on ``sandbox.restricted``.
+    Outside a run of its link (a guest finaliser or a generator resumed after the run, a fresh
+    run's capability kept past it) it never reaches the host: it raises `PolicyDenied` and logs
+    the attempt on ``sandbox.restricted``.
     """
 
     def capability(*args: Any, **kwargs: Any) -> Any:
-        if run.over:
+        call_host = link.call_host
+        budget = link.budget
+        if call_host is None or budget is None:
             _LOG.warning("capability %s called after its run ended: refused", name)
             raise PolicyDenied(f"{name}(): the run that was granted this capability has ended")
+        value_cap, handle_token = link.value_cap, link.handle_token
         try:
-            wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=handle_token, max_bytes=value_cap,
-                                           check=budget.check_time)
+            if _primitives_within(args, kwargs, value_cap):  # what `plain` would return, without the walk
+                wire_args, wire_kwargs = list(args), dict(kwargs)
+            else:
+                wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=handle_token, max_bytes=value_cap,
+                                               check=budget.check_time)
         except ValueTooLarge as exc:
             raise budget.trip_limit(VALUE, f"{name}() arguments: {exc}") from None
         except WireError as exc:
@@ -610,6 +638,8 @@ def _capability(
         finally:
             if cap is not None:
                 cap.resume()
+        if _primitives_within((result,), {}, value_cap):
+            return result
         try:
             return plain(result, max_bytes=value_cap, check=budget.check_time)
         except WireError as exc:
@@ -618,6 +648,36 @@ def _capability(
     capability.__name__ = capability.__qualname__ = name.rsplit(".", 1)[-1]
     capability.__doc__ = f"Capability {name}: runs on the host."
     return capability
+
+
+def _primitives_within(args: Sequence[Any], kwargs: Mapping[str, Any], value_cap: int) -> bool:
+    """True when every value is an int of at most 64 bits, a finite float, a bool, None or a
+    str, and an upper bound of their JSON size is within ``value_cap``: then `plain` would
+    return each value itself and raise nothing, so the walk can be skipped."""
+    if len(args) + len(kwargs) > 16:
+        return False
+    bound = 64
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind is str:
+            bound += 12 * len(value) + 2  # a JSON escape is at most 6 bytes per UTF-16 unit
+        elif kind is int:
+            if value.bit_length() > 64:
+                return False
+            bound += 24
+        elif kind is float:
+            if value - value != 0.0:  # inf or nan
+                return False
+            bound += 24
+        elif value is None or kind is bool:
+            bound += 5
+        else:
+            return False
+    for key in kwargs:
+        if type(key) is not str:  # a str subclass: `plain` makes it a str
+            return False
+        bound += 12 * len(key) + 2
+    return bound <= value_cap
 
 
 def _evaluator(guest_globals: dict[str, Any], guest_builtins: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., None]]:

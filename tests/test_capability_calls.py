@@ -1,0 +1,227 @@
+"""The cheap paths of a capability call give what the full paths give.
+
+`Capability.bind` / `dump_result` skip pydantic for values of exactly the declared primitive
+type; the restricted guest skips the `plain` walk for small primitive arguments and results;
+`sandbox.call_threads` hands calls to a partner thread through pipes. Each is checked against
+the full path, and the hand-off against its timeout and wake-up guarantees.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from runtimes.restricted.executor import _primitives_within
+from runtimes.wire import MAX_INT_BITS, ValueTooLarge, WireError, plain
+from sandbox import Sandbox, call_threads
+from sandbox.capabilities import Capability, capability
+from sandbox.runtime import CapabilityFault
+
+
+def typed(a: int, b: str, c: bool = False, d: float = 1.5, e: int = None) -> int:  # type: ignore[assignment]
+    return a
+
+
+def floats(x: float) -> float:
+    return x
+
+
+def _full_path(func: Any) -> Capability:
+    cap = Capability(func)
+    cap._fast_params = None  # what every call did before the exact-type path existed
+    cap._fast_result = None
+    return cap
+
+
+def _outcome(call: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call()
+    except CapabilityFault as fault:
+        return fault.guest_type, fault.message
+
+
+CALLS: list[tuple[list[Any], dict[str, Any]]] = [
+    ([1, "x"], {}),
+    ([1, "x", True, 2.5], {}),
+    ([1], {"b": "x"}),
+    ([], {"a": 1, "b": "x", "e": 3}),
+    ([1, "x"], {"d": 2.0, "c": True}),
+    ([True, "x"], {}),  # a bool for an int: pydantic decides
+    ([1.0, "x"], {}),  # a float for an int
+    (["1", "x"], {}),  # a str for an int
+    ([1, 2], {}),  # an int for a str
+    ([1, "x", 1], {}),  # an int for a bool
+    ([1, "x", False, 3], {}),  # an int for a float
+    ([1, "x", False, float("inf")], {}),
+    ([1, "x", False, float("nan")], {}),
+    ([2 ** (MAX_INT_BITS + 1), "x"], {}),
+    ([1], {}),  # missing
+    ([1, "x"], {"a": 2}),  # twice
+    ([1, "x"], {"zzz": 1}),  # unknown
+    ([1, "x", True, 1.0, None, 9], {}),  # too many
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_bind_matches_the_full_path(args: list[Any], kwargs: dict[str, Any]) -> None:
+    fast, full = Capability(typed), _full_path(typed)
+    assert fast._fast_params is not None
+    got, want = _outcome(lambda: fast.bind(list(args), dict(kwargs))), _outcome(lambda: full.bind(list(args), dict(kwargs)))
+    assert got == want
+    if got[0] == "ok":
+        assert list(got[1]) == list(want[1])  # same order
+        assert all(type(got[1][k]) is type(want[1][k]) for k in got[1])
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # the full path, given a mismatched value
+@pytest.mark.parametrize("value", [0, -3, 2 ** 70, 2 ** (MAX_INT_BITS + 1), True, "s", 1.25, float("inf"), float("nan"), None])
+def test_results_match_the_full_path(value: Any) -> None:
+    for func in (typed, floats):
+        got, want = _outcome(lambda: Capability(func).dump_result(value)), _outcome(lambda: _full_path(func).dump_result(value))
+        if got[0] == "ok" and isinstance(got[1], float) and got[1] != got[1]:
+            assert want[0] == "ok" and want[1] != want[1]
+        else:
+            assert got == want
+            assert type(got[1]) is type(want[1])
+
+
+class _Str(str):
+    pass
+
+
+@pytest.mark.parametrize("values", [
+    (1, "a", True, None, 2.5),
+    (2 ** 64 - 1,),
+    (2 ** 64,),
+    ("x" * 1000,),
+    ("\U0001f600" * 100,),
+    (float("inf"),),
+    (_Str("sub"),),
+    ([1],),
+    (True, False),
+])
+@pytest.mark.parametrize("cap", [64, 200, 1 << 20])
+def test_small_primitives_skip_plain_only_when_plain_keeps_them(values: tuple[Any, ...], cap: int) -> None:
+    if _primitives_within(values, {"k": values[0]}, cap):
+        copied = plain([list(values), {"k": values[0]}], max_bytes=cap)
+        assert copied == [list(values), {"k": values[0]}]
+        assert all(a is b for a, b in zip(copied[0], values))
+    else:  # the walk decides: it may copy, convert or refuse
+        try:
+            plain([list(values), {"k": values[0]}], max_bytes=cap)
+        except (WireError, ValueTooLarge):
+            pass
+
+
+def test_a_str_subclass_key_takes_the_walk() -> None:
+    assert not _primitives_within((), {_Str("k"): 1}, 1 << 20)
+
+
+def test_hand_off_returns_values_and_exceptions() -> None:
+    call = call_threads.start(lambda a, b: a + b, 2, 3)
+    assert call.wait(5.0) and call.result() == 5
+    failing = call_threads.start(lambda: 1 / 0)
+    assert failing.wait(5.0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result()
+
+
+def test_a_hanging_call_is_left_at_the_timeout_and_the_next_call_gets_another_thread() -> None:
+    release = threading.Event()
+    hung = call_threads.start(release.wait, 30.0)
+    started = time.monotonic()
+    assert not hung.wait(0.2)
+    assert time.monotonic() - started < 2.0
+    threads: list[int] = []
+    nxt = call_threads.start(lambda: threads.append(threading.get_ident()) or 7)
+    assert nxt.wait(5.0) and nxt.result() == 7
+    release.set()
+    assert hung.wait(5.0)
+    assert hung.result() is True
+
+
+def test_wake_ends_the_wait_without_the_result() -> None:
+    release = threading.Event()
+    call = call_threads.start(release.wait, 30.0)
+    threading.Timer(0.1, call.wake).start()
+    started = time.monotonic()
+    assert not call.wait(10.0)
+    assert time.monotonic() - started < 5.0
+    release.set()
+    again = call_threads.start(lambda: "fresh")
+    assert again.wait(5.0) and again.result() == "fresh"
+
+
+@capability
+def add_ints(a: int, b: int) -> int:
+    """Add."""
+    return a + b
+
+
+@capability
+def echo_any(value: dict, label: str = "x") -> dict:
+    """Echo."""
+    return {"label": label, **value}
+
+
+def test_many_calls_in_one_run_keep_their_results() -> None:
+    box = Sandbox(capabilities=[add_ints, echo_any])
+    result = box.run(
+        "acc = 0\nfor i in range(300):\n    acc = add_ints(acc, i)\n"
+        "[acc, add_ints(a=True, b=2), echo_any({'k': [1, 2]}, label='y')]"
+    )
+    assert result.ok, result.error
+    assert result.value == [sum(range(300)), 3, {"label": "y", "k": [1, 2]}]
+    assert result.usage.capability_calls == 302
+
+
+def test_a_capability_kept_in_session_globals_calls_through_the_current_run() -> None:
+    from sandbox.audit import MemorySink
+
+    sink = MemorySink()
+    box = Sandbox(capabilities=[add_ints], records=sink)
+    with box.session() as session:
+        first = session.run("keep = [add_ints]\n"
+                            "def later():\n    yield add_ints(10, 1)\n    yield add_ints(20, 2)\n"
+                            "steps = later()\nnext(steps)")
+        assert first.ok and first.value == 11, first.error
+        second = session.run("[keep[0](2, 3), next(steps)]")
+    assert second.ok, second.error
+    assert second.value == [5, 22]
+    assert second.usage.capability_calls == 2
+    assert [len(record.calls) for record in sink.records] == [1, 2]
+    assert sink.records[1].run_id == second.run_id
+
+
+def test_a_capability_called_outside_a_run_of_its_link_is_refused() -> None:
+    from runtimes.restricted.executor import CallLink, _capability
+    from runtimes.restricted.guards import PolicyDenied
+
+    link = CallLink()
+    add = _capability("add_ints", link)
+    with pytest.raises(PolicyDenied, match="has ended"):
+        add(1, 2)
+
+
+def test_idle_call_threads_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(call_threads, "IDLE_SECONDS", 0.2)
+    gate = threading.Barrier(3)
+    results: list[Any] = []
+
+    def caller() -> None:
+        call = call_threads.start(lambda: gate.wait(5.0) is not None)
+        results.append(call.wait(10.0) and call.result())
+
+    callers = [threading.Thread(target=caller) for _ in range(3)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    assert results == [True, True, True]
+    deadline = time.monotonic() + call_threads.IDLE_SECONDS + 2.5  # workers started earlier wait 2 s
+    while time.monotonic() < deadline and any(t.name == "sandbox-host-call" for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not any(t.name == "sandbox-host-call" for t in threading.enumerate())
