@@ -1,5 +1,9 @@
 """The public entry point: `Sandbox` runs guest code, `Session` keeps guest state across runs.
 
+This module is the facade: configuration checks and the public methods. The run pipeline is in
+`sandbox._pipeline`, sessions in `sandbox._session`, the driver factory in `sandbox._drivers`;
+`Session`, `POST_RUN_GRACE` and `SESSION_RESET_NOTICE` are re-exported here.
+
 A `Sandbox` is configured once (runtime, isolation, limits, capabilities, secrets, egress) and
 validated at construction: bad host input raises `ConfigurationError` (a `ValueError`) or `TypeError` with what to change.
 Each `run` then builds a `Job`, hands it to the runtime's driver and returns a `RunResult`;
@@ -21,23 +25,28 @@ and one redacted `RunRecord` per run (Session runs included) is emitted after th
 from __future__ import annotations
 
 import asyncio
-import itertools
-import keyword
 import logging
-import os
 import math
+import os
 import threading
 import time
-import uuid
-import warnings
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from runtimes.wire import WireError, plain
-from sandbox import call_threads
-from sandbox._bridge import RunBridge
+from sandbox._drivers import check_modules as _check_modules
+from sandbox._drivers import make_driver as _make_driver
+from sandbox._pipeline import (
+    POST_RUN_GRACE,
+    SESSION_RESET_NOTICE,
+    OutputCallback,
+    RunSpec,
+    execute,
+    prepare,
+    running_loop,
+    start,
+)
+from sandbox._session import Session
 from sandbox.capabilities import (
     ApiDescription,
     Capability,
@@ -45,116 +54,30 @@ from sandbox.capabilities import (
     describe,
 )
 from sandbox.errors import ConfigurationError, SandboxClosed
-from sandbox.handles import RunHandle, StreamRedactor
+from sandbox.handles import RunHandle
 from sandbox.limits import Limits
-from sandbox.results import ErrorInfo, RunResult, Usage, trusted
-from sandbox.runtime import KNOWN_LAYERS, Driver, DriverSession, Job, Outcome, RunControl, limit_error
-from sandbox.secrets import NO_REDACTION, Redactor, Secret, SecretBroker, scope_allows_capability, validate_secrets
+from sandbox.results import RunResult
+from sandbox.runtime import KNOWN_LAYERS
+from sandbox.secrets import Secret, scope_allows_capability, validate_secrets
 
 if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
     from pydantic import BaseModel
 
-    from sandbox.audit import RecordSink, RunRecorder
+    from sandbox.audit import RecordSink
     from sandbox.egress import Egress, EgressClient
     from sandbox.overlay import Overlay
-    from sandbox.policy import Policy, PolicyState, Principal
+    from sandbox.policy import Policy, Principal
     from sandbox.results import FileChange
     from sandbox.transform import TransformResult
+
+__all__ = ["POST_RUN_GRACE", "RUNTIMES", "SESSION_RESET_NOTICE", "IsolationName", "OutputCallback", "RuntimeName",
+           "Sandbox", "Session"]
 
 log = logging.getLogger("sandbox")
 
 RuntimeName = Literal["restricted", "wasi"]
 IsolationName = Literal["none", "process"]
 RUNTIMES: tuple[str, ...] = ("restricted", "wasi")
-
-
-POST_RUN_GRACE = 0.25
-"""Seconds past the run's deadline that post-run steps (redaction, overlay changes) may take;
-past it they are abandoned and the run ends with ``limit_exceeded`` / ``wall``."""
-
-SESSION_RESET_NOTICE = (
-    "[sandbox] this session's guest state was reset before this run (a limit ended its worker or instance, "
-    "or it was released); globals from earlier runs are gone\n"
-)
-
-OutputCallback = Callable[[str, str], None]
-"""``on_output(stream, text)``: ``stream`` is ``"stdout"`` or ``"stderr"``."""
-
-
-@dataclass(frozen=True)
-class _RunSpec:
-    """A run's checked arguments and its clock, made before anything runs."""
-
-    run_id: str
-    code: str
-    inputs: dict[str, Any]
-    limits: Limits
-    principal: Principal | None
-    control: RunControl
-    started: float
-
-
-class _RunIds:
-    """Run ids: 32 hex digits, a random per-process prefix (new in a forked child) and a counter.
-    Unique within the process and across processes; not secret (nothing is granted by a run id)."""
-
-    def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"
-
-
-_RUN_IDS = _RunIds()
-_next_run_id = _RUN_IDS.next
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_RUN_IDS.reseed)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _output_sink(on_output: OutputCallback | None, handle: RunHandle | None, redactor: Redactor
-                 ) -> tuple[OutputCallback | None, StreamRedactor | None]:
-    """The driver's ``on_output``: the host callback and the handle's iterator, redacted; None
-    when nobody listens (drivers then skip streaming)."""
-    targets = [t for t in (on_output, handle._emit if handle is not None else None) if t is not None]
-    if not targets:
-        return None, None
-
-    def emit(stream: str, text: str) -> None:
-        for target in targets:
-            try:
-                target(stream, text)
-            except Exception:  # a host callback failing must not end the run
-                log.exception("on_output callback failed")
-
-    if not redactor:
-        return emit, None
-    streamer = StreamRedactor(redactor, emit)
-    return streamer.write, streamer
-
-
-def _stopped_outcome(outcome: Outcome, control: RunControl, limits: Limits) -> Outcome:
-    """The outcome of a run the host stopped: cancelled, or a capability abandoned at the
-    deadline. What the guest wrote before is kept; the value is dropped."""
-    if control.cancelled and not outcome.ok:
-        lineno = outcome.error.lineno if outcome.error is not None else None
-        error = ErrorInfo(kind="cancelled", type="Cancelled", message="the run was cancelled by the host", lineno=lineno)
-    elif control.abandoned is not None:
-        error = limit_error("wall", f"wall-clock limit of {limits.wall_seconds:g} s exceeded while capability "
-                                    f"{control.abandoned}() was running; the call was abandoned and its result discarded")
-    else:
-        return outcome
-    return outcome.model_copy(update={"ok": False, "value": None, "error": error})
 
 
 class Sandbox:
@@ -370,7 +293,7 @@ class Sandbox:
         running in this thread, if any.
         """
         spec = self._prepare(code, inputs, limits, principal)
-        return self._start_spec(spec, None, _running_loop(), on_output)
+        return self._start_spec(spec, None, running_loop(), on_output)
 
     def stream(
         self,
@@ -500,7 +423,7 @@ class Sandbox:
 
     def _check_sync_context(self, method: str) -> None:
         """Host misuse: a blocking run on a thread whose event loop must serve async capabilities."""
-        if self._async_capabilities and _running_loop() is not None:
+        if self._async_capabilities and running_loop() is not None:
             raise RuntimeError(
                 f"{method}() was called from a running asyncio event loop while an async capability is granted: "
                 f"the loop would be blocked; use `await {'session' if method.startswith('session') else 'sandbox'}"
@@ -522,402 +445,15 @@ class Sandbox:
         return limits
 
     def _prepare(self, code: str, inputs: Mapping[str, Any] | None, limits: Limits | None,
-                 principal: Principal | Mapping[str, Any] | str | None) -> _RunSpec:
-        """Check a run's arguments (host misuse raises here) and start its clock."""
-        self._check_open()
-        if not isinstance(code, str):
-            raise TypeError(f"code must be str, not {type(code).__name__}")
-        run_limits = self._limits_for(limits)
-        try:
-            wire_inputs = plain(dict(inputs)) if inputs else {}
-        except WireError as exc:
-            raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
-                            f"timedelta, Decimal, UUID): {exc}") from None
-        for name in wire_inputs:
-            if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-                raise ConfigurationError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
-        who = self.principal
-        if principal is not None:
-            from sandbox.policy import coerce_principal
+                 principal: Principal | Mapping[str, Any] | str | None) -> RunSpec:
+        """Check a run's arguments (host misuse raises here) and start its clock (`_pipeline.prepare`)."""
+        return prepare(self, code, inputs, limits, principal)
 
-            who = coerce_principal(principal)
-        started = time.perf_counter()
-        control = RunControl(time.monotonic() + run_limits.wall_seconds)
-        return _RunSpec(_next_run_id(), code, wire_inputs, run_limits, who, control, started)
-
-    def _start_spec(self, spec: _RunSpec, session: Session | None, loop: asyncio.AbstractEventLoop | None,
+    def _start_spec(self, spec: RunSpec, session: Session | None, loop: asyncio.AbstractEventLoop | None,
                     on_output: OutputCallback | None) -> RunHandle:
-        handle = RunHandle(spec.run_id, spec.control)
+        return start(self, spec, session, loop, on_output)
 
-        def target() -> None:
-            try:
-                result = self._run_spec(spec, session, loop, on_output=on_output, handle=handle)
-            except BaseException as exc:  # noqa: BLE001 - host errors reach whoever waits on the handle
-                handle._finish(None, exc)
-            else:
-                handle._finish(result)
-
-        threading.Thread(target=target, name=f"sandbox-run-{spec.run_id[:8]}", daemon=True).start()
-        return handle
-
-    def _run_spec(
-        self,
-        spec: _RunSpec,
-        session: Session | None,
-        loop: asyncio.AbstractEventLoop | None,
-        *,
-        on_output: OutputCallback | None = None,
-        handle: RunHandle | None = None,
-    ) -> RunResult:
-        """Run a prepared run to its `RunResult`: every step, post-run work included, inside the
-        run's wall budget (plus `POST_RUN_GRACE` for the post-run steps)."""
-        run_id, control = spec.run_id, spec.control
-        # Secret values are read now (just in time); SecretUnavailable propagates to the host.
-        broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None
-        redactor = broker.redactor if broker is not None else NO_REDACTION
-        state = recorder = None
-        if self.policy is not None:
-            state = self.policy.start(run_id, spec.principal)
-            state.bind_loop(loop)
-        if self.records is not None:
-            from sandbox.audit import RunRecorder, secret_grants
-
-            recorder = RunRecorder(
-                run_id=run_id, code=spec.code, runtime=self.runtime, isolation=self.isolation,
-                principal=spec.principal, session_id=session.id if session is not None else None, limits=spec.limits,
-                capabilities=self.capabilities, policy=self.policy.describe() if self.policy is not None else None,
-                secrets=secret_grants(self.secrets), redact=redactor if redactor else None,
-            )
-        layer = self.files.layer() if self.files is not None else None
-        granted = self.capabilities
-        if layer is not None and self.files is not None:  # the overlay's capabilities, bound to this run's scratch layer
-            granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in self.files.capabilities})}
-        bridge = RunBridge(granted, loop, control, broker, state, recorder)
-        sink, streamer = _output_sink(on_output, handle, redactor)
-        job = Job(
-            run_id=run_id,
-            code=spec.code,
-            limits=spec.limits,
-            bridge=bridge,
-            inputs=spec.inputs,
-            capabilities=tuple(self.capabilities),
-            secrets=broker.handles if broker is not None else (),
-            control=control,
-            on_output=sink,
-            timings=self.timings,
-        )
-        driver_start = time.perf_counter() if self.timings else 0.0
-        try:
-            if session is not None:
-                outcome = session._driver_run(job)
-            else:
-                outcome = self._driver.run(job)
-        except Exception as exc:
-            message = redactor.text(str(exc))
-            # A traceback repeats the messages of the exception and its chain: attach it only
-            # when none of them holds a secret.
-            log.error(
-                "driver %s failed on run %s: %s: %s", self._driver.name, run_id, type(exc).__name__, message,
-                exc_info=exc if not _holds_secret(exc, redactor) else None,
-            )
-            outcome = Outcome(
-                ok=False,
-                error=ErrorInfo(kind="internal", type=type(exc).__name__, message=f"runtime failure: {message}"),
-            )
-        finally:
-            if broker is not None:
-                broker.revoke()
-        outcome = _stopped_outcome(outcome, control, spec.limits)
-        finish_start = time.perf_counter() if self.timings else 0.0
-        timings = _host_timings(spec.started, driver_start, finish_start, outcome.timings) if self.timings else None
-
-        def finish() -> RunResult:
-            error = outcome.error
-            if error is not None and redactor:
-                error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
-            if streamer is not None:
-                streamer.flush(outcome.output_truncated)
-            stderr = SESSION_RESET_NOTICE + outcome.stderr if outcome.session_reset else outcome.stderr
-            value = redactor.value(outcome.value)
-            stdout = redactor.text(outcome.stdout, truncated=outcome.output_truncated)
-            stderr = redactor.text(stderr, truncated=outcome.output_truncated)
-            changes = layer.changes(redactor.text if redactor else None) if layer is not None else None
-            # Every field below is already validated (the driver's Outcome) or made here: construct
-            # without validating again, which is most of the host's cost on a trivial run.
-            return trusted(RunResult, {
-                "ok": outcome.ok,
-                "value": value,
-                "stdout": stdout,
-                "stderr": stderr,
-                "output_truncated": outcome.output_truncated,
-                "error": error,
-                "usage": trusted(Usage, {
-                    "wall_seconds": time.perf_counter() - spec.started,
-                    "cpu_seconds": outcome.cpu_seconds or 0.0,
-                    "peak_memory_bytes": outcome.peak_memory_bytes,
-                    "capability_calls": bridge.calls,
-                }),
-                "run_id": run_id,
-                "runtime": self.runtime,
-                "isolation": self.isolation,
-                "layers": outcome.layers,
-                "warnings": list(bridge.warnings),
-                "changes": changes,
-                "session_reset": outcome.session_reset,
-                "timings": timings,
-            })
-
-        if redactor or layer is not None:  # work that grows with what the guest produced: bounded
-            future = call_threads.submit(finish)
-            if call_threads.wait(future, control.remaining() + POST_RUN_GRACE):
-                result = future.result()
-            else:
-                result = RunResult.model_construct(
-                    ok=False, output_truncated=True, error=limit_error("wall", (
-                        f"wall-clock limit of {spec.limits.wall_seconds:g} s exceeded while preparing the result "
-                        "(redaction, file changes): output, value and changes were dropped")),
-                    usage=Usage.model_construct(wall_seconds=time.perf_counter() - spec.started,
-                                                cpu_seconds=outcome.cpu_seconds or 0.0,
-                                                peak_memory_bytes=outcome.peak_memory_bytes,
-                                                capability_calls=bridge.calls),
-                    run_id=run_id, runtime=self.runtime, isolation=self.isolation, layers=outcome.layers,
-                    changes=() if layer is not None else None, session_reset=outcome.session_reset,
-                    warnings=list(bridge.warnings), timings=timings,
-                )
-        else:
-            result = finish()
-        if timings is not None:
-            timings["finish"] = time.perf_counter() - finish_start
-        if recorder is not None and self.records is not None:
-            try:
-                self.records.emit(recorder.finish(result))
-            except Exception:
-                log.exception("could not emit the run record of run %s", run_id)
-        return result
-
-
-class Session:
-    """Runs that share guest state (globals, imports, definitions). Made by `Sandbox.session()`.
-
-    Runs in one session are serialised; use several sessions for parallelism. Closing the
-    session (or its sandbox) discards the state. When the state is lost (a limit ended the
-    session's worker or instance, or the sandbox released it: ``session_ttl``,
-    ``max_sessions``), the next run starts fresh and its result has ``session_reset=True``
-    and a notice at the start of its stderr. An unclosed session that is garbage-collected is
-    released with a `ResourceWarning`.
-    """
-
-    def __init__(self, sandbox: Sandbox, state: DriverSession) -> None:
-        self._sandbox = sandbox
-        self._lock = threading.Lock()
-        self.id = uuid.uuid4().hex
-        """Names this session in run records."""
-        self.last_used = time.monotonic()
-        self._box = _SessionBox(state)
-        self._finalizer = weakref.finalize(self, _release_unclosed, self._box, self.id)
-
-    @property
-    def closed(self) -> bool:
-        return self._box.closed
-
-    @property
-    def holds_state(self) -> bool:
-        """True while the session keeps guest state (a worker or an instance) alive."""
-        return not self._box.closed and self._box.state is not None
-
-    def run(
-        self,
-        code: str,
-        *,
-        inputs: Mapping[str, Any] | None = None,
-        limits: Limits | None = None,
-        principal: Principal | Mapping[str, Any] | str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> RunResult:
-        """Like `Sandbox.run`, but globals from earlier runs of this session are visible."""
-        self._sandbox._check_sync_context("session.run")
-        self._check_open()
-        spec = self._sandbox._prepare(code, inputs, limits, principal)
-        return self._sandbox._run_spec(spec, self, None, on_output=on_output)
-
-    async def arun(
-        self,
-        code: str,
-        *,
-        inputs: Mapping[str, Any] | None = None,
-        limits: Limits | None = None,
-        principal: Principal | Mapping[str, Any] | str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> RunResult:
-        """`run` for asyncio hosts; cancelling the awaiting task cancels the run."""
-        loop = asyncio.get_running_loop()
-        self._check_open()
-        spec = self._sandbox._prepare(code, inputs, limits, principal)
-        return await self._sandbox._start_spec(spec, self, loop, on_output)
-
-    def start(
-        self,
-        code: str,
-        *,
-        inputs: Mapping[str, Any] | None = None,
-        limits: Limits | None = None,
-        principal: Principal | Mapping[str, Any] | str | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> RunHandle:
-        """Like `Sandbox.start`, in this session."""
-        self._check_open()
-        spec = self._sandbox._prepare(code, inputs, limits, principal)
-        return self._sandbox._start_spec(spec, self, _running_loop(), on_output)
-
-    def close(self) -> None:
-        """Discard the guest state. Idempotent."""
-        with self._lock:
-            self._finalizer.detach()
-            self._box.close()
-
-    def release(self, why: str) -> bool:
-        """Drop the guest state but keep the session usable (its next run starts fresh and says
-        so); False when a run is in progress."""
-        if not self._lock.acquire(blocking=False):
-            return False
-        try:
-            if self._box.state is not None:
-                self._box.state.close()
-                self._box.state = None
-                self._box.reset = True
-                log.info("session %s released: %s", self.id, why)
-            return True
-        finally:
-            self._lock.release()
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        if self._box.closed:
-            raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
-
-    def _driver_run(self, job: Job) -> Outcome:
-        with self._lock:
-            box = self._box
-            if box.closed:
-                raise SandboxClosed("this Session is closed; open a new one with Sandbox.session()")
-            reset = box.reset
-            if box.state is None:
-                box.state = self._sandbox._driver.open_session()
-            box.reset = False
-            try:
-                outcome = box.state.run(job)
-            finally:
-                self.last_used = time.monotonic()
-        if reset and not outcome.session_reset:
-            outcome = outcome.model_copy(update={"session_reset": True})
-        return outcome
-
-
-class _SessionBox:
-    """A session's driver state, apart from the `Session` so that its finalizer can release it."""
-
-    __slots__ = ("state", "closed", "reset")
-
-    def __init__(self, state: DriverSession) -> None:
-        self.state: DriverSession | None = state
-        self.closed = False
-        self.reset = False
-
-    def close(self) -> None:
-        self.closed = True
-        state, self.state = self.state, None
-        if state is not None:
-            state.close()
-
-
-def _release_unclosed(box: _SessionBox, session_id: str) -> None:
-    if not box.closed:
-        warnings.warn(f"sandbox Session {session_id} was not closed; its guest state was released",
-                      ResourceWarning, stacklevel=2)
-        box.close()
-
-
-def _host_timings(started: float, driver_start: float, driver_end: float,
-                  driver: dict[str, float] | None) -> dict[str, float]:
-    """The host's phases up to the driver's end (``prepare``, ``driver``) and the driver's own,
-    prefixed ``driver.``; the caller adds ``finish`` once the result is built."""
-    timings = {"prepare": driver_start - started, "driver": driver_end - driver_start}
-    if driver:
-        timings.update((f"driver.{name}", seconds) for name, seconds in driver.items())
-    return timings
-
-
-def _holds_secret(exc: BaseException, redactor: Redactor) -> bool:
-    """True when ``exc`` or an exception chained to it has a message that ``redactor`` changes."""
-    seen = 0
-    current: BaseException | None = exc
-    while current is not None and seen < 20:
-        text = str(current)
-        if redactor.text(text) != text:
-            return True
-        current, seen = current.__cause__ or current.__context__, seen + 1
-    return False
-
-
-def _check_modules(modules: Iterable[str], runtime: str, isolation: str | None) -> tuple[str, ...]:
-    """Validate ``Sandbox(modules=...)``: optional modules, process isolation only, installed."""
-    from runtimes.restricted.modules import OPTIONAL_MODULES
-
-    if isinstance(modules, str):
-        modules = (modules,)
-    names = tuple(dict.fromkeys(modules))
-    if not names:
-        return ()
-    unknown = [name for name in names if name not in OPTIONAL_MODULES]
-    if unknown:
-        raise ConfigurationError(f"unknown optional module(s) {unknown}: choose from {list(OPTIONAL_MODULES)}")
-    if isolation != "process" or runtime != "restricted":
-        where = "in the guest image" if runtime == "wasi" else "safe in-process"
-        raise ConfigurationError(
-            f"modules={list(names)} are offered only with isolation='process' (not {where}): in-process the "
-            "language layer is the only boundary, and these C extensions expose raw memory (ndarray.ctypes, the "
-            "buffer protocol) and file I/O (np.load, ndarray.tofile, pd.read_*) that its guards cannot see; "
-            "the wasi runtime's guest image does not contain them. See docs/data.md."
-        )
-    import importlib.util
-
-    missing = [name for name in names if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigurationError(
-            f"modules={list(names)}: {', '.join(missing)} not installed on the host; "
-            "pip install 'sandbox[dataframes]'"
-        )
-    return names
-
-
-def _make_driver(runtime: str, isolation: str | None, workers: int, require: frozenset[str],
-                 modules: tuple[str, ...] = ()) -> Driver:
-    if runtime == "wasi":
-        from sandbox.wasi import WasiDriver
-
-        driver: Driver = WasiDriver()
-    elif isolation == "process":
-        from sandbox.process import ProcessDriver
-
-        driver = ProcessDriver(workers=workers, require=require, modules=modules)
-    else:
-        from sandbox.restricted import RestrictedDriver
-
-        driver = RestrictedDriver()
-    missing = require - set(driver.layers)
-    if missing:
-        from sandbox.errors import IsolationUnavailable
-
-        driver.close()
-        reasons = "".join(f"; {layer}: {why}" for layer, why in sorted(getattr(driver, "unavailable", {}).items())
-                          if layer in missing)
-        raise IsolationUnavailable(
-            f"layers {sorted(missing)} are not applied by runtime={runtime!r}, isolation={isolation!r} "
-            f"(it applies {', '.join(driver.layers)}){reasons}; choose a runtime or isolation that applies them"
-        )
-    return driver
+    def _run_spec(self, spec: RunSpec, session: Session | None, loop: asyncio.AbstractEventLoop | None, *,
+                  on_output: OutputCallback | None = None, handle: RunHandle | None = None) -> RunResult:
+        """Run a prepared run to its `RunResult` (`_pipeline.execute`)."""
+        return execute(self, spec, session, loop, on_output=on_output, handle=handle)

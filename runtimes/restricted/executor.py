@@ -532,8 +532,7 @@ class _Kit:
         """Break the reference cycles among these objects (the guards and their formatter, the
         budget and its tick sources, builtins and the evaluator) so that a fresh run's objects
         are freed by reference counting when it ends, not by a later garbage collection."""
-        guards = self.guards
-        guards.formatter = guards.format_ = guards.format_map = None
+        vars(self.guards).clear()  # its formatter refers back to it
         self.budget.ticks = _ENDED
         self.budget.enter = _ENDED.__next__
         self.builtins.clear()
