@@ -11,7 +11,9 @@ Messages (``"t"`` is the type):
 - child -> host: ``ready`` {layers, cpu} once the pre-warmed child is confined and waiting;
   ``out`` {s, text} for output as the guest writes it (``s`` is ``stdout`` or ``stderr``);
   ``call`` {name, args, kwargs} for a capability call; ``done`` {outcome, cpu, maxrss}.
-- host -> child: ``job`` {code, limits, capabilities, secrets, inputs, session, raw};
+- host -> child: ``job`` {code, bytecode, limits, rlimits, cpu_timer, deadline, capabilities,
+  secrets, inputs, session, raw} (``bytecode``: the host-compiled program, base64 of `marshal`,
+  or null and the child compiles ``code``; ``cpu_timer``: seconds of CPU before SIGPROF);
   ``ret`` {value} or ``fault`` {fault} answering a ``call``.
 """
 
