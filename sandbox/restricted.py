@@ -15,7 +15,6 @@ run without it; the layer is then absent and ``require={"alloc-cap"}`` raises
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -36,9 +35,18 @@ def alloc_cap_in_force() -> bool:
     return os.environ.get(DISABLE_ALLOC_CAP) != "1" and alloc_cap.available()
 
 
-@functools.lru_cache(maxsize=64)
+_LIMITS_DICTS: dict[int, tuple[Limits, dict[str, Any]]] = {}
+
+
 def _limits_dict(limits: Limits) -> dict[str, Any]:
-    return limits.model_dump()
+    """``limits.model_dump()``, cached by identity (hashing a pydantic model costs more than the
+    run it is for); the cache holds the models it keys, so an id is never reused while cached."""
+    entry = _LIMITS_DICTS.get(id(limits))
+    if entry is None or entry[0] is not limits:
+        if len(_LIMITS_DICTS) >= 64:
+            _LIMITS_DICTS.clear()
+        entry = _LIMITS_DICTS[id(limits)] = (limits, limits.model_dump())
+    return entry[1]
 
 
 def _why_no_cap() -> str:

@@ -357,7 +357,7 @@ class CallLink:
     through: the current run's host bridge and limits, or nothing between runs (then they
     refuse to reach the host). The capability callables are built once per link, in ``callables``."""
 
-    __slots__ = ("call_host", "budget", "handle_token", "value_cap", "callables")
+    __slots__ = ("call_host", "budget", "handle_token", "value_cap", "callables", "names", "namespace")
 
     def __init__(self) -> None:
         self.call_host: Callable[[str, list, dict], Any] | None = None
@@ -365,6 +365,9 @@ class CallLink:
         self.handle_token: Callable[[Any], Any] = _no_token
         self.value_cap = DEFAULT_VALUE_BYTES
         self.callables: dict[str, Callable[..., Any]] = {}
+        self.names: tuple[str, ...] | None = None
+        self.namespace: dict[str, Any] = {}
+        """The guest globals of the capabilities ``names`` (callables and read-only namespaces)."""
 
     def open(self, call_host: Callable[[str, list, dict], Any], budget: Budget, value_cap: int) -> None:
         """Route calls to this run (its ``handle_token`` is set by `_install_grants`)."""
@@ -578,13 +581,18 @@ def _install_grants(
 
     link.handle_token = handle_token
 
-    def callable_for(name: str) -> Callable[..., Any]:
-        function = link.callables.get(name)
-        if function is None:
-            function = link.callables[name] = _capability(name, link)
-        return function
+    names = tuple(capabilities)
+    if link.names != names:  # a session's later runs reuse the globals (read-only, same callables)
 
-    guest_globals.update(capability_globals(capabilities, callable_for))
+        def callable_for(name: str) -> Callable[..., Any]:
+            function = link.callables.get(name)
+            if function is None:
+                function = link.callables[name] = _capability(name, link)
+            return function
+
+        link.namespace = capability_globals(capabilities, callable_for)
+        link.names = names
+    guest_globals.update(link.namespace)
 
 
 def _capability(name: str, link: CallLink) -> Callable[..., Any]:
