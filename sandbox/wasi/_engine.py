@@ -257,11 +257,12 @@ class Runtime:
     def new_instance(self, memory_limit: int, *, warm: bool = False) -> "Instance":
         """A fresh Store and guest instance (start-up fuel allowance, no deadline pressure).
 
-        With ``warm``, the guest's runner then runs an empty program once (our code, no user
-        input, nothing kept: each run builds new globals and reseeds ``random``), so that the
-        pages the runner writes are already copied when the real run comes; that is most of a
-        fresh run's cost (copy-on-write faults on the pre-initialised heap), now paid off the
-        critical path. The fuel it burns is start-up fuel, not the user's.
+        With ``warm``, the guest's runner then runs the program ``None`` once (our code, no user
+        input, nothing kept: a fresh run builds new globals; the warm-up reseeds ``random``, so
+        the run need not), so that the pages the runner writes on its expression path are
+        already copied when the real run comes; that is most of a fresh run's cost
+        (copy-on-write faults on the pre-initialised heap), now paid off the critical path. The
+        fuel it burns is start-up fuel, not the user's.
 
         Raises `WasmtimeError` when the guest cannot start (e.g. the memory limit is too low).
         """
@@ -280,7 +281,7 @@ class Runtime:
         func = instance.get_func(store, self.run_index)
         if warm:
             try:
-                call_run(store, func, "pass", WARM_OPTIONS, "{}", [])
+                call_run(store, func, "None", WARM_OPTIONS, "{}", [])
             except BaseException:
                 store.close()
                 raise
