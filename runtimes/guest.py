@@ -14,6 +14,7 @@ that crosses into it.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -78,6 +79,11 @@ def error_kind(exc: BaseException) -> str:
 # --- handles and namespaces -------------------------------------------------------------------
 
 
+def not_writable(obj: object) -> TypeError:
+    """The error of a write to an object the guest does not own (the same on every runtime)."""
+    return TypeError(f"cannot modify a {type(obj).__name__} object: only your own lists, dicts, sets and objects")
+
+
 class SecretHandle:
     """An opaque secret handle: shows its name and description, holds no secret and no token.
 
@@ -92,10 +98,10 @@ class SecretHandle:
         object.__setattr__(self, "description", description)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("secret handles are read-only")
+        raise not_writable(self)
 
     def __delattr__(self, name: str) -> None:
-        raise AttributeError("secret handles are read-only")
+        raise not_writable(self)
 
     def __reduce__(self) -> Any:
         raise TypeError("secret handles cannot be copied or pickled")
@@ -107,7 +113,12 @@ class SecretHandle:
 
 
 class Namespace:
-    """A read-only bag of guest-visible attributes (``secrets``, ``sql`` for ``sql.query``)."""
+    """A read-only bag of guest-visible attributes (``secrets``, ``sql`` for ``sql.query``).
+
+    Copies are the object itself; it cannot be pickled.
+    """
+
+    _label: str
 
     def __init__(self, label: str, members: Mapping[str, Any]) -> None:
         object.__setattr__(self, "_label", label)
@@ -115,10 +126,10 @@ class Namespace:
             object.__setattr__(self, key, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{self._label} is read-only")
+        raise not_writable(self)
 
     def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{self._label} is read-only")
+        raise not_writable(self)
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(k for k in vars(self) if not k.startswith("_")))
@@ -131,7 +142,50 @@ class Namespace:
         return self
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError(f"{self._label} cannot be pickled")
+        raise TypeError(f"{self!r} cannot be pickled")
+
+
+class ModuleProxy(Namespace):
+    """What ``import m`` gives the guest: a read-only view of an allowed module's reviewed
+    names (`SURFACE`), built by `module_members`; ``__name__`` is the module's name."""
+
+    __name__: str
+
+    def __init__(self, name: str, members: Mapping[str, Any]) -> None:
+        super().__init__(name, members)
+        object.__setattr__(self, "__name__", name)
+
+    def __repr__(self) -> str:
+        return f"<module {self._label!r} (sandboxed)>"
+
+
+def freeze(value: Any) -> Any:
+    """An immutable stand-in for a module's mutable list, set or dict (other values as they are)."""
+    if type(value) is list:
+        return tuple(value)
+    if type(value) is set:
+        return frozenset(value)
+    if type(value) is dict:
+        return types.MappingProxyType(dict(value))
+    return value
+
+
+def module_members(module: Any, names: Iterable[str], replaced: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The members of a `ModuleProxy` for ``module``: each of ``names`` it has (``replaced``
+    ones swapped for their replacement), submodules left out, mutable containers frozen."""
+    replaced = replaced or {}
+    members = {}
+    for key in sorted(names):
+        if key in replaced:
+            members[key] = replaced[key]
+            continue
+        if not hasattr(module, key):
+            continue
+        value = getattr(module, key)
+        if isinstance(value, types.ModuleType):
+            continue
+        members[key] = freeze(value)
+    return members
 
 
 def capability_globals(names: Iterable[str], make: Callable[[str], Any]) -> dict[str, Any]:
@@ -212,6 +266,30 @@ def message_of(exc: BaseException) -> str:
         return str(exc)
     except BaseException:  # noqa: BLE001 - a guest __str__ may raise anything
         return f"<{type(exc).__name__} with an unprintable message>"
+
+
+# --- builtins ---------------------------------------------------------------------------------
+
+PLAIN_BUILTINS = tuple("""
+    abs all any ascii bin bool bytes bytearray callable chr complex dict divmod enumerate filter float frozenset hash hex id
+    int isinstance issubclass iter len map max min next object oct ord property range repr reversed
+    round slice staticmethod classmethod str sum super tuple zip list set
+""".split())
+"""Python's builtins the guest has as they are (a runtime may still wrap some with checks)."""
+EXCEPTIONS = tuple("""
+    ArithmeticError AssertionError AttributeError BaseException EOFError Exception FloatingPointError
+    GeneratorExit ImportError IndexError KeyError LookupError MemoryError ModuleNotFoundError NameError
+    NotImplementedError OSError OverflowError PermissionError RecursionError RuntimeError StopIteration
+    SyntaxError TimeoutError TypeError UnboundLocalError UnicodeDecodeError UnicodeEncodeError UnicodeError
+    ValueError ZeroDivisionError Warning UserWarning DeprecationWarning
+""".split())
+"""The exception classes among the guest's builtins."""
+RUN_BUILTINS = tuple("""
+    print getattr hasattr setattr delattr dir eval exec sorted pow format type __import__ __build_class__
+""".split())
+"""The other builtins of the guest, each runtime's own (the restricted runtime binds guarded
+versions to every run). No other builtin exists in the guest: no ``open``, ``input``,
+``globals``, ``vars``, ``compile``, ``memoryview`` ..."""
 
 
 # --- imports ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conformance.runtime_differences import WASI_UNGATED
 from runtimes.wire import SECRET_MARKER, Fault
 from sandbox.wasi import build as wasi_build
 from sandbox.limits import Limits
@@ -46,6 +47,8 @@ class Bridge:
 
 
 CAPS = ("echo", "deny", "escalate", "boom", "sql.query")
+
+_UNGATED = WASI_UNGATED  # Python's own builtins and import: these tests are of the WebAssembly boundary
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +167,8 @@ def test_inputs_become_globals(driver):
 
 
 def test_fresh_state_per_run(driver):
-    assert run(driver, "import json\njson.leak = 1\nglobal_x = 1").ok
-    result = run(driver, "import json\n[hasattr(json, 'leak'), 'global_x' in globals()]")
+    assert run(driver, _UNGATED + "import json\njson.leak = 1\nglobal_x = 1").ok
+    result = run(driver, _UNGATED + "import json\n[hasattr(json, 'leak'), 'global_x' in globals()]")
     assert result.value == [False, False]
     first, second = (run(driver, "import random\nrandom.random()").value for _ in range(2))
     assert first != second  # the snapshot's PRNG state is reseeded from WASI random per run
@@ -193,7 +196,7 @@ def test_no_files_no_environment_no_arguments(driver):
         "            out[path + mode] = type(e).__name__\n"
         "out"
     )
-    result = run(driver, code)
+    result = run(driver, _UNGATED + code)
     assert result.ok, result.error
     value = result.value
     assert value.pop("env") == {}
@@ -244,7 +247,7 @@ def test_no_network_loopback_listener_is_never_reached(driver):
             "    out.append(type(e).__name__)\n"
             "out"
         )
-        result = run(driver, code, wall_seconds=5)
+        result = run(driver, _UNGATED + code, wall_seconds=5)
         assert result.ok, result.error
         assert "connected" not in result.value and "resolved" not in result.value and "sent" not in result.value
         time.sleep(0.3)
@@ -283,7 +286,7 @@ def test_epoch_deadline_stops_a_loop_as_wall(driver):
 )
 def test_sleeping_cannot_outlast_the_wall_limit(driver, code):
     started = time.monotonic()
-    result = run(driver, code, wall_seconds=0.4)
+    result = run(driver, _UNGATED + code, wall_seconds=0.4)
     assert result.error.limit == "wall"
     assert time.monotonic() - started < 3
 
@@ -300,7 +303,7 @@ def bounded(fn, timeout: float = 20.0):
     return box[0], time.monotonic() - started
 
 
-_BUILTIN = (
+_BUILTIN = _UNGATED + (
     "import _imp, importlib.machinery\n"
     "def fresh(name):\n"
     "    m = _imp.create_builtin(importlib.machinery.BuiltinImporter.find_spec(name))\n"
@@ -312,14 +315,14 @@ _BUILTIN = (
 # ends in a WASI clock subscription, which would block inside Wasmtime for the full 60 s.
 CLOCK_BYPASSES = {
     "recreated-time-module": _BUILTIN + "t = fresh('time')\nassert t.sleep is not time_sleep\nt.sleep(60)",
-    "kept-real-select": "import sys\nsys.modules['app']._real_select([], [], [], 60)",
+    "kept-real-select": _UNGATED + "import sys\nsys.modules['app']._real_select([], [], [], 60)",
     "recreated-select-poll": _BUILTIN + "fresh('select').poll().poll(60_000)",
 }
 
 
 @pytest.mark.parametrize("name", sorted(CLOCK_BYPASSES))
 def test_wasi_clock_waits_that_bypass_time_sleep_cannot_outlast_the_wall_limit(driver, name):
-    code = "import time\ntime_sleep = time.sleep\n" + CLOCK_BYPASSES[name]
+    code = _UNGATED + "import time\ntime_sleep = time.sleep\n" + CLOCK_BYPASSES[name]
     result, elapsed = bounded(lambda: run(driver, code, wall_seconds=1))
     assert not result.ok
     # the same result, at the same moment, as the rerouted time.sleep(60)
@@ -331,7 +334,7 @@ def test_wasi_clock_waits_that_bypass_time_sleep_cannot_outlast_the_wall_limit(d
 
 
 def test_a_short_wasi_clock_wait_is_refused_at_once(driver):
-    code = "import sys\nsys.modules['app']._real_select([], [], [], 0)"
+    code = _UNGATED + "import sys\nsys.modules['app']._real_select([], [], [], 0)"
     result, elapsed = bounded(lambda: run(driver, code, wall_seconds=5))
     assert result.error.kind == "guest_exception" and result.error.type == "WasiCallRefused"
     assert "subscribe-duration" in result.error.message
@@ -351,14 +354,14 @@ def test_a_clock_bypass_through_the_public_api_and_in_a_session(driver):
             assert bounded(lambda: session.run("x = 1"))[0].ok
             result, elapsed = bounded(lambda: session.run(code))
             assert not result.ok and result.error.limit == "wall" and elapsed < 4
-            result, _ = bounded(lambda: session.run("'x' in globals()"))  # a fresh instance
+            result, _ = bounded(lambda: session.run(_UNGATED + "'x' in globals()"))  # a fresh instance
             assert result.ok and result.value is False
         finally:
             session.close()
 
 
 def test_waiting_that_goes_through_the_guest_app_still_works(driver):
-    code = (
+    code = _UNGATED + (
         "import time, select, selectors\n"
         "t = time.monotonic()\n"
         "time.sleep(0.02)\n"
@@ -373,12 +376,12 @@ def test_waiting_that_goes_through_the_guest_app_still_works(driver):
     result, _ = bounded(lambda: run(driver, code, wall_seconds=5))
     assert result.ok, result.error
     assert result.value == [True, ([], [], []), ([0], [1, 2], []), [], False, 1e-09]
-    result, elapsed = bounded(lambda: run(driver, "import selectors\nselectors.DefaultSelector().select(60)", wall_seconds=0.5))
+    result, elapsed = bounded(lambda: run(driver, _UNGATED + "import selectors\nselectors.DefaultSelector().select(60)", wall_seconds=0.5))
     assert result.error.limit == "wall" and elapsed < 3
 
 
 def test_stdio_cannot_block_stdin_is_closed_and_output_is_discarded(driver, capfd):
-    code = (
+    code = _UNGATED + (
         "import os, sys\n"
         "out = [os.read(0, 100), sys.stdin.read()]\n"
         "n = 0\n"
@@ -438,7 +441,7 @@ def test_recursion_limit(driver):
 
 
 def test_output_cap_is_applied_by_the_host_even_if_the_guest_disables_its_own(driver):
-    code = "import sys\nsys.stdout._state.room = 10**9\nprint('x' * 100_000)"
+    code = _UNGATED + "import sys\nsys.stdout._state.room = 10**9\nprint('x' * 100_000)"
     result = run(driver, code, max_output_bytes=1000)
     assert result.ok and len(result.stdout.encode()) <= 1000 and result.output_truncated
 
@@ -475,7 +478,7 @@ def test_a_terminating_fault_ends_the_run_whatever_the_guest_catches(driver):
 
 
 def test_raw_host_calls_are_checked_too(driver):
-    code = "from wit_world.imports import host\nhost.call_with_handles('not_granted', '[[], {}]', [])"
+    code = _UNGATED + "from wit_world.imports import host\nhost.call_with_handles('not_granted', '[[], {}]', [])"
     result = run(driver, code)
     assert result.ok and result.value[0] is False and "not_granted" in json.loads(result.value[1])["message"]
     code = "from wit_world.imports import host\nhost.call('not_granted', '[[], {}]')"
@@ -498,7 +501,7 @@ def test_secret_handles_reach_the_host_as_their_token(driver):
 
 def test_secret_tokens_never_enter_the_guest(driver):
     # every string and bytes object the guest can reach, handed back to the host to search
-    code = (
+    code = _UNGATED + (
         "import gc\n"
         "h = secrets.github\n"
         "seen = {repr(h), str(h), *dir(h)}\n"
@@ -534,7 +537,7 @@ def test_forged_secret_markers_are_refused(driver, forgery):
 
 def test_forged_resource_handles_cannot_name_a_secret(driver):
     bridge = Bridge()
-    code = (
+    code = _UNGATED + (
         "import weakref\n"
         "from wit_world.imports import host\n"
         "out = []\n"
@@ -582,7 +585,7 @@ def test_session_keeps_globals_and_recovers_after_a_trap(driver):
         assert go("x = 41\ndef inc(v):\n    return v + 1").ok
         assert go("inc(x)").value == 42
         assert go("while True:\n    pass", cpu_seconds=0.05).error.limit == "cpu"
-        result = go("'x' in globals()")  # a trapped instance is replaced; its state is gone
+        result = go(_UNGATED + "'x' in globals()")  # a trapped instance is replaced; its state is gone
         assert result.ok and result.value is False
     finally:
         session.close()

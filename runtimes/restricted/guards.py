@@ -29,7 +29,7 @@ from typing import Any
 
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
-from runtimes.guest import CapabilityError, PolicyDenied
+from runtimes.guest import EXCEPTIONS, PLAIN_BUILTINS, CapabilityError, PolicyDenied, not_writable
 from runtimes.restricted.budget import running_budget
 from runtimes.restricted.size_guards import sized_text_method
 
@@ -367,7 +367,7 @@ class Guards:
         if WRITABLE_PACKAGES and not isinstance(obj, type) and \
                 str(kind.__module__).partition(".")[0] in WRITABLE_PACKAGES:
             return obj
-        raise TypeError(f"cannot modify a {kind.__name__} object: only your own lists, dicts, sets and objects")
+        raise not_writable(obj)
 
     def setattr_(self, obj: Any, name: Any, value: Any) -> None:
         """The guest's ``setattr``: public names on objects the guest owns."""
@@ -458,23 +458,9 @@ def _is_text(obj: Any) -> bool:
 
 # --- builtins -------------------------------------------------------------------------------
 
-_PLAIN_BUILTINS = """
-    abs all any ascii bin bool bytes bytearray callable chr complex dict divmod enumerate filter float frozenset hash hex id
-    int isinstance issubclass iter len map max min next object oct ord property range repr reversed
-    round slice staticmethod classmethod str sum super tuple zip list set
-""".split()
-_EXCEPTIONS = """
-    ArithmeticError AssertionError AttributeError BaseException EOFError Exception FloatingPointError
-    GeneratorExit ImportError IndexError KeyError LookupError MemoryError ModuleNotFoundError NameError
-    NotImplementedError OSError OverflowError PermissionError RecursionError RuntimeError StopIteration
-    SyntaxError TimeoutError TypeError UnboundLocalError UnicodeDecodeError UnicodeEncodeError UnicodeError
-    ValueError ZeroDivisionError Warning UserWarning DeprecationWarning
-""".split()
-
-
 def base_builtins() -> dict[str, Any]:
     """The run-independent part of the guest's builtins (per-run functions are added on top)."""
-    result: dict[str, Any] = {name: getattr(builtins, name) for name in _PLAIN_BUILTINS + _EXCEPTIONS}
+    result: dict[str, Any] = {name: getattr(builtins, name) for name in PLAIN_BUILTINS + EXCEPTIONS}
     result.update(
         {
             "__build_class__": builtins.__build_class__,

@@ -16,11 +16,10 @@ from __future__ import annotations
 import importlib
 import random as _random
 import threading
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from runtimes.guest import ALLOWED_MODULES, SURFACE, import_refused
+from runtimes.guest import ALLOWED_MODULES, SURFACE, ModuleProxy, import_refused, module_members
 from runtimes.restricted.guards import WRITABLE_PACKAGES, expose_types
 from runtimes.restricted import guest_re  # imported here, not during a run: regex registers with copyreg
 from runtimes.restricted.replacements import REPLACED
@@ -36,45 +35,6 @@ SOURCES: dict[str, Callable[[], Any]] = {"re": lambda: guest_re}
 wrapper object offering the same API); default `importlib.import_module`."""
 
 
-class ModuleProxy:
-    """A read-only view of an allowed module's public, non-module attributes."""
-
-    __name__: str
-
-    def __init__(self, name: str, members: Mapping[str, Any]) -> None:
-        object.__setattr__(self, "__name__", name)
-        for key, value in members.items():
-            object.__setattr__(self, key, value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"module {self.__name__!r} is read-only")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"module {self.__name__!r} is read-only")
-
-    def __repr__(self) -> str:
-        return f"<module {self.__name__!r} (sandboxed)>"
-
-    def __copy__(self) -> ModuleProxy:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> ModuleProxy:
-        return self
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("modules cannot be pickled")
-
-
-def _freeze(value: Any) -> Any:
-    if type(value) is list:
-        return tuple(value)
-    if type(value) is set:
-        return frozenset(value)
-    if type(value) is dict:
-        return types.MappingProxyType(dict(value))
-    return value
-
-
 def _members(name: str) -> dict[str, Any]:
     """The proxy members of allowed module ``name``: the `SURFACE` names (every public non-module
     name for an `OPTIONAL_MODULES` package), replacements applied, containers frozen."""
@@ -84,18 +44,7 @@ def _members(name: str) -> dict[str, Any]:
         if name.partition(".")[0] not in OPTIONAL_MODULES:
             raise ImportError(f"module {name!r} has no reviewed surface")
         names = frozenset(key for key in dir(module) if not key.startswith("_"))
-    replaced = REPLACED.get(name, {})
-    members = {}
-    for key in sorted(names):
-        if key in replaced:
-            members[key] = replaced[key]
-            continue
-        if not hasattr(module, key):
-            continue
-        value = getattr(module, key)
-        if isinstance(value, types.ModuleType):
-            continue
-        members[key] = _freeze(value)
+    members = module_members(module, names, REPLACED.get(name))
     expose_types(members.values())
     return members
 

@@ -2,18 +2,25 @@
 
 Built into a component by `sandbox.wasi_build` with componentize-py against the WIT world in
 ``wit/``. componentize-py pre-initialises CPython at build time: everything imported at module
-level here is loaded once, snapshotted into the component and bundled, so guest code can
-import it at no cost. Only modules imported here (and their dependencies) are available.
+level here is loaded once, snapshotted into the component and bundled, so imports cost
+nothing at run time. Only modules imported here (and their dependencies) exist in the guest.
 
-Nothing here is trusted by the host. Guest code can reach and rewrite every object in this
-module; the host re-checks what matters (output cap, secret handles, terminating faults,
-limits) on its own side of the boundary. This module only makes the common case fast and the
-guest's view identical to the restricted runtime's.
+Guest code has the builtins of every runtime's guest (`_GUEST_BUILTINS`: no ``open``,
+``input``, ``globals`` ...) and imports through the guest's own ``__import__``
+(`_guest_import`): the allowlist of every runtime (`guest.ALLOWED_MODULES`), each module as a
+read-only `guest.ModuleProxy` of its reviewed names, as on the restricted runtime. Stdlib code
+keeps the real builtins and import.
+
+Nothing here is trusted by the host, the allowlist included: guest code can reach past it and
+rewrite every object in this module. The boundary is WebAssembly's, and the host re-checks
+what matters (output cap, secret handles, terminating faults, limits) on its own side of it.
+This module only makes the common case fast and the guest's view identical to the
+restricted runtime's.
 """
 
 from __future__ import annotations
 
-# --- stdlib the guest may import (bundled because imported here) -------------------------
+# --- the stdlib in the guest (bundled because imported here) -----------------------------
 import _strptime  # noqa: F401  (datetime.strptime and time.strptime import it lazily)
 import abc
 import array
@@ -32,6 +39,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import encodings.idna  # noqa: F401  (str.encode('idna') finds its codec)
 import datetime
 import decimal
 import difflib
@@ -88,9 +96,15 @@ from wit_world.imports import host
 import guest
 import wire
 from guest import (
+    ALLOWED_MODULES,
+    EXCEPTIONS,
     GUEST_FILENAME,
     LIMIT_MESSAGES,
+    PLAIN_BUILTINS,
+    RUN_BUILTINS,
+    SURFACE,
     CapabilityError,
+    ModuleProxy,
     Namespace,
     OutputCap,
     PolicyDenied,
@@ -99,8 +113,10 @@ from guest import (
     error_kind,
     fault_type,
     guest_lineno,
+    import_refused,
     limit_of,
     message_of,
+    module_members,
 )
 
 # --- guest-visible names ------------------------------------------------------------------
@@ -263,6 +279,42 @@ selectors.SelectSelector._select = staticmethod(_select)  # it kept the real sel
 selectors.DefaultSelector = selectors.SelectSelector
 
 
+# --- imports ------------------------------------------------------------------------------
+
+
+def _module_proxies() -> dict:
+    """A `ModuleProxy` per allowed module, an allowed submodule as an attribute of its parent."""
+    proxies: dict = {}
+    for name in sorted(ALLOWED_MODULES, key=lambda n: (-n.count("."), n)):
+        members = module_members(sys.modules[name], SURFACE[name])
+        prefix = name + "."
+        members.update((sub[len(prefix):], proxy) for sub, proxy in proxies.items()
+                       if sub.startswith(prefix) and "." not in sub[len(prefix):])
+        proxies[name] = ModuleProxy(name, members)
+    return proxies
+
+
+_PROXIES = _module_proxies()
+
+
+def _guest_import(name, globals=None, locals=None, fromlist=(), level=0):
+    """The guest's ``__import__``: an allowed module's proxy; ImportError naming the allowed
+    modules for any other (C code importing on the guest's behalf uses only allowed ones)."""
+    if level != 0:
+        raise ImportError("relative imports are not allowed")
+    proxy = _PROXIES.get(name) if type(name) is str else None
+    if proxy is None:
+        raise import_refused(name, ALLOWED_MODULES)
+    return proxy if fromlist else _PROXIES[name.partition(".")[0]]
+
+
+_GUEST_BUILTINS = {name: getattr(builtins, name) for name in PLAIN_BUILTINS + EXCEPTIONS + RUN_BUILTINS}
+_GUEST_BUILTINS.update({"__import__": _guest_import, "Ellipsis": Ellipsis, "NotImplemented": NotImplemented,
+                        "PolicyDenied": PolicyDenied, "CapabilityError": CapabilityError})
+"""The builtins of guest code: the names every runtime's guest has, the guest's ``__import__``
+and the capability error types."""
+
+
 # --- output -------------------------------------------------------------------------------
 
 
@@ -378,7 +430,7 @@ _session_globals: dict | None = None
 
 
 def _fresh_globals() -> dict:
-    return {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
+    return {"__name__": "__main__", "__builtins__": dict(_GUEST_BUILTINS), "__doc__": None}
 
 
 _capabilities: dict = {}
@@ -393,8 +445,6 @@ def _capability(name: str):
 
 
 def _install(g: dict, options: dict, inputs: dict, secrets: list) -> None:
-    g["PolicyDenied"] = PolicyDenied
-    g["CapabilityError"] = CapabilityError
     names = options.get("capabilities", ())
     if _flat.get(id(names)) is names:  # no dotted name: no namespaces to build
         for name in names:

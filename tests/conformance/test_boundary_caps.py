@@ -14,6 +14,8 @@ from runtimes import wire
 from sandbox import Limits
 from sandbox.capabilities import capability
 
+from .runtime_differences import WASI_UNGATED
+
 LIMITS = Limits(wall_seconds=10, max_value_bytes=1 << 20, max_output_bytes=64 << 10)
 PROMPT = LIMITS.wall_seconds + 0.5
 
@@ -136,7 +138,7 @@ def test_wasi_report_from_a_rewritten_serialiser_is_capped_before_parsing(report
         assert sb.run("1").ok  # warm: the engine and guest are loaded before measuring
         before = _peak_rss()
         started = time.monotonic()
-        result = sb.run(f"import wire\nreport = {report}\nwire.dumps = lambda outcome: report\n1")
+        result = sb.run(WASI_UNGATED + f"import wire\nreport = {report}\nwire.dumps = lambda outcome: report\n1")
         _bounded(result, started)
         assert _peak_rss() - before < limits.memory_bytes + (64 << 20)
         _value_limit(result)
@@ -159,7 +161,7 @@ def test_wasi_raw_capability_arguments_are_capped_before_parsing(payload, call):
     with Sandbox("wasi", limits=LIMITS, capabilities=[echo]) as sb:
         started = time.monotonic()
         result = sb.run(
-            "from wit_world.imports import host\n"
+            WASI_UNGATED + "from wit_world.imports import host\n"
             f"try:\n    {call.format(payload)}\nexcept BaseException:\n    pass\n'survived'"
         )
         _bounded(result, started)
