@@ -92,6 +92,8 @@ class SecretHandle:
     """
 
     __slots__ = ("name", "description")
+    name: str
+    description: str
 
     def __init__(self, name: str, description: str) -> None:
         object.__setattr__(self, "name", name)
