@@ -481,7 +481,7 @@ def test_raw_host_calls_are_checked_too(driver):
     code = _UNGATED + "from wit_world.imports import host\nhost.call_with_handles('not_granted', '[[], {}]', [])"
     result = run(driver, code)
     assert result.ok and result.value[0] is False and "not_granted" in json.loads(result.value[1])["message"]
-    code = "from wit_world.imports import host\nhost.call('not_granted', '[[], {}]')"
+    code = _UNGATED + "from wit_world.imports import host\nhost.call('not_granted', '[[], {}]')"
     result = run(driver, code)
     assert result.ok and result.value.startswith("!") and "not_granted" in json.loads(result.value[1:])["message"]
 
