@@ -39,7 +39,7 @@ def _take_args(args: Any) -> tuple[str, str | None]:
 
 
 @_ffi.host_function
-def call_trampoline(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+def call_trampoline(data, context, ty, args, nargs, results, nresults):
     """``host.call(name: string, args-json: string) -> string``: the result's JSON, or ``!``
     and a fault's."""
     store = _ffi.store_context(context)
@@ -55,7 +55,7 @@ def call_trampoline(data, context, ty, args, nargs, results, nresults):  # type:
 
 
 @_ffi.host_function
-def call_with_handles_trampoline(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+def call_with_handles_trampoline(data, context, ty, args, nargs, results, nresults):
     """``host.call-with-handles(name: string, args-json: string, handles: list<secret>)
     -> tuple<bool, string, list<secret>>``."""
     store = _ffi.store_context(context)
@@ -78,7 +78,7 @@ def call_with_handles_trampoline(data, context, ty, args, nargs, results, nresul
 
 
 @_ffi.host_function
-def output_trampoline(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+def output_trampoline(data, context, ty, args, nargs, results, nresults):
     """``host.output(stderr: bool, text: string)``: keep the text (within the cap) and stream it."""
     try:
         stderr = _ffi.get_bool(args[0])

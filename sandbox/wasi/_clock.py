@@ -34,14 +34,14 @@ _monotonic_ns = time.monotonic_ns
 
 
 @_ffi.host_function
-def _clock_now(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+def _clock_now(data, context, ty, args, nargs, results, nresults):
     """``monotonic-clock.now: func() -> instant`` (nanoseconds, u64)."""
     _ffi.put_u64(results[0], _monotonic_ns() - _CLOCK_ORIGIN_NS)
     return 0
 
 
 @_ffi.host_function
-def _clock_resolution(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+def _clock_resolution(data, context, ty, args, nargs, results, nresults):
     """``monotonic-clock.resolution: func() -> duration``: 1 ns."""
     _ffi.put_u64(results[0], 1)
     return 0
@@ -65,7 +65,7 @@ def _refuse_clock_wait(call: str, end_ns: int | None) -> int:
 
 def _clock_waiter(call: str, absolute: bool) -> Any:
     @_ffi.host_function
-    def refuse(data, context, ty, args, nargs, results, nresults):  # type: ignore[no-untyped-def]
+    def refuse(data, context, ty, args, nargs, results, nresults):
         end_ns = None
         try:
             value = _ffi.get_u64(args[0]) if nargs >= 1 else None

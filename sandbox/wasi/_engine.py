@@ -55,7 +55,7 @@ def deadline_ticks(wall_seconds: float) -> int:
 
 
 @_ffi.epoch_callback
-def on_epoch_deadline(context, data, delta, kind):  # type: ignore[no-untyped-def]
+def on_epoch_deadline(context, data, delta, kind):
     """Wasmtime calls this on the thread running a Store when its epoch deadline passes.
 
     During a run: trap when the job's deadline has passed or the run was cancelled (noting

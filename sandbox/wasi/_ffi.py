@@ -53,7 +53,7 @@ EPOCH_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-def _no_finalizer(data):  # type: ignore[no-untyped-def]
+def _no_finalizer(data):
     return None
 
 

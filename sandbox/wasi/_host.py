@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from wasmtime.component import ResourceHost
@@ -85,7 +86,7 @@ def token_of(state: RunState, rep: int) -> str | None:
 _DECODER = json.JSONDecoder(object_hook=wire.decode_hook)
 _SHALLOW = min(wire.JSON_DEPTH, wire.max_nodes(0))
 _encode_json = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False  # type: ignore[attr-defined]
+    None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
 ) if getattr(json.encoder, "c_make_encoder", None) else None
 
 
@@ -143,7 +144,7 @@ def args_cap(limits: Limits) -> int:
     return limits.max_value_bytes + 1024  # the [args, kwargs] envelope
 
 
-def host_call(store: Any, name: str, args_json: str | None, handles: list) -> tuple:
+def host_call(store: Any, name: str, args_json: str | None, handles: Sequence[Any]) -> tuple[bool, str, list[ResourceHost]]:
     """The ``host.call`` import. Never raises: a Python exception here would become a trap
     (and wasmtime-py keeps it in a process-global slot that other threads could see).
     ``args_json`` is None when the trampoline refused it unread (over the size cap)."""
@@ -201,8 +202,8 @@ def host_call(store: Any, name: str, args_json: str | None, handles: list) -> tu
             _ffi.set_fuel(store, TERMINATE_GRACE_FUEL)
         return (False, fault_payload(fault) if reached_bridge else _refuse(state, name, fault), returned)
     except Exception as exc:  # noqa: BLE001 - a bridge bug must not crash the guest or the host
-        fault = Fault("CapabilityError", f"capability {name!r} failed on the host: {type(exc).__name__}")
-        return (False, fault_payload(fault) if reached_bridge else _refuse(state, name, fault), returned)
+        failure = Fault("CapabilityError", f"capability {name!r} failed on the host: {type(exc).__name__}")
+        return (False, fault_payload(failure) if reached_bridge else _refuse(state, name, failure), returned)
 
 
 def _refuse(state: RunState | None, name: str, fault: Fault) -> str:

@@ -116,7 +116,8 @@ class WasiDriver:
             rep = next(reps)
             tokens[rep] = spec.token
             handles.append(ResourceHost.own(rep, SECRET_TYPE))
-        state = RunState(job=job, tokens=tokens, deadline=job.control.deadline, output=StreamedOutput(job))
+        output = StreamedOutput(job)
+        state = RunState(job=job, tokens=tokens, deadline=job.control.deadline, output=output)
         options = run_options(job, session=session)
         inputs = run_inputs(job)
         previous = getattr(tls, "state", None)
@@ -144,7 +145,6 @@ class WasiDriver:
             remaining = store.get_fuel()
         except WasmtimeError:
             remaining = 0
-        output = state.output
         if trap is not None:
             inst.poisoned = True
             error = classify(trap, state, limits, remaining, wall)
