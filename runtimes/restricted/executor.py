@@ -22,11 +22,11 @@ from typing import Any
 from runtimes.guest import (
     CPU,
     LIMIT_MESSAGES,
+    VALUE,
     CapabilityError,
     Namespace,
     OutputCap,
     PolicyDenied,
-    VALUE,
     SecretHandle,
     capability_globals,
     error_kind,

@@ -24,6 +24,7 @@ from typing import Any
 
 import regex as _regex
 
+from runtimes.guest import CPU, WALL
 from runtimes.restricted.budget import active_budget
 
 OUTSIDE_RUN_TIMEOUT = 1.0
@@ -62,7 +63,7 @@ def _remaining() -> tuple[float, str]:
         return OUTSIDE_RUN_TIMEOUT, ""
     wall = budget.wall_deadline - time.monotonic()
     cpu = budget.cpu_limit - budget.cpu_used()
-    return (max(cpu, 0.001), "cpu") if cpu < wall else (max(wall, 0.001), "wall")
+    return (max(cpu, 0.001), CPU) if cpu < wall else (max(wall, 0.001), WALL)
 
 
 def _timed_out(limit: str) -> BaseException:
@@ -70,7 +71,7 @@ def _timed_out(limit: str) -> BaseException:
     budget = active_budget()
     if budget is None or not limit:
         return TimeoutError("regular expression timed out")
-    seconds = budget.cpu_limit if limit == "cpu" else budget.wall_limit
+    seconds = budget.cpu_limit if limit == CPU else budget.wall_limit
     return budget.trip_limit(limit, f"{limit} time limit of {seconds:g} s exceeded in a regular expression")
 
 
