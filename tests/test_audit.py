@@ -472,8 +472,13 @@ def test_wasi_refused_raw_host_calls_are_recorded():
     def echo(x: str) -> str:
         return x
 
+    try:
+        from conformance.runtime_differences import WASI_UNGATED  # type: ignore[import-not-found]
+    except ImportError:
+        from tests.conformance.runtime_differences import WASI_UNGATED
+
     sink = MemorySink()
-    code = (
+    code = WASI_UNGATED + (
         "from wit_world.imports import host\n"
         "[host.call('not_granted', '[[], {}]')[:1] != '!', host.call_with_handles('echo', 'not json', [])[0],\n"
         " host.call('echo', '[1, 2, 3]')[:1] != '!', host.call_with_handles('echo', '[[{\"__sandbox_secret_handle__\": 5}], {}]', [])[0],\n"
