@@ -50,6 +50,7 @@ the pages below KEEP_BYTES are given back with madvise(MADV_DONTNEED).
 #define KEEP_BYTES ((size_t)1 << 20)
 #define PROBE_BYTES ((size_t)64 << 10)
 #define LONG_RUN_NS ((int64_t)20 * 1000 * 1000)
+#define QUICK_RUN_NS ((int64_t)20 * 1000)
 
 typedef struct {
     char *map;          /* the whole mapping: guard region, then the stack */
@@ -127,13 +128,16 @@ static int64_t now_ns(void)
 }
 
 /* Give back the committed pages below the top KEEP_BYTES when the run reached below them
-   (any page of the probe window under the kept part is resident) or ran long. */
+   (any page of the probe window under the kept part is resident) or ran long. A run shorter
+   than QUICK_RUN_NS is not probed: reaching 1 MiB down the C stack takes thousands of nested C
+   frames over a structure the guest built level by level, and faulting in the pages, which
+   takes longer than that; a miss would only keep pages committed, never unsafe. */
 static void trim(Stack *stack, int64_t elapsed)
 {
     char *low = stack->map + GUARD_BYTES;
     char *keep_floor = low + stack->stack_size - KEEP_BYTES;
     int deep = elapsed > LONG_RUN_NS;
-    if (!deep) {
+    if (!deep && elapsed >= QUICK_RUN_NS) {
         unsigned char resident[PROBE_BYTES / 4096 + 1];
         size_t pages = PROBE_BYTES / (size_t)page_size;
         if (pages == 0 || pages > sizeof(resident))

@@ -318,8 +318,8 @@ def _execute(
     if timings is not None:
         mark = _phase(timings, "setup", mark)
     try:
-        err, value = contextvars.copy_context().run(_run_isolated, compiled.code, state, value_cap, link,
-                                                    fresh)
+        # `execute` runs this in a copy of the caller's context made for this run alone.
+        err, value = _run_isolated(compiled.code, state, value_cap, link, fresh)
     finally:
         link.close()
         if unregister is not None:
@@ -384,7 +384,7 @@ def _no_token(obj: Any) -> None:
 
 
 def _run_isolated(code: Any, state: GuestState, value_cap: int, link: CallLink, fresh: bool) -> tuple[dict | None, Any]:
-    """`_run_program` in the copied context it is called in, with a decimal context of its own:
+    """`_run_program` in the run's own copy of the caller's context, with a decimal context of its own:
     the guest's arithmetic sets flags and traps there, never on the host thread's context. A
     fresh run's objects are released (`_release`) in that context too: releasing them may run
     guest finalisers, which must find the run over."""
