@@ -300,7 +300,7 @@ def _fast_parameters(signature: inspect.Signature, hints: dict[str, Any]
     return tuple(params)
 
 
-def _bind_exact(params: tuple[tuple[str, type, Any], ...], names: frozenset[str], args: list[Any],
+def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str], args: list[Any],
                 kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The arguments by name when each value has exactly its parameter's type (see
     `Capability.bind`); None when anything needs the full path (which also reports errors)."""

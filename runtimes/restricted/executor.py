@@ -314,7 +314,10 @@ def _execute(
         guest_globals.update(inputs)
 
     WATCHDOG.register(budget)
-    unregister = on_stop(lambda: budget.trip(_cancelled())) if on_stop is not None else None
+    def stop() -> None:
+        budget.trip(_cancelled())
+
+    unregister = on_stop(stop) if on_stop is not None else None
     if timings is not None:
         mark = _phase(timings, "setup", mark)
     try:

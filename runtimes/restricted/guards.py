@@ -25,7 +25,7 @@ import operator
 import string
 import types
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 
@@ -115,6 +115,7 @@ class HostType:
     """
 
     __slots__ = ("_kind",)
+    _kind: type
 
     def __init__(self, kind: type) -> None:
         object.__setattr__(self, "_kind", kind)
@@ -212,7 +213,7 @@ def _format_methods(formatter: GuardedFormatter) -> tuple[Callable[..., str], Ca
 # --- the per-run guard set ------------------------------------------------------------------
 
 
-class GuestDeque(collections.deque):  # type: ignore[type-arg]
+class GuestDeque(collections.deque):
     """``collections.deque`` as the guest gets it: building or extending one from an iterator
     ticks (``deque(range(10**13), maxlen=0)`` is a C loop that allocates nothing)."""
 
@@ -298,7 +299,7 @@ class Guards:
             raise _refused(name, obj)
         if name in DUNDER_METHODS:
             if type(obj) is super:
-                owner = obj.__thisclass__
+                owner = cast(Any, obj).__thisclass__
                 if owner.__dict__.get("__module__") == GUEST_MODULE:
                     return getattr(obj, name)
             elif is_guest_object(obj):
@@ -348,7 +349,7 @@ class Guards:
                     kwargs["length"] = length
                 elif rest:
                     rest[0] = length
-                return int.to_bytes(target, *rest, **kwargs)
+                return int.to_bytes(cast(int, target), *rest, **kwargs)
 
             return to_bytes
         return value
@@ -529,7 +530,7 @@ def sized_builtins(budget: Any) -> dict[str, Callable[..., Any]]:
             return budget.endless(iter(source, *sentinel))
         return iter(source)
 
-    functions = {"sorted": sorted_, "pow": pow_, "sum": sum_, "any": any_, "all": all_,
+    functions: dict[str, Callable[..., Any]] = {"sorted": sorted_, "pow": pow_, "sum": sum_, "any": any_, "all": all_,
                  "min": extreme(min), "max": extreme(max), "next": next_, "iter": iter_}
     for name, function in functions.items():
         function.__name__ = function.__qualname__ = name
