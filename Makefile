@@ -27,6 +27,7 @@ demo: guest
 	$(PY) examples/agent_demo.py
 
 test: guest
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 soak: guest
@@ -39,4 +40,4 @@ bench: guest
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache runtimes/restricted/_alloccap*.so runtimes/restricted/_deepstack*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache runtimes/restricted/_alloccap*.so runtimes/restricted/_deepstack*.so

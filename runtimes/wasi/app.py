@@ -131,12 +131,12 @@ _PLAIN = frozenset({str, int, float, bool, type(None)})
 # Prebuilt C encoder/scanner: ``json.dumps(..., allow_nan=False)`` would build a new encoder on
 # every call, and ``json.loads`` adds two regex scans; a capability call needs neither.
 try:
-    _encode_plain = json.encoder.c_make_encoder(
+    _encode_plain = json.encoder.c_make_encoder(  # type: ignore[attr-defined]  # the C accelerator
         None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
     )
 except (TypeError, AttributeError):  # no C accelerator, or another signature
     _encode_plain = None
-_scan = json.scanner.make_scanner(json.decoder.JSONDecoder(object_hook=wire.decode_hook))
+_scan = json.scanner.make_scanner(json.decoder.JSONDecoder(object_hook=wire.decode_hook))  # type: ignore[attr-defined]
 
 
 class _ValueLimit(BaseException):
@@ -170,7 +170,7 @@ def _make_capability(name: str):
     def capability(*args, **kwargs):
         if _current_output is not None:
             _current_output.flush()
-        holders: list = []
+        holders: list | None = []
         for value in args:
             if type(value) not in plain:
                 break
@@ -275,8 +275,8 @@ for _name in ("poll", "epoll", "kqueue", "devpoll"):
 for _name in ("PollSelector", "EpollSelector", "DevpollSelector", "KqueueSelector"):
     if hasattr(selectors, _name):
         delattr(selectors, _name)
-selectors.SelectSelector._select = staticmethod(_select)  # it kept the real select.select
-selectors.DefaultSelector = selectors.SelectSelector
+selectors.SelectSelector._select = staticmethod(_select)  # type: ignore[attr-defined]  # it kept the real select.select
+selectors.DefaultSelector = selectors.SelectSelector  # type: ignore[misc, assignment]
 
 
 # --- imports ------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ class _OutputState(OutputCap):
             return
         self._pending = []
         self._size = 0
-        stream, parts = pending[0][0], []
+        stream, parts = pending[0][0], list[str]()
         for stderr, text in pending:
             if stderr is not stream:
                 host.output(stream, "".join(parts))
@@ -420,7 +420,7 @@ def _compile_module(code: str):
     tree = ast.parse(code, GUEST_FILENAME, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        expr = ast.Expression(tree.body.pop().value)
+        expr = ast.Expression(typing.cast(ast.Expr, tree.body.pop()).value)
         last = compile(expr, GUEST_FILENAME, "eval")
     body = compile(tree, GUEST_FILENAME, "exec") if tree.body else None
     return body, last
@@ -446,8 +446,9 @@ def _capability(name: str):
 
 def _install(g: dict, options: dict, inputs: dict, secrets: list) -> None:
     names = options.get("capabilities", ())
-    if _flat.get(id(names)) is names:  # no dotted name: no namespaces to build
-        for name in names:
+    flat = _flat.get(id(names))
+    if flat is not None and flat is names:  # no dotted name: no namespaces to build
+        for name in flat:
             g[name] = _capability(name)
     else:
         g.update(capability_globals(names, _capability))
@@ -526,7 +527,8 @@ def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
 
 
 def _depth() -> int:
-    frame, n = sys._getframe(1), 0
+    frame: types.FrameType | None = sys._getframe(1)
+    n = 0
     while frame is not None:
         frame, n = frame.f_back, n + 1
     return n
@@ -555,7 +557,7 @@ one configuration (the inputs travel separately), and nothing here mutates it.""
 class WitWorld(wit_world.WitWorld):
     def run(self, code: str, options_json: str, inputs_json: str, secrets: list) -> str:
         global _options_text, _options
-        limit = None
+        limit: type[MemoryError] | type[RecursionError] | None = None
         try:
             if options_json != _options_text:
                 _options, _options_text = _loads(options_json), options_json
