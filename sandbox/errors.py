@@ -13,7 +13,7 @@ would otherwise catch)::
     ├── Unavailable (RuntimeError)        something this host must provide is missing
     │   ├── IsolationUnavailable          a required isolation layer cannot be applied
     │   ├── GuestBuildError               the wasi guest cannot be built or loaded
-    │   │                                 (`sandbox.wasi_build.WasiBuildError` subclasses it)
+    │   │                                 (`sandbox.wasi.build.WasiBuildError` subclasses it)
     │   └── SecretUnavailable             a secret's source cannot be read at run start
     ├── SandboxClosed (RuntimeError)      the sandbox or session was closed
     └── OverlayConflict (ValueError)      `Sandbox.apply` refused: a host file changed since
