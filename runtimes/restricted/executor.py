@@ -19,21 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from runtimes.guest import (
-    CPU,
-    LIMIT_MESSAGES,
-    VALUE,
-    CapabilityError,
-    Namespace,
-    OutputCap,
-    PolicyDenied,
-    SecretHandle,
-    capability_globals,
-    error_kind,
-    fault_type,
-    guest_lineno,
-    limit_of,
-)
+from runtimes.guest import (CPU, LIMIT_MESSAGES, VALUE, CapabilityError, Namespace, OutputCap, PolicyDenied,
+                            SecretHandle, capability_globals, error_kind, fault_type, guest_lineno, limit_of)
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
 from runtimes.restricted.guest_stack import GUEST_STACK
