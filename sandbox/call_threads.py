@@ -147,6 +147,10 @@ class _Worker:
                 with _lock:
                     if not self.busy:  # nobody took this thread meanwhile: leave
                         self._retire()
+                        # Nobody waits on it and `start` skips a retired worker, so its pipes
+                        # can go now, not when the last reference does (the thread-local of a
+                        # long-lived host thread it was the partner of may keep it for good).
+                        self.close()
                         return
                 go.poll()  # taken just now: its work is on the way
             try:
