@@ -37,6 +37,9 @@ Design (the simplest one that stays correct whatever was allocated before or els
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define RESERVE ((size_t)4 << 20)
 #define MIN_SLOTS 1024
@@ -512,9 +515,26 @@ static PyTypeObject CapType = {
     .tp_getset = Cap_getset,
 };
 
+static PyObject *module_trim(PyObject *self, PyObject *unused)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef module_methods[] = {
+    {"trim", module_trim, METH_NOARGS,
+     "Give the C allocator's free heap memory back to the system (glibc malloc_trim); "
+     "False where the C library has no such call."},
+    {NULL, NULL, 0, NULL}
+};
+
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "_alloccap",
-    "Counts and caps what one thread allocates through PyMem/PyObject allocators.", -1, NULL,
+    "Counts and caps what one thread allocates through PyMem/PyObject allocators.", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__alloccap(void)

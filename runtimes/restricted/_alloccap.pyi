@@ -20,3 +20,8 @@ class Cap:
     def blocks(self) -> int: ...
     @property
     def armed(self) -> bool: ...
+
+
+def trim() -> bool:
+    """Give the C allocator's free heap memory back to the system (glibc ``malloc_trim``);
+    False where the C library has no such call."""

@@ -45,25 +45,17 @@ def armed_limit(memory_bytes: int) -> int:
     return memory_bytes - memory_bytes // OVERHEAD_SHARE
 
 
-_trim: Any = None
-
-
 def return_free_memory() -> None:
     """Give the C allocator's free heap memory back to the system (glibc ``malloc_trim``).
 
     glibc raises its mmap threshold after large blocks are freed, so a run's freed buffers may
     stay in the heap; trimming after a run that allocated much keeps the host's resident memory
-    from carrying one run's peak into the next. A no-op where ``malloc_trim`` does not exist."""
-    global _trim
-    if _trim is None:
-        import ctypes
-
-        try:
-            _trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
+    from carrying one run's peak into the next. A no-op where the extension is not built or the
+    C library has no ``malloc_trim``. It imports nothing, so the host's ``sys.modules`` is the
+    same before and after a run."""
+    module = _load()
+    if module is not None:
+        module.trim()
 
 
 def available() -> bool:
