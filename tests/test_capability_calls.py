@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from runtimes.restricted.executor import _primitives_within
+from runtimes.restricted.grants import primitives_within
 from runtimes.wire import MAX_INT_BITS, ValueTooLarge, WireError, plain
 from sandbox import Sandbox, call_threads
 from sandbox.capabilities import Capability, capability
@@ -105,7 +105,7 @@ class _Str(str):
 ])
 @pytest.mark.parametrize("cap", [64, 200, 1 << 20])
 def test_small_primitives_skip_plain_only_when_plain_keeps_them(values: tuple[Any, ...], cap: int) -> None:
-    if _primitives_within(values, {"k": values[0]}, cap):
+    if primitives_within(values, {"k": values[0]}, cap):
         copied = plain([list(values), {"k": values[0]}], max_bytes=cap)
         assert copied == [list(values), {"k": values[0]}]
         assert all(a is b for a, b in zip(copied[0], values))
@@ -117,7 +117,7 @@ def test_small_primitives_skip_plain_only_when_plain_keeps_them(values: tuple[An
 
 
 def test_a_str_subclass_key_takes_the_walk() -> None:
-    assert not _primitives_within((), {_Str("k"): 1}, 1 << 20)
+    assert not primitives_within((), {_Str("k"): 1}, 1 << 20)
 
 
 def test_hand_off_returns_values_and_exceptions() -> None:
@@ -197,11 +197,11 @@ def test_a_capability_kept_in_session_globals_calls_through_the_current_run() ->
 
 
 def test_a_capability_called_outside_a_run_of_its_link_is_refused() -> None:
-    from runtimes.restricted.executor import CallLink, _capability
+    from runtimes.restricted.grants import CallLink, capability_function
     from runtimes.restricted.guards import PolicyDenied
 
     link = CallLink()
-    add = _capability("add_ints", link)
+    add = capability_function("add_ints", link)
     with pytest.raises(PolicyDenied, match="has ended"):
         add(1, 2)
 

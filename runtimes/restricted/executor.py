@@ -13,30 +13,25 @@ import contextvars
 import decimal
 import gc
 import keyword
-import logging
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from runtimes.guest import (CPU, LIMIT_MESSAGES, VALUE, CapabilityError, Namespace, OutputCap, PolicyDenied,
-                            SecretHandle, capability_globals, error_kind, fault_type, guest_lineno, limit_of)
+from runtimes.guest import CPU, LIMIT_MESSAGES, OutputCap, SecretHandle, error_kind, guest_lineno, limit_of
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
+from runtimes.restricted.grants import CallLink, install_grants
 from runtimes.restricted.guest_stack import GUEST_STACK
-from runtimes.restricted.guards import GUEST_MODULE, Guards, base_builtins, getitem, plain_function, sized_builtins
-from runtimes.restricted.modules import MODULES
-from runtimes.restricted.transformer import RESULT_NAME, STRING_FILENAME, Compiled, compile_guest
-from runtimes.wire import DEFAULT_VALUE_BYTES, Fault, ValueTooLarge, WireError, error, outcome, plain, value_error
+from runtimes.restricted.guards import base_builtins
+from runtimes.restricted.scaffold import Scaffold
+from runtimes.restricted.transformer import RESULT_NAME, Compiled, compile_guest
+from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, outcome, plain, value_error
 
 _BASE_BUILTINS = base_builtins()
-_NUMBER_TYPES = frozenset({int, float})
-"""Operand types for which the transformer's inline fast path skips the size guards."""
 
 _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
 """Peak bytes of a fresh run above which its end runs a garbage collection."""
-_LOG = logging.getLogger("sandbox.restricted")
 
 
 def _cancelled() -> Terminated:
@@ -49,7 +44,7 @@ class GuestState:
 
     Holds the guest's globals, one builtins dict that every run refreshes in place (functions
     defined in an earlier run keep the builtins they were created with, so they print into
-    the current run's output), and one `_Kit` (a `Budget` that every run resets, the guards,
+    the current run's output), and one `Scaffold` (a `Budget` that every run resets, the guards,
     builtins and hooks bound to it, an `Output` every run empties): loops and generators
     suspended in an earlier run are checked against the current run's limits.
     """
@@ -59,7 +54,7 @@ class GuestState:
     def __init__(self) -> None:
         self.globals: dict[str, Any] = {}
         self.builtins: dict[str, Any] = dict(_BASE_BUILTINS)
-        self.kit: _Kit | None = None
+        self.kit: Scaffold | None = None
         # Handles issued by earlier runs, with their (revoked) tokens: a handle kept in the
         # session's globals is sent to the host as its old token, which the host refuses by name.
         self.stale_handles: dict[int, tuple[SecretHandle, str]] = {}
@@ -276,7 +271,7 @@ def _execute(
         state = GuestState()
     kit = state.kit
     if kit is None or (kit.budget.cap is not None) != memory_cap:
-        kit = state.kit = _Kit(Budget(limits, cpu_start, deadline, memory_cap=memory_cap),
+        kit = state.kit = Scaffold(Budget(limits, cpu_start, deadline, memory_cap=memory_cap),
                                Output(int(limits["max_output_bytes"]), on_output), state.globals, state.builtins)
     else:
         kit.budget.reset(limits, cpu_start, deadline)
@@ -296,7 +291,7 @@ def _execute(
     guest_globals["_tick_"] = budget.ticks
     guest_globals["_enter_"] = budget.enter
     if secrets or capabilities:
-        _install_grants(guest_globals, capabilities, secrets, tokens, stale, link)
+        install_grants(guest_globals, capabilities, secrets, tokens, stale, link)
     if inputs:
         guest_globals.update(inputs)
 
@@ -342,37 +337,6 @@ def _phase(timings: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-class CallLink:
-    """What the guest's capabilities of one `GuestState` (a session, or one fresh run) call
-    through: the current run's host bridge and limits, or nothing between runs (then they
-    refuse to reach the host). The capability callables are built once per link, in ``callables``."""
-
-    __slots__ = ("call_host", "budget", "handle_token", "value_cap", "callables", "names", "namespace")
-
-    def __init__(self) -> None:
-        self.call_host: Callable[[str, list, dict], Any] | None = None
-        self.budget: Budget | None = None
-        self.handle_token: Callable[[Any], Any] = _no_token
-        self.value_cap = DEFAULT_VALUE_BYTES
-        self.callables: dict[str, Callable[..., Any]] = {}
-        self.names: tuple[str, ...] | None = None
-        self.namespace: dict[str, Any] = {}
-        """The guest globals of the capabilities ``names`` (callables and read-only namespaces)."""
-
-    def open(self, call_host: Callable[[str, list, dict], Any], budget: Budget, value_cap: int) -> None:
-        """Route calls to this run (its ``handle_token`` is set by `_install_grants`)."""
-        self.budget, self.value_cap, self.call_host = budget, value_cap, call_host
-
-    def close(self) -> None:
-        """The run is over: calls refuse from now on, until the next `open`."""
-        self.call_host = None
-        self.handle_token = _no_token
-
-
-def _no_token(obj: Any) -> None:
-    return None
-
-
 def _run_isolated(code: Any, state: GuestState, value_cap: int, link: CallLink, fresh: bool) -> tuple[dict | None, Any]:
     """`_run_program` in the run's own copy of the caller's context, with a decimal context of its own:
     the guest's arithmetic sets flags and traps there, never on the host thread's context. A
@@ -391,7 +355,7 @@ def _run_isolated(code: Any, state: GuestState, value_cap: int, link: CallLink, 
 
 def _release(state: GuestState) -> None:
     """Drop a fresh run's objects now and leave no cyclic garbage behind: its globals, its
-    builtins, the frames its stop holds, the cycles of its `_Kit`, and, when the run allocated
+    builtins, the frames its stop holds, the cycles of its `Scaffold`, and, when the run allocated
     much (guest cycles keep objects alive past their last reference), a collection. The next
     run must not find the host still holding this run's memory on top of its own. Guest code
     that outlives the run (a finaliser, a generator) finds no hooks or builtins and fails."""
@@ -467,271 +431,3 @@ def _exception_error(exc: BaseException, budget: Budget) -> dict:
 
 
 # --- the guest's namespace -------------------------------------------------------------------
-
-
-class _Kit:
-    """The guest objects of a run that do not depend on its code or its grants, all bound to one
-    `Budget` and one `Output`: the guards, the builtins that check sizes or print, the guest's
-    ``eval``/``exec``, and the hooks the transformed code calls (``_tick_``, ``_getattr_`` ...).
-
-    A session keeps one for all its runs (its budget and output are reset per run); a fresh run
-    makes its own and `dismantle`s it at the end.
-    """
-
-    __slots__ = ("budget", "output", "guards", "builtins", "hooks")
-
-    def __init__(self, budget: Budget, output: Output, guest_globals: dict[str, Any],
-                 guest_builtins: dict[str, Any]) -> None:
-        self.budget = budget
-        self.output = output
-        guards = self.guards = Guards(budget)
-        functions = sized_builtins(budget)
-        for name, method in (
-            ("print", output.print),
-            ("getattr", guards.getattr_dynamic),
-            ("hasattr", guards.hasattr_),
-            ("setattr", guards.setattr_),
-            ("delattr", guards.delattr_),
-            ("dir", guards.dir_),
-            ("__import__", MODULES.import_),
-        ):
-            functions[name] = plain_function(method, name)
-        functions["eval"], functions["exec"] = _evaluator(guest_globals, guest_builtins)
-        self.builtins: dict[str, Any] = functions
-        """Merged into the guest's builtins dict at the start of every run."""
-        self.hooks: dict[str, Any] = {
-            "__builtins__": guest_builtins,
-            "__name__": GUEST_MODULE,
-            "_getattr_": guards.getattr_static,
-            "_getattr_dunder_": guards.getattr_dunder,
-            "_getitem_": getitem,
-            "_write_": guards.write,
-            "_getiter_": budget.getiter,
-            "_inplacevar_": budget.inplace,
-            "_mul_": budget.mul,
-            "_pow_": budget.pow,
-            "_lshift_": budget.lshift,
-            "_mod_": budget.mod,
-            "_formatted_": budget.formatted,
-            "_starred_": budget.starred,
-            "_sized_": budget.sized,
-            "_sized_bytes_": budget.sized_bytes,
-            "_numbers_": _NUMBER_TYPES,
-        }
-        """Merged into the guest's globals at the start of every run (with the budget's tick
-        sources ``_tick_`` and ``_enter_``, which it renews on every reset)."""
-
-    def dismantle(self) -> None:
-        """Break the reference cycles among these objects (the guards and their formatter, the
-        budget and its tick sources, builtins and the evaluator) so that a fresh run's objects
-        are freed by reference counting when it ends, not by a later garbage collection."""
-        vars(self.guards).clear()  # its formatter refers back to it
-        self.budget.ticks = _ENDED
-        self.budget.enter = _ENDED.__next__
-        self.builtins.clear()
-        self.hooks.clear()
-
-
-class _Ended:
-    """What a dismantled run's tick sources become: guest code resumed after its run ended stops."""
-
-    __slots__ = ()
-
-    def __iter__(self) -> _Ended:
-        return self
-
-    def __next__(self) -> None:
-        raise LimitExceeded("cpu", "guest code ran after its run ended")
-
-
-_ENDED = _Ended()
-
-
-def _install_grants(
-    guest_globals: dict[str, Any],
-    capabilities: Sequence[str],
-    secrets: Sequence[tuple[str, str, str]],
-    tokens: dict[int, tuple[SecretHandle, str]],
-    stale: dict[int, tuple[SecretHandle, str]],
-    link: CallLink,
-) -> None:
-    """Bind this run's capabilities and secret handles into the namespace. The capabilities
-    call the host through ``link`` (opened for this run; they refuse once it is closed)."""
-    if secrets:
-        handles = {}
-        for name, token, description in secrets:
-            handle = SecretHandle(name, description)
-            handles[name] = handle
-            tokens[id(handle)] = (handle, token)
-        guest_globals["secrets"] = Namespace("secrets", handles)
-
-    def handle_token(obj: Any) -> str | None:
-        entry = tokens.get(id(obj)) or stale.get(id(obj))
-        return entry[1] if entry is not None and entry[0] is obj else None
-
-    link.handle_token = handle_token
-
-    names = tuple(capabilities)
-    if link.names != names:  # a session's later runs reuse the globals (read-only, same callables)
-
-        def callable_for(name: str) -> Callable[..., Any]:
-            function = link.callables.get(name)
-            if function is None:
-                function = link.callables[name] = _capability(name, link)
-            return function
-
-        link.namespace = capability_globals(capabilities, callable_for)
-        link.names = names
-    guest_globals.update(link.namespace)
-
-
-def _capability(name: str, link: CallLink) -> Callable[..., Any]:
-    """A guest-callable for capability ``name`` that calls the host through ``link``'s current
-    run: copies arguments and result as plain data within the run's value cap (arguments over
-    it end the run on limit ``"value"``; a result over it raises `CapabilityError`), maps
-    faults to exceptions.
-
-    Outside a run of its link (a guest finaliser or a generator resumed after the run, a fresh
-    run's capability kept past it) it never reaches the host: it raises `PolicyDenied` and logs
-    the attempt on ``sandbox.restricted``.
-    """
-
-    def capability(*args: Any, **kwargs: Any) -> Any:
-        call_host = link.call_host
-        budget = link.budget
-        if call_host is None or budget is None:
-            _LOG.warning("capability %s called after its run ended: refused", name)
-            raise PolicyDenied(f"{name}(): the run that was granted this capability has ended")
-        value_cap, handle_token = link.value_cap, link.handle_token
-        try:
-            if _primitives_within(args, kwargs, value_cap):  # what `plain` would return, without the walk
-                wire_args, wire_kwargs = list(args), dict(kwargs)
-            else:
-                wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=handle_token, max_bytes=value_cap,
-                                               check=budget.check_time)
-        except ValueTooLarge as exc:
-            raise budget.trip_limit(VALUE, f"{name}() arguments: {exc}") from None
-        except WireError as exc:
-            raise TypeError(f"{name}(): {exc}") from None
-        budget.check()
-        cap = budget.cap
-        if cap is not None:
-            cap.pause()  # the host's own allocations are not the guest's
-        try:
-            result = call_host(name, wire_args, wire_kwargs)
-        except Fault as fault:
-            exc_type = fault_type(fault.guest_type)
-            if fault.terminate:
-                budget.trip(Terminated(fault.terminate, fault.guest_type, fault.message))
-            raise exc_type(fault.message) from None
-        except (LimitExceeded, Terminated, KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # the host side broke (e.g. a closed channel): not the guest's doing
-            budget.host_failure = exc
-            stop = budget.trip(
-                Terminated("internal", "InternalError", f"capability {name} failed on the host: {type(exc).__name__}")
-            )
-            raise stop from None
-        finally:
-            if cap is not None:
-                cap.resume()
-        if _primitives_within((result,), {}, value_cap):
-            return result
-        try:
-            return plain(result, max_bytes=value_cap, check=budget.check_time)
-        except WireError as exc:
-            raise CapabilityError(f"{name}() returned data that cannot reach the guest: {exc}") from None
-
-    capability.__name__ = capability.__qualname__ = name.rsplit(".", 1)[-1]
-    capability.__doc__ = f"Capability {name}: runs on the host."
-    return capability
-
-
-def _primitives_within(args: Sequence[Any], kwargs: Mapping[str, Any], value_cap: int) -> bool:
-    """True when every value is an int of at most 64 bits, a finite float, a bool, None or a
-    str, and an upper bound of their JSON size is within ``value_cap``: then `plain` would
-    return each value itself and raise nothing, so the walk can be skipped."""
-    if len(args) + len(kwargs) > 16:
-        return False
-    bound = 64
-    for value in (*args, *kwargs.values()):
-        kind = type(value)
-        if kind is str:
-            bound += 12 * len(value) + 2  # a JSON escape is at most 6 bytes per UTF-16 unit
-        elif kind is int:
-            if value.bit_length() > 64:
-                return False
-            bound += 24
-        elif kind is float:
-            if value - value != 0.0:  # inf or nan
-                return False
-            bound += 24
-        elif value is None or kind is bool:
-            bound += 5
-        else:
-            return False
-    for key in kwargs:
-        if type(key) is not str:  # a str subclass: `plain` makes it a str
-            return False
-        bound += 12 * len(key) + 2
-    return bound <= value_cap
-
-
-def _evaluator(guest_globals: dict[str, Any], guest_builtins: dict[str, Any]) -> tuple[Callable[..., Any], Callable[..., None]]:
-    """The guest's ``eval``/``exec`` (plain closures, so no host object is reachable from them).
-
-    Strings compile through the same restrictions. Namespaces must be exact ``dict``s (a
-    subclass's ``__missing__`` or any other mapping could answer lookups of the inserted guard
-    hooks). Code given its own namespace runs in a scratch dict the guest never holds: the
-    public names of ``globals``/``locals`` are copied in, the run's real hooks and builtins are
-    put over them, and public names are copied back afterwards, so neither the dicts passed in
-    nor anything the code does to them can supply a hook.
-    """
-
-    def run(source: Any, mode: str, globals_: Any, locals_: Any, caller: Any) -> Any:
-        if not isinstance(source, str):
-            raise TypeError(f"{mode}() takes a string of code here")
-        for label, given in (("globals", globals_), ("locals", locals_)):
-            if given is not None and type(given) is not dict:
-                raise TypeError(f"{mode}(): {label} must be a dict (not {type(given).__name__})")
-        if locals_ is not None and any(type(key) is not str or key[:1] == "_" for key in locals_):
-            raise ValueError(f"{mode}(): names starting with '_' are not allowed in locals")
-        compiled = compile_guest(source, mode, STRING_FILENAME)
-        if compiled.code is None:
-            exc = SyntaxError(compiled.error_message)
-            exc.lineno = compiled.lineno
-            raise exc
-        if globals_ is None and locals_ is None:
-            # The guest's own namespace: the real globals hold the real hooks and the guest has
-            # no reference to them; a function's f_locals is a fresh snapshot of its variables.
-            own_frame = caller is not None and caller.f_globals is guest_globals
-            frame_locals = caller.f_locals if own_frame and caller.f_locals is not guest_globals else None
-            return exec_or_eval(compiled.code, guest_globals, frame_locals, mode)
-        target = locals_ if locals_ is not None else globals_
-        scratch: dict[str, Any] = {}
-        for given in (globals_, locals_):
-            if given is not None:
-                scratch.update((key, value) for key, value in list(given.items()) if type(key) is str and key[:1] != "_")
-        scratch.update((key, value) for key, value in guest_globals.items() if key[:1] == "_")
-        scratch["__builtins__"] = guest_builtins
-        try:
-            return exec_or_eval(compiled.code, scratch, None, mode)
-        finally:
-            target.update((key, value) for key, value in scratch.items() if key[:1] != "_")
-
-    def eval_(source: Any, globals: Any = None, locals: Any = None, /) -> Any:
-        return run(source, "eval", globals, locals, sys._getframe(1))
-
-    def exec_(source: Any, globals: Any = None, locals: Any = None, /) -> None:
-        run(source, "exec", globals, locals, sys._getframe(1))
-
-    eval_.__name__ = eval_.__qualname__ = "eval"
-    exec_.__name__ = exec_.__qualname__ = "exec"
-    return eval_, exec_
-
-
-def exec_or_eval(code: Any, namespace: dict[str, Any], locals_: Any, mode: str) -> Any:
-    if mode == "eval":
-        return eval(code, namespace, locals_)
-    exec(code, namespace, locals_)
-    return None
