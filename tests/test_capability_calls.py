@@ -198,7 +198,7 @@ def test_a_capability_kept_in_session_globals_calls_through_the_current_run() ->
 
 def test_a_capability_called_outside_a_run_of_its_link_is_refused() -> None:
     from runtimes.restricted.grants import CallLink, capability_function
-    from runtimes.restricted.guards import PolicyDenied
+    from runtimes.guest import PolicyDenied
 
     link = CallLink()
     add = capability_function("add_ints", link)

@@ -22,7 +22,7 @@ from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
 from runtimes.restricted.grants import CallLink, install_grants
 from runtimes.restricted.guest_stack import GUEST_STACK
-from runtimes.restricted.guards import base_builtins
+from runtimes.restricted.guest_builtins import base_builtins
 from runtimes.restricted.scaffold import Scaffold
 from runtimes.restricted.transformer import RESULT_NAME, Compiled, compile_guest
 from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, outcome, plain, value_error

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from runtimes.restricted.budget import Budget, LimitExceeded
-from runtimes.restricted.guards import GUEST_MODULE, Guards, getitem, plain_function, sized_builtins
+from runtimes.restricted.guards import GUEST_MODULE, Guards, getitem
+from runtimes.restricted.guest_builtins import plain_function, sized_builtins
 from runtimes.restricted.modules import MODULES
 from runtimes.restricted.transformer import STRING_FILENAME, compile_guest
 
