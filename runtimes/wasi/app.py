@@ -1,6 +1,6 @@
 """The wasi guest application: runs agent code inside CPython compiled to WebAssembly.
 
-Built into a component by `sandbox.wasi_build` with componentize-py against the WIT world in
+Built into a component by `sandbox.wasi.build` with componentize-py against the WIT world in
 ``wit/``. componentize-py pre-initialises CPython at build time: everything imported at module
 level here is loaded once, snapshotted into the component and bundled, so imports cost
 nothing at run time. Only modules imported here (and their dependencies) exist in the guest.
