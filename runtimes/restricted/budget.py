@@ -153,7 +153,11 @@ class _Check:
         return self
 
     def __next__(self) -> Iterator[None]:
-        self._budget.check()
+        try:
+            self._budget.check()
+        except BaseException:
+            self._budget.renew_ticks = True  # the chain over this source is exhausted for good
+            raise
         return iter(self._chunk)
 
 
@@ -173,8 +177,13 @@ class _EntryCheck:
 
     def __next__(self) -> Iterator[None]:
         budget = self._budget
-        budget.check()
-        return iter(self._long if budget.check_depth() else self._short)
+        try:
+            budget.check()
+            shallow = budget.check_depth()
+        except BaseException:
+            budget.renew_ticks = True  # the chain over this source is exhausted for good
+            raise
+        return iter(self._long if shallow else self._short)
 
 
 class _LoopChunks:
@@ -227,6 +236,10 @@ class Budget(SizeGuards):
         self._loop_chunk: list[None] = []
         self._call_chunk: list[None] = []
         self._long_call_chunk: list[None] = []
+        self.renew_ticks = True
+        """Set when a tick source raised (its chain is then exhausted): `reset` makes new ones."""
+        self.ticks: Iterator[None] = iter(())
+        self.enter: Any = None
         self.anchor: Any = None
         """The executor's code object; frames above it are guest frames (for the depth probe)."""
         self.reset(limits, cpu_start, deadline)
@@ -252,14 +265,23 @@ class Budget(SizeGuards):
         self._countdown = _TIME_EVERY
         self._cpu_countdown = _CPU_EVERY
         self._base_depth: int | None = None
-        self._loop_chunk[:] = [None] * _LOOP_CHUNK
-        self._call_chunk[:] = [None] * _CALL_CHUNK
-        self._long_call_chunk[:] = [None] * max(_CALL_CHUNK, min(_LONG_CALL_CHUNK, self.max_recursion_depth // 4))
-        # Fresh chains each run: a chain whose check raised is exhausted for good.
-        self.ticks: Iterator[None] = chain.from_iterable(_Check(self, self._loop_chunk))
-        """``_tick_``: the endless iterator every ``while`` loop of the run iterates."""
-        self.enter = chain.from_iterable(_EntryCheck(self, self._call_chunk, self._long_call_chunk)).__next__
-        """``_enter_``: called on every function entry."""
+        # Only `trip` empties the chunk lists: refill them when a run was stopped (or the cap changed).
+        if len(self._loop_chunk) != _LOOP_CHUNK:
+            self._loop_chunk[:] = [None] * _LOOP_CHUNK
+        if len(self._call_chunk) != _CALL_CHUNK:
+            self._call_chunk[:] = [None] * _CALL_CHUNK
+        long_chunk = max(_CALL_CHUNK, min(_LONG_CALL_CHUNK, self.max_recursion_depth // 4))
+        if len(self._long_call_chunk) != long_chunk:
+            self._long_call_chunk[:] = [None] * long_chunk
+        # New chains whenever a check raised (such a chain is exhausted for good) or the
+        # sources were replaced (a dismantled scaffold); otherwise the previous run's chains
+        # keep checking this budget, now against this run's limits.
+        if self.renew_ticks or type(self.ticks) is not chain:
+            self.renew_ticks = False
+            self.ticks = chain.from_iterable(_Check(self, self._loop_chunk))
+            """``_tick_``: the endless iterator every ``while`` loop of the run iterates."""
+            self.enter = chain.from_iterable(_EntryCheck(self, self._call_chunk, self._long_call_chunk)).__next__
+            """``_enter_``: called on every function entry."""
 
     # --- stopping ---------------------------------------------------------------------------
 

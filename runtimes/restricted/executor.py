@@ -287,7 +287,7 @@ def _execute(
     link.open(call_host, budget, value_cap)
     state.builtins.update(kit.builtins)
     guest_globals.update(kit.hooks)
-    # The budget makes new tick sources on every reset: these two hooks are the run's own.
+    # The budget's tick sources (renewed by a reset after a check raised): these two hooks are the run's own.
     guest_globals["_tick_"] = budget.ticks
     guest_globals["_enter_"] = budget.enter
     if secrets or capabilities:

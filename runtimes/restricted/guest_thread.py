@@ -15,6 +15,7 @@ such runtimes rely on their process boundary instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -36,8 +37,10 @@ _RETIRE_AFTER = 0.02
 grown its stack (committed pages stay with a living thread), and a new thread costs far less."""
 
 
+@functools.lru_cache(maxsize=64)
 def stack_bytes(memory_bytes: int) -> int:
-    """The stack reserved for a run with ``memory_bytes`` of memory (rounded to MiB)."""
+    """The stack reserved for a run with ``memory_bytes`` of memory (rounded to MiB); cached,
+    as a host runs with a handful of memory limits."""
     wanted = _STACK_PER_MEMORY * max(memory_bytes, 0) + _STACK_EXTRA
     return (min(max(wanted, _STACK_MIN), _STACK_MAX) + (1 << 20) - 1) & ~((1 << 20) - 1)
 

@@ -72,7 +72,7 @@ class Scaffold:
             "_numbers_": _NUMBER_TYPES,
         }
         """Merged into the guest's globals at the start of every run (with the budget's tick
-        sources ``_tick_`` and ``_enter_``, which it renews on every reset)."""
+        sources ``_tick_`` and ``_enter_``, which a reset renews once a check has raised)."""
 
     def dismantle(self) -> None:
         """Break the reference cycles among these objects (the guards and their formatter, the
