@@ -226,6 +226,11 @@ class _LoopChunks:
         raise StopIteration
 
 
+def _long_call_chunk(max_recursion_depth: int) -> int:
+    """Function entries per chunk while the stack is under a quarter of the cap."""
+    return max(_CALL_CHUNK, min(_LONG_CALL_CHUNK, max_recursion_depth // 4))
+
+
 class Budget(SizeGuards):
     """Limits and usage of one run; see the module docstring for how each limit is enforced."""
 
@@ -233,9 +238,10 @@ class Budget(SizeGuards):
                  memory_cap: bool = False) -> None:
         self.cap: Any = alloc_cap.new_cap() if memory_cap else None
         """The allocator cap (`alloc_cap.new_cap`) the executor arms while guest code runs, or None."""
-        self._loop_chunk: list[None] = []
-        self._call_chunk: list[None] = []
-        self._long_call_chunk: list[None] = []
+        # Filled here (not by `reset`, which would copy a temporary list into each).
+        self._loop_chunk: list[None] = [None] * _LOOP_CHUNK
+        self._call_chunk: list[None] = [None] * _CALL_CHUNK
+        self._long_call_chunk: list[None] = [None] * _long_call_chunk(int(limits["max_recursion_depth"]))
         self.renew_ticks = True
         """Set when a tick source raised (its chain is then exhausted): `reset` makes new ones."""
         self.ticks: Iterator[None] = iter(())
@@ -270,7 +276,7 @@ class Budget(SizeGuards):
             self._loop_chunk[:] = [None] * _LOOP_CHUNK
         if len(self._call_chunk) != _CALL_CHUNK:
             self._call_chunk[:] = [None] * _CALL_CHUNK
-        long_chunk = max(_CALL_CHUNK, min(_LONG_CALL_CHUNK, self.max_recursion_depth // 4))
+        long_chunk = _long_call_chunk(self.max_recursion_depth)
         if len(self._long_call_chunk) != long_chunk:
             self._long_call_chunk[:] = [None] * long_chunk
         # New chains whenever a check raised (such a chain is exhausted for good) or the
