@@ -42,6 +42,10 @@ transformer inserts (``_tick_``, ``_getiter_``, ``_mul_`` ...):
 When a limit trips, the budget becomes *stopped*: `LimitExceeded` (a `BaseException`, so
 ``except Exception`` does not catch it) is raised at once and again at every later tick, and
 the executor reports the stop whatever the guest did with the exception.
+
+The module stays whole (a little over 450 lines): the tick sources, their chunk lists and the
+`Budget` that renews them share one invariant (a stopped or dismantled budget's sources keep
+stopping resumed guest code), which is easier to check in one place.
 """
 
 from __future__ import annotations
