@@ -300,18 +300,6 @@ def test_one_call_counts_as_one_use_even_across_redirects(a):
 # ----------------------------------------------------------------------------- through a Sandbox
 
 
-CHEAP_RUNTIMES = [
-    pytest.param(("restricted", None), id="restricted"),
-    pytest.param(("restricted", "process"), id="restricted+process"),
-]
-
-
-@pytest.fixture(params=CHEAP_RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    """The runtimes `make_sandbox` builds on here: the ones that start in milliseconds."""
-    return request.param
-
-
 def test_http_through_the_sandbox_redacts_echoes_and_refuses_handles_as_strings(a, make_sandbox):
     sb = make_sandbox(
         egress=Egress(allow=["localhost", "127.0.0.1"], schemes=["http"], methods=["GET", "POST"], allow_networks=LOOPBACK),
