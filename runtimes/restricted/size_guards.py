@@ -57,13 +57,18 @@ class SizeGuards:
         ta = type(a)
         if (ta is int or ta is float) and type(b) in _NUMBERS:
             return a * b
+        a, b = self._repeat_operands(a, b)
+        return a * b
+
+    def _repeat_operands(self, a: Any, b: Any) -> tuple[Any, Any]:
+        """``(a, b)`` with a sequence repeat's count made an int once and its size checked."""
         if _is_sized_sequence(a) and _has_index(b):
             b = operator.index(b)
             self._check_repeat(a, b)
         elif _is_sized_sequence(b) and _has_index(a):
             a = operator.index(a)
             self._check_repeat(b, a)
-        return a * b
+        return a, b
 
     def _check_repeat(self, seq: Any, times: int) -> None:
         if times <= 1:
@@ -111,12 +116,7 @@ class SizeGuards:
     def inplace(self, op: str, target: Any, value: Any) -> Any:
         """``target op= value`` for the size-guarded operators ``*=``, ``**=``, ``<<=``, ``%=``."""
         if op == "*=":
-            if _is_sized_sequence(target) and _has_index(value):
-                value = operator.index(value)
-                self._check_repeat(target, value)
-            elif _is_sized_sequence(value) and _has_index(target):
-                target = operator.index(target)
-                self._check_repeat(value, target)
+            target, value = self._repeat_operands(target, value)
             target *= value
             return target
         if op == "**=":
