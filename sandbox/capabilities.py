@@ -292,6 +292,8 @@ def _fast_parameters(signature: inspect.Signature, hints: dict[str, Any]
     annotation is exactly one of `_EXACT`; None otherwise."""
     params = []
     for param in signature.parameters.values():
+        if param.kind is not param.POSITIONAL_OR_KEYWORD:
+            return None  # keyword-only or variadic parameters bind by the full rules
         kind = next((t for t in _EXACT if hints[param.name] is t), None)
         default = param.default
         if kind is None or not (default is param.empty or default is None or type(default) in _EXACT):
@@ -304,15 +306,12 @@ def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str],
                 kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The arguments by name when each value has exactly its parameter's type (see
     `Capability.bind`); None when anything needs the full path (which also reports errors)."""
+    if len(args) > len(params):
+        return None  # too many arguments: the full path reports it
     arguments: dict[str, Any] = {}
     value: Any
     for (name, kind, _default), value in zip(params, args):
-        if type(value) is not kind:
-            return None
-        if kind is int:
-            if value.bit_length() > MAX_INT_BITS:
-                return None
-        elif kind is float and value - value != 0.0:  # inf or nan
+        if type(value) is not kind or not _exact_ok(value):
             return None
         arguments[name] = value
     if not kwargs and len(args) == len(params):
@@ -325,7 +324,7 @@ def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str],
     for name, kind, default in params:
         if name in arguments:
             value = arguments[name]
-            if type(value) is not kind or not _exact_ok(value):
+            if name in kwargs and (type(value) is not kind or not _exact_ok(value)):
                 return None
             result[name] = value
         elif default is inspect.Parameter.empty:

@@ -29,6 +29,10 @@ def floats(x: float) -> float:
     return x
 
 
+def keyword_only(a: int, *, b: int = 0) -> int:
+    return a + b
+
+
 def _full_path(func: Any) -> Capability:
     cap = Capability(func)
     cap._fast_params = None  # what every call did before the exact-type path existed
@@ -116,6 +120,27 @@ def test_small_primitives_skip_plain_only_when_plain_keeps_them(values: tuple[An
             pass
 
 
+@pytest.mark.parametrize(("values", "expected"), [
+    ((1, "a", True, None, 2.5), True),
+    ((2 ** 64 - 1, "x" * 1000), True),
+    ((2 ** 64,), False),
+    ((float("inf"),), False),
+    ((float("nan"),), False),
+    ((_Str("sub"),), False),
+    (([1],), False),
+])
+def test_which_values_skip_the_walk(values: tuple[Any, ...], expected: bool) -> None:
+    assert primitives_within(values, {}, 1 << 20) is expected
+    assert not primitives_within(values, {}, 8)  # never past the cap
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [([1, 2], {}), ([1], {"b": 2}), ([1], {}), ([1, 2, 3], {})])
+def test_keyword_only_parameters_bind_as_the_full_path_does(args: list[Any], kwargs: dict[str, Any]) -> None:
+    got = _outcome(lambda: Capability(keyword_only).bind(list(args), dict(kwargs)))
+    want = _outcome(lambda: _full_path(keyword_only).bind(list(args), dict(kwargs)))
+    assert got == want
+
+
 def test_a_str_subclass_key_takes_the_walk() -> None:
     assert not primitives_within((), {_Str("k"): 1}, 1 << 20)
 
@@ -131,13 +156,15 @@ def test_hand_off_returns_values_and_exceptions() -> None:
 
 def test_a_hanging_call_is_left_at_the_timeout_and_the_next_call_gets_another_thread() -> None:
     release = threading.Event()
-    hung = call_threads.start(release.wait, 30.0)
+    hung_thread: list[int] = []
+    hung = call_threads.start(lambda: hung_thread.append(threading.get_ident()) or release.wait(30.0))
     started = time.monotonic()
     assert not hung.wait(0.2)
     assert time.monotonic() - started < 2.0
     threads: list[int] = []
     nxt = call_threads.start(lambda: threads.append(threading.get_ident()) or 7)
     assert nxt.wait(5.0) and nxt.result() == 7
+    assert hung_thread and threads and threads[0] != hung_thread[0]
     release.set()
     assert hung.wait(5.0)
     assert hung.result() is True
