@@ -13,6 +13,7 @@ import shutil
 import socket
 import sys
 import threading
+import os
 import time
 from pathlib import Path
 
@@ -104,6 +105,26 @@ def no_build(monkeypatch):
 def test_valid_cache_entry_is_loaded_without_building(cache_copy, no_build):
     component = wasi_build.load_component(wasi_build.make_engine(), directory=cache_copy.artifact.parent)
     assert component != "rebuilt" and no_build == []
+
+
+def test_a_stamp_is_trusted_only_after_a_full_check_of_a_settled_file(cache_copy):
+    import json
+
+    meta = json.loads(cache_copy.meta.read_text())
+    meta.pop("stamp", None)
+    cache_copy.meta.write_text(json.dumps(meta))
+    assert wasi_build._valid(cache_copy)  # a copy made just now: hashed in full, its stamp not yet trusted
+    assert "stamp" not in json.loads(cache_copy.meta.read_text())
+    time.sleep(wasi_build._STAMP_SETTLED_NS / 1e9 + 0.1)
+    assert wasi_build._valid(cache_copy)
+    assert json.loads(cache_copy.meta.read_text())["stamp"] == wasi_build._stamp(cache_copy.artifact)
+    with open(cache_copy.artifact, "r+b") as fh:  # same size, new content: a new ctime
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    assert os.stat(cache_copy.artifact).st_size == json.loads(cache_copy.meta.read_text())["size"]
+    assert not wasi_build._valid(cache_copy)
 
 
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "stale-key", "bad-metadata", "garbage-with-matching-hash"])

@@ -14,14 +14,15 @@ entry has a metadata file holding the SHA-256 of the artifact; an entry whose ha
 header does not match is discarded and rebuilt, never loaded (deserialising trusts its input, so
 a corrupt file must not reach Wasmtime).
 
-Hashing the ~40 MB artifact costs 50-150 ms, half a process's start-up budget, so the metadata
-also records the artifact's *stamp* (device, inode, size, mtime and ctime) right after it was
-written, and a load whose stamp matches skips the hash. That is as strong for everything but
-media corruption: the kernel updates ctime on every write, truncation, chmod or rename, and no
-unprivileged process can set it back, so a matching stamp means nothing has changed the file's
-content through the filesystem since its hash was taken. A copied or rewritten entry (another
-inode, a new ctime) is hashed in full, and its stamp recorded when the hash matched and the
-cache directory is writable.
+Hashing the ~40 MB artifact costs 50-150 ms, half a process's start-up budget, so after a load
+has hashed the artifact in full and found it unchanged throughout, the metadata records its
+*stamp* (device, inode, size, mtime and ctime), and a later load whose stamp matches skips the
+hash. The kernel updates ctime on every write, truncation, chmod or rename, and no unprivileged
+process can set it back; a stamp is recorded only once its ctime is `_STAMP_SETTLED_NS` old, so
+a rewrite within one coarse timestamp tick cannot leave it unchanged. A matching stamp then
+means nothing has changed the file's content through the filesystem since its hash was taken
+(media corruption is not covered). A copied or rewritten entry (another inode, a new ctime) is
+hashed in full again.
 
 ``sandbox prepare`` (or ``python -m sandbox.wasi.build``) prebuilds the cache ahead of time, for
 images and CI (``make demo`` / ``make test`` call it); ``--force`` rebuilds, ``--print-path``
@@ -153,6 +154,10 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+_STAMP_SETTLED_NS = 2_000_000_000
+"""Age of the artifact's ctime before its stamp is trusted (coarser than any timestamp tick)."""
+
+
 def _stamp(path: Path) -> list[int]:
     """What changes whenever the file's content is changed through the filesystem."""
     st = path.stat()
@@ -161,7 +166,7 @@ def _stamp(path: Path) -> list[int]:
 
 def _valid(entry: CacheEntry) -> bool:
     """True when the entry exists and its metadata and hash match (the hash is skipped when the
-    artifact's stamp is the one recorded when it was written); never raises."""
+    artifact's stamp is the one recorded after an earlier full check); never raises."""
     try:
         meta = json.loads(entry.meta.read_text())
         if meta.get("key") != entry.key or meta.get("size") != entry.artifact.stat().st_size:
@@ -171,7 +176,9 @@ def _valid(entry: CacheEntry) -> bool:
             return True
         if meta.get("sha256") != _sha256_file(entry.artifact):
             return False
-        if _stamp(entry.artifact) == before:  # unchanged while it was hashed: later loads skip the hash
+        if _stamp(entry.artifact) != before:  # changed while it was hashed: what is there now is unchecked
+            return False
+        if time.time_ns() - before[4] > _STAMP_SETTLED_NS:
             _record_stamp(entry, meta, before)
         return True
     except (OSError, ValueError, AttributeError):
@@ -346,7 +353,6 @@ def _build(engine: wasmtime.Engine, entry: CacheEntry, directory: Path, progress
         tmp_artifact.chmod(0o644)  # readable by every worker sharing the directory
         # artifact first, metadata last: a reader that sees the metadata sees the artifact
         os.replace(tmp_artifact, entry.artifact)
-        meta["stamp"] = _stamp(entry.artifact)  # after the rename, which sets the ctime
         tmp_meta = Path(tmp) / "guest.json"
         tmp_meta.write_text(json.dumps(meta, indent=1))
         tmp_meta.chmod(0o644)
