@@ -163,6 +163,7 @@ class ProcessDriver:
             if missing:
                 child.kill()
                 child.close()
+                zygote.replenish()
                 raise IsolationUnavailable(f"a process worker came up without {sorted(missing)}")
             return child
         raise ChannelClosed("could not obtain a process worker")
@@ -416,7 +417,7 @@ def _bytecode(source: str) -> str | None:
     microseconds per run). None, and the child compiles, over `_HOST_COMPILE_BYTES` (this
     parse runs outside the child's limits) or when it does not compile (the child then reports
     the error exactly as it would have)."""
-    if not isinstance(source, str) or len(source) > _HOST_COMPILE_BYTES:
+    if not isinstance(source, str) or len(source) > _HOST_COMPILE_BYTES or len(source.encode()) > _HOST_COMPILE_BYTES:
         return None
     code = compile_guest(source).code
     if not isinstance(code, types.CodeType):
