@@ -150,10 +150,6 @@ def put_u64(val: Any, value: int) -> None:
     val.of.u64 = value
 
 
-def list_size(val: Any) -> int:
-    return int(val.of.list.size)
-
-
 def take_resources(val: Any) -> list[ResourceAny]:
     """Take ownership of the resources in the list value ``val`` and free the list."""
     lst = val.of.list

@@ -113,12 +113,12 @@ def fault_payload(fault: Fault) -> str:
     return json.dumps(fault.to_wire())
 
 
-def _resolve_handles(value: Any, tokens: list[str | None], depth: int = 0) -> Any:
+def _resolve_handles(value: Any, tokens: list[str | None]) -> Any:
     """Replace ``{SECRET_MARKER: i}`` with ``{SECRET_MARKER: token}``; refuse anything else."""
     if isinstance(value, list):
-        return [_resolve_handles(item, tokens, depth + 1) for item in value]
+        return [_resolve_handles(item, tokens) for item in value]
     if isinstance(value, tuple):
-        return tuple(_resolve_handles(item, tokens, depth + 1) for item in value)
+        return tuple(_resolve_handles(item, tokens) for item in value)
     if isinstance(value, dict):
         if SECRET_MARKER in value:
             index = value[SECRET_MARKER]
@@ -128,7 +128,7 @@ def _resolve_handles(value: Any, tokens: list[str | None], depth: int = 0) -> An
             if token is None:
                 raise Fault("CapabilityError", "this secret handle is not valid in this run")
             return {SECRET_MARKER: token}
-        return {key: _resolve_handles(item, tokens, depth + 1) for key, item in value.items()}
+        return {key: _resolve_handles(item, tokens) for key, item in value.items()}
     return value
 
 
