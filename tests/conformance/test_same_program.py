@@ -70,7 +70,7 @@ def use(token: SecretValue) -> int:
 @dataclass(frozen=True)
 class Program:
     """A program and its outcome on every runtime: ``value`` when it succeeds, else the
-    error's ``(kind, type, limit)``; ``stdout`` and ``truncated`` when its output matters."""
+    error's ``(kind, type, limit)``; ``stdout`` (empty when None) and ``truncated``."""
 
     id: str
     code: str
@@ -166,6 +166,5 @@ def test_same_program_same_result(sandbox: Sandbox, program: Program) -> None:
     result = sandbox.run(program.code)
     got = (result.value, None) if result.ok else (None, (result.error.kind, result.error.type, result.error.limit))
     assert got == (program.value, program.error), result.error
-    if program.stdout is not None:
-        assert result.stdout == program.stdout
+    assert result.stdout == (program.stdout or "")
     assert result.output_truncated is program.truncated
