@@ -66,6 +66,8 @@ outside a call made by a sandbox run (see `sandbox.call_time`). A capability tha
 something must not wait longer: at the deadline the call is abandoned and the run ends."""
 
 
+MAX_NAME_LENGTH = 200
+"""Longest capability name; runtimes read a guest's call name no further than this."""
 CAPABILITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
 _RESERVED = frozenset({"secrets", "print", "PolicyDenied", "CapabilityError"})
 
@@ -88,6 +90,9 @@ class Capability:
             raise ConfigurationError(
                 f"capability name {self.name!r} is not valid: use identifiers joined by dots, e.g. 'sql.query'"
             )
+        if len(self.name) > MAX_NAME_LENGTH:
+            raise ConfigurationError(f"capability name {self.name[:40]!r}... is longer than {MAX_NAME_LENGTH} "
+                                     "characters: choose a shorter name")
         if self.name.split(".")[0] in _RESERVED or self.name.startswith("_"):
             raise ConfigurationError(f"capability name {self.name!r} is reserved: choose another name")
         self.description = inspect.cleandoc(description or func.__doc__ or "")

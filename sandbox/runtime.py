@@ -218,8 +218,16 @@ class StreamedOutput:
         self._parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.truncated = False
 
-    def add(self, stream: Any, text: Any) -> None:
-        """Keep ``text`` written to ``stream`` ("stdout" or "stderr"; anything else is ignored)."""
+    @property
+    def room(self) -> int:
+        """Bytes of output still kept; anything past them is dropped and ``truncated`` set."""
+        return self._room
+
+    def add(self, stream: Any, text: Any, *, cut: bool = False) -> None:
+        """Keep ``text`` written to ``stream`` ("stdout" or "stderr"; anything else is ignored).
+        ``cut``: the writer already dropped what was past the room (the output is truncated)."""
+        if cut:
+            self.truncated = True
         if stream not in self._parts or not isinstance(text, str) or not text:
             return
         if self._room <= 0:

@@ -301,3 +301,15 @@ def test_recursive_aliased_and_same_named_models_render_as_valid_distinct_types(
         assert sb.run("grow({'name': 'r', 'children': [{'name': 'c'}]})").value == {
             "name": "r", "children": [{"name": "c", "children": []}]}
     assert "quotes" in namespace["grow"].__doc__
+
+
+def test_a_capability_name_has_a_length_limit() -> None:
+    from sandbox.capabilities import MAX_NAME_LENGTH
+    from sandbox.errors import ConfigurationError
+
+    def f() -> int:
+        return 1
+
+    assert capability(f, name="a" * MAX_NAME_LENGTH).name == "a" * MAX_NAME_LENGTH
+    with pytest.raises(ConfigurationError, match="shorter name"):
+        capability(f, name="a" * (MAX_NAME_LENGTH + 1))

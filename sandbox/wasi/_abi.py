@@ -17,6 +17,7 @@ from wasmtime.component import ResourceHost
 
 from runtimes import wire
 from sandbox.runtime import Job
+from sandbox.capabilities import MAX_NAME_LENGTH
 from sandbox.wasi import _ffi
 from sandbox.wasi._host import RunState, args_cap, host_call, tls
 
@@ -25,10 +26,15 @@ class ReportTooLarge(Exception):
     """The guest's report is over the report cap; it was not read."""
 
 
+_MAX_NAME_BYTES = MAX_NAME_LENGTH + 1
+"""A call's name is read no further: a longer name is no capability's (the call is refused),
+so it is never decoded whole on the host."""
+
+
 def _take_args(args: Any) -> tuple[str, str | None]:
     """The capability name and arguments text of a call; arguments over the size cap are
     dropped unread and read as None (`host_call` then ends the run on limit ``value``)."""
-    name = _ffi.take_string(args[0])
+    name = _ffi.take_string(args[0], _MAX_NAME_BYTES)
     state: RunState | None = getattr(tls, "state", None)
     size = _ffi.string_size(args[1])
     if state is not None and size > args_cap(state.job.limits):
@@ -82,10 +88,13 @@ def output_trampoline(data, context, ty, args, nargs, results, nresults):
     """``host.output(stderr: bool, text: string)``: keep the text (within the cap) and stream it."""
     try:
         stderr = _ffi.get_bool(args[0])
-        text = _ffi.take_string(args[1])
         state: RunState | None = getattr(tls, "state", None)
-        if state is not None and state.output is not None:
-            state.output.add("stderr" if stderr else "stdout", text)
+        output = state.output if state is not None else None
+        room = output.room if output is not None else 0
+        cut = _ffi.string_size(args[1]) > room
+        text = _ffi.take_string(args[1], room)  # past the room the output is dropped anyway
+        if output is not None:
+            output.add("stderr" if stderr else "stdout", text, cut=cut)
         return 0
     except BaseException as exc:  # noqa: BLE001 - becomes a trap; never unwinds into C
         return _ffi.trap(f"sandbox host output failed: {type(exc).__name__}: {exc}")

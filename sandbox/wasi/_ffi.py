@@ -111,9 +111,14 @@ def string_size(val: Any) -> int:
     return int(val.of.string.size)
 
 
-def take_string(val: Any) -> str:
-    """Decode the string value ``val`` and free it (``val`` becomes a plain bool)."""
-    text = _string_at(val.of.string.data, val.of.string.size).decode("utf-8")
+def take_string(val: Any, max_bytes: int | None = None) -> str:
+    """Decode the string value ``val`` and free it (``val`` becomes a plain bool). With
+    ``max_bytes``, only that many leading bytes are decoded (a character they cut is dropped)."""
+    size = int(val.of.string.size)
+    if max_bytes is not None and size > max_bytes:
+        text = _string_at(val.of.string.data, max(0, max_bytes)).decode("utf-8", "ignore")
+    else:
+        text = _string_at(val.of.string.data, size).decode("utf-8")
     ffi.wasm_byte_vec_delete(_byref(val.of.string))
     val.kind = BOOL
     val.of.boolean = False

@@ -167,3 +167,30 @@ def test_wasi_raw_capability_arguments_are_capped_before_parsing(payload, call):
         _bounded(result, started)
         _value_limit(result)
         assert result.usage.capability_calls == 0
+
+
+@pytest.mark.parametrize("call", ["host.call(name, '[[], {}]')", "host.call_with_handles(name, '[[], {}]', [])"],
+                         ids=["call", "call_with_handles"])
+def test_wasi_raw_call_with_a_huge_name_is_refused_promptly_and_briefly(call):
+    from sandbox import Sandbox
+
+    with Sandbox("wasi", limits=LIMITS, capabilities=[echo]) as sb:
+        started = time.monotonic()
+        result = sb.run(
+            WASI_UNGATED + "from wit_world.imports import host\nname = 'echo' + 'x' * 5_000_000\n"
+            f"reply = str({call})\n['no capability named' in reply, len(reply) < 2000]"
+        )
+        _bounded(result, started)
+        assert result.ok and result.value == [True, True], result
+        assert result.usage.capability_calls == 0
+
+
+def test_wasi_raw_output_is_read_only_as_far_as_the_output_cap():
+    from sandbox import Sandbox
+
+    with Sandbox("wasi", limits=Limits(**{**LIMITS.model_dump(), "max_output_bytes": 100})) as sb:
+        started = time.monotonic()
+        result = sb.run(WASI_UNGATED + "from wit_world.imports import host\nhost.output(False, 'é' * 3_000_000)\n1")
+        _bounded(result, started)
+        assert result.ok and result.output_truncated
+        assert result.stdout == "é" * 50
