@@ -322,6 +322,8 @@ class _Walk:
             size += len(_enc_str(key)) + 1
             if key == TAG:
                 escape = True
+            elif key == SECRET_MARKER and self.handle_token is not None:
+                raise WireError("not a secret handle: pass secrets.<name> itself")
             kind = type(item)
             if kind is str and len(item) <= _INLINE_CHARS:
                 size += len(_enc_str(item))
@@ -461,7 +463,8 @@ def plain(value: Any, *, lenient: bool = False, max_bytes: int | None = None, ha
 
     Strict (default): anything else raises `WireError` naming its type, so a guest cannot hand
     the host an object with behaviour; subclasses become their base type. ``handle_token(obj)``
-    returns the token of a secret handle (``{SECRET_MARKER: token}``), or None. ``default(obj)``
+    returns the token of a secret handle (``{SECRET_MARKER: token}``), or None; with it, a dict
+    of the caller's own that carries the marker key is refused, so only real handles become markers. ``default(obj)``
     (host use) may turn an unsupported object into data, once. Lenient: an unsupported object,
     a non-finite float or a huge int becomes its ``repr`` string; never raises for those.
 
