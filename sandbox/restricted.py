@@ -129,5 +129,9 @@ class RestrictedDriver:
     def open_session(self) -> RestrictedSession:
         return RestrictedSession(self.layers)
 
+    def warm(self, timeout: float | None = None) -> bool:
+        """Nothing is prepared in the background: always ready."""
+        return True
+
     def close(self) -> None:
         pass

@@ -199,6 +199,13 @@ class Driver(Protocol):
 
     def open_session(self) -> DriverSession: ...
 
+    def warm(self, timeout: float | None = None) -> bool:
+        """Wait until what the driver prepares ahead of runs (spare instances, pre-forked
+        children) is ready and no such work runs in the background; start any that is due.
+        True once so, False at ``timeout`` seconds (None: no limit) or when the preparation
+        failed. A driver that prepares nothing returns True at once."""
+        ...
+
     def close(self) -> None:
         """Release workers, caches and engines; idempotent."""
         ...

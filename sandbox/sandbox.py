@@ -382,6 +382,19 @@ class Sandbox:
 
             raise SandboxError(f"max_sessions={self.max_sessions} sessions are running; close one or wait")
 
+    def warm(self, timeout: float | None = None) -> bool:
+        """Wait until the runtime is ready for its next runs with no work of its own in the
+        background: the wasi runtime's spare instances are made, the process isolation's
+        pre-forked children are up and waiting, and no refill is running (the in-process
+        restricted runtime has nothing to prepare). Call it before taking traffic, or between
+        measurements so one burst does not pay for the refills of another.
+
+        Returns True once ready; False when ``timeout`` seconds (None: no limit) passed first or
+        the runtime could not prepare (its runs then start their own instance or child, as
+        usual). Raises `SandboxClosed` on a closed sandbox."""
+        self._check_open()
+        return self._driver.warm(timeout)
+
     def describe(self) -> ApiDescription:
         """The guest API as a Python stub (code mode) and JSON tool schemas (tool mode),
         listing the secret handles (names only) the guest will find under ``secrets`` and the

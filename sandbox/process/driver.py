@@ -385,6 +385,11 @@ class ProcessDriver:
     def open_session(self) -> ProcessSession:
         return ProcessSession(self)
 
+    def warm(self, timeout: float | None = None) -> bool:
+        """Wait until the zygote's pre-forked children are all up, confined and waiting, with
+        no fork or warm-up running (`ZygoteClient.settle`); restarts a zygote that died."""
+        return self._ensure_zygote().settle(timeout)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

@@ -69,6 +69,8 @@ class ZygoteClient:
         self.hello = hello
         self.pid = int(hello["pid"])
         self.spares: queue.Queue[ChildHandle | None] = queue.Queue()
+        self._pending = spares  # forks asked for whose child has not joined ``spares`` yet
+        self._settled = threading.Condition()
         self.children: dict[int, ChildHandle] = {}
         self.lock = threading.Lock()
         self.dead = False
@@ -94,6 +96,9 @@ class ZygoteClient:
                         except (ChannelClosed, TimeoutError):
                             pass  # `ProcessDriver._take` finds it not ready, ends and replaces it
                         self.spares.put(child)
+                        with self._settled:
+                            self._pending -= 1
+                            self._settled.notify_all()
                         continue
                     data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 2)
                     if not data:
@@ -128,6 +133,8 @@ class ZygoteClient:
             for child in warming.values():
                 child.close()
             self.spares.put(None)
+            with self._settled:
+                self._settled.notify_all()
 
     def take(self, timeout: float) -> ChildHandle:
         """The next pre-forked child. Call `replenish` once the run is over."""
@@ -145,10 +152,19 @@ class ZygoteClient:
     def replenish(self) -> None:
         """Ask the zygote for one more spare (done after a run, so the fork and warm-up of the
         replacement do not compete with the run for CPU; spares = workers + 1 covers the next run)."""
-        try:
-            self.sock.send(b"F")
-        except OSError:
-            pass
+        with self._settled:
+            try:
+                self.sock.send(b"F")
+            except OSError:
+                return
+            self._pending += 1
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every child asked of the zygote has been forked, has warmed up and waits
+        in ``spares`` (so no fork or warm-up is running). True once so; False at ``timeout``
+        (seconds, None: no limit) or when the zygote is gone."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self.dead or self._pending <= 0, timeout) and not self.dead
 
     def child_size(self, pid: int) -> tuple[int, int]:
         """(VmSize, data) of a warm child, read from /proc once per zygote: every child is forked

@@ -144,7 +144,12 @@ class Spares:
         self._running = 0
         self._ready: collections.deque[Instance] = collections.deque()
         self._garbage: collections.deque[Store] = collections.deque()
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._idle = threading.Condition(lock)
+        """Notified (all waiters) whenever the thread finishes a piece of work or stops."""
+        self._busy = False
+        self._failures = 0
         self._thread: threading.Thread | None = None
 
     def _wake(self) -> None:
@@ -187,12 +192,43 @@ class Spares:
             self._garbage.append(store)
             self._wake()
 
+    @property
+    def target(self) -> int:
+        """How many spares are kept ready (`SPARES`, or ``SANDBOX_WASI_SPARES``; 0 after `stop`)."""
+        return max(0, self._target)
+
+    @property
+    def available(self) -> int:
+        """How many fresh instances wait to be taken right now."""
+        return len(self._ready)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until the spares are all ready and the thread is idle (no refill or Store close
+        running or queued); starts a refill that is due. True once settled; False at ``timeout``
+        (seconds, None: no limit), or as soon as a refill fails (runs then instantiate their own)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            failures = self._failures
+            while True:
+                if not self._busy and not self._garbage and len(self._ready) >= self.target:
+                    return True
+                if self._failures != failures:
+                    return False
+                if not self._busy and (self._thread is None or not self._thread.is_alive()):
+                    self._wake()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+
     def _refill_allowed(self) -> bool:
         return len(self._ready) < self._target and self._running < self._cores
 
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._busy = False
+                self._idle.notify_all()
                 if self._target <= 0 and not self._garbage:
                     self._thread = None
                     return
@@ -201,12 +237,17 @@ class Spares:
                         self._thread = None
                         return
                 store = self._garbage.popleft() if self._garbage else None
+                self._busy = True
             if store is not None:
                 store.close()
                 continue
             try:
                 inst = self._rt.new_instance(_SPARE_LIMIT, warm=True)
             except Exception:  # noqa: BLE001 - runs fall back to instantiating themselves
+                with self._cond:
+                    self._busy = False
+                    self._failures += 1
+                    self._idle.notify_all()
                 return
             with self._cond:
                 if self._target <= 0:

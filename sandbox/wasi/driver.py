@@ -202,6 +202,11 @@ class WasiDriver:
     def open_session(self) -> "WasiSession":
         return WasiSession(self)
 
+    def warm(self, timeout: float | None = None) -> bool:
+        """Wait until the process-wide spare instances are ready and nothing is being
+        instantiated or closed in the background (`sandbox.wasi._engine.Spares.settle`)."""
+        return get_runtime().spares.settle(timeout)
+
     def close(self) -> None:
         """Nothing to release per driver: the engine, compiled component and spare instances are
         shared by every driver in the process."""
