@@ -16,8 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runtimes.wire import WireError, plain
 from sandbox import call_threads
@@ -48,8 +47,7 @@ OutputCallback = Callable[[str, str], None]
 """``on_output(stream, text)``: ``stream`` is ``"stdout"`` or ``"stderr"``."""
 
 
-@dataclass(frozen=True)
-class RunSpec:
+class RunSpec(NamedTuple):
     """A run's checked arguments and its clock, made before anything runs."""
 
     run_id: str
@@ -127,18 +125,21 @@ def stopped_outcome(outcome: Outcome, control: RunControl, limits: Limits) -> Ou
 def prepare(self: Sandbox, code: str, inputs: Mapping[str, Any] | None, limits: Limits | None,
             principal: Principal | Mapping[str, Any] | str | None) -> RunSpec:
     """Check a run's arguments (host misuse raises here) and start its clock."""
-    self._check_open()
-    if not isinstance(code, str):
+    if self._closed:
+        self._check_open()
+    if type(code) is not str and not isinstance(code, str):
         raise TypeError(f"code must be str, not {type(code).__name__}")
-    run_limits = self._limits_for(limits)
-    try:
-        wire_inputs = plain(dict(inputs)) if inputs else {}
-    except WireError as exc:
-        raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
-                        f"timedelta, Decimal, UUID): {exc}") from None
-    for name in wire_inputs:
-        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-            raise ConfigurationError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
+    run_limits = self.limits if limits is None else self._limits_for(limits)
+    wire_inputs: dict[str, Any] = {}
+    if inputs:
+        try:
+            wire_inputs = plain(dict(inputs))
+        except WireError as exc:
+            raise TypeError(f"inputs must be plain data (JSON types, tuple, set, bytes, date, datetime, time, "
+                            f"timedelta, Decimal, UUID): {exc}") from None
+        for name in wire_inputs:
+            if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+                raise ConfigurationError(f"input name {name!r} must be an identifier, not a keyword, not starting with '_'")
     who = self.principal
     if principal is not None:
         from sandbox.policy import coerce_principal
@@ -147,6 +148,7 @@ def prepare(self: Sandbox, code: str, inputs: Mapping[str, Any] | None, limits: 
     started = time.perf_counter()
     control = RunControl(time.monotonic() + run_limits.wall_seconds)
     return RunSpec(_next_run_id(), code, wire_inputs, run_limits, who, control, started)
+
 
 def start(self: Sandbox, spec: RunSpec, session: Session | None, loop: asyncio.AbstractEventLoop | None,
           on_output: OutputCallback | None) -> RunHandle:
@@ -175,42 +177,37 @@ def execute(
 ) -> RunResult:
     """Run a prepared run to its `RunResult`: every step, post-run work included, inside the
     run's wall budget (plus `POST_RUN_GRACE` for the post-run steps)."""
-    run_id, control = spec.run_id, spec.control
+    run_id, code, _, run_limits, principal, control, started = spec
     # Secret values are read now (just in time); SecretUnavailable propagates to the host.
     broker = SecretBroker(self.secrets, run_id=run_id) if self.secrets else None
     redactor = broker.redactor if broker is not None else NO_REDACTION
+    redacting = broker is not None and bool(redactor)
     state = recorder = None
     if self.policy is not None:
-        state = self.policy.start(run_id, spec.principal)
+        state = self.policy.start(run_id, principal)
         state.bind_loop(loop)
     if self.records is not None:
         from sandbox.audit import RunRecorder, secret_grants
 
         recorder = RunRecorder(
-            run_id=run_id, code=spec.code, runtime=self.runtime, isolation=self.isolation,
-            principal=spec.principal, session_id=session.id if session is not None else None, limits=spec.limits,
+            run_id=run_id, code=code, runtime=self.runtime, isolation=self.isolation,
+            principal=principal, session_id=session.id if session is not None else None, limits=run_limits,
             capabilities=self.capabilities, policy=self.policy.describe() if self.policy is not None else None,
-            secrets=secret_grants(self.secrets), redact=redactor if redactor else None,
+            secrets=secret_grants(self.secrets), redact=redactor if redacting else None,
         )
-    layer = self.files.layer() if self.files is not None else None
+    files = self.files
+    layer = files.layer() if files is not None else None
     granted = self.capabilities
-    if layer is not None and self.files is not None:  # the overlay's capabilities, bound to this run's scratch layer
-        granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in self.files.capabilities})}
+    if layer is not None and files is not None:  # the overlay's capabilities, bound to this run's scratch layer
+        granted = {**granted, **layer.bind({c.name: self.capabilities[c.name] for c in files.capabilities})}
     bridge = RunBridge(granted, loop, control, broker, state, recorder)
-    sink, streamer = output_sink(on_output, handle, redactor)
-    job = Job(
-        run_id=run_id,
-        code=spec.code,
-        limits=spec.limits,
-        bridge=bridge,
-        inputs=spec.inputs,
-        capabilities=tuple(self.capabilities),
-        secrets=broker.handles if broker is not None else (),
-        control=control,
-        on_output=sink,
-        timings=self.timings,
-    )
-    driver_start = time.perf_counter() if self.timings else 0.0
+    sink = streamer = None
+    if on_output is not None or handle is not None:
+        sink, streamer = output_sink(on_output, handle, redactor)
+    measure = self.timings
+    job = Job(run_id, code, run_limits, bridge, spec.inputs, tuple(self.capabilities),
+              broker.handles if broker is not None else (), control, sink, measure)
+    driver_start = time.perf_counter() if measure else 0.0
     try:
         if session is not None:
             outcome = session._driver_run(job)
@@ -231,21 +228,26 @@ def execute(
     finally:
         if broker is not None:
             broker.revoke()
-    outcome = stopped_outcome(outcome, control, spec.limits)
-    finish_start = time.perf_counter() if self.timings else 0.0
-    timings = _host_timings(spec.started, driver_start, finish_start, outcome.timings) if self.timings else None
+    if control.cancelled or control.abandoned is not None:
+        outcome = stopped_outcome(outcome, control, run_limits)
+    finish_start = time.perf_counter() if measure else 0.0
+    timings = _host_timings(started, driver_start, finish_start, outcome.timings) if measure else None
 
     def finish() -> RunResult:
         error = outcome.error
-        if error is not None and redactor:
-            error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
+        stdout, stderr, value = outcome.stdout, outcome.stderr, outcome.value
+        if outcome.session_reset:
+            stderr = SESSION_RESET_NOTICE + stderr
         if streamer is not None:
             streamer.flush(outcome.output_truncated)
-        stderr = SESSION_RESET_NOTICE + outcome.stderr if outcome.session_reset else outcome.stderr
-        value = redactor.value(outcome.value)
-        stdout = redactor.text(outcome.stdout, truncated=outcome.output_truncated)
-        stderr = redactor.text(stderr, truncated=outcome.output_truncated)
-        changes = layer.changes(redactor.text if redactor else None) if layer is not None else None
+        if redacting:
+            if error is not None:
+                error = error.model_copy(update={"message": redactor.text(error.message),
+                                                 "type": redactor.text(error.type)})
+            value = redactor.value(value)
+            stdout = redactor.text(stdout, truncated=outcome.output_truncated)
+            stderr = redactor.text(stderr, truncated=outcome.output_truncated)
+        changes = layer.changes(redactor.text if redacting else None) if layer is not None else None
         # Every field below is already validated (the driver's Outcome) or made here: construct
         # without validating again, which is most of the host's cost on a trivial run.
         return trusted(RunResult, {
@@ -256,7 +258,7 @@ def execute(
             "output_truncated": outcome.output_truncated,
             "error": error,
             "usage": trusted(Usage, {
-                "wall_seconds": time.perf_counter() - spec.started,
+                "wall_seconds": time.perf_counter() - started,
                 "cpu_seconds": outcome.cpu_seconds or 0.0,
                 "peak_memory_bytes": outcome.peak_memory_bytes,
                 "capability_calls": bridge.calls,
@@ -271,16 +273,16 @@ def execute(
             "timings": timings,
         })
 
-    if redactor or layer is not None:  # work that grows with what the guest produced: bounded
+    if redacting or layer is not None:  # work that grows with what the guest produced: bounded
         future = call_threads.submit(finish)
         if call_threads.wait(future, control.remaining() + POST_RUN_GRACE):
             result = future.result()
         else:
             result = RunResult.model_construct(
                 ok=False, output_truncated=True, error=limit_error("wall", (
-                    f"wall-clock limit of {spec.limits.wall_seconds:g} s exceeded while preparing the result "
+                    f"wall-clock limit of {run_limits.wall_seconds:g} s exceeded while preparing the result "
                     "(redaction, file changes): output, value and changes were dropped")),
-                usage=Usage.model_construct(wall_seconds=time.perf_counter() - spec.started,
+                usage=Usage.model_construct(wall_seconds=time.perf_counter() - started,
                                             cpu_seconds=outcome.cpu_seconds or 0.0,
                                             peak_memory_bytes=outcome.peak_memory_bytes,
                                             capability_calls=bridge.calls),

@@ -65,10 +65,12 @@ class Session:
         on_output: OutputCallback | None = None,
     ) -> RunResult:
         """Like `Sandbox.run`, but globals from earlier runs of this session are visible."""
-        self._sandbox._check_sync_context("session.run")
-        self._check_open()
-        spec = prepare(self._sandbox, code, inputs, limits, principal)
-        return execute(self._sandbox, spec, self, None, on_output=on_output)
+        sandbox = self._sandbox
+        if sandbox._async_capabilities:
+            sandbox._check_sync_context("session.run")
+        if self._box.closed:
+            self._check_open()
+        return execute(sandbox, prepare(sandbox, code, inputs, limits, principal), self, None, on_output=on_output)
 
     async def arun(
         self,

@@ -57,18 +57,19 @@ def _why_no_cap() -> str:
 
 def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Outcome:
     timings: dict[str, float] | None = {} if job.timings else None
+    on_output = job.on_output
     raw = execute(
         job.code,
         limits=_limits_dict(job.limits),
         call_host=job.bridge.call,
         capabilities=job.capabilities,
-        secrets=[(s.name, s.token, s.description) for s in job.secrets],
+        secrets=[(s.name, s.token, s.description) for s in job.secrets] if job.secrets else (),
         inputs=job.inputs,
         state=state,
         memory_cap="alloc-cap" in layers,
         deadline=job.control.deadline,
         on_stop=job.control.on_cancel,
-        on_output=_stdout_sink(job),
+        on_output=(lambda text: on_output("stdout", text)) if on_output is not None else None,
         inputs_are_private=True,  # Sandbox.run made them with wire.plain for this run alone
         timings=timings,
     )
@@ -87,13 +88,6 @@ def _execute(job: Job, state: GuestState | None, layers: tuple[str, ...]) -> Out
         "session_reset": False,
         "timings": timings,
     })
-
-
-def _stdout_sink(job: Job) -> Any:
-    on_output = job.on_output
-    if on_output is None:
-        return None
-    return lambda text: on_output("stdout", text)
 
 
 class RestrictedSession:

@@ -135,8 +135,14 @@ class RunResult(BaseModel):
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_set = object.__setattr__
-_FIELD_COUNTS: dict[type, int] = {}
+_new = object.__new__
+# The four slots every pydantic model instance has, set through their descriptors (cheaper
+# than ``object.__setattr__`` by name).
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+_FIELDS: dict[type, frozenset[str]] = {}
 
 
 def trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
@@ -146,16 +152,16 @@ def trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
     checks that at import), without its per-field loop, which costs several microseconds per
     model on every run. ``values`` becomes the model's ``__dict__``: pass a fresh dict. Fields
     left out get their defaults (a missing required field raises `TypeError`)."""
-    count = _FIELD_COUNTS.get(cls)
-    if count is None:
-        count = _FIELD_COUNTS[cls] = len(cls.model_fields)
-    if len(values) != count:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = frozenset(cls.model_fields)
+    if len(values) != len(fields):
         values = _complete(cls, values)
-    model = cls.__new__(cls)
-    _set(model, "__dict__", values)
-    _set(model, "__pydantic_fields_set__", set(values))
-    _set(model, "__pydantic_extra__", None)
-    _set(model, "__pydantic_private__", None)
+    model = _new(cls)
+    _set_dict(model, values)
+    _set_fields_set(model, set(fields))
+    _set_extra(model, None)
+    _set_private(model, None)
     return model
 
 

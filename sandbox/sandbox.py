@@ -258,9 +258,9 @@ class Sandbox:
         running event loop while an async capability is granted, raises `RuntimeError`: use
         `arun` there.
         """
-        self._check_sync_context("run")
-        spec = self._prepare(code, inputs, limits, principal)
-        return self._run_spec(spec, None, None, on_output=on_output)
+        if self._async_capabilities:
+            self._check_sync_context("run")
+        return execute(self, prepare(self, code, inputs, limits, principal), None, None, on_output=on_output)
 
     async def arun(
         self,
