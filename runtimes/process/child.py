@@ -107,11 +107,11 @@ def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid
         os.closerange(3, chan)
         os.closerange(chan + 1, 1 << 16)
         layers = list(layers)
-        # Warm-up: same code path as a real job, before any confinement of our own.
-        # Twice: once through the compile cache the zygote filled, once with a small source unique
-        # to this child, so the compiler's pages are copied-on-write now rather than during the job.
-        for source in (WARMUP_CODE, f"child = {os.getpid()}\nchild + 1"):
-            executor.execute(source, limits=WARMUP_LIMITS, call_host=_no_host)
+        # Warm-up: same code path as a real job (the zygote compiled and cached this source, as
+        # the host compiles a job's), before any confinement of our own. Once, without compiling:
+        # the host ships jobs compiled, so warming the compiler too (a copy-on-write fault for every
+        # page it touches, ~1 ms of CPU per child) would only help sources over the host's cap.
+        executor.execute(WARMUP_CODE, limits=WARMUP_LIMITS, call_host=_no_host)
         if uid is not None:
             confine.drop_to_uid(uid, gid if gid is not None else uid)
             layers.append("uid")
