@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure what each isolation layer costs (layers switched on one at a time)")
     parser.add_argument("--wasi-build", action="store_true",
                         help="also time a first-use wasi guest build into a temporary cache (30-90 s)")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="do not let background work (wasi spare and process child refills) finish between "
+                        "bursts: each burst then shares the machine with the refills of the bursts before it")
     return parser.parse_args(argv)
 
 
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             config.rss = False
         if args.no_plots:
             config.plots = False
+        if args.no_settle:
+            config.settle = False
         progress = _RichProgress(Console(stderr=True))
         runner = Runner(config, progress)
         try:

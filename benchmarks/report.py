@@ -67,6 +67,19 @@ def cell(entry: dict[str, Any]) -> str:
     return {"n/a": "n/a", "skipped": "skipped", "unsupported": "unsupported", "failed": "failed"}.get(status, "-")
 
 
+def settle_note(results: dict[str, Any]) -> str:
+    """Whether background work was settled between bursts (results from before it say not)."""
+    settle = results.get("settle") or {}
+    if not settle.get("enabled"):
+        return ("Background work (wasi spare instances, process children) was not settled between bursts: a burst "
+                "shared the machine with the refills of the bursts before it, whichever subject they belonged to.")
+    timeouts = settle.get("timeouts") or {}
+    late = f" (settling timed out {sum(timeouts.values())} times: {', '.join(sorted(timeouts))})" if timeouts else ""
+    return ("Background work (wasi spare instances, process children) was settled between bursts, untimed, so each "
+            f"burst measures its own subject{late}: the latencies are at light load. The throughput curve "
+            "(scaling.png) runs with that work alongside, as under sustained load.")
+
+
 def subject_names(results: dict[str, Any]) -> list[str]:
     return list(results.get("subjects", {}))
 
@@ -200,6 +213,7 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
             e = build.get(key, {})
             shown = fmt_time(e["seconds"]) if e.get("status") == "ok" else f"{e.get('status')}: {e.get('reason')}"
             console.print(f"{label}: {shown}")
+    console.print(f"[dim]{settle_note(results)}[/]")
     if results.get("load_warning"):
         console.print(f"[yellow]warning:[/] {results['load_warning']}")
     before, after = results.get("load_before", {}), results.get("load_after", {})

@@ -7,12 +7,19 @@ Method
 - Then subjects are measured **interleaved**: round after round, every active subject runs a
   short burst (each call timed on its own with ``perf_counter_ns``), and the order of subjects
   rotates every round, so drift on a shared machine hits them all alike. Bursts are sized to
-  about 2 ms so microsecond subjects are not measured with a cold cache only.
+  about 2 ms (from the fastest of a few warm calls) so microsecond subjects are not measured
+  with a cold cache only.
+- Background work is settled between bursts, untimed: before each burst every subject waits
+  until what it does after its runs is over (`Sandbox.warm`: the wasi runtime refilling its spare
+  instances in a thread of this process, the process isolation forking replacement children), so
+  a burst measures its own subject and not the refills of the one before it. The latency tables
+  are therefore latency at light load; the scaling curve below is measured with that background
+  work running (nothing is settled there), as it would under sustained load.
 - A subject leaves the rotation after ``samples`` calls, or once it has spent its time budget
   (but never before ``min_samples``).
 - HumanEval runs each program once per subject, interleaved by program, and counts passes.
 - The scaling curve runs the trivial snippet from 1, 2, 4 and 8 threads at once for a fixed
-  time per level and counts completed runs.
+  time per level and counts completed runs; refills run alongside and are charged to it.
 - Peak RSS and cold start are measured in a separate child process per subject
   (`benchmarks.rss`), so subjects do not share a heap.
 """
@@ -44,6 +51,9 @@ from benchmarks.workloads import by_name as workloads_by_name
 SCHEMA = 1
 BASELINE = "native"
 PEER = "monty"
+BURST_SECONDS = 0.002
+SIZING_CALLS = 8
+SIZING_SECONDS = 0.1
 
 
 @dataclass
@@ -67,6 +77,10 @@ class Config:
     hang_seconds: float = 60.0
     wasi_build: bool = False
     ablate: bool = False
+    settle: bool = True
+    """Let every subject's background work finish (untimed) before each burst; see the method."""
+    settle_timeout: float = 2.0
+    """Seconds one subject may take to settle; a settle that times out is counted in the results."""
 
     @classmethod
     def for_mode(cls, quick: bool, **overrides: Any) -> Config:
@@ -201,6 +215,23 @@ class Runner:
         self.results: dict[str, Any] = {}
         self.watchdog = _Watchdog()
         self.broken: dict[str, str] = {}
+        self.unsettled: dict[str, int] = {}
+        """Per subject: how many settles timed out (the burst after it shared the machine with its refill)."""
+
+    def settle(self) -> None:
+        """Untimed: wait until no subject has background work left (`Subject.settle`), each for at
+        most ``settle_timeout``; a subject that does not settle in time is counted, never waited on longer."""
+        if not self.config.settle:
+            return
+        for subject in self.ready:
+            if subject.name in self.broken:
+                continue
+            try:
+                settled = subject.settle(self.config.settle_timeout)
+            except Exception:  # a subject whose settle breaks is measured as it is
+                settled = False
+            if not settled:
+                self.unsettled[subject.name] = self.unsettled.get(subject.name, 0) + 1
 
     def _status(self, subject: Subject) -> tuple[str, str | None]:
         """("ok", None) or ("skipped", reason) for a subject at this point of the run."""
@@ -294,6 +325,7 @@ class Runner:
                 if not workload.check(value):
                     raise GuestFailure(f"wrong answer: {json.dumps(value, default=str)[:200]}")
                 call()  # once on this thread too: per-thread state (smolagents' executor) is built untimed
+                m.burst = _burst_size(call, times)
             except Hung as exc:
                 self._hung(subject, workload.title, exc)
                 out[subject.name] = {"status": "failed", "reason": str(exc)}
@@ -304,7 +336,6 @@ class Runner:
                 cleanup()
                 self.progress.advance()
                 continue
-            m.burst = max(1, min(50, int(0.002 / max(min(times), 1e-7))))
             active.append(m)
         limit = max(cfg.min_samples, int(workload.samples * cfg.sample_scale))
         self.progress.phase(f"{workload.title}: measuring {len(active)} subjects")
@@ -315,6 +346,7 @@ class Runner:
             order = running[rnd % len(running):] + running[: rnd % len(running)]
             rnd += 1
             for m in order:
+                self.settle()
                 clock = time.perf_counter_ns
                 for _ in range(m.burst):
                     t0 = clock()
@@ -375,6 +407,7 @@ class Runner:
                 entry = per[subject.name]
                 if subject.name in self.broken:
                     continue
+                self.settle()
                 try:
                     error, dt = self.watchdog.call(subject.name, lambda s=subject: _attempt(s, program),
                                                    self.config.hang_seconds)
@@ -426,7 +459,8 @@ class Runner:
             "workload": "trivial_fresh",
             "seconds_per_level": cfg.scaling_seconds,
             "how": "N threads in this process call the subject's fresh run in a loop for a fixed time; "
-            "restricted+process gets a pool of N workers at level N; Monty's pool allows up to 8 workers",
+            "restricted+process gets a pool of N workers at level N; Monty's pool allows up to 8 workers; "
+            "background work (spare and child refills) is not settled here: it runs alongside, as under sustained load",
             "results": out,
         }
 
@@ -511,6 +545,14 @@ class Runner:
             self.results["ablation"] = ablation(cfg, log=self.progress.phase)
         if self.config.rss:
             self.results["rss"] = self.rss()
+        self.results["settle"] = {
+            "enabled": self.config.settle,
+            "how": "before each burst (and each HumanEval program) every subject's background work is "
+                   "settled, untimed (Sandbox.warm for ours; Monty, smolagents and the in-process baselines "
+                   "have none); not in the scaling curve" if self.config.settle else
+                   "off (--no-settle): a burst shares the machine with the refills of the bursts before it",
+            "timeouts": dict(self.unsettled),
+        }
         self.results["load_during"] = sampler.stop()
         self.results["load_after"] = machine.load_snapshot()
         self.results["load_warning"] = machine.load_warning(self.results["load_before"], self.results["load_after"])
@@ -572,6 +614,20 @@ def _usage_summary(rows: list[tuple[float, float, int | None]]) -> dict[str, Any
         "cpu_seconds_median": statistics.median(r[1] for r in rows),
         "peak_memory_bytes_median": statistics.median(peaks) if peaks else None,
     }
+
+
+def _burst_size(call: Callable[[], Any], times: list[float]) -> int:
+    """Calls per burst for about `BURST_SECONDS` (1 to 50), from the fastest of at least
+    `SIZING_CALLS` warm calls: the warm-up's (often a single cold first call, which would make
+    the bursts of a microsecond subject a call or two long), then more, timed here and not kept,
+    until there are enough or `SIZING_SECONDS` went into the extra ones."""
+    times, spent = list(times), 0.0
+    while len(times) < SIZING_CALLS and spent < SIZING_SECONDS:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+        spent += times[-1]
+    return max(1, min(50, int(BURST_SECONDS / max(min(times), 1e-7))))
 
 
 def _attempt(subject: Subject, program: str) -> str | None:

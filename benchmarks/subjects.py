@@ -94,6 +94,13 @@ class Subject:
     tag: str | None = None
     """The workload being measured; set by the runner so driver-reported usage can be grouped."""
 
+    def settle(self, timeout: float) -> bool:
+        """Wait until work this subject does in the background after its runs (refilling spare
+        instances or pre-forked children) is over; True once so, False at ``timeout`` seconds.
+        The runner calls it untimed between bursts, so a burst is not charged for another
+        subject's refills. Subjects with no background work return True at once."""
+        return True
+
     def timings(self) -> dict[str, Any] | None:
         """Per-phase timings of recent runs, when the runtime exposes them."""
         return None
@@ -383,6 +390,10 @@ class SandboxSubject(Subject):
     def run(self, code: str, inputs: dict[str, Any] | None = None) -> Any:
         return self.unwrap(self._sandbox.run(code, inputs=inputs))
 
+    def settle(self, timeout: float) -> bool:
+        """`Sandbox.warm`: wasi spares made, process children forked and waiting, no refill running."""
+        return self._sandbox is None or bool(self._sandbox.warm(timeout))
+
     def open_session(self) -> Session:
         return _SandboxSession(self, self._sandbox.session())
 
@@ -446,6 +457,8 @@ class MontySubject(Subject):
     notes = (
         "pydantic_monty.Monty pool (workers are `monty` subprocesses); fresh = checkout()+feed_run, "
         "session = feed_run on a held session; capabilities via external_lookup, inputs via inputs=",
+        "no background work between runs (the worker's and the pool threads' CPU time does not move after "
+        "a burst), so it needs no settling",
     )
 
     def setup(self) -> None:

@@ -104,8 +104,12 @@ def test_quick_run_writes_json_pngs_and_skip_reasons(tmp_path: Path, monkeypatch
             if entry["status"] == "ok" and entry["n"] < 20:
                 assert entry["p90"] is None and entry["p99"] is None, entry
 
+    assert results["config"]["settle"] is True and results["settle"]["enabled"] is True
+    assert "not settled here" in results["scaling"]["how"]
+
     markdown = readme.render(results, "benchmarks/results")
     assert "| native exec |" in markdown and "made unavailable by the smoke test" in markdown
+    assert "settled between bursts" in markdown and "sustained load" in markdown
     doc = tmp_path / "README.md"
     doc.write_text(f"# x\n\n{readme.START}\nold\n{readme.END}\n\nafter\n")
     assert readme.main(["--results", str(out / "results.json"), "--update", str(doc)]) == 0
@@ -147,3 +151,41 @@ def test_ablation_section_table_and_plot(tmp_path: Path) -> None:
     assert "size-guards" in text and "not switchable" in text
     png = plots.ablation(results, tmp_path / "ablation.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bursts_are_sized_past_a_cold_first_call() -> None:
+    from benchmarks.runner import SIZING_CALLS, _burst_size
+
+    calls = []
+    assert _burst_size(lambda: calls.append(1), [1.0]) == 50  # a 1 s first call, then no-op calls
+    assert len(calls) == SIZING_CALLS - 1
+
+
+@pytest.mark.parametrize("settle", [True, False])
+def test_every_subject_settles_before_each_burst(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 settle: bool) -> None:
+    """Before each burst the runner lets every subject settle (untimed); a subject that does not
+    settle in time is counted in the results. Without settling (``--no-settle``) nothing is waited on."""
+    from benchmarks.runner import Runner
+
+    settles: list[str] = []
+
+    def late(self: subjects.Subject, timeout: float) -> bool:
+        settles.append(self.name)
+        return self.name != "restrictedpython"
+
+    monkeypatch.setattr(subjects.Subject, "settle", late)
+    config = Config.for_mode(True, out=tmp_path, subjects=["native", "restrictedpython"], workloads=["trivial_fresh"],
+                             budget_seconds=0.01, concurrency=(1,), scaling_seconds=0.01)
+    config.rss = config.plots = False
+    config.settle = settle
+    results = Runner(config).run()
+    if settle:
+        rounds = len(settles) // 2
+        cells = results["workloads"]["trivial_fresh"]["results"].values()
+        assert rounds == sum(-(-cell["n"] // cell["burst"]) for cell in cells)  # one settle of both per burst
+        assert settles[:2] == ["native", "restrictedpython"]  # every subject, not only the next one
+        assert results["settle"] == {"enabled": True, "how": results["settle"]["how"],
+                                     "timeouts": {"restrictedpython": rounds}}
+    else:
+        assert settles == [] and results["settle"]["timeouts"] == {}
