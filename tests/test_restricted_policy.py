@@ -417,6 +417,33 @@ def test_number_arithmetic_fast_path_matches_python() -> None:
     assert value(code) == [x, y, [t * a % 3, s * 2, a * s, 3 % a * t], 21]
 
 
+def test_module_level_names_behave_as_in_python() -> None:
+    """A top-level program declares its module-level names global (faster reads): functions
+    with ``global``, class bodies, ``exec``/``eval``, ``del``, annotations and sessions see one
+    namespace, exactly as Python runs the same program."""
+    code = (
+        '"""doc"""\n'
+        "x = 1\n"
+        "def bump():\n    global x\n    x += 1\n"
+        "bump()\n"
+        "class C:\n    x = x + 10\n    y = x\n    def get(self):\n        return x\n"
+        "exec('x = x * 100')\n"
+        "y: int = 3\n"
+        "def outer():\n    x = 'local'\n    class K:\n        z = x\n    return K.z\n"
+        "del bump\n"
+        "try:\n    bump\nexcept NameError as e:\n    missing = str(e)\n"
+        "import math as m\n"
+        "squares = [x * k for k in range(3)]\n"
+        "[x, C.x, C.y, C().get(), y, outer(), missing, eval('x + y'), m.floor(2.5), squares]"
+    )
+    namespace: dict = {}
+    exec(code.replace("[x, C.x", "result = [x, C.x"), namespace)
+    assert value(code) == namespace["result"] == [200, 12, 12, 200, 3, "local", "name 'bump' is not defined", 203, 2, [0, 200, 400]]
+    state = GuestState()
+    assert value("n = 5\ndef inc():\n    global n\n    n += 1", state=state) is None
+    assert value("inc()\nn *= 2\nn", state=state) == 12
+
+
 def test_size_guards_allow_ordinary_sizes() -> None:
     assert value("len('x' * 1000 + '-'.join(['a'] * 10) + f'{1:>20}' + '%5d' % 3 + 'a'.ljust(30))") == 1000 + 19 + 20 + 5 + 30
     assert value("[len(bytes(10)), len(list(range(1000))), 2 ** 100 > 0, (1 << 100) > 0, 7 % 3]") == [10, 1000, True, True, 1]

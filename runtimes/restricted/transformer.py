@@ -17,7 +17,8 @@ item/attribute stores through ``_write_``, no ``except*``, no ``match``, no asyn
   reads of those (and of `guards.DUNDER_ANY`) to ``_getattr_dunder_``, which grants them on
   the guest's own objects only;
 * allows ``nonlocal`` and annotated assignments; unpacks tuple targets natively (see `visit_Assign`);
-* in ``exec`` mode, stores the value of a final expression statement in ``_result_``.
+* in ``exec`` mode, stores the value of a final expression statement in ``_result_``;
+* in a top-level program, declares its module-level names ``global`` (see `_declare_globals`).
 
 Print is not rewritten: ``print`` is an ordinary name bound to the run's bounded output.
 
@@ -39,7 +40,7 @@ guest code) and operators on ints and floats, and reading ``__class__`` runs no 
 ``x op= <such an expression>`` for a name ``x`` and a guarded operator compiles the same way to
 ``x = (x op <expression>) if ... else _inplacevar_(...)``.
 
-The module stays whole (a little over 450 lines): every rewrite it makes is part of one policy
+The module stays whole (about 500 lines): every rewrite it makes is part of one policy
 of what guest code may say, reviewed together.
 """
 
@@ -136,9 +137,10 @@ def _is_small_number(node: ast.expr) -> bool:
 class GuestTransformer(RestrictingNodeTransformer):
     """RestrictedPython's transformer with our extensions (see the module docstring)."""
 
-    def __init__(self, *, capture_result: bool) -> None:
+    def __init__(self, *, capture_result: bool, names_global: bool = False) -> None:
         super().__init__()
         self.capture_result = capture_result
+        self.names_global = names_global
         self._scopes: list[str] = []
 
     # names -------------------------------------------------------------------------------
@@ -158,6 +160,8 @@ class GuestTransformer(RestrictingNodeTransformer):
             store = ast.Assign(targets=[ast.Name(RESULT_NAME, ast.Store())], value=last.value)
             copy_locations(store, last)
             node.body[-1] = store
+        if self.names_global:
+            _declare_globals(node)
         return node
 
     # functions and classes -----------------------------------------------------------------
@@ -415,6 +419,45 @@ class GuestTransformer(RestrictingNodeTransformer):
         return cast(ast.AST, super().visit_Attribute(node))
 
 
+def _declare_globals(module: ast.Module) -> None:
+    """Declare the names ``module`` binds or reads ``global`` in a statement of its own, placed
+    after its docstring and ``__future__`` imports, so its module-level code reads them with
+    ``LOAD_GLOBAL`` (cached per instruction) rather than ``LOAD_NAME`` (two dict lookups each).
+
+    Only for a top-level program, which the executor runs with its globals as its locals: then
+    both read and write the same dict, in the same order (globals, then builtins), and raise the
+    same NameError. Nested scopes resolve names as before (a module-level ``global`` only changes
+    how module-level code accesses them). Names annotated somewhere stay as they are
+    (``x: int`` may not name a global); a name that only a nested scope uses is harmless.
+    """
+    names: set[str] = set()
+    annotated: set[str] = set()
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.partition(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            annotated.add(node.target.id)
+    names -= annotated
+    names.discard("*")
+    if not names:
+        return
+    body = module.body
+    start = 0
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        start = 1
+    while start < len(body) and isinstance(body[start], ast.ImportFrom) and cast(ast.ImportFrom, body[start]).module == "__future__":
+        start += 1
+    declaration = ast.Global(names=sorted(names))
+    copy_locations(declaration, body[min(start, len(body) - 1)])
+    body.insert(start, declaration)
+
+
 def _constant_spec_is_small(spec: ast.expr) -> bool:
     if not isinstance(spec, ast.JoinedStr):
         return False
@@ -451,7 +494,8 @@ def compile_guest(source: str, mode: str = "exec", filename: str = GUEST_FILENAM
         return Compiled(None, type(exc).__name__, exc.msg or str(exc), exc.lineno)
     except (ValueError, MemoryError, RecursionError) as exc:  # NUL bytes, absurd nesting
         return Compiled(None, "SyntaxError", str(exc), None)
-    transformer = GuestTransformer(capture_result=(mode == "exec" and filename == GUEST_FILENAME))
+    top_level = mode == "exec" and filename == GUEST_FILENAME
+    transformer = GuestTransformer(capture_result=top_level, names_global=top_level)
     try:
         tree = transformer.visit(tree)
     except RecursionError:
