@@ -400,6 +400,43 @@ def test_abc_register_is_refused_for_shared_abcs_only() -> None:
     assert value(code) is True
 
 
+class _LyingStr(str):
+    """A str whose ``__class__`` claims int: what a guest object with a ``__class__`` property
+    would look like, made on the host because guest code cannot define one."""
+
+    @property  # type: ignore[misc]
+    def __class__(self):  # noqa: ANN204
+        return int
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["x * n", "y = x * n % 7 + 1", "def f(a, b):\n    return a * b\nf(x, n)", "x *= n", "n * x", "n * 1 * x"],
+)
+def test_a_lying_class_does_not_reach_the_unchecked_arithmetic(code: str) -> None:
+    """The fast path tests an operand's real class (``type``), not ``__class__``: a str claiming
+    to be an int goes through the size guard (the allocator cap is off: the guard must refuse)."""
+    state = GuestState()
+    assert value("n = 10**9\nn", state=state, memory_cap=False) == 10**9
+    lying = _LyingStr("ab")
+    assert lying.__class__ is int and type(lying) is _LyingStr
+    state.globals["x"] = lying
+    err = error(code, state=state, memory_cap=False)
+    assert err["kind"] == "limit_exceeded" and err["limit"] == "memory", err
+
+
+def test_a_guest_cannot_define_a_class_property() -> None:
+    for code in (
+        "class S(str):\n    __class__ = property(lambda s: int)",
+        "class S(str):\n    @property\n    def __class__(self):\n        return int",
+        "class S(str):\n    pass\nsetattr(S, '__class__', property(lambda s: int))",
+        "import dataclasses\ndataclasses.make_dataclass('S', [], bases=(str,), namespace={'__class__': 1})",
+        "import enum\nenum.Enum('E', {'A': 'ab', '__class__': property(lambda s: int)}, type=str)",
+        "type('S', (str,), {'__class__': property(lambda s: int)})",
+    ):
+        assert not run(code)["ok"], code
+
+
 def test_number_arithmetic_fast_path_matches_python() -> None:
     code = (
         "a, b, f, t, s = 7, -3, 2.5, True, 'ab'\n"

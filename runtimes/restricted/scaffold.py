@@ -70,6 +70,7 @@ class Scaffold:
             "_sized_": budget.sized,
             "_sized_bytes_": budget.sized_bytes,
             "_numbers_": _NUMBER_TYPES,
+            "_type_": type,
         }
         """Merged into the guest's globals at the start of every run (with the budget's tick
         sources ``_tick_`` and ``_enter_``, which a reset renews once a check has raised)."""

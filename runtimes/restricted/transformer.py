@@ -26,17 +26,20 @@ Print is not rewritten: ``print`` is an ordinary name bound to the run's bounded
 and binary operators (``**`` and ``<<`` only by a constant small enough that `Budget.pow` and
 `Budget.lshift` would not check it) compiles to::
 
-    (<expression> if a.__class__ in _numbers_ and b.__class__ in _numbers_ ... else <guarded>)
+    (<expression> if _type_(a) in _numbers_ and _type_(b) in _numbers_ ... else <guarded>)
 
-with one test per distinct name (``_numbers_`` is ``{int, float}``). When every name holds an
+with one test per distinct name (``_type_`` is the real ``type``, ``_numbers_`` is ``{int,
+float}``; ``type()`` reads the class a guest cannot fake, where ``x.__class__`` may be a
+property). The tests are chained with ``and``, never gathered into a set: building one
+allocates and may run a collection, hence guest finalisers, between the test and the use. When every name holds an
 int or a float, every intermediate value is a number, and number arithmetic is exactly what
 the guards let through unchecked (they refuse sequence repeats and ``%``-formats, and ints
 from ``**``/``<<`` by large amounts, which the fast path never contains); otherwise the
 ``else`` branch runs the expression with every sized operator through its guard. Sound
 because no guest code runs between the test and the arithmetic: the fast branch evaluates
 only name loads (plain dict or fast-local reads; names starting with ``_`` cannot be bound by
-guest code) and operators on ints and floats, and reading ``__class__`` runs no guest code
-(guest classes cannot define ``__class__``, ``__getattribute__`` or ``__getattr__``).
+guest code) and operators on ints and floats, which allocate no object a collection tracks;
+the test itself calls only ``type`` and a frozenset lookup of a class.
 ``x op= <such an expression>`` for a name ``x`` and a guarded operator compiles the same way to
 ``x = (x op <expression>) if ... else _inplacevar_(...)``.
 
@@ -121,12 +124,14 @@ def _has_sized_op(node: ast.expr) -> bool:
     return any(isinstance(sub, ast.BinOp) and type(sub.op) in _SIZED_OPS for sub in ast.walk(node))
 
 
+def _is_number(operand: ast.Name) -> ast.expr:
+    """``_type_(operand) in _numbers_``: the operand's real class is int or float."""
+    return ast.Compare(_call("_type_", _clone(operand)), [ast.In()], [_name("_numbers_")])
+
+
 def _numbers_test(names: list[str]) -> ast.expr:
-    """``a.__class__ in _numbers_ and ...`` over the distinct ``names``."""
-    tests: list[ast.expr] = [
-        ast.Compare(ast.Attribute(_name(name), "__class__", ast.Load()), [ast.In()], [_name("_numbers_")])
-        for name in dict.fromkeys(names)
-    ]
+    """``_type_(a) in _numbers_ and ...`` over the distinct ``names``."""
+    tests = [_is_number(_name(name)) for name in dict.fromkeys(names)]
     return tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
 
 
@@ -297,11 +302,7 @@ class GuestTransformer(RestrictingNodeTransformer):
         # ``a % b`` when ``a`` is one. Only for names and constants, which are safe to evaluate twice.
         checked = [left, right] if isinstance(node.op, ast.Mult) else [left] if isinstance(node.op, ast.Mod) else []
         if checked and all(_is_name_or_number(x) for x in (left, right)):
-            tests: list[ast.expr] = [
-                ast.Compare(ast.Attribute(_clone(x), "__class__", ast.Load()), [ast.In()], [_name("_numbers_")])
-                for x in checked
-                if isinstance(x, ast.Name)
-            ]
+            tests = [_is_number(x) for x in checked if isinstance(x, ast.Name)]
             if tests:
                 test = tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
                 new = ast.IfExp(test, ast.BinOp(_clone(left), node.op, _clone(right)), new)
