@@ -1,5 +1,5 @@
-"""Builds the restricted runtime's C extensions (allocator cap, deep guest stack); everything else is
-configured in pyproject.toml."""
+"""Builds the C extensions (the restricted runtime's allocator cap and deep guest stack, the host's
+call hand-off flags); everything else is configured in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -14,6 +14,12 @@ setup(
         Extension(
             "runtimes.restricted._deepstack",
             sources=["runtimes/restricted/_deepstack.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+            optional=False,
+        ),
+        Extension(
+            "sandbox._handoff",
+            sources=["sandbox/_handoff.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=False,
         ),

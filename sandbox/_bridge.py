@@ -87,6 +87,9 @@ class RunBridge:
             raise cancelled_fault()
         if control.deadline - time.monotonic() <= 0:
             raise deadline_fault(name)
+        if not self._cancel_hooked:
+            self._cancel_hooked = True
+            control.on_cancel(self._wake_waiting)
         cap = self._capabilities.get(name)
         pending: PendingCall | None = None
         if self._lean and cap is not None and not (cap.is_async and self._loop is not None):
@@ -94,15 +97,12 @@ class RunBridge:
         else:
             pending = PendingCall()
             call = call_threads.start(contextvars.copy_context().run, self._run_call, pending, name, args, kwargs)
-        if not self._cancel_hooked:
-            self._cancel_hooked = True
-            control.on_cancel(self._wake_waiting)
         waiting = self._waiting
         waiting.add(call)
         try:
             # Cancel sets the flag before it calls the hooks: a cancel that came before ``add``
-            # is seen here, one that comes after wakes the wait.
-            done = call.done if control.cancelled else call.wait(control.deadline - time.monotonic())
+            # is seen here (the call is handed over, not waited for), one that comes after wakes the wait.
+            done = call.wait(0.0 if control.cancelled else control.deadline - time.monotonic())
         finally:
             waiting.discard(call)
         if not done and pending is not None:

@@ -8,11 +8,15 @@ abandoned call never holds up interpreter exit), idle ones are reused, at most
 
 The hand-off is lean, because a run may make many calls. A thread that hands off work keeps a
 partner worker (while it is free), so calls from one guest thread land on one warm thread. Each
-worker has two pipes: a byte on one wakes it for a call, a byte on the other wakes its caller
-when the call is done (or when `Call.wake` is called). Pipes rather than locks because writing
-to a pipe releases the GIL before the wake-up and the kernel treats it as a synchronous wake-up:
-the woken thread runs on the waker's CPU and finds the GIL free, where a lock wakes a thread
-that must then wait for the GIL and may be placed on an idle CPU, which is slow to wake in a VM.
+worker has two flags (`sandbox._handoff`): one posted for a call, one posted when the call is done
+(or when `Call.wake` is called). A waiter that finds its flag not yet posted sleeps on a pipe,
+which a post writes to only while the waiter sleeps. The caller hands a call over and arms its own
+flag with the GIL released across both, so the worker finds the GIL free. Pipes rather than locks
+for the sleep, because writing to a pipe releases the GIL before the wake-up and the kernel treats
+it as a synchronous wake-up: the woken thread runs on the waker's CPU and finds the GIL free,
+where a lock wakes a thread that must then wait for the GIL and may be placed on an idle CPU,
+which is slow to wake in a VM. Without the extension the flags are `_PipeFlag`s (the same
+states under a lock).
 """
 
 from __future__ import annotations
@@ -23,12 +27,70 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
 MAX_IDLE = 8
 IDLE_SECONDS = 2.0
+
+
+class _Flag(Protocol):
+    def post(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _PipeFlag:
+    """`sandbox._handoff.Flag` in Python, where the extension is not built: the same states
+    (empty, posted, sleeping) under a lock, waited for by `_pipe_post_and_wait`."""
+
+    __slots__ = ("_fd", "state", "lock")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.state = 0
+        self.lock = threading.Lock()
+
+    def post(self) -> None:
+        with self.lock:
+            sleeping, self.state = self.state == 2, 1
+        if sleeping and self._fd >= 0:
+            try:
+                os.write(self._fd, b"x")
+            except BlockingIOError:  # a full pipe wakes the waiter anyway
+                pass
+
+    def close(self) -> None:
+        self._fd = -1
+
+
+def _pipe_post_and_wait(post: Any, wait: Any, fd: int, timeout_ms: int, /) -> bool:
+    """`sandbox._handoff.post_and_wait` for `_PipeFlag`s."""
+    if post is not None:
+        post.post()
+    with wait.lock:
+        if wait.state == 1:
+            wait.state = 0
+            return True
+        wait.state = 2
+    if select.select([fd], [], [], timeout_ms / 1000 if timeout_ms >= 0 else None)[0]:
+        try:
+            os.read(fd, 64)
+        except BlockingIOError:
+            pass
+    with wait.lock:
+        posted, wait.state = wait.state == 1, 0
+    return posted
+
+
+_new_flag: Callable[[int], _Flag]
+_post_and_wait: Callable[[Any, Any, int, int], bool]
+try:
+    from sandbox import _handoff
+except ImportError:  # not built (pip install -e . / make setup builds it)
+    _new_flag, _post_and_wait = _PipeFlag, _pipe_post_and_wait
+else:
+    _new_flag, _post_and_wait = _handoff.Flag, _handoff.post_and_wait
 
 _lock = threading.Lock()
 _idle: list[_Worker] = []
@@ -40,17 +102,18 @@ _local = threading.local()
 class Call(Generic[T]):
     """One piece of work handed to a worker: its outcome once done, and the waiter's side.
 
-    `wait` returns when the work is done, when `wake` is called, or at the timeout, whichever
-    comes first. Only the thread that started the call may wait for it.
+    The work is handed over by the first `wait` (or `release`); `wait` returns when the work is
+    done, when `wake` is called, or at the timeout, whichever comes first. Only the thread that
+    started the call may wait for it, and it must wait for it or `release` it.
     """
 
-    __slots__ = ("_func", "_args", "_worker", "_signalled", "_woken", "_ok", "_value", "done")
+    __slots__ = ("_func", "_args", "_worker", "_given", "_woken", "_ok", "_value", "done")
 
     def __init__(self, func: Callable[..., T], args: tuple[Any, ...], worker: _Worker) -> None:
         self._func: Callable[..., T] | None = func
         self._args = args
         self._worker = worker
-        self._signalled = False
+        self._given = False
         self._woken = False
         self._ok = False
         self._value: Any = None
@@ -65,38 +128,45 @@ class Call(Generic[T]):
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
             self._value = exc
 
-    def _signal(self) -> None:  # under _lock
-        if not self._signalled:
-            self._signalled = True
-            try:
-                os.write(self._worker.done_w, b"x")
-            except BlockingIOError:  # the pipe is full of stale wake-ups: the waiter is awake anyway
-                pass
-
     def wake(self) -> None:
         """Make `wait` return now (thread-safe, idempotent)."""
         with _lock:
             self._woken = True
-            self._signal()
+            if self._worker.retired:
+                return
+            self._worker.done.post()
+
+    def release(self) -> None:
+        """Hand the work over without waiting for it (it runs; its outcome goes nowhere)."""
+        if not self._given:
+            self._given = True
+            self._worker.go.post()
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the work (or `wake`); True when it is done."""
-        if self.done or self._woken or timeout <= 0:
-            return self.done
         worker = self._worker
-        poll, done_r = worker.done_poll, worker.done_r
+        if not self._given:
+            if self._woken or timeout <= 0:
+                self.release()
+                return self.done
+            self._given = True
+            post: _Flag | None = worker.go  # handed over and waited for with the GIL released across both
+        elif self.done or self._woken or timeout <= 0:
+            return self.done
+        else:
+            post = None
         deadline = time.monotonic() + timeout
         while True:
-            if poll.poll(math.ceil(timeout * 1000)):
-                try:
-                    os.read(done_r, 64)  # this call's byte, and stale ones from abandoned or woken calls
-                except BlockingIOError:
-                    pass
+            posted = _post_and_wait(post, worker.done, worker.done_r, math.ceil(timeout * 1000))
             if self.done or self._woken:
                 return self.done
+            # No post (time out, signal), or one for an earlier call (abandoned or woken).
+            if posted:
+                continue
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return False
+            post = None
 
     def result(self) -> T:
         """The work's return value, or raises its exception. Only once it is done."""
@@ -116,15 +186,15 @@ class _Worker:
     when nothing refers to it any more.
     """
 
-    __slots__ = ("go_r", "go_w", "done_r", "done_w", "done_poll", "_call", "busy", "owned", "retired")
+    __slots__ = ("go_r", "go_w", "done_r", "done_w", "go", "done", "_call", "busy", "owned", "retired")
 
     def __init__(self) -> None:
         self.go_r, self.go_w = os.pipe()
         self.done_r, self.done_w = os.pipe()
         for fd in (self.go_r, self.go_w, self.done_r, self.done_w):
             os.set_blocking(fd, False)
-        self.done_poll = select.poll()
-        self.done_poll.register(self.done_r, select.POLLIN)
+        self.go = _new_flag(self.go_w)
+        self.done = _new_flag(self.done_w)
         self._call: Call[Any] | None = None
         self.busy = True
         self.owned = True
@@ -134,16 +204,16 @@ class _Worker:
         threading.Thread(target=self._serve, name="sandbox-host-call", daemon=True).start()
 
     def give(self, call: Call[Any]) -> None:
-        """Hand ``call`` to this worker (busy, and taken by the caller)."""
+        """Hand ``call`` to this worker (busy, and taken by the caller); it runs once the call is
+        waited for or released."""
         self._call = call
-        os.write(self.go_w, b"x")
 
     def _serve(self) -> None:
-        go = select.poll()
-        go.register(self.go_r, select.POLLIN)
         idle_ms = int(IDLE_SECONDS * 1000)
+        go, go_r = self.go, self.go_r
+        got = _post_and_wait(None, go, go_r, idle_ms)
         while True:
-            if not go.poll(idle_ms):
+            if not got:
                 with _lock:
                     if not self.busy:  # nobody took this thread meanwhile: leave
                         self._retire()
@@ -152,13 +222,11 @@ class _Worker:
                         # long-lived host thread it was the partner of may keep it for good).
                         self.close()
                         return
-                go.poll()  # taken just now: its work is on the way
-            try:
-                os.read(self.go_r, 64)
-            except BlockingIOError:
-                pass
+                got = _post_and_wait(None, go, go_r, idle_ms)  # taken just now: its work is on the way
+                continue
             call, self._call = self._call, None
             if call is None:
+                got = _post_and_wait(None, go, go_r, idle_ms)
                 continue
             call._run()
             with _lock:
@@ -172,10 +240,11 @@ class _Worker:
                     else:
                         _idle.append(self)
                 call.done = True
-                call._signal()
             del call
             if leave:
+                self.done.post()
                 return
+            got = _post_and_wait(self.done, go, go_r, idle_ms)
 
     def _retire(self) -> None:  # under _lock
         self.retired = True
@@ -184,6 +253,8 @@ class _Worker:
             _idle.remove(self)
 
     def close(self) -> None:
+        self.go.close()
+        self.done.close()
         for fd in (self.go_r, self.go_w, self.done_r, self.done_w):
             try:
                 os.close(fd)
@@ -197,8 +268,8 @@ class _Worker:
 
 
 def start(func: Callable[..., T], *args: Any) -> Call[T]:
-    """Run ``func(*args)`` on a daemon thread: the calling thread's partner when it is free,
-    else an idle worker, else a new one."""
+    """Prepare ``func(*args)`` for a daemon thread: the calling thread's partner when it is free,
+    else an idle worker, else a new one. It runs once the call is waited for or released."""
     worker: _Worker | None = getattr(_local, "partner", None)
     with _lock:
         if worker is not None and (worker.busy or worker.retired):

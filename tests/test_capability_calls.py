@@ -2,12 +2,14 @@
 
 `Capability.bind` / `dump_result` skip pydantic for values of exactly the declared primitive
 type; the restricted guest skips the `plain` walk for small primitive arguments and results;
-`sandbox.call_threads` hands calls to a partner thread through pipes. Each is checked against
-the full path, and the hand-off against its timeout and wake-up guarantees.
+`sandbox.call_threads` hands calls to a partner thread through flags and pipes (the
+`sandbox._handoff` extension, or its Python stand-in). Each is checked against the full path,
+and the hand-off, with either kind of flag, against its timeout and wake-up guarantees.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -145,7 +147,50 @@ def test_a_str_subclass_key_takes_the_walk() -> None:
     assert not primitives_within((), {_Str("k"): 1}, 1 << 20)
 
 
-def test_hand_off_returns_values_and_exceptions() -> None:
+@pytest.fixture(params=["extension", "python"])
+def flags(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Hand-offs through the C flags or their Python stand-in, on workers made for the test."""
+    if request.param == "extension":
+        handoff = pytest.importorskip("sandbox._handoff", reason="not built: make setup (pip install -e .) builds it")
+        monkeypatch.setattr(call_threads, "_new_flag", handoff.Flag)
+        monkeypatch.setattr(call_threads, "_post_and_wait", handoff.post_and_wait)
+    else:
+        monkeypatch.setattr(call_threads, "_new_flag", call_threads._PipeFlag)
+        monkeypatch.setattr(call_threads, "_post_and_wait", call_threads._pipe_post_and_wait)
+    monkeypatch.setattr(call_threads, "_local", threading.local())
+    monkeypatch.setattr(call_threads, "_idle", [])
+    return str(request.param)
+
+
+def test_a_flag_posted_before_the_wait_is_taken_without_sleeping_and_once(flags: str) -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        flag = call_threads._new_flag(write_fd)
+        flag.post()
+        flag.post()  # posts do not add up: one wait takes them
+        started = time.monotonic()
+        assert call_threads._post_and_wait(None, flag, read_fd, 5000)
+        assert time.monotonic() - started < 1.0
+        assert not call_threads._post_and_wait(None, flag, read_fd, 50)  # nothing posted: the time runs out
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_a_post_wakes_a_sleeping_waiter(flags: str) -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        flag = call_threads._new_flag(write_fd)
+        threading.Timer(0.1, flag.post).start()
+        started = time.monotonic()
+        assert call_threads._post_and_wait(None, flag, read_fd, 10_000)
+        assert time.monotonic() - started < 5.0
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_hand_off_returns_values_and_exceptions(flags: str) -> None:
     call = call_threads.start(lambda a, b: a + b, 2, 3)
     assert call.wait(5.0) and call.result() == 5
     failing = call_threads.start(lambda: 1 / 0)
@@ -154,7 +199,7 @@ def test_hand_off_returns_values_and_exceptions() -> None:
         failing.result()
 
 
-def test_a_hanging_call_is_left_at_the_timeout_and_the_next_call_gets_another_thread() -> None:
+def test_a_hanging_call_is_left_at_the_timeout_and_the_next_call_gets_another_thread(flags: str) -> None:
     release = threading.Event()
     hung_thread: list[int] = []
     hung = call_threads.start(lambda: hung_thread.append(threading.get_ident()) or release.wait(30.0))
@@ -170,7 +215,7 @@ def test_a_hanging_call_is_left_at_the_timeout_and_the_next_call_gets_another_th
     assert hung.result() is True
 
 
-def test_wake_ends_the_wait_without_the_result() -> None:
+def test_wake_ends_the_wait_without_the_result(flags: str) -> None:
     release = threading.Event()
     call = call_threads.start(release.wait, 30.0)
     threading.Timer(0.1, call.wake).start()
@@ -180,6 +225,16 @@ def test_wake_ends_the_wait_without_the_result() -> None:
     release.set()
     again = call_threads.start(lambda: "fresh")
     assert again.wait(5.0) and again.result() == "fresh"
+
+
+def test_a_call_handed_over_without_a_wait_runs_and_frees_its_thread(flags: str) -> None:
+    ran = threading.Event()
+    call = call_threads.start(ran.set)
+    assert not call.wait(0.0)  # a wait with no time left hands the call over and returns at once
+    assert ran.wait(5.0)
+    threads: list[int] = []
+    again = call_threads.start(lambda: threads.append(threading.get_ident()) or "next")
+    assert again.wait(5.0) and again.result() == "next"
 
 
 @capability

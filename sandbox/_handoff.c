@@ -1,0 +1,150 @@
+/* _handoff: a flag that one thread posts and one other thread waits for, used by
+sandbox.call_threads to hand a capability call to a host call thread and its result back.
+
+A waiter checks the flag and, when nothing was posted, registers itself as sleeping and sleeps
+on a pipe with a timeout; a post writes one byte to that pipe only while the waiter sleeps, so
+a post that comes first costs no system call on either side. post_and_wait() posts one flag and
+waits for another with the GIL released across both: the thread it wakes finds the GIL free
+instead of going to sleep on it (the wake-up through the pipe is synchronous, so the woken
+thread runs on the poster's CPU as soon as the poster sleeps).
+
+Waiting by spinning (on the flag, with the GIL released) was measured on a 2-CPU host shared
+with other work and lost there: a waiter spinning on the CPU its poster needs delays it.
+
+Flag states: EMPTY (nothing posted), POSTED (posted, not yet consumed), SLEEPING (the waiter
+sleeps on the pipe). One waiter per flag at a time; any number of posters.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <limits.h>
+#include <poll.h>
+#include <unistd.h>
+
+#define EMPTY 0
+#define POSTED 1
+#define SLEEPING 2
+
+typedef struct {
+    PyObject_HEAD
+    atomic_int state;
+    int fd; /* non-blocking write end of the waiter's pipe; -1 once closed */
+} Flag;
+
+/* Post ``flag``; wakes its waiter when it sleeps. Needs no GIL. */
+static void post_nogil(Flag *flag) {
+    if (atomic_exchange(&flag->state, POSTED) == SLEEPING && flag->fd >= 0) {
+        char byte = 'x';
+        ssize_t written = write(flag->fd, &byte, 1); /* a full pipe already wakes the waiter */
+        (void)written;
+    }
+}
+
+/* The waiter's side before it sleeps: 1 when a post was there (consumed now); 0 when the
+waiter is now registered as sleeping (the next post writes to its pipe). Needs no GIL. */
+static int arm_nogil(Flag *flag) {
+    int expected = EMPTY;
+    if (atomic_compare_exchange_strong(&flag->state, &expected, SLEEPING)) return 0;
+    if (expected == SLEEPING) return 0; /* registered already (a sleep that was not consumed) */
+    atomic_store(&flag->state, EMPTY);  /* POSTED: consume it */
+    return 1;
+}
+
+static PyObject *Flag_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i:Flag", &fd)) return NULL;
+    Flag *self = (Flag *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    atomic_init(&self->state, EMPTY);
+    self->fd = fd;
+    return (PyObject *)self;
+}
+
+static PyObject *Flag_post(Flag *self, PyObject *unused) {
+    post_nogil(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Flag_close(Flag *self, PyObject *unused) {
+    self->fd = -1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Flag_methods[] = {
+    {"post", (PyCFunction)Flag_post, METH_NOARGS, "Post the flag; wake its waiter when it sleeps."},
+    {"close", (PyCFunction)Flag_close, METH_NOARGS, "Forget the pipe (it is being closed): posts write nothing."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FlagType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sandbox._handoff.Flag",
+    .tp_basicsize = sizeof(Flag),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Flag(fd): one waiter spins, then sleeps on the pipe whose write end is fd.",
+    .tp_new = Flag_new,
+    .tp_methods = Flag_methods,
+};
+
+/* Wait for a post of ``flag``, sleeping on ``fd`` (the read end of its pipe) at most
+``timeout_ms`` (negative: no limit). 1: a post was consumed; 0: none (the time ran out, a signal
+came or a stale byte woke the sleep). The flag is left EMPTY either way. Needs no GIL. */
+static int wait_nogil(Flag *flag, int fd, int timeout_ms) {
+    if (arm_nogil(flag)) return 1;
+    struct pollfd ready = {.fd = fd, .events = POLLIN};
+    if (poll(&ready, 1, timeout_ms) > 0) {
+        char drain[64]; /* the wake-up byte, and stale ones from earlier sleeps */
+        ssize_t got = read(fd, drain, sizeof drain);
+        (void)got;
+    }
+    return atomic_exchange(&flag->state, EMPTY) == POSTED;
+}
+
+static PyObject *post_and_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || (args[0] != Py_None && !PyObject_TypeCheck(args[0], &FlagType))
+        || !PyObject_TypeCheck(args[1], &FlagType)) {
+        PyErr_SetString(PyExc_TypeError, "post_and_wait(post: Flag | None, wait: Flag, fd: int, timeout_ms: int)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[2]), timeout_ms = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "post_and_wait: fd out of range");
+        return NULL;
+    }
+    if (timeout_ms > INT_MAX) timeout_ms = INT_MAX;
+    if (timeout_ms < 0) timeout_ms = -1;
+    Flag *post = args[0] == Py_None ? NULL : (Flag *)args[0], *wait = (Flag *)args[1];
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    if (post != NULL) post_nogil(post);
+    got = wait_nogil(wait, (int)fd, (int)timeout_ms);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(got);
+}
+
+static PyMethodDef module_methods[] = {
+    {"post_and_wait", (PyCFunction)(void (*)(void))post_and_wait, METH_FASTCALL,
+     "post_and_wait(post, wait, fd, timeout_ms): post ``post`` (unless None), then wait for a post of "
+     "``wait``, sleeping on fd (the read end of its pipe) at most timeout_ms, all with the GIL released. "
+     "True when a post was consumed; False when none came (time out, signal, stale wake-up)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_handoff", "Flags for handing work between two threads.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__handoff(void) {
+    if (PyType_Ready(&FlagType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL) return NULL;
+    Py_INCREF(&FlagType);
+    if (PyModule_AddObject(module, "Flag", (PyObject *)&FlagType) < 0) {
+        Py_DECREF(&FlagType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
