@@ -44,12 +44,14 @@ class _PipeFlag:
     """`sandbox._handoff.Flag` in Python, where the extension is not built: the same states
     (empty, posted, sleeping) under a lock, waited for by `_pipe_post_and_wait`."""
 
-    __slots__ = ("_fd", "state", "lock")
+    __slots__ = ("_fd", "state", "lock", "poller")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self.state = 0
         self.lock = threading.Lock()
+        self.poller: Any = None
+        """The waiter's ``select.poll`` on the read end (made by its first sleep)."""
 
     def post(self) -> None:
         with self.lock:
@@ -73,7 +75,10 @@ def _pipe_post_and_wait(post: Any, wait: Any, fd: int, timeout_ms: int, /) -> bo
             wait.state = 0
             return True
         wait.state = 2
-    if select.select([fd], [], [], timeout_ms / 1000 if timeout_ms >= 0 else None)[0]:
+    if wait.poller is None:
+        wait.poller = select.poll()
+        wait.poller.register(fd, select.POLLIN)
+    if wait.poller.poll(timeout_ms):
         try:
             os.read(fd, 64)
         except BlockingIOError:
