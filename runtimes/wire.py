@@ -484,9 +484,20 @@ def encode(value: Any, *, lenient: bool = False, max_bytes: int | None = None, h
                     default=None, check=check)
 
 
+try:
+    _encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]  # the C accelerator
+        None, None, _enc_str, None, ":", ",", False, False, False)
+except (AttributeError, TypeError):  # no C accelerator, or another signature
+    _encoder = None
+"""``json.dumps(value, separators=(",", ":"), allow_nan=False)``'s C encoder, made once (json.dumps
+makes a new one per call) and without the cycle check: `encode` never returns a cycle."""
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON text of `encode`-d data."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    """Compact JSON text of `encode`-d data (a non-finite float raises `ValueError`)."""
+    if _encoder is None:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return "".join(_encoder(value, 0))
 
 
 def _pairs(v: Any) -> dict:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from runtimes.wire import Fault
 from sandbox.limits import LimitName, Limits
-from sandbox.results import ErrorInfo
+from sandbox.results import ErrorInfo, trusted
 
 KNOWN_LAYERS = frozenset({
     "restricted-python", "alloc-cap",                                       # restricted
@@ -250,6 +250,15 @@ class StreamedOutput:
         self._parts[stream].append(text)
         if self._on_output is not None and text:
             self._on_output(stream, text)
+
+    def outcome(self, values: dict[str, Any]) -> Outcome:
+        """An `Outcome` of ``values`` carrying this output, built without validation
+        (`sandbox.results.trusted`): for host-built values already of the field types. Fields
+        left out get their defaults; ``values`` becomes the outcome's own."""
+        values["stdout"] = "".join(self._parts["stdout"])
+        values["stderr"] = "".join(self._parts["stderr"])
+        values["output_truncated"] = self.truncated or bool(values.get("output_truncated"))
+        return trusted(Outcome, values)
 
     def attach(self, outcome: Outcome) -> Outcome:
         """``outcome`` carrying this output."""

@@ -488,6 +488,39 @@ def test_capabilities_marshal_json_and_faults_are_catchable(driver):
     assert [c[0] for c in bridge.calls] == ["echo", "sql.query", "deny", "boom"]
 
 
+_SCALARS = [None, True, 0, -7, 2**61, 2**62, -(2**62), 2**70, 1.5, "", "abc", "é\U0001F600" * 3, "x" * 70]
+
+
+@pytest.mark.parametrize("cap", [1, 10, 63, 64, 80, 1 << 20])
+@pytest.mark.parametrize("value", _SCALARS + [[1], {"a": 1}, float("inf")], ids=repr)
+def test_a_capability_result_is_the_text_the_wire_path_gives(value, cap):
+    from runtimes import wire
+    from sandbox.wasi._host import result_json
+
+    def outcome(convert):
+        try:
+            return convert()
+        except (ValueError, TypeError) as exc:
+            return type(exc)
+
+    expected = outcome(lambda: wire.dumps(wire.encode(value, max_bytes=cap)))
+    assert outcome(lambda: result_json(value, cap)) == expected
+
+
+@pytest.mark.parametrize("cap", [10, 63, 64, 80, 1 << 20])
+def test_a_scalar_run_value_is_what_the_wire_encoding_gives(driver, cap):
+    from runtimes import wire
+
+    for value in _SCALARS + [float("nan")]:
+        result = run(driver, repr(value) if value == value else "float('nan')", max_value_bytes=cap)
+        try:
+            expected = wire.encode(value, lenient=True, max_bytes=cap)
+        except wire.ValueTooLarge:
+            assert result.error is not None and result.error.limit == "value", (value, cap, result)
+            continue
+        assert result.ok and result.value == expected and type(result.value) is type(expected), (value, cap, result)
+
+
 def test_a_terminating_fault_ends_the_run_whatever_the_guest_catches(driver):
     bridge = Bridge()
     code = "while True:\n    try:\n        escalate()\n    except BaseException:\n        pass"

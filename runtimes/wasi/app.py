@@ -133,14 +133,7 @@ itself. Kept across a session's runs (a handle kept in its globals still names i
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
-# Prebuilt C encoder/scanner: ``json.dumps(..., allow_nan=False)`` would build a new encoder on
-# every call, and ``json.loads`` adds two regex scans; a capability call needs neither.
-try:
-    _encode_plain = json.encoder.c_make_encoder(  # type: ignore[attr-defined]  # the C accelerator
-        None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-    )
-except (TypeError, AttributeError):  # no C accelerator, or another signature
-    _encode_plain = None
+# Prebuilt C scanner: ``json.loads`` adds two regex scans; a capability call does not need them.
 _scan = json.scanner.make_scanner(json.decoder.JSONDecoder(object_hook=wire.decode_hook))  # type: ignore[attr-defined]
 
 
@@ -149,12 +142,6 @@ class _ValueLimit(BaseException):
 
 
 _run_state: dict = {"max_value": wire.DEFAULT_VALUE_BYTES, "stop": None}
-
-
-def _dumps_plain(value) -> str:
-    if _encode_plain is None:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    return "".join(_encode_plain(value, 0))
 
 
 def _loads(text: str):
@@ -168,7 +155,7 @@ def _loads(text: str):
 
 
 def _make_capability(name: str):
-    loads, dumps, dumps_plain, encode, plain = _loads, wire.dumps, _dumps_plain, wire.encode, _PLAIN
+    loads, dumps, encode, plain = _loads, wire.dumps, wire.encode, _PLAIN
     call, call_with_handles = host.call, host.call_with_handles
     state, resources = _run_state, _resources
 
@@ -187,7 +174,7 @@ def _make_capability(name: str):
                 holders = None  # only scalars: no conversion, no handles
         if holders is None:
             try:
-                payload = dumps_plain([args, kwargs])
+                payload = dumps([args, kwargs])
             except ValueError:  # a non-finite float: let encode name it
                 holders = []
         if holders is not None:
@@ -383,8 +370,18 @@ class _OutputState(OutputCap):
             parts.append(text)
         host.output(stream, "".join(parts))
 
+    def reset(self, cap: int) -> None:
+        """Start a run's output: ``cap`` bytes of room, nothing pending."""
+        self.room = cap
+        self.truncated = False
+        self._pending = []
+        self._size = 0
+
 
 _current_output: _OutputState | None = None
+_OUTPUT = _OutputState(0)
+_STDOUT, _STDERR = _Output(_OUTPUT, False), _Output(_OUTPUT, True)
+"""The guest's stdout and stderr, made once per instance: a run resets the state they share."""
 
 
 # --- running code -------------------------------------------------------------------------
@@ -429,6 +426,24 @@ def _compile_module(code: str):
         last = compile(expr, GUEST_FILENAME, "eval")
     body = compile(tree, GUEST_FILENAME, "exec") if tree.body else None
     return body, last
+
+
+_SMALL_INT = 1 << 62
+_SMALL_ROOM = 64
+
+
+def _encoded(value, cap: int):
+    """``wire.encode(value, lenient=True, max_bytes=cap)``, without its walk for a scalar it
+    returns unchanged: None, a bool, an int under `_SMALL_INT` or a finite float (at most 24
+    bytes as JSON) when ``cap`` is at least `_SMALL_ROOM`, a str whose JSON form fits ``cap``
+    even if every character took 12 bytes (a surrogate pair)."""
+    kind = type(value)
+    if cap >= _SMALL_ROOM and (value is None or kind is bool or (kind is int and -_SMALL_INT < value < _SMALL_INT)
+                               or (kind is float and value - value == 0.0)):
+        return value
+    if kind is str and 12 * len(value) + 2 <= cap:
+        return value
+    return wire.encode(value, lenient=True, max_bytes=cap)
 
 
 _session_globals: dict | None = None
@@ -477,8 +492,8 @@ def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
     value_cap = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
     _run_state["max_value"] = value_cap
     _run_state["stop"] = None
-    state = _OutputState(cap)
-    out, err = _Output(state, False), _Output(state, True)
+    state = _OUTPUT
+    state.reset(cap)
     _current_output = state
     if options.get("session"):
         if _session_globals is None:
@@ -496,7 +511,7 @@ def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
     value = None
     error = None
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+    sys.stdout, sys.stderr = _STDOUT, _STDERR
     sys.setrecursionlimit(_depth() + int(options.get("recursion", 500)) + 3)
     try:
         try:
@@ -511,7 +526,7 @@ def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
                     exec(body, g)
                 if last is not None:
                     value = eval(last, g)
-                    value = wire.encode(value, lenient=True, max_bytes=value_cap)
+                    value = _encoded(value, value_cap)
             except wire.ValueTooLarge as exc:
                 value = None
                 error = wire.value_error(exc)

@@ -100,17 +100,29 @@ def output_trampoline(data, context, ty, args, nargs, results, nresults):
         return _ffi.trap(f"sandbox host output failed: {type(exc).__name__}: {exc}")
 
 
-def call_run(store: Store, func: Any, code: str, options: str, inputs: str, handles: list[ResourceHost],
-             max_report: int = 1 << 30) -> str:
+def call_run(store: Store, func: Any, code: str, options: _ffi.StaticString, inputs: str | _ffi.StaticString,
+             handles: list[ResourceHost], max_report: int = 1 << 30) -> str:
     """Call the ``run`` export directly. A report over ``max_report`` bytes raises
-    `ReportTooLarge` without being decoded; a trap raises `WasmtimeError`."""
+    `ReportTooLarge` without being decoded; a trap raises `WasmtimeError`.
+
+    ``options`` (and ``inputs`` when it is a `StaticString`) are lent to the call, not copied
+    into values of their own: Wasmtime only reads a call's arguments."""
     params = _ffi.new_values(4)
     result = _ffi.new_value()
+    owned = [0]
     try:
         _ffi.put_string(params[0], code)
-        _ffi.put_string(params[1], options)
-        _ffi.put_string(params[2], inputs)
-        _ffi.put_resources(store, params[3], handles)
+        _ffi.put_static(params[1], options)
+        if isinstance(inputs, str):
+            _ffi.put_string(params[2], inputs)
+            owned.append(2)
+        else:
+            _ffi.put_static(params[2], inputs)
+        if handles:
+            _ffi.put_resources(store, params[3], handles)
+            owned.append(3)
+        else:
+            _ffi.put_empty_list(params[3])
         _ffi.call(store, func, params, 4, result)
         if not _ffi.is_string(result):
             raise WasmtimeError("the guest's run export returned a non-string")
@@ -120,46 +132,47 @@ def call_run(store: Store, func: Any, code: str, options: str, inputs: str, hand
             raise ReportTooLarge(f"the guest's report of {size} bytes is over the {max_report}-byte cap")
         return _ffi.take_string(result)
     finally:
-        for i in range(4):
+        for i in owned:
             _ffi.delete_value(params[i])
 
 
-_OPTIONS_CACHE: dict[tuple, str] = {}
+_OPTIONS_CACHE: dict[tuple, _ffi.StaticString] = {}
 _OPTIONS_CACHE_MAX = 256
+NO_INPUTS = _ffi.StaticString("{}")
 
 
-def run_options(job: Job, *, session: bool) -> str:
+def run_options(job: Job, *, session: bool) -> _ffi.StaticString:
     """The ``options-json`` argument of ``run`` for ``job``: the same text for every run of one
     configuration (the guest parses a text it has seen once only)."""
     limits = job.limits
-    secrets = tuple((spec.name, spec.description) for spec in job.secrets)
-    key = (tuple(job.capabilities), secrets, limits.max_output_bytes, limits.max_value_bytes,
+    secrets = tuple((spec.name, spec.description) for spec in job.secrets) if job.secrets else ()
+    key = (job.capabilities, secrets, limits.max_output_bytes, limits.max_value_bytes,
            limits.max_recursion_depth, session)
     text = _OPTIONS_CACHE.get(key)
     if text is None:
-        text = json.dumps(
+        text = _ffi.StaticString(json.dumps(
             {
-                "capabilities": list(key[0]),
+                "capabilities": list(job.capabilities),
                 "secrets": [list(pair) for pair in secrets],
                 "max_output": limits.max_output_bytes,
                 "max_value": limits.max_value_bytes,
                 "recursion": limits.max_recursion_depth,
                 "session": session,
             }
-        )
+        ))
         if len(_OPTIONS_CACHE) >= _OPTIONS_CACHE_MAX:
             _OPTIONS_CACHE.clear()
         _OPTIONS_CACHE[key] = text
     return text
 
 
-def run_inputs(job: Job) -> str:
+def run_inputs(job: Job) -> str | _ffi.StaticString:
     """The ``inputs-json`` argument of ``run``: the wire JSON object of the job's inputs."""
     if not job.inputs:
-        return "{}"
+        return NO_INPUTS
     return json.dumps(wire.encode(dict(job.inputs)))
 
 
-WARM_OPTIONS = json.dumps({"capabilities": [], "secrets": [], "max_output": 1024, "recursion": 100, "session": False,
-                           "warm": True})
+WARM_OPTIONS = _ffi.StaticString(json.dumps({"capabilities": [], "secrets": [], "max_output": 1024, "recursion": 100,
+                                             "session": False, "warm": True}))
 """Options of the empty program a spare runs once to warm up (see `sandbox.wasi._engine`)."""

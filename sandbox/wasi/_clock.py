@@ -57,7 +57,7 @@ def _refuse_clock_wait(call: str, end_ns: int | None) -> int:
                 state.refused_past_deadline = True
                 remaining = state.deadline - time.monotonic()
                 if remaining > 0:
-                    state.wake.wait(remaining)
+                    state.wait(remaining)
     except BaseException:  # noqa: BLE001 - never unwind into C; the trap below still happens
         pass
     return _ffi.trap(f"sandbox: the host refused {call} (a WASI clock wait it could not interrupt)")

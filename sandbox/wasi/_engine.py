@@ -24,7 +24,7 @@ from wasmtime.component import Component, Linker, ResourceType
 
 from sandbox.limits import Limits
 from sandbox.wasi import _ffi, _clock, build
-from sandbox.wasi._abi import WARM_OPTIONS, call_run, call_trampoline, call_with_handles_trampoline, output_trampoline
+from sandbox.wasi._abi import NO_INPUTS, WARM_OPTIONS, call_run, call_trampoline, call_with_handles_trampoline, output_trampoline
 from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
 from sandbox.wasi._trap import TrapHandlers
 
@@ -322,7 +322,7 @@ class Runtime:
         func = instance.get_func(store, self.run_index)
         if warm:
             try:
-                call_run(store, func, "None", WARM_OPTIONS, "{}", [])
+                call_run(store, func, "None", WARM_OPTIONS, NO_INPUTS, [])
             except BaseException:
                 store.close()
                 raise

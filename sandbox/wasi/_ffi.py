@@ -141,6 +141,36 @@ def put_string(val: Any, text: str) -> None:
     val.of.string = vec
 
 
+class StaticString:
+    """A string value whose bytes Python owns, for arguments sent unchanged to many calls (a
+    call's arguments are only read: Wasmtime copies them before the guest runs). Placed with
+    `put_static`; never freed with `delete_value`."""
+
+    __slots__ = ("text", "_buffer", "_vec")
+
+    def __init__(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self.text = text
+        self._buffer = ctypes.create_string_buffer(data, len(data) or 1)
+        self._vec = ffi.wasm_byte_vec_t(len(data), ctypes.cast(self._buffer, ctypes.POINTER(ffi.wasm_byte_t)))
+
+
+def put_static(val: Any, text: StaticString) -> None:
+    """Make ``val`` the string ``text`` (borrowed: ``val`` keeps ``text``'s buffer alive)."""
+    val.kind = STRING
+    val.of.string = text._vec
+
+
+_EMPTY_LIST = ffi.wasmtime_component_vallist_t()
+ffi.wasmtime_component_vallist_new_uninit(_EMPTY_LIST, 0)  # made once, never freed
+
+
+def put_empty_list(val: Any) -> None:
+    """Make ``val`` an empty list (borrowed, like `put_static`: never freed with `delete_value`)."""
+    val.kind = LIST
+    val.of.list = _EMPTY_LIST
+
+
 def get_bool(val: Any) -> bool:
     return bool(val.of.boolean)
 
@@ -211,10 +241,13 @@ def is_string(val: Any) -> bool:
     return bool(val.kind == _STRING_KIND)
 
 
+_func_call = getattr(ffi, "_wasmtime_component_func_call", ffi.wasmtime_component_func_call)
+
+
 def call(store: Store, func: Any, params: Any, count: int, result: Any) -> None:
-    """Call the component function ``func`` with ``count`` params and one result.
+    """Call the component function ``func`` with ``count`` params (only read) and one result.
 
     Raises `WasmtimeError` when the guest traps."""
-    error = ffi.wasmtime_component_func_call(_byref(func._func), store._context(), params, count, _byref(result), 1)
+    error = _func_call(_byref(func._func), store._context(), params, count, _byref(result), 1)
     if error:
         raise WasmtimeError._from_ptr(error)

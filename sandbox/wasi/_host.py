@@ -16,7 +16,7 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,13 +37,15 @@ TERMINATE_GRACE_FUEL = 20_000_000
 report its output, not enough to keep working."""
 
 
-@dataclass
+@dataclass(slots=True)
 class RunState:
     """Host-side state of the run executing on this thread (seen by the host functions)."""
 
     job: Job
     tokens: dict[int, str]
     deadline: float = math.inf
+    output: StreamedOutput | None = None
+    """What the guest streamed through ``host.output`` (the only copy of its output)."""
     terminate: Fault | None = None
     refused: str | None = None
     """The WASI call the host refused (see `sandbox.wasi._clock`), if one ended the run."""
@@ -53,10 +55,16 @@ class RunState:
     """Size of a capability call's arguments refused unread (over ``max_value_bytes``)."""
     stop: str | None = None
     """Why the epoch callback trapped the guest: "wall" or "cancelled"."""
-    wake: threading.Event = field(default_factory=threading.Event)
-    """Set when the run is cancelled: ends a ``host.sleep`` early."""
-    output: StreamedOutput | None = None
-    """What the guest streamed through ``host.output`` (the only copy of its output)."""
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to ``seconds``, less when the run is cancelled (also before the wait began);
+        True when it was. Only a host call that waits pays for the event and the cancel hook."""
+        wake = threading.Event()
+        unregister = self.job.control.on_cancel(wake.set)
+        try:
+            return wake.wait(seconds)
+        finally:
+            unregister()
 
 
 tls = threading.local()
@@ -85,9 +93,6 @@ def token_of(state: RunState, rep: int) -> str | None:
 
 _DECODER = json.JSONDecoder(object_hook=wire.decode_hook)
 _SHALLOW = min(wire.JSON_DEPTH, wire.max_nodes(0))
-_encode_json = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, None, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
-) if getattr(json.encoder, "c_make_encoder", None) else None
 
 
 def decode_wire(text: str, max_bytes: int) -> Any:
@@ -102,11 +107,28 @@ def decode_wire(text: str, max_bytes: int) -> Any:
     return wire.loads_bounded(text, max_bytes=max_bytes)
 
 
-def dumps_wire(value: Any) -> str:
-    """`runtimes.wire.dumps` of `wire.encode`-d data, with one prebuilt encoder."""
-    if _encode_json is None:
-        return wire.dumps(value)
-    return "".join(_encode_json(value, 0))
+_SMALL_INT = 1 << 62
+_SMALL_ROOM = 64
+_enc_str = json.encoder.encode_basestring_ascii
+
+
+def result_json(result: Any, max_bytes: int) -> str:
+    """``wire.dumps(wire.encode(result, max_bytes=max_bytes))`` (same text, same errors), without
+    the walk for a scalar: None, a bool, an int under `_SMALL_INT` (when ``max_bytes`` is at
+    least `_SMALL_ROOM`), a str whose JSON form fits ``max_bytes``."""
+    kind = type(result)
+    if max_bytes >= _SMALL_ROOM:
+        if kind is int and -_SMALL_INT < result < _SMALL_INT:
+            return int.__repr__(result)
+        if result is None:
+            return "null"
+        if kind is bool:
+            return "true" if result else "false"
+    if kind is str and len(result) <= max_bytes:
+        text = _enc_str(result)
+        if len(text) <= max_bytes:
+            return text
+    return wire.dumps(wire.encode(result, max_bytes=max_bytes))
 
 
 def fault_payload(fault: Fault) -> str:
@@ -191,7 +213,7 @@ def host_call(store: Any, name: str, args_json: str | None, handles: Sequence[An
         if time.monotonic() >= state.deadline:  # the guest traps when it resumes: skip converting the result
             raise Fault("CapabilityError", "the run's wall-clock deadline passed during the call")
         try:
-            text = dumps_wire(wire.encode(result, max_bytes=limits.max_value_bytes))
+            text = result_json(result, limits.max_value_bytes)
         except (TypeError, ValueError) as exc:
             raise Fault("CapabilityError", f"{name}() returned data that cannot reach the guest: {exc}") from None
         return (True, text, returned)
@@ -226,10 +248,10 @@ def host_sleep(store: Any, seconds: float) -> None:
     if seconds != seconds or seconds <= 0:
         return None
     if seconds < remaining:
-        if not state.wake.wait(seconds):
+        if not state.wait(seconds):
             return None
     else:
-        state.wake.wait(max(0.0, remaining))
+        state.wait(max(0.0, remaining))
     # the run is over (deadline or cancel): make the guest trap at its next epoch check, where
     # `sandbox.wasi._engine.on_epoch_deadline` says why, as if it had been running all along
     _ffi.expire_epoch(store)

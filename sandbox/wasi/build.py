@@ -37,13 +37,13 @@ without any logging configuration, and info when it is done).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -101,11 +101,25 @@ def _guest_sources() -> list[tuple[str, Path]]:
     return files
 
 
-def _componentize_version() -> str:
+_VERSION = re.compile(r"^Version:[ \t]*(\S+)", re.MULTILINE)
+
+
+def _dist_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed.
+
+    Read from the ``Version`` header of its metadata file: `importlib.metadata.version` parses
+    the whole file with the ``email`` package, whose first import costs more than loading the
+    guest from the cache does."""
     try:
-        return importlib.metadata.version("componentize-py")
+        dist = importlib.metadata.Distribution.from_name(name)
     except importlib.metadata.PackageNotFoundError:
-        return "missing"
+        return None
+    match = _VERSION.search(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
+    return match.group(1) if match else dist.version
+
+
+def _componentize_version() -> str:
+    return _dist_version("componentize-py") or "missing"
 
 
 def guest_hash() -> str:
@@ -129,7 +143,7 @@ def cache_dir() -> Path:
 
 
 def cache_key() -> str:
-    version = importlib.metadata.version("wasmtime")
+    version = _dist_version("wasmtime")
     return f"wasmtime-{version}-{ENGINE_TAG.replace('+', '_')}-{guest_hash()[:24]}"
 
 
@@ -417,6 +431,8 @@ def prepare(directory: Path | None = None, *, force: bool = False, quiet: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # only for the command line
+
     parser = argparse.ArgumentParser(prog="python -m sandbox.wasi.build", description="Prebuild the wasi guest component cache.")
     parser.add_argument("--force", action="store_true", help="rebuild even when a valid cache entry exists")
     parser.add_argument("--print-path", action="store_true", help="print the cached artifact's path and exit")

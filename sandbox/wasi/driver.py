@@ -117,68 +117,71 @@ class WasiDriver:
             tokens[rep] = spec.token
             handles.append(ResourceHost.own(rep, SECRET_TYPE))
         output = StreamedOutput(job)
-        state = RunState(job=job, tokens=tokens, deadline=job.control.deadline, output=output)
+        state = RunState(job, tokens, job.control.deadline, output)
         options = run_options(job, session=session)
         inputs = run_inputs(job)
+        max_report = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
         previous = getattr(tls, "state", None)
         tls.state = state
-        unregister = job.control.on_cancel(state.wake.set)
         started_wall = time.monotonic()
         started_cpu = time.thread_time()
         trap: WasmtimeError | None = None
         text = None
         oversized: ReportTooLarge | None = None
         try:
-            text = call_run(store, inst.func, job.code, options, inputs, handles,
-                             wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes))
+            text = call_run(store, inst.func, job.code, options, inputs, handles, max_report)
         except WasmtimeError as exc:
             trap = exc
         except ReportTooLarge as exc:
             oversized = exc
         finally:
-            unregister()
             tls.state = previous
-            retire(tokens)
+            if tokens:
+                retire(tokens)
             cpu = time.thread_time() - started_cpu
             wall = time.monotonic() - started_wall
-        try:
-            remaining = store.get_fuel()
-        except WasmtimeError:
-            remaining = 0
         if trap is not None:
             inst.poisoned = True
+            try:
+                remaining = store.get_fuel()
+            except WasmtimeError:
+                remaining = 0
             error = classify(trap, state, limits, remaining, wall)
             return output.attach(Outcome(ok=False, error=error, cpu_seconds=cpu, layers=LAYERS))
         if oversized is not None:
             inst.poisoned = True  # the guest broke the report protocol: do not reuse its state
             return output.attach(Outcome(ok=False, error=limit_error("value", str(oversized)), cpu_seconds=cpu,
                                          layers=LAYERS))
-        return output.attach(self._outcome(text, state, limits, cpu))
+        return self._outcome(text, state, output, max_report, cpu)
 
-    def _outcome(self, text: str | None, state: RunState, limits: Limits, cpu: float) -> Outcome:
+    def _outcome(self, text: str | None, state: RunState, output: StreamedOutput, max_report: int,
+                 cpu: float) -> Outcome:
+        """The run's outcome from the guest's report ``text`` (untrusted: size-capped, parsed
+        within the wire caps, its error validated), carrying the output the host kept."""
         try:
-            cap = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
-            data = decode_wire(text, cap) if isinstance(text, str) else None
+            data = decode_wire(text, max_report) if isinstance(text, str) else None
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             error = data.get("error")
             error_info = ErrorInfo.model_validate(error) if error is not None else None
         except wire.ValueTooLarge as exc:
-            return Outcome(ok=False, error=limit_error("value", f"the guest's report: {exc}"), cpu_seconds=cpu,
-                           layers=LAYERS)
+            return output.attach(Outcome(ok=False, error=limit_error("value", f"the guest's report: {exc}"),
+                                         cpu_seconds=cpu, layers=LAYERS))
         except (ValueError, TypeError) as exc:
-            return internal_error(f"the wasi guest returned a malformed outcome: {exc}")
+            return output.attach(internal_error(f"the wasi guest returned a malformed outcome: {exc}"))
         if state.terminate is not None:
             error_info = terminate_error(state.terminate)
-        return Outcome(
-            ok=error_info is None,
-            value=data.get("value") if error_info is None else None,
-            output_truncated=bool(data.get("output_truncated")),
-            error=error_info,
-            cpu_seconds=cpu,
-            peak_memory_bytes=None,
-            layers=LAYERS,
-        )
+        return output.outcome({
+            "ok": error_info is None,
+            "value": data.get("value") if error_info is None else None,
+            "output_truncated": bool(data.get("output_truncated")),
+            "error": error_info,
+            "cpu_seconds": cpu,
+            "peak_memory_bytes": None,
+            "layers": LAYERS,
+            "session_reset": False,
+            "timings": None,
+        })
 
     # -- Driver protocol ---------------------------------------------------------------------
 
