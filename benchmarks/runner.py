@@ -449,6 +449,7 @@ class Runner:
             levels: dict[str, Any] = {}
             for threads in cfg.concurrency:
                 self.progress.phase(f"scaling: {subject.name} x{threads}")
+                self.settle()  # each level starts from a quiet machine, then runs with its own refills
                 try:
                     levels[str(threads)] = _throughput(subject, threads, cfg.scaling_seconds)
                 except Exception as exc:
@@ -460,7 +461,8 @@ class Runner:
             "seconds_per_level": cfg.scaling_seconds,
             "how": "N threads in this process call the subject's fresh run in a loop for a fixed time; "
             "restricted+process gets a pool of N workers at level N; Monty's pool allows up to 8 workers; "
-            "background work (spare and child refills) is not settled here: it runs alongside, as under sustained load",
+            "each level starts settled (and a new process pool warmed), then background work (spare and child "
+            "refills) is not settled here: it runs alongside, as under sustained load",
             "results": out,
         }
 
@@ -586,6 +588,9 @@ def api_overhead(samples: int) -> dict[str, Any]:
 
         def open_session(self) -> Any:
             return self
+
+        def warm(self, timeout: float | None = None) -> bool:
+            return True
 
         def close(self) -> None:
             pass

@@ -404,6 +404,7 @@ class SandboxSubject(Subject):
             return
         sb = self._make(workers=threads)
         try:
+            sb.warm(60.0)  # its workers + 1 children are forked and waiting, as a host would have them before traffic
             yield lambda code: self.unwrap(sb.run(code))
         finally:
             sb.close()

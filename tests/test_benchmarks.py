@@ -183,7 +183,8 @@ def test_every_subject_settles_before_each_burst(tmp_path: Path, monkeypatch: py
     if settle:
         rounds = len(settles) // 2
         cells = results["workloads"]["trivial_fresh"]["results"].values()
-        assert rounds == sum(-(-cell["n"] // cell["burst"]) for cell in cells)  # one settle of both per burst
+        bursts = sum(-(-cell["n"] // cell["burst"]) for cell in cells)
+        assert rounds == bursts + 2  # one settle of both per burst, and one before each subject's scaling level
         assert settles[:2] == ["native", "restrictedpython"]  # every subject, not only the next one
         assert results["settle"] == {"enabled": True, "how": results["settle"]["how"],
                                      "timeouts": {"restrictedpython": rounds}}
