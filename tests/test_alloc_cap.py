@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,8 @@ CASES = {
     "dict_fromkeys": "dict.fromkeys(range(10 ** 8))",
     "str_translate": "('a' * 1000).translate({97: 'b' * (10 ** 6)})",
     "re_sub_empty_pattern": "import re\nre.sub('', 'x' * (10 ** 5), 'a' * (10 ** 4))",
+    "small_tuple_chain": "x = None\nwhile True:\n    x = (x, 1)",
+    "small_objects_in_a_list": "x = [(i,) for i in range(10 ** 8)]",
     "caught_memory_error": "x = []\ntry:\n    while True:\n        x.append(bytearray(1 << 20))\nexcept MemoryError:\n    x = None\n'survived'",
 }
 
@@ -219,7 +222,7 @@ def test_cap_accounting_balances():
     cap.arm(1 << 30)
     try:
         base, blocks = cap.used, cap.blocks
-        fresh = [str(i) * 3 for i in range(100000)]
+        fresh = [str(i) * 3 for i in range(400000)]  # more than pymalloc may have free before arm()
         grown = bytearray(10)
         grown.extend(b"x" * (4 << 20))
         charged = cap.used - base
@@ -236,3 +239,99 @@ def test_cap_accounting_balances():
     finally:
         cap.disarm()
     assert not cap.tripped and cap.peak > (4 << 20)
+
+
+def test_small_blocks_are_charged_through_their_arenas():
+    """Small objects (pymalloc blocks) are charged through the arenas mapped while the cap is
+    armed, and the cap still stops a guest that allocates nothing but small objects: pymalloc's
+    fallback to malloc when an arena is refused is refused too."""
+    cap = alloc_cap.new_cap()
+    limit = 64 << 20
+    chain: Any = None
+    cap.arm(limit)
+    try:
+        assert cap.small_by_arena  # this interpreter runs pymalloc
+        base = cap.used
+        small = [(i,) for i in range(400000)]  # about 32 MB of tuples and ints, and a large list buffer
+        assert cap.used - base > 16 << 20, cap.used - base  # less what pymalloc had free before arm()
+        del small
+        try:
+            while True:
+                chain = (chain, None)  # small blocks only
+        except MemoryError:
+            pass
+        tripped, used = cap.tripped, cap.used
+        chain = None
+    finally:
+        cap.disarm()
+    assert tripped and limit - (1 << 20) < used <= limit + (4 << 20), used  # an arena is 1 MiB or less
+
+
+def test_a_host_thread_mapping_arenas_while_the_guest_is_armed_is_not_charged():
+    """Arenas a host thread makes pymalloc map while the guest's cap is armed on another thread
+    are neither charged to the cap nor limited by it."""
+    cap = alloc_cap.new_cap()
+    made: list = []
+
+    def host() -> None:
+        made.append([(i, i) for i in range(300000)])  # about 27 MB of small objects
+
+    cap.arm(4 << 20)
+    try:
+        thread = threading.Thread(target=host)
+        thread.start()
+        thread.join()
+        used, tripped = cap.used, cap.tripped
+    finally:
+        cap.disarm()
+    assert len(made[0]) == 300000
+    assert not tripped and used < 2 << 20, used
+
+
+def test_a_recorded_block_reallocated_small_stays_charged():
+    """pymalloc reallocates a malloc block in place of malloc even to a small size: the block
+    stays recorded (charged) until it is freed, so shrinking buffers cannot make uncharged
+    memory."""
+    cap = alloc_cap.new_cap()
+    cap.arm(1 << 30)
+    try:
+        blocks = cap.blocks
+        buffers = [bytearray(4096) for _ in range(64)]
+        for buffer in buffers:
+            del buffer[100:]
+        assert cap.blocks - blocks >= 64
+        del buffers, buffer
+        assert cap.blocks - blocks < 8
+    finally:
+        cap.disarm()
+
+
+PER_BLOCK = """
+from runtimes.restricted import alloc_cap
+cap = alloc_cap.new_cap()
+cap.arm(32 << 20)
+chain = None
+try:
+    base = cap.used
+    small = [(i,) for i in range(1000)]
+    charged = cap.used - base
+    del small
+    while True:
+        chain = (chain, None)
+except MemoryError:
+    chain = None
+cap.disarm()
+print(cap.small_by_arena, charged >= 1000 * 48, cap.tripped)
+"""
+
+
+@pytest.mark.parametrize("allocator", ["malloc", "pymalloc_debug"])
+def test_small_blocks_are_charged_one_by_one_without_plain_pymalloc(allocator):
+    """Charging small blocks through arenas is only sound when they come from pymalloc: with
+    another allocator (or pymalloc's debug hooks) each small block is charged and recorded, and
+    a guest of small objects still stops at the limit."""
+    env = dict(os.environ, PYTHONMALLOC=allocator)
+    proc = subprocess.run([sys.executable, "-c", PER_BLOCK], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False", "True", "True"]

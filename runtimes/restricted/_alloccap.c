@@ -1,36 +1,58 @@
-/* _alloccap: a hard cap on what one thread allocates through Python's allocators.
+/* _alloccap: a hard cap on what one thread makes the process allocate through Python's allocators.
 
 Design (the simplest one that stays correct whatever was allocated before or elsewhere):
 
 - install() wraps the PYMEM_DOMAIN_MEM and PYMEM_DOMAIN_OBJ allocators with PyMem_SetAllocator,
-  delegating every call to the allocator that was there before. Blocks keep their layout (no
-  header), so a block allocated before the hooks, or by another thread, is freed exactly as it
-  would have been, and the hooks may be added at any time. Each install keeps its own copy of
-  the previous allocators, never freed: a chain built on an earlier install stays valid.
+  and pymalloc's arena allocator with PyObject_SetArenaAllocator, delegating every call to the
+  allocator that was there before. Blocks keep their layout (no header), so a block or arena
+  allocated before the hooks, or by another thread, is freed exactly as it would have been, and
+  the hooks may be added at any time. Each install keeps its own copy of the previous
+  allocators, never freed: a chain built on an earlier install stays valid.
 - The RAW domain is not wrapped: pymalloc serves requests above 512 bytes (for both wrapped
   domains) from PyMem_RawMalloc, so wrapping it would count those blocks twice. Python objects,
   lists, dicts, str/bytes/bytearray buffers, ints, decimal and regex buffers all come through
   MEM or OBJ.
-- A Cap is armed on one thread (a thread-local pointer). While a thread has an armed Cap,
-  every block that thread allocates is charged (its size rounded up to the unit of its size
-  class, see encode()) and recorded in the Cap's side table: an open-addressing hash table of
-  8-byte slots holding the address (low 48 bits) and the encoded size (high 16 bits). free()
-  and realloc() from any thread look the address up in the tables of live Caps (usually none
-  or one): a recorded block is removed and its charge given back; any other block is passed
-  through untouched. A block recorded while armed and freed after disarm() is simply no longer
-  tracked: disarm() drops the table.
+- A Cap is armed on one thread (a thread-local pointer). While a thread has an armed Cap, what
+  that thread makes the process allocate is charged to it, in one of two ways:
+  * Small blocks (1..512 bytes) of a domain whose previous allocator is CPython's pymalloc
+    (checked once per install: _PyMem_GetCurrentAllocatorName() says "pymalloc" at the first
+    install, later installs compare the saved functions; and a CPython version whose pymalloc
+    has that 512-byte threshold) are served from pymalloc's arenas.
+    They are charged at arena granularity: every arena that pymalloc maps while the thread is
+    armed is charged in full (recorded in the side table) until pymalloc unmaps it; the block
+    itself passes straight through. This charges pool headers and fragmentation exactly, so
+    freeing most of the objects in a pool gives nothing back while the pool lives. Small
+    blocks the guest places in free room of arenas mapped earlier (by the host, or before
+    arm()) are not charged: that memory is already the process's, so the process's growth
+    while armed stays bounded by the limit. If an arena is refused (limit) or the system
+    fails to map one, pymalloc would fall back to PyMem_RawMalloc, an uncharged block: the
+    hook frees that block and fails the allocation instead.
+    This mode needs our arena hook to be the outermost arena allocator; arm() checks it, and
+    when it is not (or the domain's allocator is not pymalloc) small blocks are charged one by
+    one like large ones.
+  * Every other block (0 bytes or above 512, or any block in per-block mode, and any block
+    realloc()ed from a recorded block, which stays a raw block whatever its new size) is
+    charged (its size rounded up to the unit of its size class, see encode()) and recorded in
+    the Cap's side table: an open-addressing hash table of 8-byte slots holding the address
+    (low 48 bits) and the encoded size (high 16 bits).
+  free() and realloc() from any thread, and arena frees, look the address up in the tables of
+  live Caps (usually none or one, and small: large blocks and arenas only): a recorded block is
+  removed and its charge given back; any other block is passed through untouched. A block or
+  arena recorded while armed and freed after disarm() is simply no longer tracked: disarm()
+  drops the table.
 - The table's own memory is charged to its Cap too (growth is refused past the limit), so host
   memory used on behalf of the guest is bounded by the limit.
 - Past the limit an allocation returns NULL (CPython raises MemoryError) and the Cap is marked
   tripped. After a trip a reserve of RESERVE bytes is allowed, so the interpreter can build the
   exception that stops the run and unwind. Freeing never fails.
-- Concurrency: the MEM and OBJ domains are only called with the GIL held (C API contract), and
-  every table access happens inside those hooks or in Cap methods, also under the GIL; so the
-  tables need no lock, and other threads (host threads, the watchdog) allocating concurrently
-  are neither counted nor limited. Free-threaded builds are refused at import.
-- Known limits: memory that pymalloc keeps in partly used arenas after the guest frees objects
-  is not charged (fragmentation), and a block at an address above 2**48 is charged but not
-  recorded (its charge is never given back: conservative).
+- Concurrency: the MEM and OBJ domains and pymalloc's arenas are only used with the GIL held
+  (C API contract), and every table access happens inside those hooks or in Cap methods, also
+  under the GIL; so the tables need no lock, and other threads (host threads, the watchdog)
+  allocating concurrently are neither counted nor limited (an arena a host thread maps is not
+  charged, even when the guest later fills it). Free-threaded builds are refused at import.
+- Known limits: a block at an address above 2**48 is charged but not recorded (its charge is
+  never given back: conservative); large blocks are charged their size class, not malloc's own
+  bookkeeping around them (alloc_cap.py keeps a share of the limit for it).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,6 +68,10 @@ Design (the simplest one that stays correct whatever was allocated before or els
 #define ADDR_BITS 48
 #define ADDR_MASK ((UINT64_C(1) << ADDR_BITS) - 1)
 #define MAX_INSTALLS 16
+#define SMALL_MAX 512  /* pymalloc's SMALL_REQUEST_THRESHOLD: larger (and 0-byte) requests go to malloc */
+
+/* CPython versions whose pymalloc has that threshold; on others every block is charged one by one */
+#define ARENA_CHARGE_KNOWN (PY_VERSION_HEX >= 0x03080000 && PY_VERSION_HEX < 0x030E0000)
 
 typedef struct CapObject {
     PyObject_HEAD
@@ -57,11 +83,22 @@ typedef struct CapObject {
     size_t peak;
     int tripped;
     int armed;                /* between arm() and disarm() */
+    int by_arena;             /* small pymalloc blocks are charged through their arenas */
+    unsigned arena_failures;  /* arenas refused (or not mapped) while this cap was current */
     unsigned long thread;     /* the arming thread */
     struct CapObject *prev_live, *next_live;
 } CapObject;
 
-static PyMemAllocatorEx prevs[MAX_INSTALLS][2];  /* [install][0=MEM, 1=OBJ] */
+typedef struct {
+    PyMemAllocatorEx prev;
+    int pymalloc;             /* prev is pymalloc: requests of 1..SMALL_MAX bytes come from its arenas */
+} Domain;
+
+static Domain domains[MAX_INSTALLS][2];          /* [install][0=MEM, 1=OBJ] */
+static PyMemAllocatorEx pymalloc_funcs;          /* pymalloc's functions, when the first install saw them */
+static int pymalloc_seen;
+static PyObjectArenaAllocator prev_arena;        /* the arena allocator our arena hook wraps */
+static int arena_hooked;
 static int n_installs;
 static CapObject *live;                          /* Caps with a table, for free() lookups */
 static __thread CapObject *current __attribute__((tls_model("initial-exec")));
@@ -97,7 +134,7 @@ static size_t decode(uint16_t code)
 
 /* --- the side table ----------------------------------------------------------------------- */
 
-static size_t slot_of(uint64_t addr, size_t mask)
+static inline size_t slot_of(uint64_t addr, size_t mask)
 {
     return (size_t)(((((addr >> 9) * UINT64_C(0x9E3779B97F4A7C15)) >> 20) << 5) | ((addr >> 4) & 31)) & mask;
 }
@@ -218,13 +255,26 @@ static uint16_t table_remove(CapObject *c, uint64_t addr)
 }
 
 /* Stop tracking ``ptr`` in whichever live Cap recorded it, giving its charge back. */
-static void untrack(void *ptr)
+static __attribute__((noinline)) void untrack_slow(void *ptr)
 {
     uint64_t addr = (uint64_t)(uintptr_t)ptr;
     for (CapObject *c = live; c != NULL; c = c->next_live) {
         uint16_t code = table_remove(c, addr);
         if (code) {
             c->used -= decode(code);
+            return;
+        }
+    }
+}
+
+/* untrack(), with the common case inline: the tables hold few entries (large blocks and
+   arenas), so the home slot of a freed small block is almost always empty. */
+static inline void untrack(void *ptr)
+{
+    uint64_t addr = (uint64_t)(uintptr_t)ptr;
+    for (CapObject *c = live; c != NULL; c = c->next_live) {
+        if (c->slots[slot_of(addr, c->mask)]) {
+            untrack_slow(ptr);
             return;
         }
     }
@@ -264,22 +314,45 @@ static void *counted_alloc(CapObject *c, PyMemAllocatorEx *prev, size_t nelem, s
     return p;
 }
 
+static int is_small(size_t size)
+{
+    return size - 1 < SMALL_MAX;  /* 0 wraps around: pymalloc hands 0-byte requests to malloc */
+}
+
+/* A small request served by pymalloc: its arena (if a new one is needed) is what is charged.
+   When the arena hook failed during the call, pymalloc fell back to an uncharged raw block:
+   it is given back and the allocation fails. */
+static void *small_alloc(CapObject *c, PyMemAllocatorEx *prev, size_t nelem, size_t elsize, int zero)
+{
+    unsigned failures = c->arena_failures;
+    void *p = zero ? prev->calloc(prev->ctx, nelem, elsize) : prev->malloc(prev->ctx, nelem * elsize);
+    if (p != NULL && c->arena_failures != failures) {
+        prev->free(prev->ctx, p);
+        return NULL;
+    }
+    return p;
+}
+
 static void *hook_malloc(void *ctx, size_t size)
 {
-    PyMemAllocatorEx *prev = ctx;
+    Domain *d = ctx;
     CapObject *c = current;
     if (c == NULL)
-        return prev->malloc(prev->ctx, size);
-    return counted_alloc(c, prev, size, 1, 0);
+        return d->prev.malloc(d->prev.ctx, size);
+    if (d->pymalloc && c->by_arena && is_small(size))
+        return small_alloc(c, &d->prev, size, 1, 0);
+    return counted_alloc(c, &d->prev, size, 1, 0);
 }
 
 static void *hook_calloc(void *ctx, size_t nelem, size_t elsize)
 {
-    PyMemAllocatorEx *prev = ctx;
+    Domain *d = ctx;
     CapObject *c = current;
     if (c == NULL)
-        return prev->calloc(prev->ctx, nelem, elsize);
-    return counted_alloc(c, prev, nelem, elsize, 1);
+        return d->prev.calloc(d->prev.ctx, nelem, elsize);
+    if (d->pymalloc && c->by_arena && (elsize == 0 || nelem <= SMALL_MAX / elsize) && is_small(nelem * elsize))
+        return small_alloc(c, &d->prev, nelem, elsize, 1);
+    return counted_alloc(c, &d->prev, nelem, elsize, 1);
 }
 
 static CapObject *owner_of(uint64_t addr, uint16_t *code)
@@ -299,14 +372,31 @@ static CapObject *owner_of(uint64_t addr, uint16_t *code)
 
 static void *hook_realloc(void *ctx, void *ptr, size_t size)
 {
-    PyMemAllocatorEx *prev = ctx;
+    Domain *d = ctx;
+    PyMemAllocatorEx *prev = &d->prev;
     CapObject *c = current;
     if (ptr == NULL)
-        return c == NULL ? prev->realloc(prev->ctx, NULL, size) : counted_alloc(c, prev, size, 1, 0);
+        return c == NULL ? prev->realloc(prev->ctx, NULL, size) : hook_malloc(ctx, size);
     uint64_t addr = (uint64_t)(uintptr_t)ptr;
     uint16_t old_code = 0, new_code = 0;
     size_t new_charge = 0;
     CapObject *owner = live ? owner_of(addr, &old_code) : NULL;
+    if (c != NULL && owner == NULL && d->pymalloc && c->by_arena && is_small(size)) {
+        /* an unrecorded block: a pymalloc block (the result is one too, arena-charged) or a raw
+           block from before arm() or another thread, which pymalloc reallocs in place of malloc
+           to at most SMALL_MAX bytes: no more than that block already held, plus SMALL_MAX */
+        unsigned failures = c->arena_failures;
+        void *q = prev->realloc(prev->ctx, ptr, size);
+        if (q != NULL && c->arena_failures != failures) {
+            /* pymalloc moved the block into a raw fallback block and already freed the old one,
+               so failing is not an option: the raw block is charged (the cap has tripped) */
+            encode(size, &new_code, &new_charge);
+            if (table_reserve(c) == 0)
+                table_insert(c, q, new_code);
+            charge_add(c, new_charge);  /* when not recorded: never given back, conservative */
+        }
+        return q;
+    }
     if (c != NULL) {
         size_t kept = owner == c ? decode(old_code) : 0;
         if (!encode(size, &new_code, &new_charge)) {
@@ -334,19 +424,62 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
 
 static void hook_free(void *ctx, void *ptr)
 {
-    PyMemAllocatorEx *prev = ctx;
+    Domain *d = ctx;
     if (ptr != NULL && live != NULL)
         untrack(ptr);
-    prev->free(prev->ctx, ptr);
+    d->prev.free(d->prev.ctx, ptr);
 }
 
-static int install_domain(PyMemAllocatorDomain domain, int index)
+/* pymalloc's arenas: charged in full to the current cap when it charges small blocks by arena. */
+static void *hook_arena_alloc(void *ctx, size_t size)
 {
-    PyMemAllocatorEx *saved = &prevs[n_installs][index];
-    PyMem_GetAllocator(domain, saved);
+    CapObject *c = current;
+    if (c == NULL || !c->by_arena)
+        return prev_arena.alloc(prev_arena.ctx, size);
+    uint16_t code;
+    size_t charge;
+    void *p = NULL;
+    if (encode(size, &code, &charge) && admit(c, charge) && table_reserve(c) == 0 && admit(c, charge))
+        p = prev_arena.alloc(prev_arena.ctx, size);
+    else
+        c->tripped = 1;
+    if (p == NULL) {
+        c->arena_failures++;
+        return NULL;
+    }
+    table_insert(c, p, code);
+    charge_add(c, charge);
+    return p;
+}
+
+static void hook_arena_free(void *ctx, void *ptr, size_t size)
+{
+    if (ptr != NULL && live != NULL)
+        untrack(ptr);
+    prev_arena.free(prev_arena.ctx, ptr, size);
+}
+
+static int same_allocator(const PyMemAllocatorEx *a, const PyMemAllocatorEx *b)
+{
+    return a->ctx == b->ctx && a->malloc == b->malloc && a->calloc == b->calloc && a->realloc == b->realloc
+           && a->free == b->free;
+}
+
+static void install_domain(PyMemAllocatorDomain domain, int index)
+{
+    Domain *saved = &domains[n_installs][index];
+    PyMem_GetAllocator(domain, &saved->prev);
+    saved->pymalloc = pymalloc_seen && same_allocator(&saved->prev, &pymalloc_funcs);
     PyMemAllocatorEx hook = {saved, hook_malloc, hook_calloc, hook_realloc, hook_free};
     PyMem_SetAllocator(domain, &hook);
-    return 0;
+}
+
+/* Our arena hook is pymalloc's outermost arena allocator (only then are arenas charged). */
+static int arena_hook_in_force(void)
+{
+    PyObjectArenaAllocator now;
+    PyObject_GetArenaAllocator(&now);
+    return arena_hooked && now.alloc == hook_arena_alloc && now.free == hook_arena_free;
 }
 
 /* Wrap the domains whose current chain does not reach our hooks (checked by the caller). */
@@ -358,6 +491,17 @@ static int install(int mem, int obj)
         PyErr_SetString(PyExc_RuntimeError, "the allocator hooks were removed too many times");
         return -1;
     }
+    if (n_installs == 0) {
+        const char *name = _PyMem_GetCurrentAllocatorName();
+        if (ARENA_CHARGE_KNOWN && name != NULL && strcmp(name, "pymalloc") == 0) {
+            PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &pymalloc_funcs);
+            pymalloc_seen = 1;
+        }
+        PyObject_GetArenaAllocator(&prev_arena);
+        PyObjectArenaAllocator hook = {NULL, hook_arena_alloc, hook_arena_free};
+        PyObject_SetArenaAllocator(&hook);
+        arena_hooked = 1;
+    }
     if (mem)
         install_domain(PYMEM_DOMAIN_MEM, 0);
     if (obj)
@@ -366,15 +510,16 @@ static int install(int mem, int obj)
     return 0;
 }
 
-/* With ``c`` current: which domains actually reach the hooks (a probe allocation each). */
+/* With ``c`` current: which domains actually reach the hooks (a probe allocation each, large
+   enough to be recorded whatever the mode). */
 static void probe(CapObject *c, int *mem_ok, int *obj_ok)
 {
     size_t before = c->used;
-    void *p = PyMem_Malloc(1);
+    void *p = PyMem_Malloc(SMALL_MAX + 1);
     *mem_ok = p != NULL && c->used != before;
     PyMem_Free(p);
     before = c->used;
-    p = PyObject_Malloc(1);
+    p = PyObject_Malloc(SMALL_MAX + 1);
     *obj_ok = p != NULL && c->used != before;
     PyObject_Free(p);
 }
@@ -414,6 +559,8 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
     self->limit = (size_t)limit;
     self->used = self->peak = 0;
     self->tripped = 0;
+    self->arena_failures = 0;
+    self->by_arena = pymalloc_seen && arena_hook_in_force();
     self->armed = 1;
     self->thread = PyThread_get_thread_ident();
     Py_INCREF(self);  /* an armed cap outlives its arming thread's reference */
@@ -481,6 +628,7 @@ static PyObject *Cap_get_limit(CapObject *self, void *closure) { return PyLong_F
 static PyObject *Cap_get_tripped(CapObject *self, void *closure) { return PyBool_FromLong(self->tripped); }
 static PyObject *Cap_get_blocks(CapObject *self, void *closure) { return PyLong_FromSize_t(self->count); }
 static PyObject *Cap_get_armed(CapObject *self, void *closure) { return PyBool_FromLong(self->armed); }
+static PyObject *Cap_get_by_arena(CapObject *self, void *closure) { return PyBool_FromLong(self->by_arena); }
 
 static PyMethodDef Cap_methods[] = {
     {"arm", (PyCFunction)Cap_arm, METH_O,
@@ -500,6 +648,9 @@ static PyGetSetDef Cap_getset[] = {
     {"tripped", (getter)Cap_get_tripped, NULL, "True once an allocation was refused since arm().", NULL},
     {"blocks", (getter)Cap_get_blocks, NULL, "Blocks recorded (allocated while armed, not yet freed).", NULL},
     {"armed", (getter)Cap_get_armed, NULL, "True between arm() and disarm().", NULL},
+    {"small_by_arena", (getter)Cap_get_by_arena, NULL,
+     "True when the last arm() found pymalloc and our arena hook in force: small blocks from a "
+     "domain whose hooked allocator is pymalloc are charged through their arenas (others one by one).", NULL},
     {NULL}
 };
 

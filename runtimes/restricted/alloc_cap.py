@@ -1,7 +1,7 @@
 """The hard in-process memory cap: the `_alloccap` C extension, loaded on first use.
 
-Loading the extension wraps the interpreter's MEM and OBJ allocators for the whole process
-(see the design note at the top of ``_alloccap.c``). A `Budget` built with a cap arms it on
+Loading the extension wraps the interpreter's MEM and OBJ allocators and pymalloc's arena
+allocator for the whole process (see the design note at the top of ``_alloccap.c``). A `Budget` built with a cap arms it on
 the guest's thread while guest code runs: past ``memory_bytes`` an allocation fails with
 `MemoryError` and the cap is marked tripped, which stops the run as ``limit_exceeded``
 (memory). The extension is built at install time (``pip install -e .`` or
@@ -34,10 +34,10 @@ def _load() -> Any:
 
 
 OVERHEAD_SHARE = 8
-"""The cap charges each block its size rounded to its allocator unit, not what the allocator
-spends around it (pymalloc pool headers, partly used pools and arenas, malloc bookkeeping):
-up to about a tenth more resident memory for many small objects. `armed_limit` keeps
-1/OVERHEAD_SHARE of ``memory_bytes`` for it, so resident growth stays within ``memory_bytes``."""
+"""The cap charges small objects through the pymalloc arenas mapped for them (pool headers and
+partly used pools included) but each larger block only its size rounded to its allocator unit,
+not malloc's bookkeeping around it. `armed_limit` keeps 1/OVERHEAD_SHARE of ``memory_bytes``
+for that, so resident growth stays within ``memory_bytes``."""
 
 
 def armed_limit(memory_bytes: int) -> int:
