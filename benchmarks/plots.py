@@ -46,7 +46,8 @@ def ci_error(entry: dict[str, Any], scale: float = 1.0) -> tuple[float, float]:
 def _footer(fig: Any, results: dict[str, Any]) -> None:
     m = results["machine"]
     fig.text(0.01, 0.005, f"{m['cpu_model']}, {m['cpu_count_logical']} CPUs, Python {m['python']}, "
-             f"{m['timestamp_utc']}{' (quick run)' if results['config'].get('quick') else ''}",
+             f"{m['timestamp_utc']}{' (quick run)' if results['config'].get('quick') else ''}"
+             f"{'; background work settled between bursts' if results['config'].get('settle') else ''}",
              fontsize=7, color="#777777")
 
 
@@ -148,7 +149,7 @@ def scaling(results: dict[str, Any], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("concurrent threads (process isolation: workers)")
     ax.set_ylabel("runs per second, trivial snippet fresh (log)")
-    ax.set_title(f"Scaling on {results['machine']['cpu_count_logical']} CPUs")
+    ax.set_title(f"Scaling on {results['machine']['cpu_count_logical']} CPUs (refills run alongside: sustained load)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(which="both", alpha=0.25)
     _footer(fig, results)
