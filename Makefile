@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py runtimes/restricted/_alloccap.c runtimes/restricted/_deepstack.c sandbox/_handoff.c
+$(STAMP): pyproject.toml setup.py runtimes/restricted/_alloccap.c runtimes/restricted/_deepstack.c sandbox/_handoff.c runtimes/_wirecopy.c
 	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench,cedar,data,dataframes,mcp,smolagents,langchain,ray]'
-	$(PY) -c 'from runtimes.restricted import _alloccap, _deepstack; from sandbox import _handoff'  # the editable install built them in place
+	$(PY) -c 'from runtimes.restricted import _alloccap, _deepstack; from sandbox import _handoff; from runtimes import _wirecopy'  # the editable install built them in place
 	@touch $(STAMP)
 
 system-deps:
@@ -40,4 +40,4 @@ bench: guest
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache runtimes/restricted/_alloccap*.so runtimes/restricted/_deepstack*.so sandbox/_handoff*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache runtimes/restricted/_alloccap*.so runtimes/restricted/_deepstack*.so sandbox/_handoff*.so runtimes/_wirecopy*.so

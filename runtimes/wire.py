@@ -438,15 +438,34 @@ class _Walk:
         return self.tag(name, None, 0, result)
 
 
+try:  # the C fast path (`_wirecopy.c`); absent in the wasi guest and wherever it is not built
+    from runtimes import _wirecopy as _fast
+except ImportError:
+    _fast = None  # type: ignore[assignment]
+else:
+    _fast.configure(TAG, SECRET_MARKER, "tuple", "v", MAX_DEPTH, MAX_INT_BITS, _CHECK_EVERY, _TAG_BYTES)
+
+_NO_CAP = sys.maxsize
+
+
 def _convert(value: Any, as_json: bool, *, lenient: bool, max_bytes: int | None, handle_token: Any,
-             default: Any, check: Any) -> Any:
-    walk = _Walk(as_json, lenient, max_bytes, handle_token, default, check)
+             default: Any, check: Any, fast: bool = True) -> Any:
+    """The conversion `plain` and `encode` describe. A value made only of exact JSON types and
+    tuples is copied by the C fast path when it is built (``fast``), with the same result, caps,
+    accounting and checks; anything it does not handle (another type, an error, a refusal) is
+    converted again from the start by the Python walk, which alone raises and repairs."""
     # The copy builds only fresh containers that hold no cycle: collecting while it runs finds
     # no garbage, and a large copy would trigger collections of every generation for nothing.
     paused = type(value) in _CONTAINER_TYPES and gc.isenabled()
     if paused:
         gc.disable()
     try:
+        if fast and _fast is not None:
+            result = _fast.copy(value, as_json, handle_token is not None, _NO_CAP if max_bytes is None else max_bytes,
+                                _NO_CAP if max_bytes is None else max_nodes(max_bytes), check)
+            if result is not _fast.UNHANDLED:
+                return result
+        walk = _Walk(as_json, lenient, max_bytes, handle_token, default, check)
         result = walk.walk(value, 0)
     except RecursionError:
         raise ValueTooLarge(f"the value is nested deeper than {MAX_DEPTH} levels") from None
