@@ -13,6 +13,8 @@
  * the Python walk alone, and this code never runs code of the value's own (no method of a
  * subclass, no __repr__, no __eq__: only exact types are touched).
  *
+ * `depth` is `runtimes.wire.depth`: the nesting depth of plain data, counted up to a limit.
+ *
  * Exceptions from `check()` and from allocation (MemoryError) propagate as they would from the
  * Python walk. Containers being walked and the items being converted are held by strong
  * references, and list/dict bounds are read again after every call that may run Python code
@@ -481,6 +483,86 @@ wirecopy_copy(PyObject *module, PyObject *args)
     return result;
 }
 
+static int
+is_container(PyObject *value)
+{
+    PyTypeObject *kind = Py_TYPE(value);
+    return kind == &PyList_Type || kind == &PyDict_Type || kind == &PyTuple_Type || kind == &PySet_Type ||
+           kind == &PyFrozenSet_Type;
+}
+
+/* Depth of the container `value` at nesting `level`, counted up to `limit + 1`; -1 with an
+ * exception set. Only exact container types are entered, so no code of the value's runs. */
+static Py_ssize_t
+depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit)
+{
+    if (level > limit) {
+        return level;
+    }
+    Py_ssize_t deepest = level;
+    PyTypeObject *kind = Py_TYPE(value);
+    if (kind == &PyList_Type || kind == &PyTuple_Type) {
+        int list = kind == &PyList_Type;
+        Py_ssize_t n = list ? PyList_GET_SIZE(value) : PyTuple_GET_SIZE(value);
+        for (Py_ssize_t i = 0; i < n && deepest <= limit; i++) {
+            PyObject *child = list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i);
+            if (is_container(child)) {
+                Py_ssize_t d = depth_of(child, level + 1, limit);
+                if (d < 0) {
+                    return -1;
+                }
+                deepest = d > deepest ? d : deepest;
+            }
+        }
+        return deepest;
+    }
+    if (kind == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *child;
+        while (deepest <= limit && PyDict_Next(value, &pos, &key, &child)) {
+            if (is_container(child)) {
+                Py_ssize_t d = depth_of(child, level + 1, limit);
+                if (d < 0) {
+                    return -1;
+                }
+                deepest = d > deepest ? d : deepest;
+            }
+        }
+        return deepest;
+    }
+    PyObject *iterator = PyObject_GetIter(value);  /* an exact set or frozenset */
+    if (iterator == NULL) {
+        return -1;
+    }
+    PyObject *child;
+    while (deepest <= limit && (child = PyIter_Next(iterator)) != NULL) {
+        Py_ssize_t d = is_container(child) ? depth_of(child, level + 1, limit) : level;
+        Py_DECREF(child);
+        if (d < 0) {
+            Py_DECREF(iterator);
+            return -1;
+        }
+        deepest = d > deepest ? d : deepest;
+    }
+    Py_DECREF(iterator);
+    return PyErr_Occurred() ? -1 : deepest;
+}
+
+static PyObject *
+wirecopy_depth(PyObject *module, PyObject *args)
+{
+    PyObject *value;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "On:depth", &value, &limit)) {
+        return NULL;
+    }
+    if (!is_container(value)) {
+        return PyLong_FromLong(0);
+    }
+    Py_ssize_t d = depth_of(value, 1, limit);
+    return d < 0 ? NULL : PyLong_FromSsize_t(d);
+}
+
 static PyObject *
 wirecopy_configure(PyObject *module, PyObject *args)
 {
@@ -509,6 +591,8 @@ static PyMethodDef methods[] = {
     {"copy", wirecopy_copy, METH_VARARGS,
      "copy(value, as_json, handle_token, max_bytes, max_nodes, check): the plain copy of a value made only of "
      "exact JSON types (and tuples), or UNHANDLED when the Python walk must convert it."},
+    {"depth", wirecopy_depth, METH_VARARGS,
+     "depth(value, limit): runtimes.wire.depth of plain data, counted up to limit + 1."},
     {"configure", wirecopy_configure, METH_VARARGS,
      "configure(tag, secret_marker, tuple_name, v_key, max_depth, max_int_bits, check_every, tag_bytes)"},
     {NULL, NULL, 0, NULL},

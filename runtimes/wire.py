@@ -446,6 +446,8 @@ else:
     _fast.configure(TAG, SECRET_MARKER, "tuple", "v", MAX_DEPTH, MAX_INT_BITS, _CHECK_EVERY, _TAG_BYTES)
 
 _NO_CAP = sys.maxsize
+_C_DEPTH_LIMIT = 10_000
+"""Deepest limit the C `depth` recurses to (its C stack frames are small)."""
 
 
 def _convert(value: Any, as_json: bool, *, lenient: bool, max_bytes: int | None, handle_token: Any,
@@ -645,7 +647,13 @@ _CONTAINERS = (list, dict, tuple, set, frozenset)
 
 def depth(value: Any, limit: int = MAX_DEPTH) -> int:
     """Nesting depth of plain data (a scalar is 0, ``[1]`` is 1), counted up to ``limit + 1``;
-    iterative, one pass over the containers."""
+    one pass over the containers (in C where the fast path is built, for limits it can recurse to)."""
+    if _fast is not None and limit <= _C_DEPTH_LIMIT:
+        return _fast.depth(value, limit)
+    return _depth(value, limit)
+
+
+def _depth(value: Any, limit: int) -> int:
     level = 0
     current = [value] if type(value) in _CONTAINERS else []
     while current:

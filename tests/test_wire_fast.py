@@ -204,3 +204,20 @@ def test_plain_json_data_takes_the_fast_path() -> None:
     value = {"data": [{"id": i, "name": f"item-{i}", "tags": ["x"], "score": i * 0.5, "ok": None} for i in range(100)]}
     copied = _fast.copy(value, False, False, 1 << 20, wire.max_nodes(1 << 20), None)
     assert copied is not _fast.UNHANDLED and copied == value and copied["data"][0] is not value["data"][0]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=st.recursive(scalars, lambda children: st.one_of(
+    st.lists(children, max_size=4), st.lists(children, max_size=4).map(tuple),
+    st.dictionaries(st.text(max_size=3), children, max_size=4),
+    st.frozensets(st.one_of(st.integers(), st.tuples(st.integers(), st.tuples(st.integers()))), max_size=3),
+    st.sets(st.frozensets(st.integers(), max_size=2), max_size=3),
+), max_leaves=30), limit=st.integers(min_value=0, max_value=8))
+def test_depth_agrees_with_python(value: Any, limit: int) -> None:
+    assert wire.depth(value, limit) == wire._depth(value, limit)
+
+
+def test_depth_counts_up_to_the_limit() -> None:
+    value = _nested(300)
+    assert wire.depth(value, wire.JSON_DEPTH) == wire._depth(value, wire.JSON_DEPTH) == wire.JSON_DEPTH + 1
+    assert wire.depth(value, 1000) == 300
