@@ -15,6 +15,9 @@
  *
  * `depth` is `runtimes.wire.depth`: the nesting depth of plain data, counted up to a limit.
  *
+ * One file over the usual length: the copy, its shared-reference table and the depth count
+ * share the exact-type rules and the constants `configure` sets.
+ *
  * Exceptions from `check()` and from allocation (MemoryError) propagate as they would from the
  * Python walk. Containers being walked and the items being converted are held by strong
  * references, and list/dict bounds are read again after every call that may run Python code
