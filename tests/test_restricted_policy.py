@@ -437,6 +437,60 @@ def test_a_guest_cannot_define_a_class_property() -> None:
         assert not run(code)["ok"], code
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        # ``range`` is not the real one: its elements are tested as usual.
+        "def f():\n    for i in range(1):\n        y = i * 10**9\nrange = lambda n: ['ab']\nf()",
+        "def f(range):\n    for i in range(1):\n        y = i * 10**9\nf(lambda n: ['ab'])",
+        "def f():\n    range = lambda n: ['ab']\n    for i in range(1):\n        y = i * 10**9\nf()",
+        # the loop variable is bound elsewhere in the function: no shortcut.
+        "def f():\n    for i in range(1):\n        i = 'ab'\n        y = i * 10**9\nf()",
+        "def f():\n    for i in range(1):\n        i += 'ab' if False else 0\n        i = 'ab' if True else i\n        y = i * 10**9\nf()",
+        "def f():\n    def g():\n        nonlocal i\n        i = 'ab'\n    for i in range(1):\n        g()\n        y = i * 10**9\nf()",
+        "def f():\n    for i in range(1):\n        [(i := 'ab') for k in range(1)]\n        y = i * 10**9\nf()",
+        "def f():\n    for i in range(2):\n        y = i * 10**9\n    for i in ['ab']:\n        pass\nf()\ndef g():\n    for i in ['ab']:\n        for j in range(1):\n            y = i * 10**9\ng()",
+        "i = 0\ndef g():\n    global i\n    i = 'ab'\ndef f():\n    global i\n    for i in range(1):\n        g()\n        y = i * 10**9\nf()",
+        "def f():\n    try:\n        for i in range(1):\n            raise ValueError('ab')\n    except ValueError as i:\n        pass\n    for i in range(1):\n        y = str(i) * 10**9\nf()",
+        # at module level (session globals, exec, finalisers can rebind names): no shortcut.
+        "def g():\n    global i\n    i = 'ab'\nfor i in range(1):\n    g()\n    y = i * 10**9",
+    ],
+)
+def test_range_loop_shortcut_keeps_the_size_guards(code: str) -> None:
+    """A function's ``for i in range(...)`` skips the type test of ``i`` only when ``range`` is
+    the real one and nothing but the loop binds ``i``; every other case still reaches the guard."""
+    err = error(code, memory_cap=False)
+    assert err["kind"] == "limit_exceeded" and err["limit"] == "memory", err
+
+
+def test_range_loop_shortcut_matches_python() -> None:
+    code = (
+        "def f(n, a):\n"
+        "    total = 0\n"
+        "    for i in range(n):\n"
+        "        if i == 3:\n            continue\n"
+        "        total += i * i % 7 + a * i\n"
+        "        for j in range(i, 0, -2):\n"
+        "            total += i * j % (j + 1) - (i << 2) ** 2 // 3\n"
+        "        total += sum(i * k for k in range(3))\n"
+        "        exec('i = 100')\n"
+        "        total *= i % 5 + 1\n"
+        "        if total > 10 ** 12:\n            break\n"
+        "    else:\n        total -= i * 2\n"
+        "    return total\n"
+        "def gen(n):\n"
+        "    for i in range(n):\n"
+        "        yield i * i % 3\n"
+        "class Box:\n"
+        "    def scale(self, n, f):\n"
+        "        return [f * i % 7 for i in range(n)] + [f * i for i in range(n)]\n"
+        "result = [f(10, 3), f(10, 2.5), f(1, 1), list(gen(6)), Box().scale(4, 1.5)]\n"
+    )
+    namespace: dict = {}
+    exec(code, namespace)
+    assert value(code + "result") == namespace["result"]
+
+
 def test_number_arithmetic_fast_path_matches_python() -> None:
     code = (
         "a, b, f, t, s = 7, -3, 2.5, True, 'ab'\n"

@@ -71,6 +71,7 @@ class Scaffold:
             "_sized_bytes_": budget.sized_bytes,
             "_numbers_": _NUMBER_TYPES,
             "_type_": type,
+            "_range_": range,
         }
         """Merged into the guest's globals at the start of every run (with the budget's tick
         sources ``_tick_`` and ``_enter_``, which a reset renews once a check has raised)."""

@@ -18,7 +18,7 @@ item/attribute stores through ``_write_``, no ``except*``, no ``match``, no asyn
   the guest's own objects only;
 * allows ``nonlocal`` and annotated assignments; unpacks tuple targets natively (see `visit_Assign`);
 * in ``exec`` mode, stores the value of a final expression statement in ``_result_``;
-* in a top-level program, declares its module-level names ``global`` (see `_declare_globals`).
+* in a top-level program, declares its module-level names ``global`` (see `name_scopes.declare_globals`).
 
 Print is not rewritten: ``print`` is an ordinary name bound to the run's bounded output.
 
@@ -43,22 +43,32 @@ the test itself calls only ``type`` and a frozenset lookup of a class.
 ``x op= <such an expression>`` for a name ``x`` and a guarded operator compiles the same way to
 ``x = (x op <expression>) if ... else _inplacevar_(...)``.
 
-The module stays whole (about 500 lines): every rewrite it makes is part of one policy
+**Range loops in functions.** In the body of a function's ``for i in range(...)`` whose ``i``
+nothing else binds (`name_scopes.range_loops`), ``i`` is tested by a flag set just before the
+loop, ``_tmpN = range is _range_``, instead of ``_type_(i) in _numbers_``: the real ``range``
+under ``_getiter_`` yields exact ints, and only the loop assigns a fast local that no
+``global``/``nonlocal`` names (the guest's ``exec`` runs on a snapshot of a function's locals,
+which is never written back). Not at module level, where other code can rebind any name.
+
+The module stays whole (about 550 lines): every rewrite it makes is part of one policy
 of what guest code may say, reviewed together.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
 from runtimes.guest import GUEST_FILENAME, STRING_FILENAME
 from runtimes.restricted.guards import DUNDER_ANY, DUNDER_METHODS
+from runtimes.restricted.name_scopes import declare_globals, range_loops
 
 RESULT_NAME = "_result_"
 
@@ -129,9 +139,10 @@ def _is_number(operand: ast.Name) -> ast.expr:
     return ast.Compare(_call("_type_", _clone(operand)), [ast.In()], [_name("_numbers_")])
 
 
-def _numbers_test(names: list[str]) -> ast.expr:
-    """``_type_(a) in _numbers_ and ...`` over the distinct ``names``."""
-    tests = [_is_number(_name(name)) for name in dict.fromkeys(names)]
+def _numbers_test(names: list[str], known: dict[str, str]) -> ast.expr:
+    """``_type_(a) in _numbers_ and ...`` over the distinct ``names``; a name in ``known`` (a
+    range loop's variable, `GuestTransformer.visit_For`) is tested by its loop's flag instead."""
+    tests = [_name(known[name]) if name in known else _is_number(_name(name)) for name in dict.fromkeys(names)]
     return tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
 
 
@@ -147,6 +158,23 @@ class GuestTransformer(RestrictingNodeTransformer):
         self.capture_result = capture_result
         self.names_global = names_global
         self._scopes: list[str] = []
+        self._known: list[dict[str, str]] = [{}]
+        """Per scope: names known to hold an int, each with the flag that says so (`visit_For`)."""
+        self._loops: list[frozenset[int]] = [frozenset()]
+        """Per scope: the range loops whose variable can be known (`name_scopes.range_loops`)."""
+
+    @contextlib.contextmanager
+    def _scope(self, kind: str, loops: frozenset[int] = frozenset()) -> Iterator[None]:
+        """A nested scope: nothing known of the enclosing scope's names carries into it."""
+        self._scopes.append(kind)
+        self._known.append({})
+        self._loops.append(loops)
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+            self._known.pop()
+            self._loops.pop()
 
     # names -------------------------------------------------------------------------------
 
@@ -166,7 +194,7 @@ class GuestTransformer(RestrictingNodeTransformer):
             copy_locations(store, last)
             node.body[-1] = store
         if self.names_global:
-            _declare_globals(node)
+            declare_globals(node)
         return node
 
     # functions and classes -----------------------------------------------------------------
@@ -178,11 +206,8 @@ class GuestTransformer(RestrictingNodeTransformer):
         else:
             self.check_name(node, node.name)
         self.check_function_argument_names(node)
-        self._scopes.append("function")
-        try:
+        with self._scope("function", range_loops(node)):
             node = self.node_contents_visit(node)
-        finally:
-            self._scopes.pop()
         self._prepend(node, node.body, "_enter_")
         return node
 
@@ -190,21 +215,15 @@ class GuestTransformer(RestrictingNodeTransformer):
         self.check_name(node, node.name)
         if any(keyword.arg == "metaclass" for keyword in node.keywords):
             self.error(node, 'The keyword argument "metaclass" is not allowed.')
-        self._scopes.append("class")
-        try:
+        with self._scope("class"):
             return self.node_contents_visit(node)
-        finally:
-            self._scopes.pop()
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         """Lambdas tick on entry too (``_enter_() or body``): C loops such as ``reduce`` or
         ``sorted(key=...)`` may call them endlessly without any guest loop in between."""
         self.check_function_argument_names(node)
-        self._scopes.append("function")
-        try:
+        with self._scope("function"):
             node = self.node_contents_visit(node)
-        finally:
-            self._scopes.pop()
         body = ast.BoolOp(ast.Or(), [_call("_enter_"), node.body])
         copy_locations(body, node.body)
         node.body = body
@@ -230,6 +249,59 @@ class GuestTransformer(RestrictingNodeTransformer):
         copy_locations(wrapped, node.iter)
         node.iter = wrapped
         return node
+
+    def visit_For(self, node: ast.For) -> ast.AST | list[ast.AST]:
+        """A loop of `name_scopes.range_loops` becomes ``_tmpF = range is _range_`` and the loop;
+        in its body (not its iterable or ``else``) the arithmetic fast path tests the variable by
+        ``_tmpF``, a hidden fast local, in place of a type test: when ``range`` is the real one,
+        ``_getiter_`` of the range it built yields exact ints, and nothing but the loop assigns
+        the variable. ``range`` is read just before the loop reads it, with nothing in between
+        that could run guest code, so both reads see the same object."""
+        if id(node) not in self._loops[-1]:
+            return self.guard_iter(node)
+        flag = self.gen_tmp_name()
+        variable = cast(ast.Name, node.target).id
+        node.target = self.visit(node.target)
+        iterable = self.visit(node.iter)
+        node.iter = _call("_getiter_", iterable)
+        copy_locations(node.iter, iterable)
+        outer = self._known[-1]
+        self._known[-1] = {**outer, variable: flag}
+        try:
+            node.body = self._visit_statements(node.body)
+        finally:
+            self._known[-1] = outer
+        node.orelse = self._visit_statements(node.orelse)
+        check = ast.Assign(targets=[ast.Name(flag, ast.Store())],
+                           value=ast.Compare(_name("range"), [ast.Is()], [_name("_range_")]))
+        copy_locations(check, node)
+        return [check, node]
+
+    def _visit_statements(self, statements: list[ast.stmt]) -> list[ast.stmt]:
+        result: list[ast.stmt] = []
+        for statement in statements:
+            new = self.visit(statement)
+            if isinstance(new, list):
+                result.extend(new)
+            elif new is not None:
+                result.append(new)
+        return result
+
+    def _comprehension(self, node: ast.expr, visit: Callable[[Any], Any]) -> ast.AST:
+        with self._scope("comprehension"):
+            return cast(ast.AST, visit(node))
+
+    def visit_ListComp(self, node: ast.ListComp) -> ast.AST:
+        return self._comprehension(node, super().visit_ListComp)
+
+    def visit_SetComp(self, node: ast.SetComp) -> ast.AST:
+        return self._comprehension(node, super().visit_SetComp)
+
+    def visit_DictComp(self, node: ast.DictComp) -> ast.AST:
+        return self._comprehension(node, super().visit_DictComp)
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp) -> ast.AST:
+        return self._comprehension(node, super().visit_GeneratorExp)
 
     def visit_While(self, node: ast.While) -> ast.AST | list[ast.AST]:
         node = self.node_contents_visit(node)
@@ -285,7 +357,7 @@ class GuestTransformer(RestrictingNodeTransformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         names: list[str] = []
         if _arithmetic_names(node, names) and names and _has_sized_op(node):
-            fast = ast.IfExp(_numbers_test(names), copy.deepcopy(node), self._guarded(node))
+            fast = ast.IfExp(_numbers_test(names, self._known[-1]), copy.deepcopy(node), self._guarded(node))
             copy_locations(fast, node)
             return fast
         node = self.node_contents_visit(node)
@@ -302,10 +374,9 @@ class GuestTransformer(RestrictingNodeTransformer):
         # ``a % b`` when ``a`` is one. Only for names and constants, which are safe to evaluate twice.
         checked = [left, right] if isinstance(node.op, ast.Mult) else [left] if isinstance(node.op, ast.Mod) else []
         if checked and all(_is_name_or_number(x) for x in (left, right)):
-            tests = [_is_number(x) for x in checked if isinstance(x, ast.Name)]
-            if tests:
-                test = tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
-                new = ast.IfExp(test, ast.BinOp(_clone(left), node.op, _clone(right)), new)
+            names = [x.id for x in checked if isinstance(x, ast.Name)]
+            if names:
+                new = ast.IfExp(_numbers_test(names, self._known[-1]), ast.BinOp(_clone(left), node.op, _clone(right)), new)
         copy_locations(new, node)
         return new
 
@@ -338,7 +409,7 @@ class GuestTransformer(RestrictingNodeTransformer):
         if op is not None and name is not None and _arithmetic_names(ast.BinOp(_name(name), node.op, node.value), names):
             self.check_name(node.target, name)
             fast = ast.IfExp(
-                _numbers_test(names),
+                _numbers_test(names, self._known[-1]),
                 ast.BinOp(_name(name), node.op, copy.deepcopy(node.value)),
                 _call("_inplacevar_", ast.Constant(op), _name(name), self._guarded(node.value)),
             )
@@ -418,45 +489,6 @@ class GuestTransformer(RestrictingNodeTransformer):
             copy_locations(new, node)
             return new
         return cast(ast.AST, super().visit_Attribute(node))
-
-
-def _declare_globals(module: ast.Module) -> None:
-    """Declare the names ``module`` binds or reads ``global`` in a statement of its own, placed
-    after its docstring and ``__future__`` imports, so its module-level code reads them with
-    ``LOAD_GLOBAL`` (cached per instruction) rather than ``LOAD_NAME`` (two dict lookups each).
-
-    Only for a top-level program, which the executor runs with its globals as its locals: then
-    both read and write the same dict, in the same order (globals, then builtins), and raise the
-    same NameError. Nested scopes resolve names as before (a module-level ``global`` only changes
-    how module-level code accesses them). Names annotated somewhere stay as they are
-    (``x: int`` may not name a global); a name that only a nested scope uses is harmless.
-    """
-    names: set[str] = set()
-    annotated: set[str] = set()
-    for node in ast.walk(module):
-        if isinstance(node, ast.Name):
-            names.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.alias):
-            names.add(node.asname or node.name.partition(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            annotated.add(node.target.id)
-    names -= annotated
-    names.discard("*")
-    if not names:
-        return
-    body = module.body
-    start = 0
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-        start = 1
-    while start < len(body) and isinstance(body[start], ast.ImportFrom) and cast(ast.ImportFrom, body[start]).module == "__future__":
-        start += 1
-    declaration = ast.Global(names=sorted(names))
-    copy_locations(declaration, body[min(start, len(body) - 1)])
-    body.insert(start, declaration)
 
 
 def _constant_spec_is_small(spec: ast.expr) -> bool:

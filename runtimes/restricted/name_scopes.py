@@ -1,0 +1,100 @@
+"""What the transformer needs to know about the names of a guest program's scopes.
+
+`declare_globals` makes a top-level program's module-level names globals (faster reads, same
+dict); `range_loops` finds the ``for`` loops over ``range`` whose variable only the loop binds.
+Both only read the tree they are given (`declare_globals` adds one statement to it); the
+transformer decides what to do with the answers.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from typing import cast
+
+from RestrictedPython.transformer import copy_locations
+
+
+def declare_globals(module: ast.Module) -> None:
+    """Declare the names ``module`` binds or reads ``global`` in a statement of its own, placed
+    after its docstring and ``__future__`` imports, so its module-level code reads them with
+    ``LOAD_GLOBAL`` (cached per instruction) rather than ``LOAD_NAME`` (two dict lookups each).
+
+    Only for a top-level program, which the executor runs with its globals as its locals: then
+    both read and write the same dict, in the same order (globals, then builtins), and raise the
+    same NameError. Nested scopes resolve names as before (a module-level ``global`` only changes
+    how module-level code accesses them). Names annotated somewhere stay as they are
+    (``x: int`` may not name a global); a name that only a nested scope uses is harmless.
+    """
+    names: set[str] = set()
+    annotated: set[str] = set()
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.partition(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            annotated.add(node.target.id)
+    names -= annotated
+    names.discard("*")
+    if not names:
+        return
+    body = module.body
+    start = 0
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        start = 1
+    while start < len(body) and isinstance(body[start], ast.ImportFrom) and cast(ast.ImportFrom, body[start]).module == "__future__":
+        start += 1
+    declaration = ast.Global(names=sorted(names))
+    copy_locations(declaration, body[min(start, len(body) - 1)])
+    body.insert(start, declaration)
+
+
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp, ast.DictComp,
+          ast.GeneratorExp)
+"""Nodes that open a scope of their own."""
+
+
+def range_loops(function: ast.FunctionDef) -> frozenset[int]:
+    """The ``for name in range(...)`` statements of ``function``'s own scope (by ``id``) whose
+    ``name`` the function binds nowhere else: a fast local that only the loop assigns, so in the
+    loop's body it holds the current element of the range the loop was started with.
+
+    Conservative: every binding of the name anywhere in the function, nested scopes included,
+    counts, and a ``global``/``nonlocal`` naming it anywhere disqualifies it (a closure that
+    declares it ``nonlocal`` could rebind it).
+    """
+    binds: Counter[str] = Counter()
+    declared: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            binds[node.id] += 1
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            binds[node.name] += 1
+        elif isinstance(node, ast.arg):
+            binds[node.arg] += 1
+        elif isinstance(node, ast.alias):
+            binds[node.asname or node.name.partition(".")[0]] += 1
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            binds[node.name] += 1
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            binds[node.rest] += 1
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            declared.update(node.names)
+    loops: set[int] = set()
+    pending: list[ast.AST] = list(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, SCOPES):
+            continue
+        if (isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Call)
+                and isinstance(node.iter.func, ast.Name) and node.iter.func.id == "range" and not node.iter.keywords
+                and not any(isinstance(arg, ast.Starred) for arg in node.iter.args)
+                and binds[node.target.id] == 1 and node.target.id not in declared):
+            loops.add(id(node))
+        pending.extend(ast.iter_child_nodes(node))
+    return frozenset(loops)
