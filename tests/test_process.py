@@ -26,7 +26,7 @@ from runtimes.wire import Fault  # noqa: E402
 from sandbox.errors import IsolationUnavailable  # noqa: E402
 from sandbox.limits import Limits  # noqa: E402
 from sandbox.process import ProcessDriver  # noqa: E402
-from sandbox.runtime import Job  # noqa: E402
+from sandbox.runtime import Job, Outcome  # noqa: E402
 
 ROOT = os.geteuid() == 0
 HAS_LANDLOCK = confine.landlock_abi() > 0
@@ -534,3 +534,18 @@ def test_child_frames_over_the_wire_caps_end_on_the_value_limit(driver, body, si
     out = driver._run_raw(_FORGE.format(body=body, size=size), Limits(wall_seconds=10, max_value_bytes=1 << 20))
     assert time.monotonic() - started < 10.5
     assert out.error is not None and out.error.kind == "limit_exceeded" and out.error.limit == "value", out.error
+
+
+def test_child_timings_are_its_word_and_never_exceed_the_exchange():
+    """A child's reported phases are kept only as known names with finite non-negative seconds,
+    and scaled down when they claim more than the exchange took."""
+    from sandbox.process.driver import _child_timings
+
+    assert _child_timings(None) is None
+    assert _child_timings({"child.execute": 0.5, "child.setup": -1, "child.finish": float("nan"),
+                           "child.other": 1.0, "child.rest": True}) == {"child.execute": 0.5}
+    outcome = ProcessDriver._with_phases(Outcome(ok=True, timings={"child.execute": 9.0, "child.setup": 1.0}),
+                                         2.0, take=0.1)
+    timings = outcome.timings or {}
+    assert timings["child.execute"] == pytest.approx(1.8) and timings["child.setup"] == pytest.approx(0.2)
+    assert timings["channel"] == 0.0 and timings["take"] == 0.1

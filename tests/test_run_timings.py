@@ -14,6 +14,7 @@ from sandbox.errors import ConfigurationError
 from sandbox.results import ErrorInfo, RunResult, Usage, trusted
 
 HOST_PHASES = {"prepare", "driver", "finish"}
+PROCESS_PHASES = ("driver.take", "driver.channel", "driver.child.setup", "driver.child.execute", "driver.child.finish")
 
 
 def test_timings_are_none_by_default(make_sandbox: Callable[..., Sandbox]) -> None:
@@ -33,8 +34,13 @@ def test_timings_have_the_phases_when_asked(make_sandbox: Callable[..., Sandbox]
         assert sum(driver_phases.values()) <= timings["driver"] + 1e-6
         if runtime == ("restricted", None):
             assert {"driver.compile", "driver.setup", "driver.execute", "driver.finish"} <= set(timings)
+        if runtime == ("restricted", "process"):
+            assert set(PROCESS_PHASES) | {"driver.reap"} <= set(timings), timings
     with sb.session() as session:
-        assert HOST_PHASES <= set(session.run("x = 1").timings or {})
+        timings = session.run("x = 1").timings or {}
+        assert HOST_PHASES <= set(timings)
+        if runtime == ("restricted", "process"):
+            assert set(PROCESS_PHASES) <= set(timings), timings
     assert '"timings":{' in sb.run("1").model_dump_json()
 
 

@@ -11,7 +11,9 @@ Lifecycle (all before any job arrives, so none of it is on a run's critical path
 Per job: apply the rlimits the host planned (``job["rlimits"]``), arm the CPU timer with the
 run's budget (``job["cpu_timer"]``: SIGPROF ends the child when it is spent), run the code with the executor, answer capability calls through the host,
 stream every piece of output to the host as an ``out`` frame as it is written (so it survives
-a kill), write ``done`` with the outcome (its output already sent) and this process's own rusage. A fresh-run child then exits;
+a kill), write ``done`` with the outcome (its output already sent), this process's own rusage
+and, when the job asked (``job["timings"]``), the seconds of its phases (``child.setup``: limits
+and program; ``child.execute``; ``child.finish``: the value's encoding). A fresh-run child then exits;
 a session child keeps its `GuestState` and waits for the next job.
 """
 
@@ -177,6 +179,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
 
     while True:
         job = read_message(chan)
+        received = time.perf_counter()
         if job.get("t") != "job":
             raise ChannelClosed(f"unexpected message {job.get('t')!r}")
         session = bool(job.get("session"))
@@ -192,6 +195,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                                      "internal", "InternalError", f"could not apply the run's limits: {exc}"))})
             raise ChannelClosed("rlimits failed") from None
         cpu0, _ = _rusage()
+        started = time.perf_counter()
         if job.get("raw"):
             if not allow_raw:
                 result = wire.outcome(error=wire.error("internal", "InternalError", "raw jobs are disabled"))
@@ -206,8 +210,8 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                     _program(job), limits=job.get("limits") or {}, call_host=call_host,
                     capabilities=tuple(job.get("capabilities") or ()),
                     secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
-                    inputs=job.get("inputs") or {}, state=state, deadline=job.get("deadline"),
-                    on_output=send_output, on_tick=pipe.flush)
+                    inputs=job.get("inputs") or {}, inputs_are_private=True,  # decoded for this run alone
+                    state=state, deadline=job.get("deadline"), on_output=send_output, on_tick=pipe.flush)
                 result["stdout"] = ""  # streamed already
             except MemoryError:
                 result = wire.outcome(error=_memory_error())
@@ -215,6 +219,7 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                 raise
             except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
                 result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
+        ended = time.perf_counter()
         pipe.flush()
         if job.get("cpu_timer"):
             confine.arm_cpu_timer(0)  # a session's next run arms its own budget
@@ -224,9 +229,12 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
         except wire.ValueTooLarge as exc:
             result = wire.outcome(stdout=result.get("stdout", ""), output_truncated=bool(result.get("output_truncated")),
                                   error=wire.value_error(exc))
+        done = {"t": "done", "outcome": result, "cpu": cpu1 - cpu0, "cpu_total": cpu1, "maxrss": maxrss}
+        if job.get("timings"):
+            done["timings"] = {"child.setup": started - received, "child.execute": ended - started,
+                               "child.finish": time.perf_counter() - ended}
         try:
-            write_message(chan, {"t": "done", "outcome": result, "cpu": cpu1 - cpu0, "cpu_total": cpu1,
-                                 "maxrss": maxrss})
+            write_message(chan, done)
         except (TypeError, ValueError) as exc:  # not JSON-serialisable: report, do not die
             write_message(chan, {"t": "done", "cpu": cpu1 - cpu0, "cpu_total": cpu1, "maxrss": maxrss,
                                  "outcome": wire.outcome(error=wire.error("internal", "WireError", str(exc)))})

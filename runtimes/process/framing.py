@@ -10,9 +10,10 @@ Messages (``"t"`` is the type):
 
 - child -> host: ``ready`` {layers, cpu} once the pre-warmed child is confined and waiting;
   ``out`` {s, text} for output as the guest writes it (``s`` is ``stdout`` or ``stderr``);
-  ``call`` {name, args, kwargs} for a capability call; ``done`` {outcome, cpu, maxrss}.
+  ``call`` {name, args, kwargs} for a capability call; ``done`` {outcome, cpu, cpu_total, maxrss,
+  timings} (``timings`` only when the job asked: seconds per phase of the child's own work).
 - host -> child: ``job`` {code, bytecode, limits, rlimits, cpu_timer, deadline, capabilities,
-  secrets, inputs, session, raw} (``bytecode``: the host-compiled program, base64 of `marshal`,
+  secrets, inputs, session, raw, timings} (``bytecode``: the host-compiled program, base64 of `marshal`,
   or null and the child compiles ``code``; ``cpu_timer``: seconds of CPU before SIGPROF);
   ``ret`` {value} or ``fault`` {fault} answering a ``call``.
 """

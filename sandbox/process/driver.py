@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import marshal
+import math
 import os
 import resource
 import signal
@@ -181,6 +182,7 @@ class ProcessDriver:
 
     def _run(self, job: Job, *, raw: bool) -> Outcome:
         deadline = job.control.deadline
+        started = time.perf_counter() if job.timings else 0.0
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
         try:
@@ -190,14 +192,32 @@ class ProcessDriver:
                 return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
             except (ChannelClosed, OSError) as exc:
                 return internal_error(f"no process worker: {exc}")
+            taken = time.perf_counter() if job.timings else 0.0
             try:
                 outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
-                return outcome
             finally:
+                exchanged = time.perf_counter() if job.timings else 0.0
                 child.end(max(KILLED_EXIT_TIMEOUT, deadline + KILLED_EXIT_TIMEOUT - time.monotonic()))
                 child.zygote.replenish()
+            if job.timings:
+                outcome = self._with_phases(outcome, exchanged - taken, take=taken - started,
+                                            reap=time.perf_counter() - exchanged)
+            return outcome
         finally:
             self._slots.release()
+
+    @staticmethod
+    def _with_phases(outcome: Outcome, exchange: float, **host: float) -> Outcome:
+        """``outcome`` with the driver's phases as its timings: the host's own (``host``: taking
+        the child, reaping it), the child's (its word, from its ``done`` frame, scaled down to fit
+        the exchange if it claims more) and ``channel``, the rest of the exchange: writing the job,
+        the wake-ups on both sides, reading and parsing the child's frames."""
+        child = outcome.timings or {}
+        claimed = sum(child.values())
+        if claimed > exchange:
+            child = {name: seconds * exchange / claimed for name, seconds in child.items()}
+        timings = {**host, **child, "channel": max(0.0, exchange - sum(child.values()))}
+        return outcome.model_copy(update={"timings": timings})
 
     def _run_on(self, child: ChildHandle, job: Job, deadline: float, *, session: bool, raw: bool = False
                 ) -> tuple[Outcome, bool]:
@@ -242,7 +262,7 @@ class ProcessDriver:
                         "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets],
                         "cpu_timer": None if "rlimits" in self._disable else limits.cpu_seconds + _CPU_TIMER_MARGIN,
-                        "deadline": deadline - _CHILD_DEADLINE_MARGIN})
+                        "deadline": deadline - _CHILD_DEADLINE_MARGIN, "timings": job.timings})
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False
@@ -330,7 +350,7 @@ class ProcessDriver:
                 output_truncated=bool(data.get("output_truncated")),
                 error=ErrorInfo.model_validate(error) if error else None,
                 cpu_seconds=float(msg.get("cpu") or 0.0), peak_memory_bytes=int(msg.get("maxrss") or 0) or None,
-                layers=layers)
+                layers=layers, timings=_child_timings(msg.get("timings")))
         except (ValidationError, TypeError, ValueError) as exc:
             return internal_error(f"the child sent a malformed outcome: {exc}")
 
@@ -428,6 +448,20 @@ def _bytecode(source: str) -> str | None:
     if not isinstance(code, types.CodeType):
         return None
     return base64.b64encode(marshal.dumps(code)).decode("ascii")
+
+
+_CHILD_PHASES = ("child.setup", "child.execute", "child.finish")
+
+
+def _child_timings(reported: object) -> dict[str, float] | None:
+    """The phases a child reported in its ``done`` frame, as far as they are the known phase
+    names with finite non-negative seconds (a child's report is its word: anything else is
+    dropped, never trusted); None when it reported none."""
+    if not isinstance(reported, dict):
+        return None
+    phases = {name: float(seconds) for name, seconds in reported.items()
+              if name in _CHILD_PHASES and isinstance(seconds, (int, float)) and not isinstance(seconds, bool)}
+    return {name: seconds for name, seconds in phases.items() if math.isfinite(seconds) and seconds >= 0}
 
 
 def _limit(limit: LimitName, message: str) -> Outcome:

@@ -44,6 +44,7 @@ class ProcessSession:
         return outcome.model_copy(update={"session_reset": True}) if reset else outcome
 
     def _run_child(self, job: Job, deadline: float) -> Outcome:
+        started = time.perf_counter() if job.timings else 0.0
         if self._child is None:
             try:
                 self._child = self._driver._take(deadline)
@@ -52,7 +53,9 @@ class ProcessSession:
                 return _waited_too_long()
             except (ChannelClosed, OSError) as exc:
                 return internal_error(f"no process worker: {exc}")
+        taken = time.perf_counter() if job.timings else 0.0
         outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
+        exchanged = time.perf_counter() if job.timings else 0.0
         if not alive:
             self._child.end(max(KILLED_EXIT_TIMEOUT, deadline + KILLED_EXIT_TIMEOUT - time.monotonic()))
             self._child = None
@@ -60,6 +63,9 @@ class ProcessSession:
             if outcome.error is not None:
                 outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
                     "message": outcome.error.message + " (the session's worker ended; its globals are lost)"})})
+        if job.timings:
+            outcome = self._driver._with_phases(outcome, exchanged - taken, take=taken - started,
+                                                reap=time.perf_counter() - exchanged)
         return outcome
 
     def close(self) -> None:
