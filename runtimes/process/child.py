@@ -4,7 +4,8 @@
 Lifecycle (all before any job arrives, so none of it is on a run's critical path):
 
 1. parent-death signal SIGKILL; close every descriptor but the channel (stdio is /dev/null);
-2. run a dummy restricted job, paying the copy-on-write faults and warming caches;
+2. run the warm-up job along a real job's path (`warm_up`), paying the copy-on-write faults
+   and warming caches;
 3. drop to the sandbox uid (root hosts), load the seccomp allowlist;
 4. write ``ready`` and block reading the job.
 
@@ -25,13 +26,14 @@ import os
 import resource
 import signal
 import time
+import types
 from typing import Any
 
 from runtimes import wire
 from runtimes.guest import LIMIT_MESSAGES, MEMORY
 from runtimes.process import confine
-from runtimes.process.framing import ChannelClosed, read_message, write_message
-from runtimes.restricted.transformer import Compiled
+from runtimes.process.framing import ChannelClosed, decode, encode, read_message, write_message
+from runtimes.restricted.transformer import Compiled, compile_guest
 
 WARMUP_CODE = """\
 total = 0
@@ -45,6 +47,33 @@ print(total, sorted(words))
 
 WARMUP_LIMITS = {"cpu_seconds": 5.0, "wall_seconds": 10.0, "memory_bytes": 256 << 20,
                  "max_output_bytes": 1 << 20, "max_recursion_depth": 500}
+
+
+def warmup_frame() -> bytes:
+    """The warm-up job framed as the host frames a job: `WARMUP_CODE` compiled as the host
+    compiles it (shipped as bytecode), with an input and the fields a job carries. Built once in
+    the zygote; every child runs it with `warm_up`."""
+    code = compile_guest(WARMUP_CODE).code
+    if not isinstance(code, types.CodeType):
+        raise RuntimeError("the warm-up program does not compile")
+    bytecode = base64.b64encode(marshal.dumps(code)).decode("ascii")
+    return encode({"t": "job", "code": WARMUP_CODE, "bytecode": bytecode, "limits": WARMUP_LIMITS,
+                   "inputs": wire.encode({"seed": [1, "a", 2.5, None]}), "capabilities": [], "secrets": [],
+                   "session": False, "raw": False, "rlimits": [], "cpu_timer": None, "deadline": None,
+                   "timings": False})
+
+
+def warm_up(executor: Any, frame: bytes) -> None:
+    """Run the warm-up job along a real job's path (parse its frame, load its bytecode, run it,
+    encode its ``done`` frame, which is not sent), so that the pages this path writes are
+    copied-on-write here, before the child is handed out, rather than during its job."""
+    job = decode(frame[4:])
+    result = _execute(executor, job, call_host=_no_host, state=None, on_output=_discard, on_tick=None)
+    encode(_done(job, result, cpu=0.0, cpu_total=0.0, maxrss=0))
+
+
+def _discard(text: str) -> None:
+    pass
 
 
 def _rusage() -> tuple[float, int]:
@@ -99,8 +128,8 @@ def _value_cap(limits: dict | None) -> int:
 
 
 def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid: int | None,
-          zygote_pid: int, layers: list[str], allow_raw: bool) -> None:
-    """Run in the forked child; never returns."""
+          zygote_pid: int, layers: list[str], allow_raw: bool, warmup: bytes) -> None:
+    """Run in the forked child; never returns. ``warmup`` is `warmup_frame`'s job."""
     status = 0
     try:
         confine.set_parent_death_signal(signal.SIGKILL)
@@ -109,11 +138,10 @@ def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid
         os.closerange(3, chan)
         os.closerange(chan + 1, 1 << 16)
         layers = list(layers)
-        # Warm-up: same code path as a real job (the zygote compiled and cached this source, as
-        # the host compiles a job's), before any confinement of our own. Once, without compiling:
-        # the host ships jobs compiled, so warming the compiler too (a copy-on-write fault for every
-        # page it touches, ~1 ms of CPU per child) would only help sources over the host's cap.
-        executor.execute(WARMUP_CODE, limits=WARMUP_LIMITS, call_host=_no_host)
+        # Before any confinement of our own. Without compiling: the host ships jobs compiled, so
+        # warming the compiler too (a copy-on-write fault for every page it touches, ~1 ms of CPU
+        # per child) would only help sources over the host's cap.
+        warm_up(executor, warmup)
         if uid is not None:
             confine.drop_to_uid(uid, gid if gid is not None else uid)
             layers.append("uid")
@@ -161,6 +189,35 @@ class _OutputPipe:
             write_message(self._chan, {"t": "out", "s": "stdout", "text": text})
 
 
+def _execute(executor: Any, job: dict, *, call_host: Any, state: Any, on_output: Any, on_tick: Any) -> dict:
+    """The outcome of running ``job``'s program with the executor (output goes to ``on_output``)."""
+    try:
+        result: dict = executor.execute(
+            _program(job), limits=job.get("limits") or {}, call_host=call_host,
+            capabilities=tuple(job.get("capabilities") or ()),
+            secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
+            inputs=job.get("inputs") or {}, inputs_are_private=True,  # decoded for this run alone
+            state=state, deadline=job.get("deadline"), on_output=on_output, on_tick=on_tick)
+        result["stdout"] = ""  # streamed already
+    except MemoryError:
+        result = wire.outcome(error=_memory_error())
+    except ChannelClosed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
+        result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
+    return result
+
+
+def _done(job: dict, result: dict, *, cpu: float, cpu_total: float, maxrss: int) -> dict:
+    """The ``done`` message for ``result``, its value encoded for the wire within the job's value cap."""
+    try:
+        result["value"] = wire.encode(result.get("value"), lenient=True, max_bytes=_value_cap(job.get("limits")))
+    except wire.ValueTooLarge as exc:
+        result = wire.outcome(stdout=result.get("stdout", ""), output_truncated=bool(result.get("output_truncated")),
+                              error=wire.value_error(exc))
+    return {"t": "done", "outcome": result, "cpu": cpu, "cpu_total": cpu_total, "maxrss": maxrss}
+
+
 def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
     state = None
 
@@ -205,31 +262,14 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                     send_output(result["stdout"])
                 result["stdout"] = ""
         else:
-            try:
-                result = executor.execute(
-                    _program(job), limits=job.get("limits") or {}, call_host=call_host,
-                    capabilities=tuple(job.get("capabilities") or ()),
-                    secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
-                    inputs=job.get("inputs") or {}, inputs_are_private=True,  # decoded for this run alone
-                    state=state, deadline=job.get("deadline"), on_output=send_output, on_tick=pipe.flush)
-                result["stdout"] = ""  # streamed already
-            except MemoryError:
-                result = wire.outcome(error=_memory_error())
-            except ChannelClosed:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the executor "never raises"; belt and braces
-                result = wire.outcome(error=wire.error("internal", type(exc).__name__, str(exc)))
+            result = _execute(executor, job, call_host=call_host, state=state, on_output=send_output,
+                              on_tick=pipe.flush)
         ended = time.perf_counter()
         pipe.flush()
         if job.get("cpu_timer"):
             confine.arm_cpu_timer(0)  # a session's next run arms its own budget
         cpu1, maxrss = _rusage()
-        try:
-            result["value"] = wire.encode(result.get("value"), lenient=True, max_bytes=_value_cap(job.get("limits")))
-        except wire.ValueTooLarge as exc:
-            result = wire.outcome(stdout=result.get("stdout", ""), output_truncated=bool(result.get("output_truncated")),
-                                  error=wire.value_error(exc))
-        done = {"t": "done", "outcome": result, "cpu": cpu1 - cpu0, "cpu_total": cpu1, "maxrss": maxrss}
+        done = _done(job, result, cpu=cpu1 - cpu0, cpu_total=cpu1, maxrss=maxrss)
         if job.get("timings"):
             done["timings"] = {"child.setup": started - received, "child.execute": ended - started,
                                "child.finish": time.perf_counter() - ended}

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             __import__(name)
         except ImportError:
             pass
-    executor.execute(child.WARMUP_CODE, limits=child.WARMUP_LIMITS, call_host=child._no_host)
+    warmup = child.warmup_frame()
+    child.warm_up(executor, warmup)
     layers.append("restricted-python")
     from runtimes.restricted import alloc_cap
 
@@ -187,11 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     ctrl.sendall(json.dumps({"t": "hello", "pid": os.getpid(), "layers": layers, "errors": errors,
                              "seccomp": seccomp_filter is not None,
                              "uid": uid}).encode())
-    _serve(ctrl, args, executor, seccomp_filter, uid, layers)
+    _serve(ctrl, args, executor, seccomp_filter, uid, layers, warmup)
 
 
 def _serve(ctrl: socket.socket, args: argparse.Namespace, executor: object, seccomp_filter: object,
-           uid: int | None, layers: list[str]) -> None:
+           uid: int | None, layers: list[str], warmup: bytes) -> None:
     from runtimes.process import child
 
     me = os.getpid()
@@ -205,7 +206,7 @@ def _serve(ctrl: socket.socket, args: argparse.Namespace, executor: object, secc
         if pid == 0:
             child.serve(child_end.fileno(), executor=executor, seccomp_filter=seccomp_filter, uid=uid,
                         gid=args.gid if args.gid is not None else uid, zygote_pid=me, layers=layers,
-                        allow_raw=args.allow_raw)
+                        allow_raw=args.allow_raw, warmup=warmup)
             os._exit(70)  # not reached
         child_end.close()
         pidfd = os.pidfd_open(pid)
