@@ -54,6 +54,9 @@ class RunBridge:
     the time left through `sandbox.capabilities.remaining_time`.
     """
 
+    __slots__ = ("_capabilities", "_loop", "_control", "_secrets", "_redactor", "_policy", "_recorder", "_lock",
+                 "_lean", "_waiting", "_cancel_hooked", "calls", "warnings")
+
     def __init__(
         self,
         capabilities: Mapping[str, Capability],
@@ -72,7 +75,7 @@ class RunBridge:
         self._recorder = recorder
         self._lock = threading.Lock()
         self._lean = secrets is None and policy is None and recorder is None
-        """Nothing to resolve, redact, ask or record: calls take `_run_lean`."""
+        # Nothing to resolve, redact, ask or record: calls take `_run_lean`.
         self._waiting: set[call_threads.Call[Any]] = set()
         self._cancel_hooked = False
         self.calls = 0

@@ -9,6 +9,7 @@ Functions here take the `Sandbox` whose configuration they read as their first a
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import keyword
 import logging
@@ -233,48 +234,10 @@ def execute(
     finish_start = time.perf_counter() if measure else 0.0
     timings = _host_timings(started, driver_start, finish_start, outcome.timings) if measure else None
 
-    def finish() -> RunResult:
-        error = outcome.error
-        stdout, stderr, value = outcome.stdout, outcome.stderr, outcome.value
-        if outcome.session_reset:
-            stderr = SESSION_RESET_NOTICE + stderr
-        if streamer is not None:
-            streamer.flush(outcome.output_truncated)
-        if redacting:
-            if error is not None:
-                error = error.model_copy(update={"message": redactor.text(error.message),
-                                                 "type": redactor.text(error.type)})
-            value = redactor.value(value)
-            stdout = redactor.text(stdout, truncated=outcome.output_truncated)
-            stderr = redactor.text(stderr, truncated=outcome.output_truncated)
-        changes = layer.changes(redactor.text if redacting else None) if layer is not None else None
-        # Every field below is already validated (the driver's Outcome) or made here: construct
-        # without validating again, which is most of the host's cost on a trivial run.
-        return trusted(RunResult, {
-            "ok": outcome.ok,
-            "value": value,
-            "stdout": stdout,
-            "stderr": stderr,
-            "output_truncated": outcome.output_truncated,
-            "error": error,
-            "usage": trusted(Usage, {
-                "wall_seconds": time.perf_counter() - started,
-                "cpu_seconds": outcome.cpu_seconds or 0.0,
-                "peak_memory_bytes": outcome.peak_memory_bytes,
-                "capability_calls": bridge.calls,
-            }),
-            "run_id": run_id,
-            "runtime": self.runtime,
-            "isolation": self.isolation,
-            "layers": outcome.layers,
-            "warnings": list(bridge.warnings),
-            "changes": changes,
-            "session_reset": outcome.session_reset,
-            "timings": timings,
-        })
-
     if redacting or layer is not None:  # work that grows with what the guest produced: bounded
-        future = call_threads.submit(finish)
+        future = call_threads.submit(functools.partial(
+            _build_result, self, outcome, run_id, started, bridge, timings, layer, redactor if redacting else None,
+            streamer))
         if call_threads.wait(future, control.remaining() + POST_RUN_GRACE):
             result = future.result()
         else:
@@ -291,7 +254,7 @@ def execute(
                 warnings=list(bridge.warnings), timings=timings,
             )
     else:
-        result = finish()
+        result = _build_result(self, outcome, run_id, started, bridge, timings, None, None, streamer)
     if timings is not None:
         timings["finish"] = time.perf_counter() - finish_start
     if recorder is not None and self.records is not None:
@@ -300,6 +263,50 @@ def execute(
         except Exception:
             log.exception("could not emit the run record of run %s", run_id)
     return result
+
+
+def _build_result(self: Sandbox, outcome: Outcome, run_id: str, started: float, bridge: RunBridge,
+                  timings: dict[str, float] | None, layer: Any, redactor: Redactor | None,
+                  streamer: StreamRedactor | None) -> RunResult:
+    """The run's `RunResult` from the driver's outcome: redacted when ``redactor`` is given, with
+    the overlay ``layer``'s changes when there is one."""
+    error = outcome.error
+    stdout, stderr, value, truncated = outcome.stdout, outcome.stderr, outcome.value, outcome.output_truncated
+    if outcome.session_reset:
+        stderr = SESSION_RESET_NOTICE + stderr
+    if streamer is not None:
+        streamer.flush(truncated)
+    if redactor is not None:
+        if error is not None:
+            error = error.model_copy(update={"message": redactor.text(error.message), "type": redactor.text(error.type)})
+        value = redactor.value(value)
+        stdout = redactor.text(stdout, truncated=truncated)
+        stderr = redactor.text(stderr, truncated=truncated)
+    changes = layer.changes(redactor.text if redactor is not None else None) if layer is not None else None
+    # Every field below is already validated (the driver's Outcome) or made here: construct
+    # without validating again, which is most of the host's cost on a trivial run.
+    return trusted(RunResult, {
+        "ok": outcome.ok,
+        "value": value,
+        "stdout": stdout,
+        "stderr": stderr,
+        "output_truncated": truncated,
+        "error": error,
+        "usage": trusted(Usage, {
+            "wall_seconds": time.perf_counter() - started,
+            "cpu_seconds": outcome.cpu_seconds or 0.0,
+            "peak_memory_bytes": outcome.peak_memory_bytes,
+            "capability_calls": bridge.calls,
+        }),
+        "run_id": run_id,
+        "runtime": self.runtime,
+        "isolation": self.isolation,
+        "layers": outcome.layers,
+        "warnings": list(bridge.warnings),
+        "changes": changes,
+        "session_reset": outcome.session_reset,
+        "timings": timings,
+    })
 
 
 def _host_timings(started: float, driver_start: float, driver_end: float,

@@ -12,6 +12,7 @@ strictly as the runtime can, with the limit named in the error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -97,7 +98,7 @@ class RunControl:
             if self.cancelled:
                 return False
             self.cancelled = True
-            hooks, self._hooks = self._hooks, []
+            hooks, self._hooks = tuple(self._hooks), []
         for hook in hooks:
             try:
                 hook()
@@ -110,16 +111,21 @@ class RunControl:
         with self._lock:
             if not self.cancelled:
                 self._hooks.append(hook)
-                return lambda: self._remove(hook)
+                return functools.partial(self._remove, hook)
         hook()
-        return lambda: None
+        return _nothing
 
     def _remove(self, hook: Callable[[], None]) -> None:
-        with self._lock:
-            try:
-                self._hooks.remove(hook)
-            except ValueError:
-                pass
+        # No lock: `cancel` takes a copy of the list (under its lock) and calls the copy's
+        # hooks, and a removal from the list is one atomic list operation.
+        try:
+            self._hooks.remove(hook)
+        except ValueError:
+            pass
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass(slots=True)
