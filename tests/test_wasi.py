@@ -629,6 +629,33 @@ def test_session_handles_from_an_earlier_run_are_dead(driver):
 # -- sessions and concurrency ------------------------------------------------------------------
 
 
+def test_a_spare_warmed_for_another_configuration_shows_none_of_it():
+    """Spares are warmed up with the options of the latest fresh run; a run of another
+    configuration that takes one finds nothing of the first's (its capability and secret names)."""
+    from sandbox import Sandbox
+    from sandbox.secrets import Secret
+    from sandbox.wasi._engine import get_runtime
+
+    def first_config_only(a: int) -> int:
+        """A capability only the first sandbox has."""
+        return a
+
+    probe = _UNGATED + (
+        "import sys\napp = sys.modules['app']\n"
+        "[sorted(app._capabilities), app._options_text, repr(app._options), sorted(app._flat)]"
+    )
+    with Sandbox("wasi", capabilities=[first_config_only], secrets={"first_config_key": Secret(value="tok-never-seen", capabilities=["first_config_only"])}) as first, \
+            Sandbox("wasi") as second:
+        for _ in range(3):  # every ready spare is now warmed up with the first's options
+            assert first.run("first_config_only(1)").value == 1
+            assert first.warm(timeout=30)
+        spares = get_runtime().spares
+        assert "first_config_only" in spares.warm_options.text and spares._ready  # the second run takes one
+        result = second.run(probe)
+    assert result.ok, result.error
+    assert "first_config" not in json.dumps(result.value), result.value
+
+
 def test_session_keeps_globals_and_recovers_after_a_trap(driver):
     session = driver.open_session()
     try:

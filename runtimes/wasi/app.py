@@ -486,7 +486,7 @@ _seeded = False
 has drawn from it since (the host's warm-up of a fresh instance reseeds it)."""
 
 
-def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
+def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = False) -> dict:
     global _session_globals, _current_output, _seeded
     cap = int(options.get("max_output", 1 << 20))
     value_cap = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
@@ -504,9 +504,9 @@ def _run(code: str, options: dict, inputs: dict, secrets: list) -> dict:
         _resources.clear()
         # the snapshot froze one PRNG state for every instance: draw fresh entropy (WASI random),
         # unless the host's warm-up of this instance just did and nothing ran since
-        if not _seeded or options.get("warm"):
+        if not _seeded or warm:
             random.seed()
-        _seeded = bool(options.get("warm"))
+        _seeded = warm
     _install(g, options, inputs, secrets)
     value = None
     error = None
@@ -573,6 +573,11 @@ _options_text: str | None = None
 _options: dict = {}
 """The last options text and its parsed form: the host sends the same text for every run of
 one configuration (the inputs travel separately), and nothing here mutates it."""
+WARM_INPUTS = ""
+"""The ``inputs-json`` of the host's warm-up of a fresh instance (never a run's: those are JSON
+objects). The warm-up runs ``None`` with the options of the run expected next, so that run finds
+them parsed and its capability functions made."""
+
 
 class WitWorld(wit_world.WitWorld):
     def run(self, code: str, options_json: str, inputs_json: str, secrets: list) -> str:
@@ -583,10 +588,12 @@ class WitWorld(wit_world.WitWorld):
                 _options, _options_text = _loads(options_json), options_json
                 names = _options.get("capabilities", ())
                 _flat.clear()
+                _capabilities.clear()  # another configuration's names stay out of this one's runs
                 if type(names) is list and all(type(n) is str and "." not in n for n in names):
                     _flat[id(names)] = names
-            inputs = _loads(inputs_json) if inputs_json != "{}" else {}
-            result = _run(code, _options, inputs, secrets)
+            warm = inputs_json == WARM_INPUTS
+            inputs = _loads(inputs_json) if inputs_json != "{}" and not warm else {}
+            result = _run(code, _options, inputs, secrets, warm)
             return wire.dumps(result)
         except MemoryError:
             limit = MemoryError

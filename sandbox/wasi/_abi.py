@@ -173,6 +173,8 @@ def run_inputs(job: Job) -> str | _ffi.StaticString:
     return json.dumps(wire.encode(dict(job.inputs)))
 
 
-WARM_OPTIONS = _ffi.StaticString(json.dumps({"capabilities": [], "secrets": [], "max_output": 1024, "recursion": 100,
-                                             "session": False, "warm": True}))
-"""Options of the empty program a spare runs once to warm up (see `sandbox.wasi._engine`)."""
+WARM_INPUTS = _ffi.StaticString("")
+"""The ``inputs-json`` that marks the host's warm-up of a fresh instance (see `sandbox.wasi._engine`)."""
+FIRST_WARM_OPTIONS = _ffi.StaticString(json.dumps({"capabilities": [], "secrets": [], "max_output": 1024, "recursion": 100,
+                                                   "session": False}))
+"""The options a spare is warmed up with before any fresh run has shown the ones to expect."""

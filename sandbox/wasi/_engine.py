@@ -24,7 +24,7 @@ from wasmtime.component import Component, Linker, ResourceType
 
 from sandbox.limits import Limits
 from sandbox.wasi import _ffi, _clock, build
-from sandbox.wasi._abi import NO_INPUTS, WARM_OPTIONS, call_run, call_trampoline, call_with_handles_trampoline, output_trampoline
+from sandbox.wasi._abi import FIRST_WARM_OPTIONS, WARM_INPUTS, call_run, call_trampoline, call_with_handles_trampoline, output_trampoline
 from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
 from sandbox.wasi._trap import TrapHandlers
 
@@ -150,6 +150,9 @@ class Spares:
         """Notified (all waiters) whenever the thread finishes a piece of work or stops."""
         self._busy = False
         self._failures = 0
+        self.warm_options: _ffi.StaticString = FIRST_WARM_OPTIONS
+        """The options of the latest fresh run: a spare is warmed up with them (see
+        `Runtime.new_instance`)."""
         self._thread: threading.Thread | None = None
 
     def _wake(self) -> None:
@@ -242,7 +245,7 @@ class Spares:
                 store.close()
                 continue
             try:
-                inst = self._rt.new_instance(_SPARE_LIMIT, warm=True)
+                inst = self._rt.new_instance(_SPARE_LIMIT, warm=self.warm_options)
             except Exception:  # noqa: BLE001 - runs fall back to instantiating themselves
                 with self._cond:
                     self._busy = False
@@ -295,15 +298,17 @@ class Runtime:
         self.ticker.exit()
         self.spares.run_finished()
 
-    def new_instance(self, memory_limit: int, *, warm: bool = False) -> "Instance":
+    def new_instance(self, memory_limit: int, *, warm: _ffi.StaticString | None = None) -> "Instance":
         """A fresh Store and guest instance (start-up fuel allowance, no deadline pressure).
 
-        With ``warm``, the guest's runner then runs the program ``None`` once (our code, no user
-        input, nothing kept: a fresh run builds new globals; the warm-up reseeds ``random``, so
-        the run need not), so that the pages the runner writes on its expression path are
-        already copied when the real run comes; that is most of a fresh run's cost
-        (copy-on-write faults on the pre-initialised heap), now paid off the critical path. The
-        fuel it burns is start-up fuel, not the user's.
+        With ``warm`` (options text), the guest's runner then runs the program ``None`` once with
+        those options (our code, no user input, nothing kept: a fresh run builds new globals; the
+        warm-up reseeds ``random``, so the run need not), so that the pages the runner writes on
+        its expression path are already copied when the real run comes; that is most of a fresh
+        run's cost (copy-on-write faults on the pre-initialised heap), now paid off the critical
+        path. A run with the same options also finds them parsed and its capability functions
+        made; a run with other options drops those first (the guest keeps one configuration).
+        The fuel it burns is start-up fuel, not the user's.
 
         Raises `WasmtimeError` when the guest cannot start (e.g. the memory limit is too low).
         """
@@ -320,9 +325,9 @@ class Runtime:
             store.close()
             raise
         func = instance.get_func(store, self.run_index)
-        if warm:
+        if warm is not None:
             try:
-                call_run(store, func, "None", WARM_OPTIONS, NO_INPUTS, [])
+                call_run(store, func, "None", warm, WARM_INPUTS, [])
             except BaseException:
                 store.close()
                 raise

@@ -51,13 +51,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import wasmtime
 from wasmtime.component import Component
 
+import runtimes
 from sandbox.errors import GuestBuildError
 
 WORLD = "sandbox"
@@ -89,14 +89,14 @@ def make_engine() -> wasmtime.Engine:
 
 def guest_dir() -> Path:
     """``runtimes/wasi`` (shipped as package data)."""
-    return Path(str(resources.files("runtimes").joinpath("wasi")))
+    return Path(runtimes.__file__).parent / "wasi"
 
 
 def _guest_sources() -> list[tuple[str, Path]]:
     root = guest_dir()
-    shared = resources.files("runtimes")
+    shared = root.parent
     files = [("app.py", root / "app.py")]
-    files += [(name, Path(str(shared.joinpath(name)))) for name in ("wire.py", "guest.py")]
+    files += [(name, shared / name) for name in ("wire.py", "guest.py")]
     files += [(f"wit/{p.name}", p) for p in sorted((root / "wit").glob("*.wit"))]
     return files
 

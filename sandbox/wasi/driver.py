@@ -119,6 +119,8 @@ class WasiDriver:
         output = StreamedOutput(job)
         state = RunState(job, tokens, job.control.deadline, output)
         options = run_options(job, session=session)
+        if not session:
+            rt.spares.warm_options = options  # the next spares are warmed up for runs like this one
         inputs = run_inputs(job)
         max_report = wire.report_bytes(limits.max_value_bytes, limits.max_output_bytes)
         previous = getattr(tls, "state", None)
