@@ -549,3 +549,27 @@ def test_child_timings_are_its_word_and_never_exceed_the_exchange():
     timings = outcome.timings or {}
     assert timings["child.execute"] == pytest.approx(1.8) and timings["child.setup"] == pytest.approx(0.2)
     assert timings["channel"] == 0.0 and timings["take"] == 0.1
+
+
+
+def test_only_a_reaped_process_reads_as_hung_up():
+    """`ChildHandle.end` takes a hung-up pidfd as proof that the zygote reaped the child: a live
+    process and an exited one that was not reaped yet (a zombie) never read as hung up."""
+    import subprocess
+
+    from sandbox.process.child_handle import _hung_up
+
+    proc = subprocess.Popen(["sleep", "30"])
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        assert not _hung_up(pidfd, 0)
+        proc.kill()
+        deadline = time.monotonic() + 5
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+        assert not _hung_up(pidfd, 50)
+        proc.wait()
+        assert not psutil.pid_exists(proc.pid)
+    finally:
+        os.close(pidfd)
