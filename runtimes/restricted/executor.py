@@ -13,21 +13,22 @@ import contextvars
 import decimal
 import gc
 import keyword
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from runtimes.guest import CPU, LIMIT_MESSAGES, OutputCap, SecretHandle, error_kind, guest_lineno, limit_of
+from runtimes.guest import CPU, LIMIT_MESSAGES, SecretHandle, error_kind, guest_lineno, limit_of
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
-from runtimes.restricted.grants import CallLink, install_grants
+from runtimes.restricted.grants import install_grants
 from runtimes.restricted.guest_stack import GUEST_STACK
-from runtimes.restricted.guest_builtins import base_builtins
+from runtimes.restricted.guest_state import GuestState, Output, give_back, take_spare
 from runtimes.restricted.scaffold import Scaffold
 from runtimes.restricted.transformer import RESULT_NAME, Compiled, compile_guest
 from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, outcome, plain, value_error
 
-_BASE_BUILTINS = base_builtins()
+__all__ = ["GuestState", "Output", "execute"]
 
 _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
@@ -37,82 +38,6 @@ _COLLECT_ABOVE = 8 << 20
 def _cancelled() -> Terminated:
     """The stop of a run the host cancelled."""
     return Terminated("cancelled", "Cancelled", "the run was cancelled by the host")
-
-
-class GuestState:
-    """Guest globals that persist across runs of a session. Opaque to callers.
-
-    Holds the guest's globals, one builtins dict that every run refreshes in place (functions
-    defined in an earlier run keep the builtins they were created with, so they print into
-    the current run's output), and one `Scaffold` (a `Budget` that every run resets, the guards,
-    builtins and hooks bound to it, an `Output` every run empties): loops and generators
-    suspended in an earlier run are checked against the current run's limits.
-    """
-
-    __slots__ = ("globals", "builtins", "kit", "stale_handles", "link")
-
-    def __init__(self) -> None:
-        self.globals: dict[str, Any] = {}
-        self.builtins: dict[str, Any] = dict(_BASE_BUILTINS)
-        self.kit: Scaffold | None = None
-        # Handles issued by earlier runs, with their (revoked) tokens: a handle kept in the
-        # session's globals is sent to the host as its old token, which the host refuses by name.
-        self.stale_handles: dict[int, tuple[SecretHandle, str]] = {}
-        # The capabilities, built once: one kept in a session's globals calls the host through
-        # the run that is current when it is called.
-        self.link = CallLink()
-
-    @property
-    def budget(self) -> Budget | None:
-        """The budget the session's runs share (None before the first run)."""
-        return self.kit.budget if self.kit is not None else None
-
-
-class Output(OutputCap):
-    """stdout of one run: kept up to ``cap`` bytes (UTF-8, `OutputCap`), the rest dropped and flagged.
-
-    ``sink``, when given, also receives each kept piece as it is written (streaming).
-    """
-
-    __slots__ = ("parts", "sink")
-
-    def __init__(self, cap: int, sink: Callable[[str], None] | None = None) -> None:
-        super().__init__(cap)
-        self.parts: list[str] = []
-        self.sink = sink
-
-    def reset(self, cap: int, sink: Callable[[str], None] | None) -> None:
-        """Empty, for a new run that keeps ``cap`` bytes and streams to ``sink``."""
-        OutputCap.__init__(self, cap)
-        self.parts = []
-        self.sink = sink
-
-    def write(self, text: str) -> int:
-        kept = self.keep(text)
-        if kept:
-            self.parts.append(kept)
-            if self.sink is not None:
-                self.sink(kept)
-        return len(text)
-
-    def print(self, *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
-        """The guest's ``print``; ``file`` may be an object of the guest's with a ``write`` method."""
-        if sep is None:
-            sep = " "
-        if end is None:
-            end = "\n"
-        if type(sep) is not str or type(end) is not str:
-            raise TypeError("print(): sep and end must be strings")
-        if file is None and self.truncated:
-            return
-        text = sep.join([str(arg) for arg in args]) + end
-        if file is None:
-            self.write(text)
-        else:
-            file.write(text)
-
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 def execute(
@@ -145,7 +70,8 @@ def execute(
     ``inputs_are_private=True`` says ``inputs`` are already plain data made for this run alone
     (a `runtimes.wire.plain` copy or freshly decoded wire JSON that nothing else holds): the guest
     gets them as they are, without a second copy (names are still checked).
-    ``state`` keeps globals across runs (None = fresh globals). Capability arguments and
+    ``state`` keeps globals across runs (None = fresh globals: a state an earlier fresh run left
+    clean, see `guest_state`, or a new one). Capability arguments and
     results are copied as plain data too, within ``max_value_bytes`` (optional in ``limits``).
     ``memory_cap`` arms the allocator cap (`alloc_cap`) at ``memory_bytes`` (less the allocator overhead share, see `alloc_cap.armed_limit`) while guest code
     runs: None uses it when the extension is built, True requires it (`RuntimeError` when it is
@@ -176,16 +102,21 @@ def execute(
         memory_cap = alloc_cap.available()
     elif memory_cap and not alloc_cap.available():
         raise RuntimeError(alloc_cap.unavailable_reason())
+    fresh = state is None
+    guest = (take_spare(memory_cap) or GuestState()) if state is None else state
     context = contextvars.copy_context()
 
     def run() -> dict:
-        return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, state,
-                           memory_cap, deadline, on_stop, on_output, on_tick, timings)
+        return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, guest,
+                           fresh, memory_cap, deadline, on_stop, on_output, on_tick, timings)
 
     try:
         return GUEST_STACK.run(run, int(limits["memory_bytes"]))
     except _HostFailure as failure:
         raise failure.original from None
+    finally:
+        if fresh:
+            give_back(guest)
 
 
 def _execute_safely(
@@ -195,14 +126,16 @@ def _execute_safely(
     capabilities: Sequence[str],
     secrets: Sequence[tuple[str, str, str]],
     inputs: dict[str, Any],
-    state: GuestState | None,
+    state: GuestState,
+    fresh: bool,
     memory_cap: bool,
     *hooks: Any,
 ) -> dict:
     """`_execute` on the thread that runs the guest; a fault in our own code becomes an internal error."""
     cpu_start = time.thread_time()
     try:
-        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, cpu_start, memory_cap, *hooks)
+        return _execute(code, limits, call_host, capabilities, secrets, inputs, state, fresh, cpu_start, memory_cap,
+                        *hooks)
     except (KeyboardInterrupt, SystemExit, _HostFailure):
         raise
     except BaseException as exc:  # a fault in our own code, never the guest's
@@ -244,7 +177,8 @@ def _execute(
     capabilities: Sequence[str],
     secrets: Sequence[tuple[str, str, str]],
     inputs: dict[str, Any],
-    state: GuestState | None,
+    state: GuestState,
+    fresh: bool,
     cpu_start: float,
     memory_cap: bool,
     deadline: float | None = None,
@@ -266,9 +200,6 @@ def _execute(
             cpu_seconds=time.thread_time() - cpu_start,
         )
 
-    fresh = state is None
-    if state is None:
-        state = GuestState()
     kit = state.kit
     if kit is None or (kit.budget.cap is not None) != memory_cap:
         kit = state.kit = Scaffold(Budget(limits, cpu_start, deadline, memory_cap=memory_cap),
@@ -284,31 +215,39 @@ def _execute(
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles
     link = state.link
-    link.open(call_host, budget, value_cap)
     state.builtins.update(kit.builtins)
-    guest_globals.update(kit.hooks)
-    # The budget's tick sources (renewed by a reset after a check raised): these two hooks are the run's own.
-    guest_globals["_tick_"] = budget.ticks
-    guest_globals["_enter_"] = budget.enter
-    if secrets or capabilities:
-        install_grants(guest_globals, capabilities, secrets, tokens, stale, link)
-    if inputs:
-        guest_globals.update(inputs)
-
+    if capabilities:
+        link.bind(capabilities)
+    stopper = unregister = before = None
     WATCHDOG.register(budget)
-    def stop() -> None:
-        budget.trip(_cancelled())
-
-    unregister = on_stop(stop) if on_stop is not None else None
-    if timings is not None:
-        mark = _phase(timings, "setup", mark)
     try:
+        # Taken before anything of this run refers to the state's objects other than what the
+        # end of the run takes back before `_release` measures again.
+        before = WATCHDOG.measure_quietly(state.measure) if fresh else None
+        link.open(call_host, budget, value_cap)
+        guest_globals.update(kit.hooks)
+        # The budget's tick sources (renewed by a reset after a check raised): these two hooks are the run's own.
+        guest_globals["_tick_"] = budget.ticks
+        guest_globals["_enter_"] = budget.enter
+        if secrets or capabilities:
+            install_grants(guest_globals, capabilities, secrets, tokens, stale, link)
+        if inputs:
+            guest_globals.update(inputs)
+        if on_stop is not None:
+            stopper = _Stopper(budget)
+            unregister = on_stop(stopper)
+        if timings is not None:
+            mark = _phase(timings, "setup", mark)
         # `execute` runs this in a copy of the caller's context made for this run alone.
-        err, value = _run_isolated(compiled.code, state, value_cap, link, fresh)
+        err, value = _run_isolated(compiled.code, state, value_cap)
     finally:
         link.close()
+        if stopper is not None:
+            stopper.end()
         if unregister is not None:
             unregister()
+        if fresh:
+            _release(state, before)
         WATCHDOG.unregister(budget)
         if not fresh and len(stale) < _MAX_STALE_HANDLES:
             stale.update(tokens)
@@ -337,40 +276,61 @@ def _phase(timings: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-def _run_isolated(code: Any, state: GuestState, value_cap: int, link: CallLink, fresh: bool) -> tuple[dict | None, Any]:
-    """`_run_program` in the run's own copy of the caller's context, with a decimal context of its own:
-    the guest's arithmetic sets flags and traps there, never on the host thread's context. A
-    fresh run's objects are released (`_release`) in that context too: releasing them may run
-    guest finalisers, which must find the run over."""
+class _Stopper:
+    """What the host calls to cancel one run (`execute`'s ``on_stop``): trips the run's budget
+    until the run ends, and never after, even from another thread (a session's or a reused
+    fresh state's budget is the next run's)."""
+
+    __slots__ = ("budget",)
+    _lock = threading.Lock()
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget: Budget | None = budget
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self.budget is not None:
+                self.budget.trip(_cancelled())
+
+    def end(self) -> None:
+        """The run is over: from now on a call does nothing."""
+        with self._lock:
+            self.budget = None
+
+
+def _run_isolated(code: Any, state: GuestState, value_cap: int) -> tuple[dict | None, Any]:
+    """`_run_program` with a decimal context of its own (in the run's own copy of the caller's
+    context): the guest's arithmetic sets flags and traps there, never on the host thread's context."""
     decimal.setcontext(decimal.Context())
     kit = state.kit
     assert kit is not None
-    try:
-        return _run_program(code, state.globals, kit.budget, value_cap)
-    finally:
-        if fresh:
-            link.close()
-            _release(state)
+    return _run_program(code, state.globals, kit.budget, value_cap)
 
 
-def _release(state: GuestState) -> None:
-    """Drop a fresh run's objects now and leave no cyclic garbage behind: its globals, its
-    builtins, the frames its stop holds, the cycles of its `Scaffold`, and, when the run allocated
-    much (guest cycles keep objects alive past their last reference), a collection. The next
-    run must not find the host still holding this run's memory on top of its own. Guest code
-    that outlives the run (a finaliser, a generator) finds no hooks or builtins and fails."""
+def _release(state: GuestState, before: tuple[list[int], list[int]] | None) -> None:
+    """Drop a fresh run's objects now (in the run's context: releasing them may run guest
+    finalisers, which must find the run over): its globals, the frames its stop holds and,
+    when the run allocated much (guest cycles keep objects alive past their last reference), a
+    collection. The next run must not find the host still holding this run's memory on top of
+    its own. The state is then kept for a later fresh run if the run `GuestState.left_clean`
+    (``before`` measured when it started), or else dismantled: guest code that outlives the
+    run (a finaliser, a generator) finds no hooks or builtins and fails."""
     kit = state.kit
     state.globals.clear()
-    state.builtins.clear()
     if kit is None:
         return
-    budget = kit.budget
-    if budget.stop is not None:
-        budget.stop.__traceback__ = None
-    kit.dismantle()
-    if budget.cap is not None and budget.cap.peak > _COLLECT_ABOVE:
+    # No local refers to the budget: `left_clean` counts the references to it.
+    stop, cap = kit.budget.stop, kit.budget.cap
+    if stop is not None:
+        stop.__traceback__ = None
+    if cap is not None and cap.peak > _COLLECT_ABOVE:
+        state.dismantle()
         gc.collect()
         alloc_cap.return_free_memory()
+    elif state.left_clean(before):
+        state.reusable = True
+    else:
+        state.dismantle()
 
 
 def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value_cap: int) -> tuple[dict | None, Any]:

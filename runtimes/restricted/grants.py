@@ -16,6 +16,8 @@ from runtimes.restricted.budget import Budget, LimitExceeded, Terminated
 from runtimes.wire import DEFAULT_VALUE_BYTES, Fault, ValueTooLarge, WireError, plain
 
 _LOG = logging.getLogger("sandbox.restricted")
+_MAX_CALLABLES = 256
+"""Capability callables a link keeps for later runs (a fresh-run state serves many hosts' names)."""
 
 
 class CallLink:
@@ -23,7 +25,7 @@ class CallLink:
     through: the current run's host bridge and limits, or nothing between runs (then they
     refuse to reach the host). The capability callables are built once per link, in ``callables``."""
 
-    __slots__ = ("call_host", "budget", "handle_token", "value_cap", "callables", "names", "namespace")
+    __slots__ = ("call_host", "budget", "handle_token", "value_cap", "callables", "names", "namespace", "exposed")
 
     def __init__(self) -> None:
         self.call_host: Callable[[str, list, dict], Any] | None = None
@@ -34,6 +36,27 @@ class CallLink:
         self.names: tuple[str, ...] | None = None
         self.namespace: dict[str, Any] = {}
         """The guest globals of the capabilities ``names`` (callables and read-only namespaces)."""
+        self.exposed: list[Any] = []
+        """Every callable and namespace of ``namespace`` (what guest code can keep of them)."""
+
+    def bind(self, capabilities: Sequence[str]) -> None:
+        """Make ``namespace`` the globals of ``capabilities``; the same names keep the same objects
+        (a session's later runs reuse its globals), and a name keeps its callable."""
+        names = tuple(capabilities)
+        if self.names == names:
+            return
+
+        def callable_for(name: str) -> Callable[..., Any]:
+            function = self.callables.get(name)
+            if function is None:
+                function = self.callables[name] = capability_function(name, self)
+            return function
+
+        if len(self.callables) > _MAX_CALLABLES:
+            self.callables.clear()
+        self.namespace = capability_globals(names, callable_for)
+        self.names = names
+        self.exposed = _members(self.namespace)
 
     def open(self, call_host: Callable[[str, list, dict], Any], budget: Budget, value_cap: int) -> None:
         """Route calls to this run (its ``handle_token`` is set by `install_grants`)."""
@@ -42,7 +65,16 @@ class CallLink:
     def close(self) -> None:
         """The run is over: calls refuse from now on, until the next `open`."""
         self.call_host = None
+        self.budget = None
         self.handle_token = _no_token
+
+    def dismantle(self) -> None:
+        """Break the cycles between the link and its callables (each refers to the link)."""
+        self.close()
+        self.callables.clear()
+        self.namespace = {}
+        self.names = None
+        self.exposed = []
 
 
 def _no_token(obj: Any) -> None:
@@ -73,18 +105,20 @@ def install_grants(
 
     link.handle_token = handle_token
 
-    names = tuple(capabilities)
-    if link.names != names:  # a session's later runs reuse the globals (read-only, same callables)
-
-        def callable_for(name: str) -> Callable[..., Any]:
-            function = link.callables.get(name)
-            if function is None:
-                function = link.callables[name] = capability_function(name, link)
-            return function
-
-        link.namespace = capability_globals(capabilities, callable_for)
-        link.names = names
+    link.bind(capabilities)
     guest_globals.update(link.namespace)
+
+
+def _members(namespace: Mapping[str, Any]) -> list[Any]:
+    """The values of ``namespace`` and, for each read-only `Namespace` among them, its members, recursively."""
+    found: list[Any] = []
+    pending = list(namespace.values())
+    while pending:
+        value = pending.pop()
+        found.append(value)
+        if type(value) is Namespace:
+            pending.extend(member for key, member in vars(value).items() if key[:1] != "_")
+    return found
 
 
 def capability_function(name: str, link: CallLink) -> Callable[..., Any]:

@@ -1,9 +1,10 @@
 """The guest objects of a restricted run that do not depend on its code or its grants.
 
-`Scaffold` builds them once per session (or once per fresh run) around one `Budget` and one
-output: the guards, the builtins that check sizes or print, the guest's ``eval``/``exec``, and
-the hooks the transformed code calls. `Scaffold.dismantle` breaks their reference cycles when a
-fresh run ends, so its objects are freed by reference counting rather than a later collection.
+`Scaffold` builds them once per `GuestState` (a session's, or one that fresh runs pass on while
+they leave nothing behind) around one `Budget` and one output: the guards, the builtins that
+check sizes or print, the guest's ``eval``/``exec``, and the hooks the transformed code calls.
+`Scaffold.dismantle` breaks their reference cycles when a state is discarded, so its objects are
+freed by reference counting rather than a later collection.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ class Scaffold:
     `Budget` and one `Output`: the guards, the builtins that check sizes or print, the guest's
     ``eval``/``exec``, and the hooks the transformed code calls (``_tick_``, ``_getattr_`` ...).
 
-    A session keeps one for all its runs (its budget and output are reset per run); a fresh run
-    makes its own and `dismantle`s it at the end.
+    A session keeps one for all its runs (its budget and output are reset per run); so does a
+    fresh-run state while it is reused, and it is `dismantle`d when the state is discarded.
     """
 
-    __slots__ = ("budget", "output", "guards", "builtins", "hooks")
+    __slots__ = ("budget", "output", "guards", "builtins", "hooks", "exposed")
 
     def __init__(self, budget: Budget, output: Any, guest_globals: dict[str, Any],
                  guest_builtins: dict[str, Any]) -> None:
@@ -75,6 +76,11 @@ class Scaffold:
         }
         """Merged into the guest's globals at the start of every run (with the budget's tick
         sources ``_tick_`` and ``_enter_``, which a reset renews once a check has raised)."""
+        self.exposed: list[Any] = [guest_globals, guest_builtins, budget, output, guards, guards.formatter,
+                                   guards.format_, guards.format_map, *functions.values()]
+        """Every object of the scaffold that guest code can obtain, or that holds the budget for
+        it: whatever guest code keeps of a run holds a reference to one of them (a function or
+        frame holds the builtins dict; a guard's or size check's closure holds the budget or guards)."""
 
     def dismantle(self) -> None:
         """Break the reference cycles among these objects (the guards and their formatter, the
@@ -85,6 +91,7 @@ class Scaffold:
         self.budget.enter = ENDED.__next__
         self.builtins.clear()
         self.hooks.clear()
+        self.exposed.clear()
 
 
 class _Ended:

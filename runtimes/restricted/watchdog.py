@@ -11,20 +11,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from runtimes.restricted.budget import Budget
 
 _WATCHDOG_PERIOD = 0.005
+T = TypeVar("T")
 
 
 class Watchdog:
     """One daemon thread that polls active budgets every few milliseconds.
 
-    `register`/`unregister` are cheap (a dict operation under a lock). The thread starts on
-    the first registration and exits after a second without runs. If a thread cannot be
-    started (for example under a seccomp filter), runs rely on their own tick checks.
+    `register`/`unregister` are one dict operation each (atomic under the GIL); only starting
+    the thread takes a lock. The thread starts on the first registration and exits after a
+    second without runs. If a thread cannot be started (for example under a seccomp filter),
+    runs rely on their own tick checks.
     """
 
     def __init__(self) -> None:
@@ -32,6 +35,9 @@ class Watchdog:
         self._active: dict[int, Budget] = {}
         self._thread: threading.Thread | None = None
         self._disabled = False
+        self._polls = 0
+        """Polls begun; with ``_polling``, tells `measure_quietly` whether a poll overlapped it."""
+        self._polling = False
 
     def disable(self) -> None:
         """Never start the thread again (a process that forks or forbids threads); runs then
@@ -39,39 +45,69 @@ class Watchdog:
         self._disabled = True
 
     def register(self, budget: Budget) -> None:
+        """Poll ``budget`` (run on the calling thread) until `unregister`."""
         try:
             budget.clock_id = time.pthread_getcpuclockid(threading.get_ident())
         except (AttributeError, OSError):
             budget.clock_id = None
-        with self._lock:
-            self._active[id(budget)] = budget
-            if self._thread is None and not self._disabled:
-                try:
-                    thread = threading.Thread(target=self._loop, name="sandbox-restricted-watchdog", daemon=True)
-                    thread.start()
-                except Exception:  # cannot start threads here: ticks still check on their own
-                    return
-                self._thread = thread
+        self._active[id(budget)] = budget
+        if self._thread is None and not self._disabled:
+            self._start()
 
     def unregister(self, budget: Budget) -> None:
+        self._active.pop(id(budget), None)
+
+    def measure_quietly(self, measure: Callable[[], T]) -> T | None:
+        """``measure()``, or None when a poll of this watchdog overlapped it: a poll holds
+        references to the budgets it polls, which a reference count must not include."""
+        polls = self._polls
+        if self._polling:
+            return None
+        result = measure()
+        if self._polling or self._polls != polls:
+            return None
+        return result
+
+    def _start(self) -> None:
         with self._lock:
-            self._active.pop(id(budget), None)
+            if self._thread is not None or self._disabled:
+                return
+            try:
+                thread = threading.Thread(target=self._loop, name="sandbox-restricted-watchdog", daemon=True)
+                thread.start()
+            except Exception:  # cannot start threads here: ticks still check on their own
+                return
+            self._thread = thread
 
     def _loop(self) -> None:
         idle_since = time.monotonic()
+        me = threading.current_thread()
         while True:
             time.sleep(_WATCHDOG_PERIOD)
             now = time.monotonic()
-            with self._lock:  # only copies: nothing runs under the lock
-                active = list(self._active.values())
-                if not active and now - idle_since > 1.0:
-                    self._thread = None
-                    return
-            if active:
+            # `measure_quietly` relies on this order: ``_polling`` set before the count moves
+            # and before any budget is referenced, cleared after the references are dropped.
+            self._polling = True
+            self._polls += 1
+            try:
+                busy = self._poll(now)
+            finally:
+                self._polling = False
+            if busy:
                 idle_since = now
-            for budget in active:
-                budget.watchdog_poll(now)
+            elif now - idle_since > 1.0:
+                with self._lock:
+                    self._thread = None
+                    if not self._active:
+                        return
+                    self._thread = me  # a run registered meanwhile: keep polling
 
+    def _poll(self, now: float) -> bool:
+        """Poll every active budget; True when there was one. Its references end with the call."""
+        active = list(self._active.copy().values())
+        for budget in active:
+            budget.watchdog_poll(now)
+        return bool(active)
 
     def _after_fork_in_child(self) -> None:
         # A forked child inherits the lock in whatever state the parent's watchdog left it, and
@@ -79,6 +115,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._active = {}
         self._thread = None
+        self._polling = False
 
 
 WATCHDOG = Watchdog()
