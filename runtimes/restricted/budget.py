@@ -35,8 +35,8 @@ transformer inserts (``_tick_``, ``_getiter_``, ``_mul_`` ...):
 * **Size guards** (`runtimes.restricted.size_guards`, mixed into `Budget`) estimate the result
   of ``*``, ``**``, ``<<``, ``%``, format widths, ``bytes(n)`` and materialising ranges, and
   refuse results larger than ``memory_bytes``: the early, cheap check.
-* The **allocator cap** (`alloc_cap`, when the budget has one) counts every byte the guest's
-  thread allocates while armed; past ``memory_bytes`` allocations fail and the cap trips, which
+* The **allocator cap** (`alloc_cap`, when the budget has one) counts what the guest's thread
+  makes the process allocate while armed; past ``memory_bytes`` allocations fail and the cap trips, which
   the next check (or the watchdog) turns into a memory stop.
 
 When a limit trips, the budget becomes *stopped*: `LimitExceeded` (a `BaseException`, so
