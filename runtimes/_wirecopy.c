@@ -71,6 +71,8 @@ is_bail(PyObject *o)
     return o == BAIL;
 }
 
+#define ONES ((uint64_t)0x0101010101010101ULL)
+
 /* Length of encode_basestring_ascii(text), quotes included. */
 static Py_ssize_t
 json_ascii_len(PyObject *text)
@@ -81,7 +83,25 @@ json_ascii_len(PyObject *text)
     const void *data = PyUnicode_DATA(text);
     if (kind == PyUnicode_1BYTE_KIND) {
         const Py_UCS1 *p = (const Py_UCS1 *)data;
-        for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t i = 0;
+        /* Eight characters at a time: 8 bytes when none is below ' ', above '~', '"' or '\\'. */
+        for (; i + 8 <= n; i += 8) {
+            uint64_t x;
+            memcpy(&x, p + i, 8);
+            uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
+            uint64_t special = ((x - ONES * ' ') & ~x) | ((x + ONES * (127 - '~')) | x) |
+                               ((q - ONES) & ~q) | ((b - ONES) & ~b);
+            if (special & (ONES * 0x80)) {
+                for (int j = 0; j < 8; j++) {
+                    Py_UCS1 c = p[i + j];
+                    total += c < 128 ? ASCII_BYTES[c] : 6;
+                }
+            }
+            else {
+                total += 8;
+            }
+        }
+        for (; i < n; i++) {
             Py_UCS1 c = p[i];
             total += c < 128 ? ASCII_BYTES[c] : 6;
         }
@@ -204,7 +224,7 @@ seen_clear(Walk *w)
 
 /* --- the walk -------------------------------------------------------------------------------- */
 
-static PyObject *node(Walk *w, PyObject *value, Py_ssize_t depth);
+static PyObject *node(Walk *w, PyObject *value, Py_ssize_t depth, Py_ssize_t own);
 
 enum { NOT_SCALAR = 0, SCALAR = 1, SCALAR_BAIL = 2, SCALAR_ERROR = -1 };
 
@@ -262,9 +282,10 @@ scalar(Walk *w, PyObject *value)
     return add_size(w, bytes) ? SCALAR_BAIL : SCALAR;
 }
 
-/* Converts one item, already counted as a node: a new reference, BAIL, or NULL with an error. */
+/* Converts one item, already counted as a node: a new reference, BAIL, or NULL with an error.
+ * ``own`` is how many references to it the walk itself holds (see `node`). */
 static PyObject *
-item(Walk *w, PyObject *value, Py_ssize_t depth)
+item(Walk *w, PyObject *value, Py_ssize_t depth, Py_ssize_t own)
 {
     switch (scalar(w, value)) {
     case SCALAR:
@@ -275,7 +296,7 @@ item(Walk *w, PyObject *value, Py_ssize_t depth)
     case SCALAR_ERROR:
         return NULL;
     default:
-        return node(w, value, depth);
+        return node(w, value, depth, own);
     }
 }
 
@@ -290,25 +311,26 @@ walk_list(Walk *w, PyObject *value, Py_ssize_t depth)
     if (add_size(w, 1 + n)) {
         return BAIL;
     }
-    PyObject *result = PyList_New(0);
+    PyObject *result = PyList_New(n);
     if (result == NULL) {
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(value); i++) {
+    Py_ssize_t i = 0;
+    for (; i < n && i < PyList_GET_SIZE(value); i++) {
         PyObject *source = PyList_GET_ITEM(value, i);
         Py_INCREF(source);
-        PyObject *converted = item(w, source, depth + 1);
+        PyObject *converted = item(w, source, depth + 1, 1);
         Py_DECREF(source);
         if (converted == NULL || is_bail(converted)) {
             Py_DECREF(result);
             return converted;
         }
-        int failed = PyList_Append(result, converted);
-        Py_DECREF(converted);
-        if (failed) {
-            Py_DECREF(result);
-            return NULL;
-        }
+        PyList_SET_ITEM(result, i, converted);
+    }
+    if (i < n) {  /* the list got shorter during a check(): only the items visited */
+        PyObject *visited = PyList_GetSlice(result, 0, i);
+        Py_DECREF(result);
+        return visited;
     }
     return result;
 }
@@ -329,7 +351,7 @@ walk_tuple(Walk *w, PyObject *value, Py_ssize_t depth)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *converted = item(w, PyTuple_GET_ITEM(value, i), depth + 1);
+        PyObject *converted = item(w, PyTuple_GET_ITEM(value, i), depth + 1, 0);
         if (converted == NULL || is_bail(converted)) {
             Py_DECREF(items);
             return converted;
@@ -390,7 +412,7 @@ walk_dict(Walk *w, PyObject *value, Py_ssize_t depth)
         }
         Py_INCREF(key);
         Py_INCREF(source);
-        PyObject *converted = item(w, source, depth + 1);
+        PyObject *converted = item(w, source, depth + 1, 1);
         Py_DECREF(source);
         if (converted == NULL || is_bail(converted)) {
             Py_DECREF(key);
@@ -413,9 +435,11 @@ walk_dict(Walk *w, PyObject *value, Py_ssize_t depth)
 }
 
 /* Converts a container (or any value that is not a scalar of an exact JSON type), already
- * counted as a node. */
+ * counted as a node. ``own`` is how many references to ``value`` the walk itself holds (-1:
+ * unknown). A container with no reference but its parent's cannot be met again in this walk,
+ * so only the others are looked up and recorded as already converted. */
 static PyObject *
-node(Walk *w, PyObject *value, Py_ssize_t depth)
+node(Walk *w, PyObject *value, Py_ssize_t depth, Py_ssize_t own)
 {
     PyTypeObject *kind = Py_TYPE(value);
     if (kind != &PyList_Type && kind != &PyDict_Type && kind != &PyTuple_Type) {
@@ -424,7 +448,8 @@ node(Walk *w, PyObject *value, Py_ssize_t depth)
     if (depth >= MAX_DEPTH) {
         return BAIL;
     }
-    SeenEntry *seen = seen_find(w, value);
+    int shareable = own < 0 || Py_REFCNT(value) > 1 + own;
+    SeenEntry *seen = shareable ? seen_find(w, value) : NULL;
     if (seen != NULL) {
         if (w->nodes > w->max_nodes - (seen->nodes - 1) || add_size(w, seen->size)) {
             return BAIL;
@@ -445,7 +470,8 @@ node(Walk *w, PyObject *value, Py_ssize_t depth)
     else {
         result = walk_tuple(w, value, depth);
     }
-    if (result != NULL && !is_bail(result) && seen_add(w, value, result, w->nodes - nodes, w->size - size) < 0) {
+    if (shareable && result != NULL && !is_bail(result) &&
+        seen_add(w, value, result, w->nodes - nodes, w->size - size) < 0) {
         Py_CLEAR(result);
     }
     Py_DECREF(value);
@@ -476,7 +502,7 @@ wirecopy_copy(PyObject *module, PyObject *args)
         result = status > 0 ? BAIL : NULL;
     }
     else {
-        result = item(&w, value, 0);
+        result = item(&w, value, 0, -1);
     }
     seen_clear(&w);
     if (is_bail(result)) {
@@ -485,6 +511,8 @@ wirecopy_copy(PyObject *module, PyObject *args)
     }
     return result;
 }
+
+/* --- depth ----------------------------------------------------------------------------------- */
 
 static int
 is_container(PyObject *value)

@@ -100,12 +100,17 @@ def _has_key(value: Any, key: str) -> bool:
     return type(value) in (list, tuple) and any(_has_key(item, key) for item in value)
 
 
+_EDGE_CHARS = [  # each alone among plain characters, at every offset of an 8-byte word
+    '"', "\\", "\x00", "\x1f", " ", "~", "\x7f", "\x80", "\xff", "\u0100", "\U0001F600"]
+edge_texts = st.builds(lambda before, char, after: "abcdefghijklmnop"[:before] + char + "qrstuvwxyz"[:after],
+                       st.integers(0, 16), st.sampled_from(_EDGE_CHARS), st.integers(0, 10))
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
     st.sampled_from([(1 << wire.MAX_INT_BITS) - 1, -(1 << wire.MAX_INT_BITS) + 1, 0, -1, 1 << 62, 1 << 63, -(1 << 63)]),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(st.characters(min_codepoint=0, max_codepoint=0x2FFFF, exclude_categories=())),
     st.sampled_from(['"\\\b\f\n\r\t\x00\x1f\x7f~ ', "\ud800\udfff", "é\xff\u0100\u2028\U0001F600", "x" * 5000]),
+    edge_texts,
 )
 json_values = st.recursive(json_scalars, lambda children: st.one_of(
     st.lists(children, max_size=6), st.lists(children, max_size=6).map(tuple),
