@@ -245,7 +245,9 @@ class Budget(SizeGuards):
         # Filled here (not by `reset`, which would copy a temporary list into each).
         self._loop_chunk: list[None] = [None] * _LOOP_CHUNK
         self._call_chunk: list[None] = [None] * _CALL_CHUNK
-        self._long_call_chunk: list[None] = [None] * _long_call_chunk(int(limits["max_recursion_depth"]))
+        self.max_recursion_depth = int(limits["max_recursion_depth"])
+        self._long_size = _long_call_chunk(self.max_recursion_depth)
+        self._long_call_chunk: list[None] = [None] * self._long_size
         self.renew_ticks = True
         """Set when a tick source raised (its chain is then exhausted): `reset` makes new ones."""
         self.ticks: Iterator[None] = iter(())
@@ -261,7 +263,10 @@ class Budget(SizeGuards):
         self.cpu_limit = float(limits["cpu_seconds"])
         self.wall_limit = float(limits["wall_seconds"])
         self.memory_bytes = int(limits["memory_bytes"])
-        self.max_recursion_depth = int(limits["max_recursion_depth"])
+        depth = int(limits["max_recursion_depth"])
+        if depth != self.max_recursion_depth:
+            self.max_recursion_depth = depth
+            self._long_size = _long_call_chunk(depth)
         self.size_cap = self.memory_bytes
         self.cpu_start = time.thread_time() if cpu_start is None else cpu_start
         self.wall_start = time.monotonic()
@@ -280,9 +285,8 @@ class Budget(SizeGuards):
             self._loop_chunk[:] = [None] * _LOOP_CHUNK
         if len(self._call_chunk) != _CALL_CHUNK:
             self._call_chunk[:] = [None] * _CALL_CHUNK
-        long_chunk = _long_call_chunk(self.max_recursion_depth)
-        if len(self._long_call_chunk) != long_chunk:
-            self._long_call_chunk[:] = [None] * long_chunk
+        if len(self._long_call_chunk) != self._long_size:
+            self._long_call_chunk[:] = [None] * self._long_size
         # New chains whenever a check raised (such a chain is exhausted for good) or the
         # sources were replaced (a dismantled scaffold); otherwise the previous run's chains
         # keep checking this budget, now against this run's limits.

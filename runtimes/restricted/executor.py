@@ -21,7 +21,7 @@ from typing import Any
 from runtimes.guest import CPU, LIMIT_MESSAGES, SecretHandle, error_kind, guest_lineno, limit_of
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
-from runtimes.restricted.grants import install_grants
+from runtimes.restricted.grants import install_grants, primitives_within
 from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.restricted.guest_state import GuestState, Output, give_back, take_spare
 from runtimes.restricted.scaffold import Scaffold
@@ -30,6 +30,7 @@ from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, 
 
 __all__ = ["GuestState", "Output", "execute"]
 
+_NO_KEYWORDS: Mapping[str, Any] = {}
 _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
 """Peak bytes of a fresh run above which its end runs a garbage collection."""
@@ -204,18 +205,18 @@ def _execute(
     if kit is None or (kit.budget.cap is not None) != memory_cap:
         kit = state.kit = Scaffold(Budget(limits, cpu_start, deadline, memory_cap=memory_cap),
                                Output(int(limits["max_output_bytes"]), on_output), state.globals, state.builtins)
+        state.builtins.update(kit.builtins)  # the guest cannot reach this dict: later runs find them there
+        kit.budget.anchor = _run_program.__code__
     else:
         kit.budget.reset(limits, cpu_start, deadline)
         kit.output.reset(int(limits["max_output_bytes"]), on_output)
         state.globals.pop(RESULT_NAME, None)
     budget, output, guest_globals = kit.budget, kit.output, state.globals
-    budget.anchor = _run_program.__code__
     value_cap = int(limits.get("max_value_bytes") or DEFAULT_VALUE_BYTES)
     budget.on_time_check = on_tick
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles
     link = state.link
-    state.builtins.update(kit.builtins)
     if capabilities:
         link.bind(capabilities)
     stopper = unregister = before = None
@@ -238,8 +239,11 @@ def _execute(
             unregister = on_stop(stopper)
         if timings is not None:
             mark = _phase(timings, "setup", mark)
-        # `execute` runs this in a copy of the caller's context made for this run alone.
-        err, value = _run_isolated(compiled.code, state, value_cap)
+        # `execute` runs this in a copy of the caller's context made for this run alone, where
+        # the guest gets a decimal context of its own: its arithmetic sets flags and traps there,
+        # never on the host thread's context.
+        decimal.setcontext(decimal.Context())
+        err, value = _run_program(compiled.code, guest_globals, budget, value_cap)
     finally:
         link.close()
         if stopper is not None:
@@ -298,15 +302,6 @@ class _Stopper:
             self.budget = None
 
 
-def _run_isolated(code: Any, state: GuestState, value_cap: int) -> tuple[dict | None, Any]:
-    """`_run_program` with a decimal context of its own (in the run's own copy of the caller's
-    context): the guest's arithmetic sets flags and traps there, never on the host thread's context."""
-    decimal.setcontext(decimal.Context())
-    kit = state.kit
-    assert kit is not None
-    return _run_program(code, state.globals, kit.budget, value_cap)
-
-
 def _release(state: GuestState, before: tuple[list[int], list[int]] | None) -> None:
     """Drop a fresh run's objects now (in the run's context: releasing them may run guest
     finalisers, which must find the run over): its globals, the frames its stop holds and,
@@ -343,8 +338,9 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value
     try:
         try:
             exec(code, guest_globals)
-            value = plain(guest_globals.pop(RESULT_NAME, None), lenient=True, max_bytes=value_cap,
-                          check=budget.check_time)
+            value = guest_globals.pop(RESULT_NAME, None)
+            if not primitives_within((value,), _NO_KEYWORDS, value_cap):  # else `plain` would return it as it is
+                value = plain(value, lenient=True, max_bytes=value_cap, check=budget.check_time)
         finally:
             set_active_budget(previous)
             if cap is not None:
