@@ -24,7 +24,10 @@ Design (the simplest one that stays correct whatever was allocated before or els
     freeing most of the objects in a pool gives nothing back while the pool lives. Small
     blocks the guest places in free room of arenas mapped earlier (by the host, or before
     arm()) are not charged: that memory is already the process's, so the process's growth
-    while armed stays bounded by the limit. If an arena is refused (limit) or the system
+    while armed stays bounded by the limit. Arenas are shared by all threads: small objects
+    of other threads allocating at the same time may land in an arena charged to the guest
+    (and the guest's in theirs), so a guest's charge is the arenas its own requests made
+    pymalloc map, not its own objects exactly; other threads are still never refused. If an arena is refused (limit) or the system
     fails to map one, pymalloc would fall back to PyMem_RawMalloc, an uncharged block: the
     hook frees that block and fails the allocation instead.
     This mode needs our arena hook to be the outermost arena allocator; arm() checks it, and
