@@ -19,9 +19,6 @@ from runtimes.restricted.guest_builtins import plain_function, sized_builtins
 from runtimes.restricted.modules import MODULES
 from runtimes.restricted.transformer import STRING_FILENAME, compile_guest
 
-_NUMBER_TYPES = frozenset({int, float})
-"""Operand types for which the transformer's inline fast path skips the size guards."""
-
 
 class Scaffold:
     """The guest objects of a run that do not depend on its code or its grants, all bound to one
@@ -70,8 +67,9 @@ class Scaffold:
             "_starred_": budget.starred,
             "_sized_": budget.sized,
             "_sized_bytes_": budget.sized_bytes,
-            "_numbers_": _NUMBER_TYPES,
             "_type_": type,
+            "_int_": int,
+            "_float_": float,
             "_range_": range,
         }
         """Merged into the guest's globals at the start of every run (with the budget's tick

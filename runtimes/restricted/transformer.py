@@ -26,12 +26,13 @@ Print is not rewritten: ``print`` is an ordinary name bound to the run's bounded
 and binary operators (``**`` and ``<<`` only by a constant small enough that `Budget.pow` and
 `Budget.lshift` would not check it) compiles to::
 
-    (<expression> if _type_(a) in _numbers_ and _type_(b) in _numbers_ ... else <guarded>)
+    (<expression> if (_type_(a) is _int_ or _type_(a) is _float_) and ... else <guarded>)
 
-with one test per distinct name (``_type_`` is the real ``type``, ``_numbers_`` is ``{int,
-float}``; ``type()`` reads the class a guest cannot fake, where ``x.__class__`` may be a
-property). The tests are chained with ``and``, never gathered into a set: building one
-allocates and may run a collection, hence guest finalisers, between the test and the use. When every name holds an
+with one test per distinct name (``_type_``, ``_int_`` and ``_float_`` are the real ``type``,
+``int`` and ``float``; ``type()`` reads the class a guest cannot fake, where ``x.__class__``
+may be a property, and ``is`` compares without calling any hash or ``__eq__``). The tests are
+chained with ``and``, never gathered into a set: building one allocates and may run a
+collection, hence guest finalisers, between the test and the use. When every name holds an
 int or a float, every intermediate value is a number, and number arithmetic is exactly what
 the guards let through unchecked (they refuse sequence repeats and ``%``-formats, and ints
 from ``**``/``<<`` by large amounts, which the fast path never contains); otherwise the
@@ -39,13 +40,13 @@ from ``**``/``<<`` by large amounts, which the fast path never contains); otherw
 because no guest code runs between the test and the arithmetic: the fast branch evaluates
 only name loads (plain dict or fast-local reads; names starting with ``_`` cannot be bound by
 guest code) and operators on ints and floats, which allocate no object a collection tracks;
-the test itself calls only ``type`` and a frozenset lookup of a class.
+the test itself calls only ``type``.
 ``x op= <such an expression>`` for a name ``x`` and a guarded operator compiles the same way to
 ``x = (x op <expression>) if ... else _inplacevar_(...)``.
 
 **Range loops in functions.** In the body of a function's ``for i in range(...)`` whose ``i``
 nothing else binds (`name_scopes.range_loops`), ``i`` is tested by a flag set just before the
-loop, ``_tmpN = range is _range_``, instead of ``_type_(i) in _numbers_``: the real ``range``
+loop, ``_tmpN = range is _range_``, instead of its type test: the real ``range``
 under ``_getiter_`` yields exact ints, and only the loop assigns a fast local that no
 ``global``/``nonlocal`` names (the guest's ``exec`` runs on a snapshot of a function's locals,
 which is never written back). Not at module level, where other code can rebind any name.
@@ -135,12 +136,13 @@ def _has_sized_op(node: ast.expr) -> bool:
 
 
 def _is_number(operand: ast.Name) -> ast.expr:
-    """``_type_(operand) in _numbers_``: the operand's real class is int or float."""
-    return ast.Compare(_call("_type_", _clone(operand)), [ast.In()], [_name("_numbers_")])
+    """``_type_(operand) is _int_ or _type_(operand) is _float_``: its real class is int or float."""
+    return ast.BoolOp(ast.Or(), [ast.Compare(_call("_type_", _clone(operand)), [ast.Is()], [_name(kind)])
+                                 for kind in ("_int_", "_float_")])
 
 
 def _numbers_test(names: list[str], known: dict[str, str]) -> ast.expr:
-    """``_type_(a) in _numbers_ and ...`` over the distinct ``names``; a name in ``known`` (a
+    """`_is_number` of each of the distinct ``names``, chained with ``and``; a name in ``known`` (a
     range loop's variable, `GuestTransformer.visit_For`) is tested by its loop's flag instead."""
     tests = [_name(known[name]) if name in known else _is_number(_name(name)) for name in dict.fromkeys(names)]
     return tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
