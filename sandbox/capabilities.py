@@ -182,7 +182,7 @@ class Capability:
         """
         result = self.func(**arguments)
         kind = self._fast_result
-        if kind is not None and type(result) is kind and _exact_ok(result):
+        if kind is not None and type(result) is kind and (kind is str or kind is bool or _exact_ok(result)):
             return result
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
@@ -316,7 +316,9 @@ def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str],
     arguments: dict[str, Any] = {}
     value: Any
     for (name, kind, _default), value in zip(params, args):
-        if type(value) is not kind or not _exact_ok(value):
+        # `_exact_ok`, inlined: this loop runs for every argument of every call
+        if type(value) is not kind or (kind is int and value.bit_length() > MAX_INT_BITS) or (
+                kind is float and not math.isfinite(value)):
             return None
         arguments[name] = value
     if not kwargs and len(args) == len(params):
