@@ -512,7 +512,9 @@ def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = Fal
     error = None
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _STDOUT, _STDERR
-    sys.setrecursionlimit(_depth() + int(options.get("recursion", 500)) + 3)
+    limit = _depth() + int(options.get("recursion", 500)) + 3
+    if sys.getrecursionlimit() != limit:  # set by an earlier run, unless its code changed it
+        sys.setrecursionlimit(limit)
     try:
         try:
             body, last = _compile(code)
@@ -543,15 +545,24 @@ def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = Fal
         state.flush()
     if _run_state["stop"] is not None:  # arguments over the cap, whatever the guest caught
         value, error = None, _run_state["stop"]
-    return wire.outcome(value=value, output_truncated=state.truncated, error=error)
+    if error is None and not state.truncated:
+        return {"value": value}  # the host reads a missing key as its default (no error, not truncated)
+    return {"value": None if error is not None else value, "output_truncated": state.truncated, "error": error}
+
+
+_DEPTH: list = []
 
 
 def _depth() -> int:
-    frame: types.FrameType | None = sys._getframe(1)
-    n = 0
-    while frame is not None:
-        frame, n = frame.f_back, n + 1
-    return n
+    """Frames below the caller's: the same on every run (the export calls `_run` directly), so
+    counted once."""
+    if not _DEPTH:
+        frame: types.FrameType | None = sys._getframe(1)
+        n = 0
+        while frame is not None:
+            frame, n = frame.f_back, n + 1
+        _DEPTH.append(n)
+    return _DEPTH[0]
 
 
 def _limit_error(exc: BaseException, lineno: int | None) -> dict:
