@@ -20,6 +20,9 @@ Why switching stacks under a running interpreter is sound on the versions this b
   as a new thread would start; on later versions the call inherits the caller's depth (fewer
   levels, never more).
 - Signal handlers run on whatever stack is current; the deep stack is an ordinary stack for them.
+- The switch itself is, on x86-64, a function call with the stack pointer moved (the old one kept
+  in a callee-saved register), and ucontext elsewhere (which also saves and restores the signal
+  mask, the same on both stacks since the thread does not change).
 
 Memory: the stack is mmap'd with MAP_NORESERVE (address space only; pages are committed as the
 stack is used) and a PROT_NONE guard region below it, so overrunning it is a clean SIGSEGV rather
@@ -153,6 +156,39 @@ static void trim(Stack *stack, int64_t elapsed)
         madvise(low, (size_t)(keep_floor - low), MADV_DONTNEED);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* x86-64: switch the stack pointer directly. getcontext/swapcontext/setcontext each make a
+   sigprocmask system call to save and restore a signal mask that cannot differ here (same
+   thread, nothing changes it in between), about a microsecond per run. */
+
+static void guest_entry(Call *call)
+{
+    call->result = PyObject_CallNoArgs(call->function);
+}
+
+/* Run call->function on `stack` and come back; always 0 (call->result is the call's result,
+   or NULL with its exception set). The old stack pointer is kept in rbx, which the callee
+   preserves (System V ABI); every caller-saved register is declared clobbered, so no caller
+   state lives across the call in one. The new stack pointer is 16-byte aligned at the call. */
+static __attribute__((noinline)) int switch_and_call(Call *call, Stack *stack)
+{
+    uintptr_t top = ((uintptr_t)(stack->map + GUARD_BYTES + stack->stack_size)) & ~(uintptr_t)15;
+    void (*entry)(Call *) = guest_entry;
+    __asm__ volatile(
+        "mov %%rsp, %%rbx\n\t"
+        "mov %[top], %%rsp\n\t"
+        "call *%[entry]\n\t"
+        "mov %%rbx, %%rsp\n\t"
+        : "+D"(call), [top] "+r"(top), [entry] "+r"(entry)
+        :
+        : "rbx", "rax", "rcx", "rdx", "rsi", "r8", "r9", "r10", "r11", "memory", "cc",
+          "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+          "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    return 0;
+}
+
+#else
+
 static void trampoline(void)
 {
     Call *call = current_call;
@@ -174,6 +210,8 @@ static __attribute__((noinline)) int switch_and_call(Call *call, Stack *stack)
     makecontext(&call->guest, trampoline, 0);
     return swapcontext(&call->caller, &call->guest) != 0 ? -1 : 0;
 }
+
+#endif
 
 static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
