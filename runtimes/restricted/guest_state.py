@@ -150,7 +150,11 @@ def take_spare(memory_cap: bool) -> GuestState | None:
 
 def give_back(state: GuestState) -> None:
     """Keep a fresh run's state for a later fresh run (it must be `GuestState.reusable`)."""
-    if state.reusable and len(_SPARES) < _MAX_SPARES:
+    kit = state.kit
+    if state.reusable and kit is not None and len(_SPARES) < _MAX_SPARES:
+        # What the run's host handed in is not kept alive while the state waits (its outcome is built).
+        kit.output.reset(0, None)
+        kit.budget.on_time_check = None
         _SPARES.append(state)
     else:
         state.dismantle()
