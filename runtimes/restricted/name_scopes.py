@@ -1,9 +1,9 @@
 """What the transformer needs to know about the names of a guest program's scopes.
 
 `declare_globals` makes a top-level program's module-level names globals (faster reads, same
-dict); `range_loops` finds the ``for`` loops over ``range`` whose variable only the loop binds.
-Both only read the tree they are given (`declare_globals` adds one statement to it); the
-transformer decides what to do with the answers.
+dict); `range_loops` finds the ``for`` loops over ``range`` whose variable only the loop binds,
+`range_comprehension` the comprehensions of that kind. They only read the tree they are given
+(`declare_globals` adds one statement to it); the transformer decides what to do with the answers.
 """
 
 from __future__ import annotations
@@ -91,10 +91,29 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
         node = pending.pop()
         if isinstance(node, SCOPES):
             continue
-        if (isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Call)
-                and isinstance(node.iter.func, ast.Name) and node.iter.func.id == "range" and not node.iter.keywords
-                and not any(isinstance(arg, ast.Starred) for arg in node.iter.args)
+        if (isinstance(node, ast.For) and isinstance(node.target, ast.Name) and _is_range_call(node.iter)
                 and binds[node.target.id] == 1 and node.target.id not in declared):
             loops.add(id(node))
         pending.extend(ast.iter_child_nodes(node))
     return frozenset(loops)
+
+
+def range_comprehension(node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp) -> str | None:
+    """The variable of ``node``'s first ``for`` when that is ``name in range(...)``, no later
+    part of ``node`` binds ``name`` (its later ``for`` targets included) and ``node`` holds no
+    nested scope (so copies made of it cannot multiply); else None."""
+    first = node.generators[0]
+    if not (isinstance(first.target, ast.Name) and _is_range_call(first.iter)):
+        return None
+    parts: list[ast.AST] = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+    for sub in (sub for part in (*parts, *first.ifs, *node.generators[1:]) for sub in ast.walk(part)):
+        if isinstance(sub, SCOPES) or (isinstance(sub, ast.Name) and sub.id == first.target.id
+                                       and not isinstance(sub.ctx, ast.Load)):
+            return None
+    return first.target.id
+
+
+def _is_range_call(node: ast.expr) -> bool:
+    """``range(...)`` with positional arguments only, none starred."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+            and not node.keywords and not any(isinstance(arg, ast.Starred) for arg in node.args))

@@ -44,14 +44,17 @@ the test itself calls only ``type``.
 ``x op= <such an expression>`` for a name ``x`` and a guarded operator compiles the same way to
 ``x = (x op <expression>) if ... else _inplacevar_(...)``.
 
-**Range loops in functions.** In the body of a function's ``for i in range(...)`` whose ``i``
+**Range loops.** In the body of a function's ``for i in range(...)`` whose ``i``
 nothing else binds (`name_scopes.range_loops`), ``i`` is tested by a flag set just before the
 loop, ``_tmpN = range is _range_``, instead of its type test: the real ``range``
 under ``_getiter_`` yields exact ints, and only the loop assigns a fast local that no
-``global``/``nonlocal`` names (the guest's ``exec`` runs on a snapshot of a function's locals,
-which is never written back). Not at module level, where other code can rebind any name.
+``global``/``nonlocal`` names (the guest's ``exec`` writes only to the dict of a function's
+locals, which CPython does not copy back into them). Not at module level, where other code can rebind any name.
+A comprehension over ``range`` (module level too: its variable is its own scope's) gets a
+copy whose arithmetic does not test the variable, chosen by ``range is _range_`` (see
+`GuestTransformer._comprehension`).
 
-The module stays whole (about 550 lines): every rewrite it makes is part of one policy
+The module stays whole (about 570 lines): every rewrite it makes is part of one policy
 of what guest code may say, reviewed together.
 """
 
@@ -69,7 +72,7 @@ from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locati
 
 from runtimes.guest import GUEST_FILENAME, STRING_FILENAME
 from runtimes.restricted.guards import DUNDER_ANY, DUNDER_METHODS
-from runtimes.restricted.name_scopes import declare_globals, range_loops
+from runtimes.restricted.name_scopes import declare_globals, range_comprehension, range_loops
 
 RESULT_NAME = "_result_"
 
@@ -141,11 +144,16 @@ def _is_number(operand: ast.Name) -> ast.expr:
                                  for kind in ("_int_", "_float_")])
 
 
-def _numbers_test(names: list[str], known: dict[str, str]) -> ast.expr:
-    """`_is_number` of each of the distinct ``names``, chained with ``and``; a name in ``known`` (a
-    range loop's variable, `GuestTransformer.visit_For`) is tested by its loop's flag instead."""
-    tests = [_name(known[name]) if name in known else _is_number(_name(name)) for name in dict.fromkeys(names)]
-    return tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests)
+def _when_numbers(names: list[str], known: dict[str, str], fast: ast.expr, guarded: ast.expr) -> ast.expr:
+    """``fast if <test> else guarded``, the test being `_is_number` of each of the distinct
+    ``names`` chained with ``and``. A name in ``known`` is a range loop's variable: tested by its
+    loop's flag (`GuestTransformer.visit_For`), or not at all when its flag is empty (a
+    comprehension's, `GuestTransformer._comprehension`); ``fast`` alone when no test is left."""
+    tests = [_name(known[name]) if name in known else _is_number(_name(name)) for name in dict.fromkeys(names)
+             if known.get(name, True)]
+    if not tests:
+        return fast
+    return ast.IfExp(tests[0] if len(tests) == 1 else ast.BoolOp(ast.And(), tests), fast, guarded)
 
 
 def _is_small_number(node: ast.expr) -> bool:
@@ -289,9 +297,30 @@ class GuestTransformer(RestrictingNodeTransformer):
                 result.append(new)
         return result
 
-    def _comprehension(self, node: ast.expr, visit: Callable[[Any], Any]) -> ast.AST:
+    def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp,
+                       visit: Callable[[Any], Any]) -> ast.AST:
+        """A comprehension whose first ``for`` is ``name in range(...)``, whose later ones do not
+        bind ``name`` and which holds no nested scope becomes ``(<fast> if range is _range_ else
+        <comprehension>)``. In the fast copy's own scope (not its first iterable, which the
+        enclosing scope evaluates) the arithmetic fast path does not test ``name``: only that
+        ``for`` assigns it (an assignment expression cannot rebind it), from the real ``range``
+        under ``_getiter_``. ``range`` is read just before the comprehension reads it, with
+        nothing in between that could run guest code. No nested scope, so the copies do not
+        multiply."""
+        variable = range_comprehension(node)
+        copied = copy.deepcopy(node) if variable else None
+        errors = len(self.errors)
         with self._scope("comprehension"):
-            return cast(ast.AST, visit(node))
+            guarded = cast(ast.expr, visit(node))
+        if copied is None or len(self.errors) > errors:
+            return guarded
+        with self._scope("comprehension"):
+            self._known[-1] = {cast(str, variable): ""}
+            fast = cast(ast.expr, visit(copied))
+        cast(Any, fast).generators[0].iter = copy.deepcopy(cast(Any, guarded).generators[0].iter)
+        new = ast.IfExp(ast.Compare(_name("range"), [ast.Is()], [_name("_range_")]), fast, guarded)
+        copy_locations(new, node)
+        return new
 
     def visit_ListComp(self, node: ast.ListComp) -> ast.AST:
         return self._comprehension(node, super().visit_ListComp)
@@ -359,7 +388,7 @@ class GuestTransformer(RestrictingNodeTransformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         names: list[str] = []
         if _arithmetic_names(node, names) and names and _has_sized_op(node):
-            fast = ast.IfExp(_numbers_test(names, self._known[-1]), copy.deepcopy(node), self._guarded(node))
+            fast = _when_numbers(names, self._known[-1], copy.deepcopy(node), self._guarded(node))
             copy_locations(fast, node)
             return fast
         node = self.node_contents_visit(node)
@@ -378,7 +407,7 @@ class GuestTransformer(RestrictingNodeTransformer):
         if checked and all(_is_name_or_number(x) for x in (left, right)):
             names = [x.id for x in checked if isinstance(x, ast.Name)]
             if names:
-                new = ast.IfExp(_numbers_test(names, self._known[-1]), ast.BinOp(_clone(left), node.op, _clone(right)), new)
+                new = _when_numbers(names, self._known[-1], ast.BinOp(_clone(left), node.op, _clone(right)), new)
         copy_locations(new, node)
         return new
 
@@ -410,8 +439,9 @@ class GuestTransformer(RestrictingNodeTransformer):
         names = [name] if name is not None else []
         if op is not None and name is not None and _arithmetic_names(ast.BinOp(_name(name), node.op, node.value), names):
             self.check_name(node.target, name)
-            fast = ast.IfExp(
-                _numbers_test(names, self._known[-1]),
+            fast = _when_numbers(
+                names,
+                self._known[-1],
                 ast.BinOp(_name(name), node.op, copy.deepcopy(node.value)),
                 _call("_inplacevar_", ast.Constant(op), _name(name), self._guarded(node.value)),
             )
