@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import decimal
+import functools
 import gc
 import keyword
 import threading
@@ -98,19 +99,16 @@ def execute(
     runs out of memory, not stack; it runs in a copy of the caller's context and the call returns
     when the run is over.
     """
-    guest_inputs = _check_inputs(inputs, copy=not inputs_are_private)
+    guest_inputs = _check_inputs(inputs, copy=not inputs_are_private) if inputs else {}
     if memory_cap is None:
         memory_cap = alloc_cap.available()
     elif memory_cap and not alloc_cap.available():
         raise RuntimeError(alloc_cap.unavailable_reason())
     fresh = state is None
     guest = (take_spare(memory_cap) or GuestState()) if state is None else state
-    context = contextvars.copy_context()
-
-    def run() -> dict:
-        return context.run(_execute_safely, code, limits, call_host, capabilities, secrets, guest_inputs, guest,
-                           fresh, memory_cap, deadline, on_stop, on_output, on_tick, timings)
-
+    run = functools.partial(contextvars.copy_context().run, _execute_safely, code, limits, call_host, capabilities,
+                            secrets, guest_inputs, guest, fresh, memory_cap, deadline, on_stop, on_output, on_tick,
+                            timings)
     try:
         return GUEST_STACK.run(run, int(limits["memory_bytes"]))
     except _HostFailure as failure:
