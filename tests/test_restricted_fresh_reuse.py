@@ -12,7 +12,6 @@ import pytest
 
 from runtimes.restricted import execute
 from runtimes.restricted.guest_state import _SPARES, GuestState, take_spare
-from runtimes.restricted.watchdog import Watchdog
 
 LIMITS = {"cpu_seconds": 2.0, "wall_seconds": 5.0, "memory_bytes": 64 << 20, "max_output_bytes": 1 << 16,
           "max_recursion_depth": 200}
@@ -154,17 +153,3 @@ def test_a_spare_of_the_other_memory_cap_kind_is_not_taken() -> None:
     assert kept is not None
     assert take_spare(memory_cap=True) is None
     assert kept not in _SPARES
-
-
-def test_a_measurement_overlapping_a_watchdog_poll_counts_for_nothing() -> None:
-    watchdog = Watchdog()
-    assert watchdog.measure_quietly(lambda: 1) == 1
-    watchdog._polling = True
-    assert watchdog.measure_quietly(lambda: 1) is None
-    watchdog._polling = False
-
-    def poll_meanwhile() -> int:
-        watchdog._polls += 1
-        return 1
-
-    assert watchdog.measure_quietly(poll_meanwhile) is None

@@ -21,6 +21,17 @@ _WATCHDOG_PERIOD = 0.005
 T = TypeVar("T")
 
 
+_THREAD = threading.local()
+"""``clock_id``: the calling thread's CPU clock, looked up once per thread."""
+
+
+def _thread_clock_id() -> int | None:
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return None
+
+
 class Watchdog:
     """One daemon thread that polls active budgets every few milliseconds.
 
@@ -47,9 +58,9 @@ class Watchdog:
     def register(self, budget: Budget) -> None:
         """Poll ``budget`` (run on the calling thread) until `unregister`."""
         try:
-            budget.clock_id = time.pthread_getcpuclockid(threading.get_ident())
-        except (AttributeError, OSError):
-            budget.clock_id = None
+            budget.clock_id = _THREAD.clock_id
+        except AttributeError:
+            budget.clock_id = _THREAD.clock_id = _thread_clock_id()
         self._active[id(budget)] = budget
         if self._thread is None and not self._disabled:
             self._start()
@@ -116,6 +127,7 @@ class Watchdog:
         self._active = {}
         self._thread = None
         self._polling = False
+        vars(_THREAD).clear()  # the child's one thread has a thread id of its own
 
 
 WATCHDOG = Watchdog()
