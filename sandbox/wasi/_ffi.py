@@ -27,6 +27,10 @@ from wasmtime import _ffi as ffi
 from wasmtime.component import ResourceAny, ResourceHost
 
 _byref = ctypes.byref
+_byte_vec = ffi.wasm_byte_vec_t
+# the raw C functions behind wasmtime-py's one-line Python wrappers (same arguments)
+_vec_new = getattr(ffi, "_wasm_byte_vec_new_uninitialized", ffi.wasm_byte_vec_new_uninitialized)
+_vec_delete = getattr(ffi, "_wasm_byte_vec_delete", ffi.wasm_byte_vec_delete)
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 
@@ -114,12 +118,13 @@ def string_size(val: Any) -> int:
 def take_string(val: Any, max_bytes: int | None = None) -> str:
     """Decode the string value ``val`` and free it (``val`` becomes a plain bool). With
     ``max_bytes``, only that many leading bytes are decoded (a character they cut is dropped)."""
-    size = int(val.of.string.size)
+    vec = val.of.string
+    size = vec.size
     if max_bytes is not None and size > max_bytes:
-        text = _string_at(val.of.string.data, max(0, max_bytes)).decode("utf-8", "ignore")
+        text = _string_at(vec.data, max(0, max_bytes)).decode("utf-8", "ignore")
     else:
-        text = _string_at(val.of.string.data, size).decode("utf-8")
-    ffi.wasm_byte_vec_delete(_byref(val.of.string))
+        text = _string_at(vec.data, size).decode("utf-8")
+    _vec_delete(_byref(vec))
     val.kind = BOOL
     val.of.boolean = False
     return text
@@ -134,8 +139,8 @@ def drop_string(val: Any) -> None:
 
 def put_string(val: Any, text: str) -> None:
     data = text.encode("utf-8")
-    vec = ffi.wasm_byte_vec_t()
-    ffi.wasm_byte_vec_new_uninitialized(_byref(vec), len(data))
+    vec = _byte_vec()
+    _vec_new(_byref(vec), len(data))
     _memmove(vec.data, data, len(data))
     val.kind = STRING
     val.of.string = vec
