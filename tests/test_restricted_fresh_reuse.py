@@ -4,6 +4,7 @@ while a later run executes) and the later run must see nothing of it."""
 
 from __future__ import annotations
 
+import decimal
 import gc
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -153,3 +154,16 @@ def test_a_spare_of_the_other_memory_cap_kind_is_not_taken() -> None:
     assert kept is not None
     assert take_spare(memory_cap=True) is None
     assert kept not in _SPARES
+
+
+def test_decimal_arithmetic_touches_the_sessions_own_context_never_the_hosts() -> None:
+    state = GuestState()
+    host_context = decimal.getcontext()
+    host_context.clear_flags()
+    for _ in range(2):
+        result = run("import decimal\nstr(decimal.Decimal(1) / decimal.Decimal(3))", state=state)
+        assert result["value"] == "0." + "3" * 28
+        result = run("import decimal\nstr(decimal.Decimal(1) / decimal.Decimal(3))")
+        assert result["value"] == "0." + "3" * 28
+    assert state.decimal_context is not None and state.decimal_context.flags[decimal.Inexact]
+    assert decimal.getcontext() is host_context and not host_context.flags[decimal.Inexact]

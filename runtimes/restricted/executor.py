@@ -238,9 +238,14 @@ def _execute(
         if timings is not None:
             mark = _phase(timings, "setup", mark)
         # `execute` runs this in a copy of the caller's context made for this run alone, where
-        # the guest gets a decimal context of its own: its arithmetic sets flags and traps there,
-        # never on the host thread's context.
-        decimal.setcontext(decimal.Context())
+        # the guest gets a decimal context of its own (a new one per fresh run, the session's):
+        # its arithmetic sets flags and traps there, never on the host thread's context.
+        if fresh:
+            decimal.setcontext(decimal.Context())
+        else:
+            if state.decimal_context is None:
+                state.decimal_context = decimal.Context()
+            decimal.setcontext(state.decimal_context)
         err, value = _run_program(compiled.code, guest_globals, budget, value_cap)
     finally:
         link.close()

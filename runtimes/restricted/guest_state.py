@@ -11,6 +11,7 @@ be reached, called or resumed by a later run, and the globals are empty again.
 
 from __future__ import annotations
 
+import decimal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -85,7 +86,7 @@ class GuestState:
     suspended in an earlier run are checked against the current run's limits.
     """
 
-    __slots__ = ("globals", "builtins", "kit", "stale_handles", "link", "reusable")
+    __slots__ = ("globals", "builtins", "kit", "stale_handles", "link", "reusable", "decimal_context")
 
     def __init__(self) -> None:
         self.globals: dict[str, Any] = {}
@@ -99,6 +100,9 @@ class GuestState:
         self.link = CallLink()
         self.reusable = False
         """Set by a fresh run that `left_clean`: `give_back` keeps the state for another fresh run."""
+        self.decimal_context: decimal.Context | None = None
+        """The guest's decimal context in a session's runs (made by the first), kept like the
+        globals; a fresh run gets a new one."""
 
     @property
     def budget(self) -> Any:
