@@ -491,10 +491,6 @@ wirecopy_copy(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "_wirecopy.configure was not called");
         return NULL;
     }
-    if (check != Py_None && !PyCallable_Check(check)) {
-        PyErr_SetString(PyExc_TypeError, "check must be callable or None");
-        return NULL;
-    }
     Walk w = {as_json, handle_token, check, max_bytes, max_nodes, 0, 0, CHECK_EVERY, NULL, 0, 0};
     PyObject *result;
     int status = count(&w, 1);
