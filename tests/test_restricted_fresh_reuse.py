@@ -66,6 +66,9 @@ def test_a_clean_fresh_run_gives_its_state_to_the_next_one() -> None:
     assert result["ok"], result["error"]
     assert result["stdout"] == "second\n"
     assert spare() is kept  # taken, run again and given back
+    for capabilities in (("other",), ("other",), CAPABILITIES):  # a new namespace, then the same
+        assert run("1", capabilities=capabilities)["ok"]
+        assert spare() is kept
 
 
 # Each program keeps, in a reference cycle of its own, something that could act after the run:
@@ -87,6 +90,8 @@ CYCLE = "gen = g()\nnext(gen)\nbox = [gen]\nbox.append(box)\n"
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the kept code fails late
 @pytest.mark.parametrize("keeper", sorted(KEEPERS))
 def test_what_a_run_keeps_alive_never_reaches_a_later_fresh_run(keeper: str) -> None:
+    run("1")  # the keeper runs on a state an earlier fresh run left clean
+    assert spare() is not None
     first = Host()
     result = run(KEEPERS[keeper] + CYCLE, first)
     assert result["ok"], result["error"]

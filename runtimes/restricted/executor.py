@@ -222,7 +222,7 @@ def _execute(
     try:
         # Taken before anything of this run refers to the state's objects other than what the
         # end of the run takes back before `_release` measures again.
-        before = WATCHDOG.measure_quietly(state.measure) if fresh else None
+        before = state.baseline() if fresh else None
         link.open(call_host, budget, value_cap)
         guest_globals.update(kit.hooks)
         # The budget's tick sources (renewed by a reset after a check raised): these two hooks are the run's own.

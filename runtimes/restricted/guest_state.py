@@ -86,7 +86,8 @@ class GuestState:
     suspended in an earlier run are checked against the current run's limits.
     """
 
-    __slots__ = ("globals", "builtins", "kit", "stale_handles", "link", "reusable", "decimal_context")
+    __slots__ = ("globals", "builtins", "kit", "stale_handles", "link", "reusable", "decimal_context", "_clean",
+                 "_clean_of")
 
     def __init__(self) -> None:
         self.globals: dict[str, Any] = {}
@@ -103,6 +104,8 @@ class GuestState:
         self.decimal_context: decimal.Context | None = None
         """The guest's decimal context in a session's runs (made by the first), kept like the
         globals; a fresh run gets a new one."""
+        self._clean: tuple[list[int], list[int]] | None = None
+        self._clean_of: tuple[Any, Any] = (None, None)
 
     @property
     def budget(self) -> Any:
@@ -118,6 +121,17 @@ class GuestState:
         assert kit is not None
         return list(map(sys.getrefcount, kit.exposed)), list(map(sys.getrefcount, self.link.exposed))
 
+    def baseline(self) -> tuple[list[int], list[int]] | None:
+        """`measure` as a fresh run starts, before anything of the run refers to the state's
+        objects; None when a watchdog poll overlapped it. When the last run `left_clean` and the
+        scaffold and capability namespace are still the ones it measured, that run's final
+        measurement (the state has only waited as a spare since: nothing of ours changed)."""
+        kit = self.kit
+        of = self._clean_of
+        if self._clean is not None and of[0] is kit and of[1] is self.link.exposed:
+            return self._clean
+        return WATCHDOG.measure_quietly(self.measure)
+
     def left_clean(self, before: tuple[list[int], list[int]] | None) -> bool:
         """True when a run that started with `measure` ``before`` left nothing behind: every
         exposed object is referenced exactly as before the guest ran (nothing the guest made
@@ -125,8 +139,10 @@ class GuestState:
         alive), the globals are empty and the run was not stopped (a stop may still be arriving
         from another thread). Called with the globals already cleared."""
         kit = self.kit
-        return (before is not None and kit is not None and kit.budget.stop is None and not self.globals
-                and WATCHDOG.measure_quietly(self.measure) == before and not self.globals)
+        clean = (before is not None and kit is not None and kit.budget.stop is None and not self.globals
+                 and WATCHDOG.measure_quietly(self.measure) == before and not self.globals)
+        self._clean, self._clean_of = (before, (kit, self.link.exposed)) if clean else (None, (None, None))
+        return clean
 
     def dismantle(self) -> None:
         """Break the state's reference cycles (see `Scaffold.dismantle`) and empty its namespaces:
