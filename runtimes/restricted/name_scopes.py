@@ -23,22 +23,29 @@ def declare_globals(module: ast.Module) -> None:
     Only for a top-level program, which the executor runs with its globals as its locals: then
     both read and write the same dict, in the same order (globals, then builtins), and raise the
     same NameError. Nested scopes resolve names as before (a module-level ``global`` only changes
-    how module-level code accesses them). Names annotated somewhere stay as they are
-    (``x: int`` may not name a global); a name that only a nested scope uses is harmless.
+    how module-level code accesses them). Only the module's own scope is read (a name left out
+    keeps ``LOAD_NAME``, as correct, only slower); names annotated there stay as they are
+    (``x: int`` may not name a global).
     """
     names: set[str] = set()
     annotated: set[str] = set()
-    for node in ast.walk(module):
+    pending: list[ast.AST] = list(module.body)
+    while pending:
+        node = pending.pop()
         if isinstance(node, ast.Name):
             names.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
+            continue
+        elif isinstance(node, SCOPES):
+            continue
         elif isinstance(node, ast.alias):
             names.add(node.asname or node.name.partition(".")[0])
         elif isinstance(node, ast.ExceptHandler) and node.name:
             names.add(node.name)
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             annotated.add(node.target.id)
+        pending.extend(ast.iter_child_nodes(node))
     names -= annotated
     names.discard("*")
     if not names:
@@ -68,11 +75,15 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
     counts, and a ``global``/``nonlocal`` naming it anywhere disqualifies it (a closure that
     declares it ``nonlocal`` could rebind it).
     """
+    candidates = _own_range_loops(function.body)
+    if not candidates:
+        return frozenset()
     binds: Counter[str] = Counter()
     declared: set[str] = set()
     for node in ast.walk(function):
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            binds[node.id] += 1
+        if isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                binds[node.id] += 1
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             binds[node.name] += 1
         elif isinstance(node, ast.arg):
@@ -85,17 +96,28 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
             binds[node.rest] += 1
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             declared.update(node.names)
-    loops: set[int] = set()
-    pending: list[ast.AST] = list(function.body)
+    return frozenset(id(loop) for loop in candidates
+                     if binds[cast(ast.Name, loop.target).id] == 1 and cast(ast.Name, loop.target).id not in declared)
+
+
+def _own_range_loops(statements: list[ast.stmt]) -> list[ast.For]:
+    """The ``for name in range(...)`` statements among ``statements`` and the statements nested
+    in them, not entering nested function or class bodies (a ``for`` is always a statement)."""
+    found: list[ast.For] = []
+    pending = list(statements)
     while pending:
-        node = pending.pop()
-        if isinstance(node, SCOPES):
+        statement = pending.pop()
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        if (isinstance(node, ast.For) and isinstance(node.target, ast.Name) and _is_range_call(node.iter)
-                and binds[node.target.id] == 1 and node.target.id not in declared):
-            loops.add(id(node))
-        pending.extend(ast.iter_child_nodes(node))
-    return frozenset(loops)
+        if isinstance(statement, ast.For) and isinstance(statement.target, ast.Name) and _is_range_call(statement.iter):
+            found.append(statement)
+        for field in ("body", "orelse", "finalbody"):
+            pending.extend(getattr(statement, field, ()))
+        for handler in getattr(statement, "handlers", ()):
+            pending.extend(handler.body)
+        for case in getattr(statement, "cases", ()):
+            pending.extend(case.body)
+    return found
 
 
 def range_comprehension(node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp) -> str | None:
