@@ -300,34 +300,48 @@ item(Walk *w, PyObject *value, Py_ssize_t depth, Py_ssize_t own)
     }
 }
 
-static PyObject *
-walk_list(Walk *w, PyObject *value, Py_ssize_t depth)
+/* Counts a container of ``n`` items (its items as nodes, its brackets and commas as bytes):
+ * 0, 1 to bail, or -1 with an exception set. */
+static int
+enter(Walk *w, Py_ssize_t n)
 {
-    Py_ssize_t n = PyList_GET_SIZE(value);
     int status = count(w, n);
+    return status ? status : add_size(w, 1 + n);
+}
+
+/* The converted items of a list or tuple, as a new list. Exactly the counted items are
+ * visited, fewer if a list got shorter during a check(). */
+static PyObject *
+walk_items(Walk *w, PyObject *value, Py_ssize_t depth)
+{
+    int list = PyList_CheckExact(value);
+    Py_ssize_t n = Py_SIZE(value);
+    int status = enter(w, n);
     if (status) {
         return status > 0 ? BAIL : NULL;
-    }
-    if (add_size(w, 1 + n)) {
-        return BAIL;
     }
     PyObject *result = PyList_New(n);
     if (result == NULL) {
         return NULL;
     }
     Py_ssize_t i = 0;
-    for (; i < n && i < PyList_GET_SIZE(value); i++) {
-        PyObject *source = PyList_GET_ITEM(value, i);
-        Py_INCREF(source);
-        PyObject *converted = item(w, source, depth + 1, 1);
-        Py_DECREF(source);
+    for (; i < n && i < Py_SIZE(value); i++) {
+        /* a list's item is held while it is converted; a tuple holds its own */
+        PyObject *source = list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i);
+        if (list) {
+            Py_INCREF(source);
+        }
+        PyObject *converted = item(w, source, depth + 1, list);
+        if (list) {
+            Py_DECREF(source);
+        }
         if (converted == NULL || is_bail(converted)) {
             Py_DECREF(result);
             return converted;
         }
         PyList_SET_ITEM(result, i, converted);
     }
-    if (i < n) {  /* the list got shorter during a check(): only the items visited */
+    if (i < n) {
         PyObject *visited = PyList_GetSlice(result, 0, i);
         Py_DECREF(result);
         return visited;
@@ -338,25 +352,9 @@ walk_list(Walk *w, PyObject *value, Py_ssize_t depth)
 static PyObject *
 walk_tuple(Walk *w, PyObject *value, Py_ssize_t depth)
 {
-    Py_ssize_t n = PyTuple_GET_SIZE(value);
-    int status = count(w, n);
-    if (status) {
-        return status > 0 ? BAIL : NULL;
-    }
-    if (add_size(w, 1 + n)) {
-        return BAIL;
-    }
-    PyObject *items = PyList_New(n);
-    if (items == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *converted = item(w, PyTuple_GET_ITEM(value, i), depth + 1, 0);
-        if (converted == NULL || is_bail(converted)) {
-            Py_DECREF(items);
-            return converted;
-        }
-        PyList_SET_ITEM(items, i, converted);
+    PyObject *items = walk_items(w, value, depth);
+    if (items == NULL || is_bail(items)) {
+        return items;
     }
     if (add_size(w, TAG_BYTES + PyUnicode_GET_LENGTH(TUPLE_NAME))) {
         Py_DECREF(items);
@@ -380,12 +378,9 @@ static PyObject *
 walk_dict(Walk *w, PyObject *value, Py_ssize_t depth)
 {
     Py_ssize_t n = PyDict_GET_SIZE(value);
-    int status = count(w, n);
+    int status = enter(w, n);
     if (status) {
         return status > 0 ? BAIL : NULL;
-    }
-    if (add_size(w, 1 + n)) {
-        return BAIL;
     }
     PyObject *result = _PyDict_NewPresized(n);
     if (result == NULL) {
@@ -465,7 +460,7 @@ node(Walk *w, PyObject *value, Py_ssize_t depth, Py_ssize_t own)
         result = walk_dict(w, value, depth);
     }
     else if (kind == &PyList_Type) {
-        result = walk_list(w, value, depth);
+        result = walk_items(w, value, depth);
     }
     else {
         result = walk_tuple(w, value, depth);
