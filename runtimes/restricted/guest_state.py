@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtimes.guest import OutputCap, SecretHandle
+from runtimes.restricted.budget import Budget
 from runtimes.restricted.grants import CallLink
 from runtimes.restricted.watchdog import WATCHDOG
 from runtimes.restricted.guest_builtins import base_builtins
@@ -108,7 +109,7 @@ class GuestState:
         self._clean_of: tuple[Any, Any] = (None, None)
 
     @property
-    def budget(self) -> Any:
+    def budget(self) -> Budget | None:
         """The budget the session's runs share (None before the first run)."""
         return self.kit.budget if self.kit is not None else None
 
