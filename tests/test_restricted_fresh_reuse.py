@@ -172,3 +172,26 @@ def test_decimal_arithmetic_touches_the_sessions_own_context_never_the_hosts() -
         assert result["value"] == "0." + "3" * 28
     assert state.decimal_context is not None and state.decimal_context.flags[decimal.Inexact]
     assert decimal.getcontext() is host_context and not host_context.flags[decimal.Inexact]
+
+
+def test_concurrent_fresh_runs_see_nothing_of_each_other() -> None:
+    import threading
+
+    failures: list[str] = []
+
+    def worker(first: int) -> None:
+        host = Host()
+        for n in range(first, first + 150):
+            code = f"try:\n    seen = leaked\nexcept NameError:\n    seen = None\nleaked = {n}\nprint({n})\ncall({n})\nseen"
+            result = run(code, host)
+            if not result["ok"] or result["value"] is not None or result["stdout"] != f"{n}\n":
+                failures.append(f"{n}: {result}")
+        if [args for _, args, _ in host.calls] != [[n] for n in range(first, first + 150)]:
+            failures.append(f"calls of {first}: {host.calls}")
+
+    threads = [threading.Thread(target=worker, args=(1000 * k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[:3]
