@@ -19,9 +19,9 @@ from typing import Any
 from runtimes.guest import OutputCap, SecretHandle
 from runtimes.restricted.budget import Budget
 from runtimes.restricted.grants import CallLink
-from runtimes.restricted.watchdog import WATCHDOG
 from runtimes.restricted.guest_builtins import base_builtins
 from runtimes.restricted.scaffold import Scaffold
+from runtimes.restricted.watchdog import WATCHDOG
 
 BASE_BUILTINS = base_builtins()
 
@@ -147,7 +147,8 @@ class GuestState:
 
     def dismantle(self) -> None:
         """Break the state's reference cycles (see `Scaffold.dismantle`) and empty its namespaces:
-        guest code that outlives the run finds no hooks or builtins and fails."""
+        guest code that outlives the run finds no hooks or builtins and fails. Never reused after."""
+        self._clean = None
         self.globals.clear()
         self.builtins.clear()
         if self.kit is not None:
@@ -170,7 +171,8 @@ def take_spare(memory_cap: bool) -> GuestState | None:
 
 
 def give_back(state: GuestState) -> None:
-    """Keep a fresh run's state for a later fresh run (it must be `GuestState.reusable`)."""
+    """Keep a fresh run's state for a later fresh run when it is `GuestState.reusable` (and
+    fewer than `_MAX_SPARES` wait), else dismantle it."""
     kit = state.kit
     if state.reusable and kit is not None and len(_SPARES) < _MAX_SPARES:
         # What the run's host handed in is not kept alive while the state waits (its outcome is built).
