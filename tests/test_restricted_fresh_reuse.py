@@ -195,3 +195,17 @@ def test_concurrent_fresh_runs_see_nothing_of_each_other() -> None:
     for thread in threads:
         thread.join(60)
     assert not failures, failures[:3]
+
+
+def test_a_hook_held_past_the_run_keeps_the_state_from_reuse() -> None:
+    """Guest code cannot name a hook; were one kept anyway (here by the host during the run), the
+    state is not reused."""
+    run("1")
+    kept = spare()
+    assert kept is not None and kept.kit is not None
+    hooks = kept.kit.hooks
+    held: list[Any] = []
+    host = Host()
+    host.during_call = lambda: held.append(hooks["_getiter_"])
+    assert run("call(1)", host)["ok"]
+    assert held and spare() is not kept

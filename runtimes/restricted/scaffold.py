@@ -10,6 +10,7 @@ freed by reference counting rather than a later collection.
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -75,10 +76,12 @@ class Scaffold:
         """Merged into the guest's globals at the start of every run (with the budget's tick
         sources ``_tick_`` and ``_enter_``, which a reset renews once a check has raised)."""
         self.exposed: list[Any] = [guest_globals, guest_builtins, budget, output, guards, guards.formatter,
-                                   guards.format_, guards.format_map, *functions.values()]
+                                   guards.format_, guards.format_map, *functions.values(),
+                                   *(hook for hook in self.hooks.values() if type(hook) is types.MethodType)]
         """Every object of the scaffold that guest code can obtain, or that holds the budget for
         it: whatever guest code keeps of a run holds a reference to one of them (a function or
-        frame holds the builtins dict; a guard's or size check's closure holds the budget or guards)."""
+        frame holds the builtins dict; a guard's or size check's closure holds the budget or
+        guards; the hooks, which guest code cannot name, are counted too)."""
 
     def dismantle(self) -> None:
         """Break the reference cycles among these objects (the guards and their formatter, the
