@@ -3,13 +3,14 @@ guards, limits, output cap, capability faults, sessions and the compile cache.""
 
 from __future__ import annotations
 
+import ast
 import marshal
 import time
 
 import pytest
 
 from runtimes.restricted import GuestState, execute
-from runtimes.restricted.transformer import compile_guest
+from runtimes.restricted.transformer import GuestTransformer, compile_guest
 from runtimes.wire import Fault
 
 LIMITS = {
@@ -473,12 +474,27 @@ def test_range_loop_shortcut_keeps_the_size_guards(code: str) -> None:
     assert err["kind"] == "limit_exceeded" and err["limit"] == "memory", err
 
 
-def test_comprehension_copies_do_not_multiply_when_nested() -> None:
-    """Only a comprehension without nested scopes gets a fast copy: 20 nested comprehensions
-    over ranges compile to code linear in the nesting, not 2**20 copies."""
-    source = "1"
+class _CountingTransformer(GuestTransformer):
+    visits = 0
+
+    def visit(self, node):  # noqa: ANN001, ANN201
+        type(self).visits += 1
+        return super().visit(node)
+
+
+@pytest.mark.parametrize("template", ["[{inner} * x{depth} for x{depth} in range(2)]",
+                                      "[x{depth} for x{depth} in range(len({inner}))]"])
+def test_comprehension_copies_do_not_multiply_when_nested(template: str) -> None:
+    """Only a comprehension without nested scopes (in its first iterable too) gets a fast copy:
+    nested comprehensions over ranges take visits and compile to code linear in the nesting
+    (12 levels: a few hundred visits, where copies at every level would take over 4096)."""
+    source = "[1]"
     for depth in range(20):
-        source = f"[{source} * x{depth} for x{depth} in range(2)]"
+        source = template.format(inner=source, depth=depth)
+        if depth == 11:
+            _CountingTransformer.visits = 0
+            _CountingTransformer(capture_result=True).visit(ast.parse(source))
+            assert _CountingTransformer.visits < 4096
     code = compile_guest(source).code
     assert code is not None
     assert len(marshal.dumps(code)) < 100_000

@@ -123,7 +123,9 @@ def _own_range_loops(statements: list[ast.stmt]) -> list[ast.For]:
 def range_comprehension(node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp) -> str | None:
     """The variable of ``node``'s first ``for`` when that is ``name in range(...)``, no later
     part of ``node`` binds ``name`` (its later ``for`` targets included) and ``node`` holds no
-    nested scope (so copies made of it cannot multiply); else None."""
+    nested scope anywhere, its first iterable included (the transformer visits an eligible
+    comprehension twice: a nested one visited twice at every level would take exponential
+    time); else None."""
     first = node.generators[0]
     if not (isinstance(first.target, ast.Name) and _is_range_call(first.iter)):
         return None
@@ -132,6 +134,8 @@ def range_comprehension(node: ast.ListComp | ast.SetComp | ast.DictComp | ast.Ge
         if isinstance(sub, SCOPES) or (isinstance(sub, ast.Name) and sub.id == first.target.id
                                        and not isinstance(sub.ctx, ast.Load)):
             return None
+    if any(isinstance(sub, SCOPES) for sub in ast.walk(first.iter)):
+        return None
     return first.target.id
 
 
