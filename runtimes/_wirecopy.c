@@ -524,12 +524,15 @@ depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit)
     Py_ssize_t deepest = level;
     PyTypeObject *kind = Py_TYPE(value);
     if (kind == &PyList_Type || kind == &PyTuple_Type) {
+        /* Each child is held while it is walked and a list's size is read again every time:
+         * walking a set allocates, which may collect and run finalisers that change a list. */
         int list = kind == &PyList_Type;
-        Py_ssize_t n = list ? PyList_GET_SIZE(value) : PyTuple_GET_SIZE(value);
-        for (Py_ssize_t i = 0; i < n && deepest <= limit; i++) {
+        for (Py_ssize_t i = 0; i < Py_SIZE(value) && deepest <= limit; i++) {
             PyObject *child = list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i);
             if (is_container(child)) {
+                Py_INCREF(child);
                 Py_ssize_t d = depth_of(child, level + 1, limit);
+                Py_DECREF(child);
                 if (d < 0) {
                     return -1;
                 }
@@ -543,7 +546,9 @@ depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit)
         PyObject *key, *child;
         while (deepest <= limit && PyDict_Next(value, &pos, &key, &child)) {
             if (is_container(child)) {
+                Py_INCREF(child);
                 Py_ssize_t d = depth_of(child, level + 1, limit);
+                Py_DECREF(child);
                 if (d < 0) {
                     return -1;
                 }

@@ -162,16 +162,15 @@ class Call(Generic[T]):
             post = None
         deadline = time.monotonic() + timeout
         while True:
-            posted = _post_and_wait(post, worker.done, worker.done_r, math.ceil(timeout * 1000))
+            _post_and_wait(post, worker.done, worker.done_r, math.ceil(timeout * 1000))
             if self.done or self._woken:
                 return self.done
-            # No post (time out, signal), or one for an earlier call (abandoned or woken).
-            if posted:
-                continue
+            # No post (time out, signal), or one for an earlier call (abandoned or woken): the
+            # work was handed over once; wait again for what is left of the time.
+            post = None
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return False
-            post = None
 
     def result(self) -> T:
         """The work's return value, or raises its exception. Only once it is done."""
