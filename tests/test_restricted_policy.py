@@ -451,6 +451,9 @@ def test_a_guest_cannot_define_a_class_property() -> None:
         "def f():\n    for i in range(1):\n        i += 'ab' if False else 0\n        i = 'ab' if True else i\n        y = i * 10**9\nf()",
         "def f():\n    def g():\n        nonlocal i\n        i = 'ab'\n    for i in range(1):\n        g()\n        y = i * 10**9\nf()",
         "def f():\n    for i in range(1):\n        [(i := 'ab') for k in range(1)]\n        y = i * 10**9\nf()",
+        "def f():\n    def g():\n        def h():\n            class C:\n                def m(self):\n                    nonlocal i\n                    i = 'ab'\n            C().m()\n        return h\n    for i in range(1):\n        g()()\n        y = i * 10**9\nf()",
+        "def f():\n    for i in range(1):\n        def g(x=(i := 'ab')):\n            pass\n        y = i * 10**9\nf()",
+        "def f():\n    for i in range(1):\n        g = lambda x=(i := 'ab'): x\n        y = i * 10**9\nf()",
         "def f():\n    for i in range(2):\n        y = i * 10**9\n    for i in ['ab']:\n        pass\nf()\ndef g():\n    for i in ['ab']:\n        for j in range(1):\n            y = i * 10**9\ng()",
         "i = 0\ndef g():\n    global i\n    i = 'ab'\ndef f():\n    global i\n    for i in range(1):\n        g()\n        y = i * 10**9\nf()",
         "def f():\n    try:\n        for i in range(1):\n            raise ValueError('ab')\n    except ValueError as i:\n        pass\n    for i in range(1):\n        y = str(i) * 10**9\nf()",
@@ -498,6 +501,39 @@ def test_comprehension_copies_do_not_multiply_when_nested(template: str) -> None
     code = compile_guest(source).code
     assert code is not None
     assert len(marshal.dumps(code)) < 100_000
+
+
+def test_range_loop_analysis_reads_nested_functions_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nested functions that each hold a range loop: the scope analysis reads each node a bounded
+    number of times, so compiling is linear in the source, not in its size times its nesting."""
+    import runtimes.restricted.name_scopes as name_scopes
+
+    real = ast.iter_child_nodes
+
+    def reads(depth: int) -> int:
+        lines = []
+        for level in range(depth):
+            pad = " " * level
+            lines += [f"{pad}def f{level}():", f"{pad} for i in range(1): pass"]
+        lines.append(" " * depth + "a = [" + ", ".join(["b"] * 2000) + "]")
+        tree = ast.parse("\n".join(lines))
+        count = 0
+
+        def counting(node: ast.AST):  # noqa: ANN202
+            nonlocal count
+            count += 1
+            return real(node)
+
+        monkeypatch.setattr(name_scopes.ast, "iter_child_nodes", counting)
+        try:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef):
+                    name_scopes.range_loops(node)
+        finally:
+            monkeypatch.setattr(name_scopes.ast, "iter_child_nodes", real)
+        return count
+
+    assert reads(40) < 1.5 * reads(10)
 
 
 def test_range_loop_shortcut_matches_python() -> None:

@@ -71,21 +71,33 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
     ``name`` the function binds nowhere else: a fast local that only the loop assigns, so in the
     loop's body it holds the current element of the range the loop was started with.
 
-    Conservative: every binding of the name anywhere in the function, nested scopes included,
-    counts, and a ``global``/``nonlocal`` naming it anywhere disqualifies it (a closure that
-    declares it ``nonlocal`` could rebind it).
+    Conservative: every binding of the name in the function's own scope counts (comprehensions
+    included, where a walrus binds in the function), and a ``global``/``nonlocal`` naming it
+    anywhere, nested scopes included, disqualifies it (a closure that declares it ``nonlocal``
+    could rebind it). Linear in the size of the tree over all the functions of a program.
     """
     candidates = _own_range_loops(function.body)
     if not candidates:
         return frozenset()
     binds: Counter[str] = Counter()
     declared: set[str] = set()
-    for node in ast.walk(function):
+    pending: list[ast.AST] = [child for field, value in ast.iter_fields(function) if field != "body"
+                              for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST)]
+    pending.extend(function.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, _NESTED):
+            # Its body binds its own names; only a ``nonlocal`` in it can rebind ours. Its
+            # decorators, defaults, annotations and bases run in this scope: walked as ours.
+            declared |= _nonlocal_within(node)
+            if not isinstance(node, ast.Lambda):
+                binds[node.name] += 1
+            pending.extend(child for field, value in ast.iter_fields(node) if field != "body"
+                           for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST))
+            continue
         if isinstance(node, ast.Name):
             if not isinstance(node.ctx, ast.Load):
                 binds[node.id] += 1
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            binds[node.name] += 1
         elif isinstance(node, ast.arg):
             binds[node.arg] += 1
         elif isinstance(node, ast.alias):
@@ -96,8 +108,36 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
             binds[node.rest] += 1
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             declared.update(node.names)
+        pending.extend(ast.iter_child_nodes(node))
     return frozenset(id(loop) for loop in candidates
                      if binds[cast(ast.Name, loop.target).id] == 1 and cast(ast.Name, loop.target).id not in declared)
+
+
+_NESTED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+"""Scopes whose bodies cannot bind an enclosing function's names except through ``nonlocal``."""
+
+
+def _nonlocal_within(scope: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef) -> frozenset[str]:
+    """Every name declared ``nonlocal`` anywhere in ``scope``'s body, nested scopes included.
+    Remembered on the node, so a chain of nested functions is read once, not once per level."""
+    known = getattr(scope, "_nonlocal_within", None)
+    if known is not None:
+        return cast(frozenset[str], known)
+    names: set[str] = set()
+    pending: list[ast.AST] = list(scope.body) if isinstance(scope.body, list) else [scope.body]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Nonlocal):
+            names.update(node.names)
+        elif isinstance(node, _NESTED):
+            names |= _nonlocal_within(node)
+            pending.extend(child for field, value in ast.iter_fields(node) if field != "body"
+                           for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST))
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    result = frozenset(names)
+    setattr(scope, "_nonlocal_within", result)
+    return result
 
 
 def _own_range_loops(statements: list[ast.stmt]) -> list[ast.For]:
