@@ -513,8 +513,26 @@ is_container(PyObject *value)
            kind == &PyFrozenSet_Type;
 }
 
+static Py_ssize_t depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit);
+
+/* `deepest`, or the depth of `child` one level below `level` when that is deeper; -1 with an
+ * exception set. The child is held while it is walked: walking a set allocates, which may
+ * collect and run finalisers that change the container `child` came from. */
+static Py_ssize_t
+deeper(PyObject *child, Py_ssize_t level, Py_ssize_t limit, Py_ssize_t deepest)
+{
+    if (!is_container(child)) {
+        return deepest;
+    }
+    Py_INCREF(child);
+    Py_ssize_t d = depth_of(child, level + 1, limit);
+    Py_DECREF(child);
+    return d < 0 ? -1 : d > deepest ? d : deepest;
+}
+
 /* Depth of the container `value` at nesting `level`, counted up to `limit + 1`; -1 with an
- * exception set. Only exact container types are entered, so no code of the value's runs. */
+ * exception set. Only exact container types are entered, so no code of the value's runs; a
+ * list's size is read again at every step, as a finaliser may have shortened it. */
 static Py_ssize_t
 depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit)
 {
@@ -524,36 +542,17 @@ depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit)
     Py_ssize_t deepest = level;
     PyTypeObject *kind = Py_TYPE(value);
     if (kind == &PyList_Type || kind == &PyTuple_Type) {
-        /* Each child is held while it is walked and a list's size is read again every time:
-         * walking a set allocates, which may collect and run finalisers that change a list. */
         int list = kind == &PyList_Type;
-        for (Py_ssize_t i = 0; i < Py_SIZE(value) && deepest <= limit; i++) {
-            PyObject *child = list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i);
-            if (is_container(child)) {
-                Py_INCREF(child);
-                Py_ssize_t d = depth_of(child, level + 1, limit);
-                Py_DECREF(child);
-                if (d < 0) {
-                    return -1;
-                }
-                deepest = d > deepest ? d : deepest;
-            }
+        for (Py_ssize_t i = 0; i < Py_SIZE(value) && deepest >= 0 && deepest <= limit; i++) {
+            deepest = deeper(list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i), level, limit, deepest);
         }
         return deepest;
     }
     if (kind == &PyDict_Type) {
         Py_ssize_t pos = 0;
         PyObject *key, *child;
-        while (deepest <= limit && PyDict_Next(value, &pos, &key, &child)) {
-            if (is_container(child)) {
-                Py_INCREF(child);
-                Py_ssize_t d = depth_of(child, level + 1, limit);
-                Py_DECREF(child);
-                if (d < 0) {
-                    return -1;
-                }
-                deepest = d > deepest ? d : deepest;
-            }
+        while (deepest >= 0 && deepest <= limit && PyDict_Next(value, &pos, &key, &child)) {
+            deepest = deeper(child, level, limit, deepest);
         }
         return deepest;
     }
@@ -562,14 +561,9 @@ depth_of(PyObject *value, Py_ssize_t level, Py_ssize_t limit)
         return -1;
     }
     PyObject *child;
-    while (deepest <= limit && (child = PyIter_Next(iterator)) != NULL) {
-        Py_ssize_t d = is_container(child) ? depth_of(child, level + 1, limit) : level;
+    while (deepest >= 0 && deepest <= limit && (child = PyIter_Next(iterator)) != NULL) {
+        deepest = deeper(child, level, limit, deepest);
         Py_DECREF(child);
-        if (d < 0) {
-            Py_DECREF(iterator);
-            return -1;
-        }
-        deepest = d > deepest ? d : deepest;
     }
     Py_DECREF(iterator);
     return PyErr_Occurred() ? -1 : deepest;
