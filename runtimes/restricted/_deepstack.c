@@ -62,15 +62,22 @@ typedef struct {
     int busy;           /* a run is on this stack */
 } Stack;
 
+/* x86-64 switches the stack pointer directly (below); with AVX-512 the compiler may keep values
+   in registers the switch does not declare clobbered, so such builds take ucontext too. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX512F__)
+#define DIRECT_SWITCH 1
+#endif
+
 typedef struct {
+#ifndef DIRECT_SWITCH
     ucontext_t caller;
     ucontext_t guest;
+#endif
     PyObject *function;
     PyObject *result;
 } Call;
 
 static pthread_key_t stack_key;
-static __thread Call *current_call;
 static long page_size;
 static PyObject *StackUnavailable; /* raised only when the function did not run */
 
@@ -156,7 +163,7 @@ static void trim(Stack *stack, int64_t elapsed)
         madvise(low, (size_t)(keep_floor - low), MADV_DONTNEED);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef DIRECT_SWITCH
 /* x86-64: switch the stack pointer directly. getcontext/swapcontext/setcontext each make a
    sigprocmask system call to save and restore a signal mask that cannot differ here (same
    thread, nothing changes it in between), about a microsecond per run. */
@@ -189,6 +196,8 @@ static __attribute__((noinline)) int switch_and_call(Call *call, Stack *stack)
 
 #else
 
+static __thread Call *current_call;
+
 static void trampoline(void)
 {
     Call *call = current_call;
@@ -208,7 +217,11 @@ static __attribute__((noinline)) int switch_and_call(Call *call, Stack *stack)
     call->guest.uc_stack.ss_size = stack->stack_size;
     call->guest.uc_link = NULL;
     makecontext(&call->guest, trampoline, 0);
-    return swapcontext(&call->caller, &call->guest) != 0 ? -1 : 0;
+    Call *outer = current_call;
+    current_call = call;
+    int failed = swapcontext(&call->caller, &call->guest) != 0 ? -1 : 0;
+    current_call = outer;
+    return failed;
 }
 
 #endif
@@ -250,8 +263,6 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Call call;
     call.function = function;
     call.result = NULL;
-    Call *outer = current_call;
-    current_call = &call;
     stack->busy = 1;
 #if PY_VERSION_HEX < 0x030C0000
     PyThreadState *tstate = PyThreadState_Get();
@@ -267,7 +278,6 @@ static PyObject *run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     tstate->recursion_remaining = saved_remaining;
 #endif
     stack->busy = 0;
-    current_call = outer;
     if (failed) {
         if (temporary)
             unmap_stack(stack);

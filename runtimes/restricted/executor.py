@@ -215,8 +215,7 @@ def _execute(
     tokens: dict[int, tuple[SecretHandle, str]] = {}
     stale = state.stale_handles
     link = state.link
-    if capabilities:
-        link.bind(capabilities)
+    link.bind(capabilities)  # before the baseline: the namespace is part of what a fresh run measures
     stopper = unregister = before = None
     WATCHDOG.register(budget)
     try:
@@ -229,7 +228,7 @@ def _execute(
         guest_globals["_tick_"] = budget.ticks
         guest_globals["_enter_"] = budget.enter
         if secrets or capabilities:
-            install_grants(guest_globals, capabilities, secrets, tokens, stale, link)
+            install_grants(guest_globals, secrets, tokens, stale, link)
         if inputs:
             guest_globals.update(inputs)
         if on_stop is not None:

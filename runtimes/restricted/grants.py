@@ -83,14 +83,14 @@ def _no_token(obj: Any) -> None:
 
 def install_grants(
     guest_globals: dict[str, Any],
-    capabilities: Sequence[str],
     secrets: Sequence[tuple[str, str, str]],
     tokens: dict[int, tuple[SecretHandle, str]],
     stale: dict[int, tuple[SecretHandle, str]],
     link: CallLink,
 ) -> None:
-    """Bind this run's capabilities and secret handles into the namespace. The capabilities
-    call the host through ``link`` (opened for this run; they refuse once it is closed)."""
+    """Put this run's capabilities (``link``'s namespace, bound by `CallLink.bind`) and secret
+    handles into the namespace. The capabilities call the host through ``link`` (opened for this
+    run; they refuse once it is closed)."""
     if secrets:
         handles = {}
         for name, token, description in secrets:
@@ -105,7 +105,6 @@ def install_grants(
 
     link.handle_token = handle_token
 
-    link.bind(capabilities)
     guest_globals.update(link.namespace)
 
 
