@@ -132,6 +132,13 @@ def test_fast_path_counts_exactly_the_bytes_and_nodes_of_the_python_walk(value: 
     assert _fast.copy(value, as_json, False, size, nodes - 1, None) is _fast.UNHANDLED
 
 
+def _c_handles(value: Any, as_json: bool, max_bytes: int | None) -> bool:
+    """Whether the C copy itself converts ``value`` (with the caps `wire._convert` passes it)."""
+    cap = wire._NO_CAP if max_bytes is None else max_bytes
+    nodes = wire._NO_CAP if max_bytes is None else wire.max_nodes(max_bytes)
+    return _fast.copy(value, as_json, False, cap, nodes, None) is not _fast.UNHANDLED
+
+
 def _nested(levels: int) -> Any:
     value: Any = 0
     for i in range(levels):
@@ -144,15 +151,35 @@ def _nested(levels: int) -> Any:
 def test_depth_cap_agrees(levels: int, as_json: bool) -> None:
     value = _nested(levels)
     assert _outcome(value, True, as_json, False, None, False) == _outcome(value, False, as_json, False, None, False)
+    assert _c_handles(value, as_json, None) == (levels <= wire.MAX_DEPTH)
 
 
 def test_size_and_node_caps_agree_at_the_boundary() -> None:
     value = {"rows": [{"id": i, "name": f"n{i}", "tags": ["a", "b"], "score": i / 3} for i in range(200)]}
     size = len(wire.dumps(wire.encode(value)))
-    for max_bytes in range(size - 40, size + 40 * wire.NODE_BYTES, 7):
-        for as_json in (False, True):
-            assert _outcome(value, True, as_json, False, max_bytes, False) == \
-                _outcome(value, False, as_json, False, max_bytes, False), max_bytes
+    wordy = {"rows": [{"id": i, "text": "w" * 40} for i in range(200)]}  # over the byte cap first
+    handled = set()
+    for item, limits in ((value, range(size - 40, size + 40 * wire.NODE_BYTES, 7)),
+                         (value, _around(_walked(value)[1] * wire.NODE_BYTES)),
+                         (wordy, _around(_walked(wordy)[0]))):
+        for max_bytes in limits:
+            for as_json in (False, True):
+                outcome = _outcome(item, False, as_json, False, max_bytes, False)
+                assert _outcome(item, True, as_json, False, max_bytes, False) == outcome, max_bytes
+                assert _c_handles(item, as_json, max_bytes) == (outcome[0] == "value"), max_bytes
+                handled.add(outcome[0] == "value")
+    assert handled == {True, False}  # the sweeps cross the caps
+
+
+def _walked(value: Any) -> tuple[int, int]:
+    """The bytes and nodes the Python walk counts for ``value`` (the same as JSON and plain)."""
+    walk = wire._Walk(False, False, None, None, None, None)
+    walk.walk(value, 0)
+    return walk.size, walk.nodes
+
+
+def _around(cap: int) -> range:
+    return range(cap - 20, cap + 20, 3)
 
 
 def test_shared_references_count_each_time_and_stay_shared() -> None:
@@ -165,6 +192,7 @@ def test_shared_references_count_each_time_and_stay_shared() -> None:
 
 def test_time_checks_are_the_same() -> None:
     value = [{"i": i, "l": [i] * 30} for i in range(3000)]
+    assert _c_handles(value, False, None)
     counts = []
     for fast in (True, False):
         calls: list[int] = []
