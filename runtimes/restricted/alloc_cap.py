@@ -34,10 +34,21 @@ def _load() -> Any:
 
 
 OVERHEAD_SHARE = 8
-"""The cap charges small objects through the pymalloc arenas mapped for them (pool headers and
-partly used pools included) but each larger block only its size rounded to its allocator unit,
-not malloc's bookkeeping around it. `armed_limit` keeps 1/OVERHEAD_SHARE of ``memory_bytes``
-for that, so resident growth stays within ``memory_bytes``."""
+"""`armed_limit` keeps 1/OVERHEAD_SHARE of ``memory_bytes`` for what the cap does not charge. What
+that is depends on the cap's mode (``Cap.small_by_arena``, decided at each ``arm()``):
+
+- By arena (CPython's pymalloc, 3.8 to 3.13, our arena hook outermost): small objects are
+  charged through the pymalloc arenas mapped for them (pool headers and partly used pools
+  included), each larger block its size rounded to its allocator unit. Only malloc's
+  bookkeeping around the large blocks is left out, and the kept share covers it: resident
+  growth stays within ``memory_bytes``.
+- Per block (``PYTHONMALLOC=malloc`` or ``debug``, another allocator or arena hook installed
+  over ours, CPython 3.14 or later): every block, small ones included, is charged its size
+  rounded to 16 bytes. The cap then bounds the bytes the guest holds, not resident growth:
+  pymalloc's pool headers and the free room of partly used pools, or malloc's per-chunk
+  header and minimum chunk, are not charged, and for many tiny objects they can exceed the
+  kept share (resident growth can then pass ``memory_bytes``; a run is still stopped once
+  its live bytes pass the armed limit)."""
 
 
 def armed_limit(memory_bytes: int) -> int:
