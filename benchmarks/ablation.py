@@ -129,7 +129,7 @@ def _compile_without(off: frozenset[str], source: str, mode: str = "exec", filen
     if not off:
         return transformer.compile_guest(source, mode, filename)
     tree = ast.parse(source, filename, mode)
-    visitor = _transformer_without(off)(capture_result=(mode == "exec" and filename == transformer.GUEST_FILENAME))
+    visitor = _transformer_without(off)(top_level=(mode == "exec" and filename == transformer.GUEST_FILENAME))
     tree = visitor.visit(tree)
     if visitor.errors:
         return transformer.Compiled(None, "SyntaxError", "; ".join(visitor.errors), None)

@@ -20,6 +20,13 @@ CAPABILITIES = ("ns.call", "call")
 
 
 @pytest.fixture(autouse=True)
+def _no_spares_of_other_tests() -> None:
+    """Each test starts with no state waiting for reuse: `spare()` is this test's own."""
+    while _SPARES:
+        _SPARES.pop().dismantle()
+
+
+@pytest.fixture(autouse=True)
 def _no_automatic_collection() -> Iterator[None]:
     """Garbage is collected only where a test says so (inside the later run)."""
     enabled = gc.isenabled()
@@ -91,18 +98,19 @@ CYCLE = "gen = g()\nnext(gen)\nbox = [gen]\nbox.append(box)\n"
 @pytest.mark.parametrize("keeper", sorted(KEEPERS))
 def test_what_a_run_keeps_alive_never_reaches_a_later_fresh_run(keeper: str) -> None:
     run("1")  # the keeper runs on a state an earlier fresh run left clean
-    assert spare() is not None
+    clean = spare()
+    assert clean is not None
     first = Host()
     result = run(KEEPERS[keeper] + CYCLE, first)
     assert result["ok"], result["error"]
-    kept = spare()
+    assert clean not in _SPARES  # taken by the keeper, then not given back
     later = Host()
     result = run("collect()\nprint('later')\n[call(1), ns.call(2)]", later, capabilities=("collect", *CAPABILITIES))
     assert result["ok"], result["error"]
     assert result["stdout"] == "later\n"
     assert result["value"] == ["ok", "ok"]
     assert [call[0] for call in later.calls] == ["collect", "call", "ns.call"]
-    assert kept is None or kept.globals == {}
+    assert clean.globals == {} and clean.builtins == {}  # dismantled
 
 
 def test_a_run_that_keeps_its_scaffold_alive_is_not_reused() -> None:
@@ -110,9 +118,12 @@ def test_a_run_that_keeps_its_scaffold_alive_is_not_reused() -> None:
     clean = spare()
     assert clean is not None
     run("class Box:\n    pass\nb = Box()\nb.me = b\nb.keep = print\n")
-    assert spare() is not clean  # taken by that run, then not given back
+    assert clean not in _SPARES  # taken by that run, then not given back
+    run("1")
+    clean = spare()
+    assert clean is not None
     run("class Box:\n    pass\nb = Box()\nb.me = b\nb.keep = ns\n")
-    assert spare() is not clean
+    assert clean not in _SPARES
 
 
 def test_a_capability_a_later_run_was_not_granted_is_not_there() -> None:

@@ -496,7 +496,7 @@ def test_comprehension_copies_do_not_multiply_when_nested(template: str) -> None
         source = template.format(inner=source, depth=depth)
         if depth == 11:
             _CountingTransformer.visits = 0
-            _CountingTransformer(capture_result=True).visit(ast.parse(source))
+            _CountingTransformer(top_level=True).visit(ast.parse(source))
             assert _CountingTransformer.visits < 4096
     code = compile_guest(source).code
     assert code is not None

@@ -140,7 +140,7 @@ class GuestState:
         alive), the globals are empty and the run was not stopped (a stop may still be arriving
         from another thread). Called with the globals already cleared."""
         kit = self.kit
-        clean = (before is not None and kit is not None and kit.budget.stop is None and not self.globals
+        clean = (before is not None and kit is not None and kit.budget.stop is None
                  and WATCHDOG.measure_quietly(self.measure) == before and not self.globals)
         self._clean, self._clean_of = (before, (kit, self.link.exposed)) if clean else (None, (None, None))
         return clean

@@ -51,14 +51,25 @@ def declare_globals(module: ast.Module) -> None:
     if not names:
         return
     body = module.body
-    start = 0
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-        start = 1
+    start = docstring_length(body)
     while start < len(body) and isinstance(body[start], ast.ImportFrom) and cast(ast.ImportFrom, body[start]).module == "__future__":
         start += 1
     declaration = ast.Global(names=sorted(names))
     copy_locations(declaration, body[min(start, len(body) - 1)])
     body.insert(start, declaration)
+
+
+def docstring_length(body: list[ast.stmt]) -> int:
+    """1 when ``body`` starts with a docstring (which must stay first), else 0."""
+    first = body[0] if body else None
+    return int(isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str))
+
+
+def _outside_body(node: ast.AST) -> list[ast.AST]:
+    """The child nodes of ``node`` other than its ``body``: for a function, lambda or class, what
+    runs in the enclosing scope (decorators, defaults, annotations, bases)."""
+    return [child for field, value in ast.iter_fields(node) if field != "body"
+            for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST)]
 
 
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp, ast.DictComp,
@@ -81,8 +92,7 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
         return frozenset()
     binds: Counter[str] = Counter()
     declared: set[str] = set()
-    pending: list[ast.AST] = [child for field, value in ast.iter_fields(function) if field != "body"
-                              for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST)]
+    pending: list[ast.AST] = _outside_body(function)
     pending.extend(function.body)
     while pending:
         node = pending.pop()
@@ -92,8 +102,7 @@ def range_loops(function: ast.FunctionDef) -> frozenset[int]:
             declared |= _nonlocal_within(node)
             if not isinstance(node, ast.Lambda):
                 binds[node.name] += 1
-            pending.extend(child for field, value in ast.iter_fields(node) if field != "body"
-                           for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST))
+            pending.extend(_outside_body(node))
             continue
         if isinstance(node, ast.Name):
             if not isinstance(node.ctx, ast.Load):
@@ -131,8 +140,7 @@ def _nonlocal_within(scope: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda 
             names.update(node.names)
         elif isinstance(node, _NESTED):
             names |= _nonlocal_within(node)
-            pending.extend(child for field, value in ast.iter_fields(node) if field != "body"
-                           for child in (value if isinstance(value, list) else [value]) if isinstance(child, ast.AST))
+            pending.extend(_outside_body(node))
             continue
         pending.extend(ast.iter_child_nodes(node))
     result = frozenset(names)

@@ -72,7 +72,7 @@ from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locati
 
 from runtimes.guest import GUEST_FILENAME, STRING_FILENAME
 from runtimes.restricted.guards import DUNDER_ANY, DUNDER_METHODS
-from runtimes.restricted.name_scopes import declare_globals, range_comprehension, range_loops
+from runtimes.restricted.name_scopes import declare_globals, docstring_length, range_comprehension, range_loops
 
 RESULT_NAME = "_result_"
 
@@ -163,10 +163,11 @@ def _is_small_number(node: ast.expr) -> bool:
 class GuestTransformer(RestrictingNodeTransformer):
     """RestrictedPython's transformer with our extensions (see the module docstring)."""
 
-    def __init__(self, *, capture_result: bool, names_global: bool = False) -> None:
+    def __init__(self, *, top_level: bool) -> None:
+        """``top_level``: the program the executor runs (its globals are its locals): its last
+        expression's value is captured and its module-level names are declared global."""
         super().__init__()
-        self.capture_result = capture_result
-        self.names_global = names_global
+        self.top_level = top_level
         self._scopes: list[str] = []
         self._known: list[dict[str, str]] = [{}]
         """Per scope: names known to hold an int, each with the flag that says so (`visit_For`)."""
@@ -198,12 +199,12 @@ class GuestTransformer(RestrictingNodeTransformer):
 
     def visit_Module(self, node: ast.Module) -> ast.AST:
         node = self.node_contents_visit(node)
-        if self.capture_result and node.body and isinstance(node.body[-1], ast.Expr):
+        if self.top_level and node.body and isinstance(node.body[-1], ast.Expr):
             last = node.body[-1]
             store = ast.Assign(targets=[ast.Name(RESULT_NAME, ast.Store())], value=last.value)
             copy_locations(store, last)
             node.body[-1] = store
-        if self.names_global:
+        if self.top_level:
             declare_globals(node)
         return node
 
@@ -248,8 +249,7 @@ class GuestTransformer(RestrictingNodeTransformer):
     def _prepend(owner: ast.stmt | ast.expr, body: list[ast.stmt], tick: str) -> None:
         stmt = ast.Expr(_call(tick))
         copy_locations(stmt, body[0] if body else owner)
-        start = 1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str) else 0
-        body.insert(start, stmt)
+        body.insert(docstring_length(body), stmt)
 
     # loops -------------------------------------------------------------------------------
 
@@ -560,7 +560,7 @@ def compile_guest(source: str, mode: str = "exec", filename: str = GUEST_FILENAM
     except (ValueError, MemoryError, RecursionError) as exc:  # NUL bytes, absurd nesting
         return Compiled(None, "SyntaxError", str(exc), None)
     top_level = mode == "exec" and filename == GUEST_FILENAME
-    transformer = GuestTransformer(capture_result=top_level, names_global=top_level)
+    transformer = GuestTransformer(top_level=top_level)
     try:
         tree = transformer.visit(tree)
     except RecursionError:

@@ -115,8 +115,8 @@ class Watchdog:
 
     def _poll(self, now: float) -> bool:
         """Poll every active budget; True when there was one. Its references end with the call."""
-        active = list(self._active.copy().values())
-        for budget in active:
+        active = self._active.copy()  # one step under the GIL; runs register without a lock
+        for budget in active.values():
             budget.watchdog_poll(now)
         return bool(active)
 
