@@ -455,7 +455,14 @@ def _convert(value: Any, as_json: bool, *, lenient: bool, max_bytes: int | None,
     """The conversion `plain` and `encode` describe. A value made only of exact JSON types and
     tuples is copied by the C fast path when it is built (``fast``), with the same result, caps,
     accounting and checks; anything it does not handle (another type, an error, a refusal) is
-    converted again from the start by the Python walk, which alone raises and repairs."""
+    converted again from the start by the Python walk, which alone raises and repairs.
+
+    Cost of giving up: the C copy stops where it meets what it does not handle, which for a
+    value over a cap (bytes, nodes or depth) is where the cap is passed, so such a value is
+    walked up to twice (C then Python: up to 2x the CPU of one walk) and ``check`` is called
+    again for every checkpoint the C copy had passed (up to 2x the calls). C does not raise the
+    cap error itself: the Python walk adds a list's bytes after its items and so may meet a
+    refused object, a lenient repr or another cap first, and its error is the one reported."""
     # The copy builds only fresh containers that hold no cycle: collecting while it runs finds
     # no garbage, and a large copy would trigger collections of every generation for nothing.
     paused = type(value) in _CONTAINER_TYPES and gc.isenabled()
@@ -491,7 +498,8 @@ def plain(value: Any, *, lenient: bool = False, max_bytes: int | None = None, ha
 
     Both raise `ValueTooLarge` over ``max_bytes`` (and the node cap that goes with it) or over
     `MAX_DEPTH`; ``check`` is called each time the node count passes another 1024 (a run's time
-    check, which may raise; a container's items are counted before they are visited). Garbage
+    check, which may raise; a container's items are counted before they are visited; a value the
+    C fast path gives up on is walked again, and checked again, from the start). Garbage
     collection is paused while a container is copied (the copy holds no cycles).
     """
     return _convert(value, False, lenient=lenient, max_bytes=max_bytes, handle_token=handle_token,
