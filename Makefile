@@ -3,18 +3,21 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the C extensions (setup.py lists the same sources); module names and built files follow from them
+EXT_SOURCES := runtimes/restricted/_alloccap.c runtimes/restricted/_deepstack.c sandbox/_handoff.c runtimes/_wirecopy.c
+EXT_MODULES := $(subst /,.,$(basename $(EXT_SOURCES)))
 
 .PHONY: setup system-deps guest demo test bench soak security-counts clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py runtimes/restricted/_alloccap.c runtimes/restricted/_deepstack.c sandbox/_handoff.c runtimes/_wirecopy.c
+$(STAMP): pyproject.toml setup.py $(EXT_SOURCES)
 	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench,cedar,data,dataframes,mcp,smolagents,langchain,ray]'
-	$(PY) -c 'from runtimes.restricted import _alloccap, _deepstack; from sandbox import _handoff; from runtimes import _wirecopy'  # the editable install built them in place
+	$(PY) -c 'import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]' $(EXT_MODULES)  # the editable install built them in place
 	@touch $(STAMP)
 
 system-deps:
@@ -40,4 +43,4 @@ bench: guest
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache runtimes/restricted/_alloccap*.so runtimes/restricted/_deepstack*.so sandbox/_handoff*.so runtimes/_wirecopy*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache $(addsuffix *.so,$(basename $(EXT_SOURCES)))

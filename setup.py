@@ -1,33 +1,20 @@
 """Builds the C extensions (the restricted runtime's allocator cap and deep guest stack, the host's
-call hand-off flags, the wire format's fast plain-data copy); everything else is configured in pyproject.toml."""
+call hand-off flags, the wire format's fast plain-data copy); everything else is configured in pyproject.toml.
+The Makefile's EXT_SOURCES lists the same sources."""
 
 from setuptools import Extension, setup
+
+_SOURCES = ["runtimes/restricted/_alloccap.c", "runtimes/restricted/_deepstack.c", "sandbox/_handoff.c",
+            "runtimes/_wirecopy.c"]
 
 setup(
     ext_modules=[
         Extension(
-            "runtimes.restricted._alloccap",
-            sources=["runtimes/restricted/_alloccap.c"],
+            source.removesuffix(".c").replace("/", "."),
+            sources=[source],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
             optional=False,
-        ),
-        Extension(
-            "runtimes.restricted._deepstack",
-            sources=["runtimes/restricted/_deepstack.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
-            optional=False,
-        ),
-        Extension(
-            "sandbox._handoff",
-            sources=["sandbox/_handoff.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
-            optional=False,
-        ),
-        Extension(
-            "runtimes._wirecopy",
-            sources=["runtimes/_wirecopy.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
-            optional=False,
-        ),
+        )
+        for source in _SOURCES
     ]
 )
