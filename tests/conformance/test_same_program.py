@@ -150,7 +150,9 @@ PROGRAMS: tuple[Program, ...] = (
 @pytest.fixture(scope="module", params=RUNTIMES)
 def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     name, isolation = request.param
-    sb = Sandbox(name, isolation=isolation, limits=LIMITS.model_copy(update={"wall_seconds": 30}),  # type: ignore[arg-type]
+    # a run's limits may not exceed its sandbox's: room for the longest wall limit in the table
+    wall_seconds = max(p.wall_seconds or LIMITS.wall_seconds for p in PROGRAMS)
+    sb = Sandbox(name, isolation=isolation, limits=LIMITS.model_copy(update={"wall_seconds": wall_seconds}),  # type: ignore[arg-type]
                  capabilities=[echo, kv_get, deny, explode, nap, use],
                  secrets={"api": Secret(value=SECRET, capabilities=["use"], description="the api key")})
     yield sb
