@@ -441,8 +441,9 @@ def _bytecode(source: str) -> str | None:
     the child to run without compiling (a cold compiler in a fresh child costs a few hundred
     microseconds per run). None, and the child compiles, over `_HOST_COMPILE_BYTES` (this
     parse runs outside the child's limits) or when it does not compile (the child then reports
-    the error exactly as it would have)."""
-    if not isinstance(source, str) or len(source) > _HOST_COMPILE_BYTES or len(source.encode()) > _HOST_COMPILE_BYTES:
+    the error exactly as it would have: a lone surrogate, which the frame carries, included)."""
+    if (not isinstance(source, str) or len(source) > _HOST_COMPILE_BYTES
+            or len(source.encode("utf-8", "surrogatepass")) > _HOST_COMPILE_BYTES):
         return None
     code = compile_guest(source).code
     if not isinstance(code, types.CodeType):

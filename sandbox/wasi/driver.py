@@ -104,6 +104,11 @@ class WasiDriver:
             raise
 
     def _call(self, rt: Runtime, inst: Instance, job: Job, *, session: bool) -> Outcome:
+        try:  # the component boundary carries only valid Unicode: a lone surrogate cannot reach the guest
+            job.code.encode("utf-8")
+        except UnicodeEncodeError as exc:  # what the other runtimes' compiler reports for it
+            return Outcome(ok=False, error=ErrorInfo(kind="compile_error", type="SyntaxError", message=str(exc)),
+                           layers=LAYERS)
         rt.trap_handlers.ensure()
         limits = job.limits
         budget = max(1, int(limits.cpu_seconds * self.fuel_per_cpu_second))

@@ -174,3 +174,11 @@ def test_same_program_same_result(sandbox: Sandbox, program: Program) -> None:
     assert got == (program.value, program.error), result.error
     assert result.stdout == (program.stdout or "")
     assert result.output_truncated is program.truncated
+
+
+def test_a_lone_surrogate_in_the_source_is_a_compile_error(sandbox: Sandbox) -> None:
+    # A string Python holds but UTF-8 cannot: every runtime reports what the compiler says of it.
+    result = sandbox.run('x = "\ud800"\nx', limits=LIMITS)
+    assert not result.ok and (result.error.kind, result.error.type) == ("compile_error", "SyntaxError"), result.error
+    assert "surrogates not allowed" in result.error.message
+    assert sandbox.run("'after'", limits=LIMITS).value == "after"
