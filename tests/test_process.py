@@ -551,6 +551,26 @@ def test_child_timings_are_its_word_and_never_exceed_the_exchange():
     assert timings["channel"] == 0.0 and timings["take"] == 0.1
 
 
+def test_a_done_frame_with_numbers_no_float_holds_is_an_outcome():
+    """A compromised child's ``done`` frame may carry ints no float holds (the wire accepts
+    10**400): its CPU time and phases are dropped, the run still ends in an outcome, and its
+    phases are read only when the job asked for timings."""
+    from runtimes.process.framing import decode, encode
+    from sandbox.process.child_handle import reported_seconds
+
+    huge = 10**400
+    msg = decode(encode({"t": "done", "cpu": huge, "cpu_total": huge, "maxrss": 0,
+                         "outcome": {"ok": True, "value": 1, "stdout": "", "stderr": ""},
+                         "timings": {"child.setup": huge, "child.execute": 0.5}})[4:], max_bytes=1 << 20)
+    assert msg["cpu"] == huge and reported_seconds(msg["cpu"]) is None
+    outcome = ProcessDriver._outcome(msg, (), timings=True)
+    assert outcome.ok and outcome.value == 1 and outcome.cpu_seconds == 0.0
+    assert outcome.timings == {"child.execute": 0.5}
+    assert ProcessDriver._outcome(msg, (), timings=False).timings is None
+    assert [reported_seconds(v) for v in (0, 1, 0.5, True, "1", None, -1.0, float("inf"))] == [
+        0.0, 1.0, 0.5, None, None, None, None, None]
+
+
 
 def test_only_a_reaped_process_reads_as_hung_up():
     """`ChildHandle.end` takes a hung-up pidfd as proof that the zygote reaped the child: a live

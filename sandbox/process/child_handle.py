@@ -8,6 +8,7 @@ reaped it).
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -38,6 +39,19 @@ def _hung_up(fd: int, timeout_ms: int) -> bool:
     poller = select.poll()
     poller.register(fd, 0)
     return any(events & select.POLLHUP for _fd, events in poller.poll(timeout_ms))
+
+
+def reported_seconds(value: object) -> float | None:
+    """A number of seconds from the child's report (its word, never trusted): ``value`` as a
+    finite non-negative float; None when it is not a number (a bool included) or out of range
+    (NaN, infinite, negative, or an int too large for a float). Never raises."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class FrameTooLarge(ChannelClosed):
@@ -122,7 +136,7 @@ class ChildHandle:
             if msg.get("t") != "ready":
                 raise ChannelClosed(f"expected ready, got {msg.get('t')!r}")
             self.ready = msg
-            self.cpu_total = float(msg.get("cpu") or 0.0)
+            self.cpu_total = reported_seconds(msg.get("cpu")) or 0.0
         return self.ready
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import functools
 import marshal
-import math
 import os
 import resource
 import signal
@@ -30,7 +29,7 @@ from runtimes.restricted.transformer import compile_guest
 from runtimes.wire import Fault
 from sandbox.errors import ConfigurationError, IsolationUnavailable
 from sandbox.limits import LimitName
-from sandbox.process.child_handle import EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, ChildHandle, FrameTooLarge
+from sandbox.process.child_handle import EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, ChildHandle, FrameTooLarge, reported_seconds
 from sandbox.process.rlimits import rlimit_plan
 from sandbox.process.session import ProcessSession
 from sandbox.process.zygote_client import START_TIMEOUT, ZygoteClient
@@ -312,8 +311,8 @@ class ProcessDriver:
                 except OSError:
                     pass  # the child died; the next recv reports it
             elif kind == "done":
-                child.cpu_total = float(msg.get("cpu_total") or child.cpu_total)
-                return self._outcome(msg, layers), True
+                child.cpu_total = reported_seconds(msg.get("cpu_total")) or child.cpu_total
+                return self._outcome(msg, layers, timings=job.timings), True
             else:
                 child.kill()
                 return self._death(child, job, f"unexpected message {kind!r} from the child", layers), False
@@ -338,7 +337,7 @@ class ProcessDriver:
                                                                     f"{type(exc).__name__}").to_wire()}
 
     @staticmethod
-    def _outcome(msg: dict, layers: tuple[str, ...]) -> Outcome:
+    def _outcome(msg: dict, layers: tuple[str, ...], *, timings: bool) -> Outcome:
         data = msg.get("outcome")
         if not isinstance(data, dict):
             return internal_error("the child sent no outcome")
@@ -349,9 +348,9 @@ class ProcessDriver:
                 stdout=str(data.get("stdout") or ""), stderr=str(data.get("stderr") or ""),
                 output_truncated=bool(data.get("output_truncated")),
                 error=ErrorInfo.model_validate(error) if error else None,
-                cpu_seconds=float(msg.get("cpu") or 0.0), peak_memory_bytes=int(msg.get("maxrss") or 0) or None,
-                layers=layers, timings=_child_timings(msg.get("timings")))
-        except (ValidationError, TypeError, ValueError) as exc:
+                cpu_seconds=reported_seconds(msg.get("cpu")) or 0.0, peak_memory_bytes=int(msg.get("maxrss") or 0) or None,
+                layers=layers, timings=_child_timings(msg.get("timings")) if timings else None)
+        except (ValidationError, TypeError, ValueError, ArithmeticError) as exc:
             return internal_error(f"the child sent a malformed outcome: {exc}")
 
     def _with_usage(self, child: ChildHandle, outcome: Outcome, layers: tuple[str, ...]) -> Outcome:
@@ -460,9 +459,8 @@ def _child_timings(reported: object) -> dict[str, float] | None:
     dropped, never trusted); None when it reported none."""
     if not isinstance(reported, dict):
         return None
-    phases = {name: float(seconds) for name, seconds in reported.items()
-              if name in _CHILD_PHASES and isinstance(seconds, (int, float)) and not isinstance(seconds, bool)}
-    return {name: seconds for name, seconds in phases.items() if math.isfinite(seconds) and seconds >= 0}
+    phases = {name: reported_seconds(seconds) for name, seconds in reported.items() if name in _CHILD_PHASES}
+    return {name: seconds for name, seconds in phases.items() if seconds is not None}
 
 
 def _limit(limit: LimitName, message: str) -> Outcome:
