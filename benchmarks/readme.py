@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import cell, fmt_ratio, fmt_time, fmt_value, settle_note
+from benchmarks.report import cell, fmt_ratio, fmt_time, fmt_value, settle_note, wasi_build_lines
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "results.json"
@@ -70,9 +70,9 @@ def render(results: dict[str, Any], image_dir: str | None = None) -> str:
         lines += ["", " ".join(f"![{name}]({image_dir}/{name}.png)"
                                for name in ("startup", "overhead", "scaling", "humaneval"))]
     lines += ["", settle_note(results)]
-    build = _wasi_build(results)
+    build = "; ".join(wasi_build_lines(results))
     if build:
-        lines += ["", build]
+        lines += ["", build + "."]
     before = results.get("load_before", {})
     during = results.get("load_during", {})
     load = before.get("load_average") or [None]
@@ -83,21 +83,6 @@ def render(results: dict[str, Any], image_dir: str | None = None) -> str:
     if results.get("load_warning"):
         lines += ["", f"Warning: {results['load_warning']}."]
     return "\n".join(lines) + "\n"
-
-
-def _wasi_build(results: dict[str, Any]) -> str | None:
-    """The wasi guest's cached load time and first-use build time, or why the latter is missing."""
-    build = results.get("wasi_build") or {}
-    if not build:
-        return None
-    parts = []
-    for key, label in (("cached_load", "wasi guest load from the cache"), ("first_use_build", "first-use build")):
-        entry = build.get(key) or {}
-        if entry.get("status") == "ok":
-            parts.append(f"{label}: {fmt_time(entry['seconds'])}")
-        elif entry:
-            parts.append(f"{label}: {entry.get('status')} ({entry.get('reason')})")
-    return "; ".join(parts) + "." if parts else None
 
 
 def _num(value: float | None) -> str:

@@ -67,6 +67,20 @@ def cell(entry: dict[str, Any]) -> str:
     return {"n/a": "n/a", "skipped": "skipped", "unsupported": "unsupported", "failed": "failed"}.get(status, "-")
 
 
+def wasi_build_lines(results: dict[str, Any]) -> list[str]:
+    """One line per measured wasi guest build step (cached load, first-use build): its time, or
+    its status and why it is missing. Empty when the run did not measure the wasi build."""
+    build = results.get("wasi_build") or {}
+    lines = []
+    for key, label in (("cached_load", "wasi guest load from the cache"), ("first_use_build", "wasi first-use build")):
+        entry = build.get(key) or {}
+        if entry.get("status") == "ok":
+            lines.append(f"{label}: {fmt_time(entry['seconds'])}")
+        elif entry:
+            lines.append(f"{label}: {entry.get('status')} ({entry.get('reason')})")
+    return lines
+
+
 def settle_note(results: dict[str, Any]) -> str:
     """Whether background work was settled between bursts (results from before it say not)."""
     settle = results.get("settle") or {}
@@ -207,12 +221,8 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
     ablation = results.get("ablation")
     if ablation:
         print_ablation(ablation, console)
-    build = results.get("wasi_build")
-    if build:
-        for key, label in (("cached_load", "wasi guest load from cache"), ("first_use_build", "wasi first-use build")):
-            e = build.get(key, {})
-            shown = fmt_time(e["seconds"]) if e.get("status") == "ok" else f"{e.get('status')}: {e.get('reason')}"
-            console.print(f"{label}: {shown}")
+    for line in wasi_build_lines(results):
+        console.print(line)
     console.print(f"[dim]{settle_note(results)}[/]")
     if results.get("load_warning"):
         console.print(f"[yellow]warning:[/] {results['load_warning']}")
