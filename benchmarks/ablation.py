@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.runner import Config, settle_counted
 from benchmarks.stats import summarise
 from benchmarks.workloads import Workload
 from benchmarks.workloads import by_name as workloads_by_name
@@ -57,7 +58,6 @@ NOT_SWITCHABLE: dict[str, dict[str, str]] = {
     },
 }
 BOOTSTRAP_ROUNDS = 1000
-SETTLE_TIMEOUT = 2.0
 
 
 @dataclass
@@ -68,6 +68,8 @@ class AblationConfig:
     """Time per variant and workload (never fewer than ``min_samples`` runs)."""
     min_samples: int = 20
     max_samples: int = 400
+    settle_timeout: float = Config.settle_timeout
+    """Seconds one variant may take to settle before a call; a settle that times out is counted."""
 
 
 @dataclass
@@ -77,7 +79,7 @@ class _Variant:
     on: frozenset[str]
     call: Callable[[str, dict[str, Any] | None], Any] | None = None
     close: Callable[[], None] = lambda: None
-    settle: Callable[[], object] = lambda: True
+    settle: Callable[[float], object] = lambda _timeout: True
     samples: list[float] = field(default_factory=list)
     spent: float = 0.0
     error: str | None = None
@@ -207,7 +209,10 @@ def _variants(runtime: str) -> list[_Variant]:
 # ---------------------------------------------------------------------------------- measuring
 
 
-def _measure(variants: list[_Variant], workload: Workload, inputs: dict[str, Any] | None, cfg: AblationConfig) -> None:
+def _measure(variants: list[_Variant], workload: Workload, inputs: dict[str, Any] | None, cfg: AblationConfig,
+             unsettled: dict[str, int]) -> None:
+    """Time ``workload`` on every variant, interleaved; a variant whose settle before a call
+    times out or fails is counted in ``unsettled``, by variant name."""
     running = [v for v in variants if v.call is not None]
     for v in running:
         v.samples, v.spent, v.error = [], 0.0, None
@@ -223,7 +228,7 @@ def _measure(variants: list[_Variant], workload: Workload, inputs: dict[str, Any
         rnd += 1
         for v in order:
             for other in variants:
-                other.settle()
+                settle_counted(other.name, other.settle, cfg.settle_timeout, unsettled)
             t0 = time.perf_counter_ns()
             try:
                 v.call(workload.code, inputs)  # type: ignore[misc]
@@ -259,7 +264,8 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = lambda _text: None) ->
         "workloads": [w.name for w in workloads],
         "titles": {w.name: w.title for w in workloads},
         "config": {"budget_seconds": cfg.budget_seconds, "min_samples": cfg.min_samples,
-                   "max_samples": cfg.max_samples, "bootstrap_rounds": BOOTSTRAP_ROUNDS},
+                   "max_samples": cfg.max_samples, "bootstrap_rounds": BOOTSTRAP_ROUNDS,
+                   "settle_timeout": cfg.settle_timeout},
         "runtimes": {},
     }
     for runtime in cfg.runtimes:
@@ -273,14 +279,15 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = lambda _text: None) ->
         if "uid" in set(LAYERS[runtime]) - set(_layers(runtime)):
             not_switchable["uid"] = "not a root host: children never change uid, so there is no drop to time"
         entry: dict[str, Any] = {"status": "ok", "layers": list(_layers(runtime)),
-                                 "not_switchable": not_switchable, "variants": {}, "costs": {}}
+                                 "not_switchable": not_switchable, "variants": {}, "costs": {},
+                                 "settle_timeouts": {}}
         try:
             for v in variants:
                 log(f"ablation: {runtime} with {v.name} on")
                 try:
                     sb, v.close = _sandbox(runtime, v.on)
                     v.call = _make_call(runtime, sb, v.on)
-                    v.settle = functools.partial(sb.warm, SETTLE_TIMEOUT)
+                    v.settle = sb.warm
                 except Exception as exc:
                     v.error = f"set-up failed: {type(exc).__name__}: {exc}"[:300]
             base = variants[0]
@@ -290,7 +297,7 @@ def run(cfg: AblationConfig, log: Callable[[str], None] = lambda _text: None) ->
                 continue
             for workload in workloads:
                 log(f"ablation: {runtime}, {workload.title}")
-                _measure(variants, workload, workload.make_inputs(), cfg)
+                _measure(variants, workload, workload.make_inputs(), cfg, entry["settle_timeouts"])
                 for v in variants:
                     cell = entry["variants"].setdefault(v.name, {})
                     cell[workload.name] = ({"status": "ok", **summarise(v.samples)} if v.error is None and v.samples

@@ -268,6 +268,8 @@ def print_ablation(ablation: dict[str, Any], console: Console) -> None:
     for runtime, entry in ablation.get("runtimes", {}).items():
         for layer, why in entry.get("not_switchable", {}).items():
             console.print(f"[dim]{runtime} {layer} not switchable: {why}[/]")
+        for variant, count in entry.get("settle_timeouts", {}).items():
+            console.print(f"[yellow]{runtime} with {variant} on: settling timed out {count} times[/]")
 
 
 def _signed(seconds: float) -> str:

@@ -206,6 +206,18 @@ def _short(exc: BaseException) -> str:
     return (text if isinstance(exc, GuestFailure) else f"{type(exc).__name__}: {text}")[:300]
 
 
+def settle_counted(name: str, settle: Callable[[float], object], timeout: float, unsettled: dict[str, int]) -> None:
+    """Untimed: call ``settle(timeout)`` (e.g. `Subject.settle`, `Sandbox.warm`); when it returns
+    false or raises, count one timeout for ``name`` in ``unsettled``. Never raises: a subject
+    whose settle breaks is measured as it is."""
+    try:
+        settled = settle(timeout)
+    except Exception:
+        settled = False
+    if not settled:
+        unsettled[name] = unsettled.get(name, 0) + 1
+
+
 class Runner:
     def __init__(self, config: Config, progress: Progress | None = None) -> None:
         self.config = config
@@ -226,12 +238,7 @@ class Runner:
         for subject in self.ready:
             if subject.name in self.broken:
                 continue
-            try:
-                settled = subject.settle(self.config.settle_timeout)
-            except Exception:  # a subject whose settle breaks is measured as it is
-                settled = False
-            if not settled:
-                self.unsettled[subject.name] = self.unsettled.get(subject.name, 0) + 1
+            settle_counted(subject.name, subject.settle, self.config.settle_timeout, self.unsettled)
 
     def _status(self, subject: Subject) -> tuple[str, str | None]:
         """("ok", None) or ("skipped", reason) for a subject at this point of the run."""
@@ -542,8 +549,9 @@ class Runner:
             from benchmarks.ablation import AblationConfig
             from benchmarks.ablation import run as ablation
 
-            cfg = (AblationConfig(budget_seconds=0.2, min_samples=8, max_samples=100) if self.config.quick
-                   else AblationConfig())
+            cfg = (AblationConfig(budget_seconds=0.2, min_samples=8, max_samples=100,
+                                  settle_timeout=self.config.settle_timeout) if self.config.quick
+                   else AblationConfig(settle_timeout=self.config.settle_timeout))
             self.results["ablation"] = ablation(cfg, log=self.progress.phase)
         if self.config.rss:
             self.results["rss"] = self.rss()
