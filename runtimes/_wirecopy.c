@@ -120,7 +120,8 @@ is_marker(PyObject *key, PyObject *marker)
     return PyUnicode_GET_LENGTH(key) == PyUnicode_GET_LENGTH(marker) && PyUnicode_Compare(key, marker) == 0;
 }
 
-/* Counts `items` nodes; at a checkpoint refuses over the caps (bail) and calls check().
+/* Counts `items` nodes (bail over the node cap) and calls check() at a checkpoint; the byte
+ * cap needs no check there, `add_size` never lets `size` pass it.
  * Returns 0, 1 to bail, or -1 with an exception set. */
 static int
 count(Walk *w, Py_ssize_t items)
@@ -131,9 +132,6 @@ count(Walk *w, Py_ssize_t items)
     w->nodes += items;
     if (w->nodes > w->next_check) {
         w->next_check = w->nodes + CHECK_EVERY;
-        if (w->size > w->max_bytes) {
-            return 1;
-        }
         if (w->check != Py_None) {
             PyObject *r = PyObject_CallNoArgs(w->check);
             if (r == NULL) {
@@ -153,6 +151,17 @@ add_size(Walk *w, Py_ssize_t bytes)
     }
     w->size += bytes;
     return 0;
+}
+
+/* Adds the JSON bytes of a ready str plus `extra` (0, or 1 to bail over the byte cap); a str
+ * whose length alone passes the cap is refused before it is scanned. */
+static int
+add_str(Walk *w, PyObject *text, Py_ssize_t extra)
+{
+    if (PyUnicode_GET_LENGTH(text) > w->max_bytes - w->size) {
+        return 1;
+    }
+    return add_size(w, json_ascii_len(text) + extra);
 }
 
 /* --- containers already converted ---------------------------------------------------------- */
@@ -239,10 +248,7 @@ scalar(Walk *w, PyObject *value)
         if (PyUnicode_READY(value) < 0) {
             return SCALAR_ERROR;
         }
-        if (PyUnicode_GET_LENGTH(value) > w->max_bytes - w->size) {
-            return SCALAR_BAIL;
-        }
-        bytes = json_ascii_len(value);
+        return add_str(w, value, 0) ? SCALAR_BAIL : SCALAR;
     }
     else if (kind == &PyLong_Type) {
         int overflow;
@@ -401,7 +407,7 @@ walk_dict(Walk *w, PyObject *value, Py_ssize_t depth)
             Py_DECREF(result);
             return BAIL;
         }
-        if (PyUnicode_GET_LENGTH(key) > w->max_bytes - w->size || add_size(w, json_ascii_len(key) + 1)) {
+        if (add_str(w, key, 1)) {
             Py_DECREF(result);
             return BAIL;
         }
