@@ -101,7 +101,6 @@ static Domain domains[MAX_INSTALLS][2];          /* [install][0=MEM, 1=OBJ] */
 static PyMemAllocatorEx pymalloc_funcs;          /* pymalloc's functions, when the first install saw them */
 static int pymalloc_seen;
 static PyObjectArenaAllocator prev_arena;        /* the arena allocator our arena hook wraps */
-static int arena_hooked;
 static int n_installs;
 static CapObject *live;                          /* Caps with a table, for free() lookups */
 static __thread CapObject *current __attribute__((tls_model("initial-exec")));
@@ -322,14 +321,26 @@ static int is_small(size_t size)
     return size - 1 < SMALL_MAX;  /* 0 wraps around: pymalloc hands 0-byte requests to malloc */
 }
 
-/* A small request served by pymalloc: its arena (if a new one is needed) is what is charged.
-   When the arena hook failed during the call, pymalloc fell back to an uncharged raw block:
-   it is given back and the allocation fails. */
-static void *small_alloc(CapObject *c, PyMemAllocatorEx *prev, size_t nelem, size_t elsize, int zero)
+/* A small request passed to pymalloc (realloc when ``ptr`` is not NULL, calloc when ``zero``);
+   ``*fell_back`` says whether the arena hook failed during the call, so that pymalloc fell
+   back to an uncharged raw block for the result. */
+static void *small_call(CapObject *c, PyMemAllocatorEx *prev, void *ptr, size_t nelem, size_t elsize, int zero,
+                        int *fell_back)
 {
     unsigned failures = c->arena_failures;
-    void *p = zero ? prev->calloc(prev->ctx, nelem, elsize) : prev->malloc(prev->ctx, nelem * elsize);
-    if (p != NULL && c->arena_failures != failures) {
+    void *p = ptr != NULL ? prev->realloc(prev->ctx, ptr, nelem * elsize)
+              : zero ? prev->calloc(prev->ctx, nelem, elsize) : prev->malloc(prev->ctx, nelem * elsize);
+    *fell_back = p != NULL && c->arena_failures != failures;
+    return p;
+}
+
+/* A small request served by pymalloc: its arena (if a new one is needed) is what is charged.
+   A raw fallback block (see small_call) is given back and the allocation fails. */
+static void *small_alloc(CapObject *c, PyMemAllocatorEx *prev, size_t nelem, size_t elsize, int zero)
+{
+    int fell_back;
+    void *p = small_call(c, prev, NULL, nelem, elsize, zero, &fell_back);
+    if (fell_back) {
         prev->free(prev->ctx, p);
         return NULL;
     }
@@ -388,9 +399,9 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
         /* an unrecorded block: a pymalloc block (the result is one too, arena-charged) or a raw
            block from before arm() or another thread, which pymalloc reallocs in place of malloc
            to at most SMALL_MAX bytes: no more than that block already held, plus SMALL_MAX */
-        unsigned failures = c->arena_failures;
-        void *q = prev->realloc(prev->ctx, ptr, size);
-        if (q != NULL && c->arena_failures != failures) {
+        int fell_back;
+        void *q = small_call(c, prev, ptr, size, 1, 0, &fell_back);
+        if (fell_back) {
             /* pymalloc moved the block into a raw fallback block and already freed the old one,
                so failing is not an option: the raw block is charged (the cap has tripped) */
             encode(size, &new_code, &new_charge);
@@ -482,7 +493,7 @@ static int arena_hook_in_force(void)
 {
     PyObjectArenaAllocator now;
     PyObject_GetArenaAllocator(&now);
-    return arena_hooked && now.alloc == hook_arena_alloc && now.free == hook_arena_free;
+    return now.alloc == hook_arena_alloc && now.free == hook_arena_free;  /* only install() sets them */
 }
 
 /* Wrap the domains whose current chain does not reach our hooks (checked by the caller). */
@@ -503,7 +514,6 @@ static int install(int mem, int obj)
         PyObject_GetArenaAllocator(&prev_arena);
         PyObjectArenaAllocator hook = {NULL, hook_arena_alloc, hook_arena_free};
         PyObject_SetArenaAllocator(&hook);
-        arena_hooked = 1;
     }
     if (mem)
         install_domain(PYMEM_DOMAIN_MEM, 0);
@@ -563,7 +573,7 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
     self->used = self->peak = 0;
     self->tripped = 0;
     self->arena_failures = 0;
-    self->by_arena = pymalloc_seen && arena_hook_in_force();
+    self->by_arena = 0;  /* decided below, once the hooks are known to be in force */
     self->armed = 1;
     self->thread = PyThread_get_thread_ident();
     Py_INCREF(self);  /* an armed cap outlives its arming thread's reference */
@@ -586,6 +596,7 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
             return NULL;
         }
     }
+    self->by_arena = pymalloc_seen && arena_hook_in_force();
     self->peak = self->used;  /* the probes' blocks are freed: only the table is charged */
     Py_RETURN_NONE;
 }
