@@ -46,7 +46,9 @@ waiter is now registered as sleeping (the next post writes to its pipe). Needs n
 static int arm_nogil(Flag *flag) {
     int expected = EMPTY;
     if (atomic_compare_exchange_strong(&flag->state, &expected, SLEEPING)) return 0;
-    if (expected == SLEEPING) return 0; /* registered already (a sleep that was not consumed) */
+    /* Defensive, unreachable under the one-waiter contract (wait_nogil leaves the flag EMPTY):
+    a second waiter finding SLEEPING sleeps too instead of consuming a post that is not there. */
+    if (expected == SLEEPING) return 0;
     atomic_store(&flag->state, EMPTY);  /* POSTED: consume it */
     return 1;
 }
@@ -82,7 +84,7 @@ static PyTypeObject FlagType = {
     .tp_name = "sandbox._handoff.Flag",
     .tp_basicsize = sizeof(Flag),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Flag(fd): one waiter spins, then sleeps on the pipe whose write end is fd.",
+    .tp_doc = "Flag(fd): one waiter waits for a post, sleeping on the pipe whose write end is fd.",
     .tp_new = Flag_new,
     .tp_methods = Flag_methods,
 };
