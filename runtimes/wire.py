@@ -513,9 +513,14 @@ def encode(value: Any, *, lenient: bool = False, max_bytes: int | None = None, h
                     default=None, check=check)
 
 
+def _not_serializable(obj: Any) -> Any:
+    """The encoder's ``default``: the TypeError ``json.dumps`` raises for an object it cannot encode."""
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 try:
     _encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]  # the C accelerator
-        None, None, _enc_str, None, ":", ",", False, False, False)
+        None, _not_serializable, _enc_str, None, ":", ",", False, False, False)
 except (AttributeError, TypeError):  # no C accelerator, or another signature
     _encoder = None
 """``json.dumps(value, separators=(",", ":"), allow_nan=False)``'s C encoder, made once (json.dumps
@@ -523,7 +528,11 @@ makes a new one per call) and without the cycle check: `encode` never returns a 
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text of `encode`-d data (a non-finite float raises `ValueError`)."""
+    """Compact JSON text of `encode`-d data, as ``json.dumps(value, separators=(",", ":"),
+    allow_nan=False)`` gives it: a non-finite float raises `ValueError`, an object JSON has no
+    form for raises json.dumps' `TypeError`. Contract: ``value`` is `encode` output (or other
+    acyclic JSON data); the cycle check is left out, so a cycle is not reported as json.dumps
+    reports it (``ValueError: Circular reference detected``) but recurses until `RecursionError`."""
     if _encoder is None:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     return "".join(_encoder(value, 0))

@@ -6,6 +6,7 @@ mutates the value being copied."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -254,3 +255,15 @@ def test_depth_counts_up_to_the_limit() -> None:
     value = _nested(300)
     assert wire.depth(value, wire.JSON_DEPTH) == wire._depth(value, wire.JSON_DEPTH) == wire.JSON_DEPTH + 1
     assert wire.depth(value, 1000) == 300
+
+
+@pytest.mark.parametrize("value", [object(), {"a": {1, 2}}, [float("nan")], {"k": [1.5, "é\u2028", None, True]}])
+def test_dumps_gives_what_json_dumps_gives(value: Any) -> None:
+    """`wire.dumps` (a reused C encoder) raises and returns what ``json.dumps`` does."""
+    def outcome(dump: Callable[[Any], str]) -> Any:
+        try:
+            return ("value", dump(value))
+        except (TypeError, ValueError) as exc:
+            return ("raised", type(exc).__name__, str(exc))
+
+    assert outcome(wire.dumps) == outcome(lambda v: json.dumps(v, separators=(",", ":"), allow_nan=False))
