@@ -238,10 +238,13 @@ class StreamedOutput:
 
     def add(self, stream: Any, text: Any, *, cut: bool = False) -> None:
         """Keep ``text`` written to ``stream`` ("stdout" or "stderr"; anything else is ignored).
-        ``cut``: the writer already dropped what was past the room (the output is truncated)."""
+        ``cut``: the writer already dropped what was past the room (the output is truncated,
+        and nothing written later is kept: the room left by a character cut in two is not)."""
         if cut:
             self.truncated = True
         if stream not in self._parts or not isinstance(text, str) or not text:
+            if cut:
+                self._room = 0
             return
         if self._room <= 0:
             self.truncated = True
@@ -252,7 +255,7 @@ class StreamedOutput:
             self.truncated = True
             self._room = 0
         else:
-            self._room -= len(data)
+            self._room = 0 if cut else self._room - len(data)
         self._parts[stream].append(text)
         if self._on_output is not None and text:
             self._on_output(stream, text)

@@ -467,6 +467,14 @@ def test_output_cap_is_applied_by_the_host_even_if_the_guest_disables_its_own(dr
     assert result.ok and len(result.stdout.encode()) <= 1000 and result.output_truncated
 
 
+def test_output_ends_at_the_cut_when_a_character_straddles_the_cap(driver):
+    # The guest's own cap is off: the host cuts "abcdé" inside the "é" (1 byte of room left
+    # over), and nothing written after the cut may follow it.
+    code = _UNGATED + "import sys\nsys.stdout._state.room = 10**9\nprint('abcd\u00e9')\nprint('xyz')\nprint('q')"
+    result = run(driver, code, max_output_bytes=5)
+    assert result.ok and result.stdout == "abcd" and result.output_truncated
+
+
 # -- capabilities and secrets ------------------------------------------------------------------
 
 
