@@ -107,7 +107,7 @@ def test_valid_cache_entry_is_loaded_without_building(cache_copy, no_build):
     assert component != "rebuilt" and no_build == []
 
 
-def test_a_stamp_is_trusted_only_after_a_full_check_of_a_settled_file(cache_copy):
+def test_a_stamp_is_trusted_only_after_a_full_check_of_a_settled_file(cache_copy, monkeypatch):
     import json
 
     meta = json.loads(cache_copy.meta.read_text())
@@ -115,6 +115,7 @@ def test_a_stamp_is_trusted_only_after_a_full_check_of_a_settled_file(cache_copy
     cache_copy.meta.write_text(json.dumps(meta))
     assert wasi_build._valid(cache_copy)  # a copy made just now: hashed in full, its stamp not yet trusted
     assert "stamp" not in json.loads(cache_copy.meta.read_text())
+    monkeypatch.setattr(wasi_build, "_STAMP_SETTLED_NS", 200_000_000)  # settles sooner than the real 2 s
     time.sleep(wasi_build._STAMP_SETTLED_NS / 1e9 + 0.1)
     assert wasi_build._valid(cache_copy)
     assert json.loads(cache_copy.meta.read_text())["stamp"] == wasi_build._stamp(cache_copy.artifact)
