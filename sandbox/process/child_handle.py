@@ -32,7 +32,9 @@ _REAP_POLL_SLICE = 0.01
 """A wait for a reaped child's pidfd to hang up checks the zygote's exit report this often."""
 _REAP_HANGS_UP = False
 """Whether this kernel reports a reaped child's pidfd as hung up (pidfs, Linux 6.9+); learned from
-the first child whose reaping the zygote reported."""
+the first child whose reaping the zygote reported (its pidfd polled after that report). Process-wide
+and set at most once, from False to True: the kernel does not change under the process, and while
+it reads False a wait only takes the slower path through the zygote's report."""
 
 
 def _hung_up(fd: int, timeout_ms: int) -> bool:
@@ -183,9 +185,10 @@ class ChildHandle:
 
         Where the kernel reports a reaped process's pidfd as hung up (and wakes its pollers
         then), the wait is a poll of the pidfd: this thread wakes when the zygote reaps the child,
-        instead of after the zygote's exit report has reached the reader thread. The kernel tells
-        only the kernel can: a hang-up means the process is gone, whatever the child wrote. Other
-        kernels wait for that report (`exited`); so does a poll that saw no hang-up within a slice.
+        instead of after the zygote's exit report has reached the reader thread. The hang-up comes
+        from the kernel, which the child cannot forge: it means the process is gone, whatever the
+        child wrote. Other kernels wait for that report (`exited`); so does a poll that saw no
+        hang-up within a slice.
         """
         global _REAP_HANGS_UP
         if not _REAP_HANGS_UP:
