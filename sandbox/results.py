@@ -121,7 +121,9 @@ class RunResult(BaseModel):
     driver call: secrets, policy, bridge), ``driver`` (the driver's whole run, the guest's
     code included) and ``finish`` (redaction, file changes, building this result). Drivers
     that measure their own work add its phases, which fall inside ``driver`` (restricted:
-    ``compile``, ``setup``, ``execute``, ``finish`` prefixed ``driver.``)."""
+    ``compile``, ``setup``, ``execute``, ``finish``; process: ``take``, ``channel``, the child's
+    ``child.setup``, ``child.execute``, ``child.finish``, and ``reap``; wasi: ``take``, ``call``,
+    ``decode``; all prefixed ``driver.``)."""
 
     def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:
         """The result as JSON. Guest text may hold lone surrogates, which pydantic's JSON

@@ -14,6 +14,7 @@ from sandbox.errors import ConfigurationError
 from sandbox.results import ErrorInfo, RunResult, Usage, trusted
 
 HOST_PHASES = {"prepare", "driver", "finish"}
+WASI_PHASES = ("driver.take", "driver.call", "driver.decode")
 PROCESS_PHASES = ("driver.take", "driver.channel", "driver.child.setup", "driver.child.execute", "driver.child.finish")
 
 
@@ -36,11 +37,15 @@ def test_timings_have_the_phases_when_asked(make_sandbox: Callable[..., Sandbox]
             assert {"driver.compile", "driver.setup", "driver.execute", "driver.finish"} <= set(timings)
         if runtime == ("restricted", "process"):
             assert set(PROCESS_PHASES) | {"driver.reap"} <= set(timings), timings
+        if runtime == ("wasi", None):
+            assert set(WASI_PHASES) <= set(timings), timings
     with sb.session() as session:
         timings = session.run("x = 1").timings or {}
         assert HOST_PHASES <= set(timings)
         if runtime == ("restricted", "process"):
             assert set(PROCESS_PHASES) <= set(timings), timings
+        if runtime == ("wasi", None):
+            assert set(WASI_PHASES) <= set(timings), timings
     assert '"timings":{' in sb.run("1").model_dump_json()
 
 

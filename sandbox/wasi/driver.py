@@ -103,7 +103,10 @@ class WasiDriver:
                 return ErrorInfo(kind="internal", type="InternalError", message="guest start-up exceeded its fuel allowance")
             raise
 
-    def _call(self, rt: Runtime, inst: Instance, job: Job, *, session: bool) -> Outcome:
+    def _call(self, rt: Runtime, inst: Instance, job: Job, *, session: bool, take: float = 0.0) -> Outcome:
+        """Run ``job`` in ``inst``. With `Job.timings`, the outcome's phases are ``take`` (the
+        seconds the caller spent getting ``inst``), ``call`` (the guest's run, host calls
+        included) and ``decode`` (the guest's report read into the outcome), all measured here."""
         try:  # the component boundary carries only valid Unicode: a lone surrogate cannot reach the guest
             job.code.encode("utf-8")
         except UnicodeEncodeError as exc:  # what the other runtimes' compiler reports for it
@@ -147,6 +150,7 @@ class WasiDriver:
                 retire(tokens)
             cpu = time.thread_time() - started_cpu
             wall = time.monotonic() - started_wall
+        phases = {"take": take, "call": wall} if job.timings else None
         if trap is not None:
             inst.poisoned = True
             try:
@@ -154,17 +158,23 @@ class WasiDriver:
             except WasmtimeError:
                 remaining = 0
             error = classify(trap, state, limits, remaining, wall)
-            return output.attach(Outcome(ok=False, error=error, cpu_seconds=cpu, layers=LAYERS))
+            return output.attach(Outcome(ok=False, error=error, cpu_seconds=cpu, layers=LAYERS, timings=phases))
         if oversized is not None:
             inst.poisoned = True  # the guest broke the report protocol: do not reuse its state
             return output.attach(Outcome(ok=False, error=limit_error("value", str(oversized)), cpu_seconds=cpu,
-                                         layers=LAYERS))
-        return self._outcome(text, state, output, max_report, cpu)
+                                         layers=LAYERS, timings=phases))
+        if phases is None:
+            return self._outcome(text, state, output, max_report, cpu, None)
+        decoding = time.perf_counter()
+        outcome = self._outcome(text, state, output, max_report, cpu, phases)
+        phases["decode"] = time.perf_counter() - decoding
+        return outcome
 
     def _outcome(self, text: str | None, state: RunState, output: StreamedOutput, max_report: int,
-                 cpu: float) -> Outcome:
+                 cpu: float, timings: dict[str, float] | None) -> Outcome:
         """The run's outcome from the guest's report ``text`` (untrusted: size-capped, parsed
-        within the wire caps, its error validated), carrying the output the host kept."""
+        within the wire caps, its error validated), carrying the output the host kept and
+        ``timings`` (the outcome's own: the caller may still add to it)."""
         try:
             data = decode_wire(text, max_report) if isinstance(text, str) else None
             if not isinstance(data, dict):
@@ -173,9 +183,10 @@ class WasiDriver:
             error_info = ErrorInfo.model_validate(error) if error is not None else None
         except wire.ValueTooLarge as exc:
             return output.attach(Outcome(ok=False, error=limit_error("value", f"the guest's report: {exc}"),
-                                         cpu_seconds=cpu, layers=LAYERS))
+                                         cpu_seconds=cpu, layers=LAYERS, timings=timings))
         except (ValueError, TypeError) as exc:
-            return output.attach(internal_error(f"the wasi guest returned a malformed outcome: {exc}"))
+            malformed = internal_error(f"the wasi guest returned a malformed outcome: {exc}")
+            return output.attach(malformed.model_copy(update={"timings": timings}))
         if state.terminate is not None:
             error_info = terminate_error(state.terminate)
         return output.outcome({
@@ -187,7 +198,7 @@ class WasiDriver:
             "peak_memory_bytes": None,
             "layers": LAYERS,
             "session_reset": False,
-            "timings": None,
+            "timings": timings,
         })
 
     # -- Driver protocol ---------------------------------------------------------------------
@@ -197,11 +208,13 @@ class WasiDriver:
         rt = get_runtime()
         rt.enter()
         try:
+            taking = time.perf_counter() if job.timings else 0.0
             inst = self._instantiate(rt, job.limits)
             if isinstance(inst, ErrorInfo):
                 return Outcome(ok=False, error=inst)
             try:
-                return self._call(rt, inst, job, session=False)
+                return self._call(rt, inst, job, session=False,
+                                  take=time.perf_counter() - taking if job.timings else 0.0)
             finally:
                 rt.spares.discard(inst.store)
         except WasmtimeError as exc:
@@ -254,6 +267,7 @@ class WasiSession:
             rt = get_runtime()
             rt.enter()
             try:
+                taking = time.perf_counter() if job.timings else 0.0
                 reset = False
                 if self._inst is not None and self._inst.poisoned:
                     self._inst.store.close()
@@ -267,7 +281,8 @@ class WasiSession:
                 if job.limits.memory_bytes != self._inst.memory_limit:
                     self._inst.store.set_limits(memory_size=job.limits.memory_bytes)
                     self._inst.memory_limit = job.limits.memory_bytes
-                outcome = self._driver._call(rt, self._inst, job, session=True)
+                outcome = self._driver._call(rt, self._inst, job, session=True,
+                                             take=time.perf_counter() - taking if job.timings else 0.0)
                 return outcome.model_copy(update={"session_reset": True}) if reset else outcome
             except WasmtimeError as exc:
                 if self._inst is not None:
