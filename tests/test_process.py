@@ -540,12 +540,12 @@ def test_child_timings_are_its_word_and_never_exceed_the_exchange():
     """A child's reported phases are kept only as known names with finite non-negative seconds,
     and scaled down when they claim more than the exchange took."""
     from sandbox.process.driver import _child_timings
+    from sandbox.process.phases import with_phases
 
     assert _child_timings(None) is None
     assert _child_timings({"child.execute": 0.5, "child.setup": -1, "child.finish": float("nan"),
                            "child.other": 1.0, "child.rest": True}) == {"child.execute": 0.5}
-    outcome = ProcessDriver._with_phases(Outcome(ok=True, timings={"child.execute": 9.0, "child.setup": 1.0}),
-                                         2.0, take=0.1)
+    outcome = with_phases(Outcome(ok=True, timings={"child.execute": 9.0, "child.setup": 1.0}), 2.0, take=0.1)
     timings = outcome.timings or {}
     assert timings["child.execute"] == pytest.approx(1.8) and timings["child.setup"] == pytest.approx(0.2)
     assert timings["channel"] == 0.0 and timings["take"] == 0.1

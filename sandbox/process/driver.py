@@ -31,7 +31,8 @@ from sandbox.errors import ConfigurationError, IsolationUnavailable
 from sandbox.limits import LimitName
 from sandbox.process.child_handle import EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, ChildHandle, FrameTooLarge, reported_seconds
 from sandbox.process.rlimits import rlimit_plan
-from sandbox.process.session import ProcessSession
+from sandbox.process.phases import PhaseClock
+from sandbox.process.session import ProcessSession, waited_too_long
 from sandbox.process.zygote_client import START_TIMEOUT, ZygoteClient
 from sandbox.results import ErrorInfo
 from sandbox.runtime import KNOWN_LAYERS, Job, Outcome, StreamedOutput, internal_error, limit_error, record_refusal
@@ -181,42 +182,33 @@ class ProcessDriver:
 
     def _run(self, job: Job, *, raw: bool) -> Outcome:
         deadline = job.control.deadline
-        started = time.perf_counter() if job.timings else 0.0
+        clock = PhaseClock(job.timings)
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
+            return waited_too_long()
         try:
-            try:
-                child = self._take(deadline)
-            except TimeoutError:
-                return _limit("wall", "wall-clock limit exceeded while waiting for a process worker")
-            except (ChannelClosed, OSError) as exc:
-                return internal_error(f"no process worker: {exc}")
-            taken = time.perf_counter() if job.timings else 0.0
+            child = self._take_child(deadline)
+            if isinstance(child, Outcome):
+                return child
+            clock.taken()
             try:
                 outcome, _alive = self._run_on(child, job, deadline, session=False, raw=raw)
             finally:
-                exchanged = time.perf_counter() if job.timings else 0.0
+                clock.exchanged()
                 child.end(max(KILLED_EXIT_TIMEOUT, deadline + KILLED_EXIT_TIMEOUT - time.monotonic()))
                 child.zygote.replenish()
-            if job.timings:
-                outcome = self._with_phases(outcome, exchanged - taken, take=taken - started,
-                                            reap=time.perf_counter() - exchanged)
-            return outcome
+            return clock.apply(outcome)
         finally:
             self._slots.release()
 
-    @staticmethod
-    def _with_phases(outcome: Outcome, exchange: float, **host: float) -> Outcome:
-        """``outcome`` with the driver's phases as its timings: the host's own (``host``: taking
-        the child, reaping it), the child's (its word, from its ``done`` frame, scaled down to fit
-        the exchange if it claims more) and ``channel``, the rest of the exchange: writing the job,
-        the wake-ups on both sides, reading and parsing the child's frames."""
-        child = outcome.timings or {}
-        claimed = sum(child.values())
-        if claimed > exchange:
-            child = {name: seconds * exchange / claimed for name, seconds in child.items()}
-        timings = {**host, **child, "channel": max(0.0, exchange - sum(child.values()))}
-        return outcome.model_copy(update={"timings": timings})
+    def _take_child(self, deadline: float) -> ChildHandle | Outcome:
+        """`_take`, its failures as the run's outcome: the wall limit when no child came by
+        ``deadline``, an internal error when the zygote failed."""
+        try:
+            return self._take(deadline)
+        except TimeoutError:
+            return waited_too_long()
+        except (ChannelClosed, OSError) as exc:
+            return internal_error(f"no process worker: {exc}")
 
     def _run_on(self, child: ChildHandle, job: Job, deadline: float, *, session: bool, raw: bool = False
                 ) -> tuple[Outcome, bool]:

@@ -6,8 +6,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from runtimes.process.framing import ChannelClosed
 from sandbox.process.child_handle import KILLED_EXIT_TIMEOUT, ChildHandle
+from sandbox.process.phases import PhaseClock
 from sandbox.runtime import Job, Outcome, internal_error, limit_error
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class ProcessSession:
             if self._closed:
                 return internal_error("the session is closed")
             if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return _waited_too_long()
+                return waited_too_long()
             try:
                 reset, self._lost = self._lost, False
                 outcome = self._run_child(job, deadline)
@@ -44,18 +44,16 @@ class ProcessSession:
         return outcome.model_copy(update={"session_reset": True}) if reset else outcome
 
     def _run_child(self, job: Job, deadline: float) -> Outcome:
-        started = time.perf_counter() if job.timings else 0.0
+        clock = PhaseClock(job.timings)
         if self._child is None:
-            try:
-                self._child = self._driver._take(deadline)
-                self._child.zygote.replenish()
-            except TimeoutError:
-                return _waited_too_long()
-            except (ChannelClosed, OSError) as exc:
-                return internal_error(f"no process worker: {exc}")
-        taken = time.perf_counter() if job.timings else 0.0
+            child = self._driver._take_child(deadline)
+            if isinstance(child, Outcome):
+                return child
+            self._child = child
+            child.zygote.replenish()
+        clock.taken()
         outcome, alive = self._driver._run_on(self._child, job, deadline, session=True)
-        exchanged = time.perf_counter() if job.timings else 0.0
+        clock.exchanged()
         if not alive:
             self._child.end(max(KILLED_EXIT_TIMEOUT, deadline + KILLED_EXIT_TIMEOUT - time.monotonic()))
             self._child = None
@@ -63,10 +61,7 @@ class ProcessSession:
             if outcome.error is not None:
                 outcome = outcome.model_copy(update={"error": outcome.error.model_copy(update={
                     "message": outcome.error.message + " (the session's worker ended; its globals are lost)"})})
-        if job.timings:
-            outcome = self._driver._with_phases(outcome, exchanged - taken, take=taken - started,
-                                                reap=time.perf_counter() - exchanged)
-        return outcome
+        return clock.apply(outcome)
 
     def close(self) -> None:
         with self._lock:
@@ -76,5 +71,6 @@ class ProcessSession:
                 self._child = None
 
 
-def _waited_too_long() -> Outcome:
+def waited_too_long() -> Outcome:
+    """The outcome of a run that found no process worker free before its deadline."""
     return Outcome(ok=False, error=limit_error("wall", "wall-clock limit exceeded while waiting for a process worker"))
