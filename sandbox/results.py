@@ -122,7 +122,7 @@ class RunResult(BaseModel):
     code included) and ``finish`` (redaction, file changes, building this result). Drivers
     that measure their own work add its phases, which fall inside ``driver`` (restricted:
     ``compile``, ``setup``, ``execute``, ``finish``; process: ``take``, ``channel``, the child's
-    ``child.setup``, ``child.execute``, ``child.finish``, and ``reap``; wasi: ``take``, ``call``,
+    (``child.`` and ``limits``, ``program``, the restricted phases, ``report``), and ``reap``; wasi: ``take``, ``call``,
     ``decode``; all prefixed ``driver.``)."""
 
     def model_dump_json(self, *, indent: int | None = None, **kwargs: Any) -> str:

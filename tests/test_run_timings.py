@@ -15,7 +15,8 @@ from sandbox.results import ErrorInfo, RunResult, Usage, trusted
 
 HOST_PHASES = {"prepare", "driver", "finish"}
 WASI_PHASES = ("driver.take", "driver.call", "driver.decode")
-PROCESS_PHASES = ("driver.take", "driver.channel", "driver.child.setup", "driver.child.execute", "driver.child.finish")
+PROCESS_PHASES = ("driver.take", "driver.channel", "driver.child.setup", "driver.child.execute", "driver.child.finish",
+                  "driver.child.limits", "driver.child.program", "driver.child.report")
 
 
 def test_timings_are_none_by_default(make_sandbox: Callable[..., Sandbox]) -> None:

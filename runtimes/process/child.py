@@ -13,9 +13,11 @@ Per job: apply the rlimits the host planned (``job["rlimits"]``), arm the CPU ti
 run's budget (``job["cpu_timer"]``: SIGPROF ends the child when it is spent), run the code with the executor, answer capability calls through the host,
 stream every piece of output to the host as an ``out`` frame as it is written (so it survives
 a kill), write ``done`` with the outcome (its output already sent), this process's own rusage
-and, when the job asked (``job["timings"]``), the seconds of its phases (``child.setup``: limits
-and program; ``child.execute``; ``child.finish``: the value's encoding). A fresh-run child then exits;
-a session child keeps its `GuestState` and waits for the next job.
+and, when the job asked (``job["timings"]``), the seconds of its phases, each prefixed ``child.``:
+``limits`` (the rlimits and the CPU timer), ``program`` (`_program`: the host's bytecode
+loaded), the executor's own (``compile``, ``setup``, ``execute``, ``finish``; a raw job has only
+``execute``) and ``report`` (the output flushed, the value encoded for the wire). A fresh-run
+child then exits; a session child keeps its `GuestState` and waits for the next job.
 """
 
 from __future__ import annotations
@@ -189,11 +191,17 @@ class _OutputPipe:
             write_message(self._chan, {"t": "out", "s": "stdout", "text": text})
 
 
-def _execute(executor: Any, job: dict, *, call_host: Any, state: Any, on_output: Any, on_tick: Any) -> dict:
-    """The outcome of running ``job``'s program with the executor (output goes to ``on_output``)."""
+def _execute(executor: Any, job: dict, *, call_host: Any, state: Any, on_output: Any, on_tick: Any,
+             timings: dict[str, float] | None = None) -> dict:
+    """The outcome of running ``job``'s program with the executor (output goes to ``on_output``;
+    with ``timings``, the seconds of ``program`` and of the executor's phases go there)."""
     try:
+        loading = time.perf_counter() if timings is not None else 0.0
+        program = _program(job)
+        if timings is not None:
+            timings["program"] = time.perf_counter() - loading
         result: dict = executor.execute(
-            _program(job), limits=job.get("limits") or {}, call_host=call_host,
+            program, limits=job.get("limits") or {}, call_host=call_host, timings=timings,
             capabilities=tuple(job.get("capabilities") or ()),
             secrets=tuple(tuple(s) for s in job.get("secrets") or ()),
             inputs=job.get("inputs") or {}, inputs_are_private=True,  # decoded for this run alone
@@ -252,27 +260,32 @@ def _loop(chan: int, executor: Any, allow_raw: bool) -> None:
                                      "internal", "InternalError", f"could not apply the run's limits: {exc}"))})
             raise ChannelClosed("rlimits failed") from None
         cpu0, _ = _rusage()
-        started = time.perf_counter()
+        phases: dict[str, float] | None = None
+        if job.get("timings"):
+            started = time.perf_counter()
+            phases = {"limits": started - received}
         if job.get("raw"):
             if not allow_raw:
                 result = wire.outcome(error=wire.error("internal", "InternalError", "raw jobs are disabled"))
             else:
                 result = _raw_execute(job.get("code", ""), inputs=job.get("inputs"), limits=job.get("limits"))
+                if phases is not None:
+                    phases["execute"] = time.perf_counter() - started
                 if result["stdout"]:
                     send_output(result["stdout"])
                 result["stdout"] = ""
         else:
             result = _execute(executor, job, call_host=call_host, state=state, on_output=send_output,
-                              on_tick=pipe.flush)
-        ended = time.perf_counter()
+                              on_tick=pipe.flush, timings=phases)
+        ended = time.perf_counter() if phases is not None else 0.0
         pipe.flush()
         if job.get("cpu_timer"):
             confine.arm_cpu_timer(0)  # a session's next run arms its own budget
         cpu1, maxrss = _rusage()
         done = _done(job, result, cpu=cpu1 - cpu0, cpu_total=cpu1, maxrss=maxrss)
-        if job.get("timings"):
-            done["timings"] = {"child.setup": started - received, "child.execute": ended - started,
-                               "child.finish": time.perf_counter() - ended}
+        if phases is not None:
+            phases["report"] = time.perf_counter() - ended
+            done["timings"] = {f"child.{name}": seconds for name, seconds in phases.items()}
         try:
             write_message(chan, done)
         except (TypeError, ValueError) as exc:  # not JSON-serialisable: report, do not die

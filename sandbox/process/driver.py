@@ -442,7 +442,8 @@ def _bytecode(source: str) -> str | None:
     return base64.b64encode(marshal.dumps(code)).decode("ascii")
 
 
-_CHILD_PHASES = ("child.setup", "child.execute", "child.finish")
+_CHILD_PHASES = frozenset(f"child.{name}" for name in ("limits", "program", "compile", "setup", "execute", "finish", "report"))
+"""The phases a child reports (`runtimes.process.child`)."""
 
 
 def _child_timings(reported: object) -> dict[str, float] | None:
