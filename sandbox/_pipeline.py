@@ -126,9 +126,8 @@ def stopped_outcome(outcome: Outcome, control: RunControl, limits: Limits) -> Ou
 def prepare(self: Sandbox, code: str, inputs: Mapping[str, Any] | None, limits: Limits | None,
             principal: Principal | Mapping[str, Any] | str | None) -> RunSpec:
     """Check a run's arguments (host misuse raises here) and start its clock."""
-    if self._closed:
-        self._check_open()
-    if type(code) is not str and not isinstance(code, str):
+    self._check_open()
+    if not isinstance(code, str):
         raise TypeError(f"code must be str, not {type(code).__name__}")
     run_limits = self.limits if limits is None else self._limits_for(limits)
     wire_inputs: dict[str, Any] = {}
@@ -229,8 +228,7 @@ def execute(
     finally:
         if broker is not None:
             broker.revoke()
-    if control.cancelled or control.abandoned is not None:
-        outcome = stopped_outcome(outcome, control, run_limits)
+    outcome = stopped_outcome(outcome, control, run_limits)
     finish_start = time.perf_counter() if measure else 0.0
     timings = _host_timings(started, driver_start, finish_start, outcome.timings) if measure else None
 

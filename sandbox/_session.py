@@ -68,8 +68,7 @@ class Session:
         sandbox = self._sandbox
         if sandbox._async_capabilities:
             sandbox._check_sync_context("session.run")
-        if self._box.closed:
-            self._check_open()
+        self._check_open()
         return execute(sandbox, prepare(sandbox, code, inputs, limits, principal), self, None, on_output=on_output)
 
     async def arun(

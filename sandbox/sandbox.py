@@ -435,18 +435,18 @@ class Sandbox:
             raise SandboxClosed("this Sandbox is closed; create a new one")
 
     def _check_sync_context(self, method: str) -> None:
-        """Host misuse: a blocking run on a thread whose event loop must serve async capabilities."""
-        if self._async_capabilities and running_loop() is not None:
+        """Host misuse: a blocking run on a thread whose event loop must serve async capabilities.
+        Its callers call it only when an async capability is granted (a run without one pays nothing)."""
+        if running_loop() is not None:
             raise RuntimeError(
                 f"{method}() was called from a running asyncio event loop while an async capability is granted: "
                 f"the loop would be blocked; use `await {'session' if method.startswith('session') else 'sandbox'}"
                 ".arun(...)` instead"
             )
 
-    def _limits_for(self, limits: Limits | None) -> Limits:
-        """The run's limits: this sandbox's, or a per-run override within them."""
-        if limits is None:
-            return self.limits
+    def _limits_for(self, limits: Limits) -> Limits:
+        """A run's override of this sandbox's limits, checked to be within them (`prepare` takes
+        the sandbox's own when there is none)."""
         if not isinstance(limits, Limits):
             raise TypeError(f"limits must be a sandbox.Limits, not {type(limits).__name__}")
         for name in Limits.model_fields:
