@@ -513,6 +513,21 @@ def encode(value: Any, *, lenient: bool = False, max_bytes: int | None = None, h
                     default=None, check=check)
 
 
+SMALL_SCALAR_ROOM = 64
+"""A cap at least this large holds any `small_scalar` as JSON (a float's is at most 24 bytes)."""
+
+
+def small_scalar(value: Any, max_bytes: int) -> bool:
+    """True when ``max_bytes`` is at least `SMALL_SCALAR_ROOM` and ``value`` is None, a bool, an
+    int under 2**62 in magnitude or a finite float (exact types): `encode` and `plain` return such
+    a value unchanged, strict or lenient, and its JSON text is its ``repr`` (``null``, ``true``,
+    ``false`` for None and the bools), so a caller may skip their walk."""
+    kind = type(value)
+    return max_bytes >= SMALL_SCALAR_ROOM and (
+        value is None or kind is bool or (kind is int and -_INLINE_INT < value < _INLINE_INT)
+        or (kind is float and value - value == 0.0))
+
+
 def _not_serializable(obj: Any) -> Any:
     """The encoder's ``default``: the TypeError ``json.dumps`` raises for an object it cannot encode."""
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")

@@ -428,20 +428,13 @@ def _compile_module(code: str):
     return body, last
 
 
-_SMALL_INT = 1 << 62
-_SMALL_ROOM = 64
-
-
 def _encoded(value, cap: int):
     """``wire.encode(value, lenient=True, max_bytes=cap)``, without its walk for a scalar it
-    returns unchanged: None, a bool, an int under `_SMALL_INT` or a finite float (at most 24
-    bytes as JSON) when ``cap`` is at least `_SMALL_ROOM`, a str whose JSON form fits ``cap``
-    even if every character took 12 bytes (a surrogate pair)."""
-    kind = type(value)
-    if cap >= _SMALL_ROOM and (value is None or kind is bool or (kind is int and -_SMALL_INT < value < _SMALL_INT)
-                               or (kind is float and value - value == 0.0)):
+    returns unchanged: a `wire.small_scalar`, a str whose JSON form fits ``cap`` even if every
+    character took 12 bytes (a surrogate pair)."""
+    if wire.small_scalar(value, cap):
         return value
-    if kind is str and 12 * len(value) + 2 <= cap:
+    if type(value) is str and 12 * len(value) + 2 <= cap:
         return value
     return wire.encode(value, lenient=True, max_bytes=cap)
 

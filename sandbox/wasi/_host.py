@@ -107,23 +107,20 @@ def decode_wire(text: str, max_bytes: int) -> Any:
     return wire.loads_bounded(text, max_bytes=max_bytes)
 
 
-_SMALL_INT = 1 << 62
-_SMALL_ROOM = 64
 _enc_str = json.encoder.encode_basestring_ascii
 
 
 def result_json(result: Any, max_bytes: int) -> str:
     """``wire.dumps(wire.encode(result, max_bytes=max_bytes))`` (same text, same errors), without
-    the walk for a scalar: None, a bool, an int under `_SMALL_INT` (when ``max_bytes`` is at
-    least `_SMALL_ROOM`), a str whose JSON form fits ``max_bytes``."""
+    the walk for a scalar: a `wire.small_scalar` (its JSON text is its repr), a str whose JSON
+    form fits ``max_bytes``."""
     kind = type(result)
-    if max_bytes >= _SMALL_ROOM:
-        if kind is int and -_SMALL_INT < result < _SMALL_INT:
-            return int.__repr__(result)
+    if wire.small_scalar(result, max_bytes):
         if result is None:
             return "null"
         if kind is bool:
             return "true" if result else "false"
+        return repr(result)
     if kind is str and len(result) <= max_bytes:
         text = _enc_str(result)
         if len(text) <= max_bytes:
