@@ -115,16 +115,16 @@ def result_json(result: Any, max_bytes: int) -> str:
     the walk for a scalar: a `wire.small_scalar` (its JSON text is its repr), a str whose JSON
     form fits ``max_bytes``."""
     kind = type(result)
-    if wire.small_scalar(result, max_bytes):
+    if kind is str and len(result) <= max_bytes:
+        text = _enc_str(result)
+        if len(text) <= max_bytes:
+            return text
+    elif wire.small_scalar(result, max_bytes):
         if result is None:
             return "null"
         if kind is bool:
             return "true" if result else "false"
         return repr(result)
-    if kind is str and len(result) <= max_bytes:
-        text = _enc_str(result)
-        if len(text) <= max_bytes:
-            return text
     return wire.dumps(wire.encode(result, max_bytes=max_bytes))
 
 
