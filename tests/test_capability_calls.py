@@ -237,6 +237,59 @@ def test_a_call_handed_over_without_a_wait_runs_and_frees_its_thread(flags: str)
     assert again.wait(5.0) and again.result() == "next"
 
 
+def test_a_waited_for_call_runs_on_the_callers_cpu_and_a_left_one_gets_its_cpus_back() -> None:
+    handoff = pytest.importorskip("sandbox._handoff", reason="not built: make setup (pip install -e .) builds it")
+    own = os.sched_getaffinity(0)
+    if len(own) < 2:
+        pytest.skip("pinning shows only with two CPUs or more")
+    read_fd, write_fd = os.pipe()
+    done_r, done_w = os.pipe()
+    try:
+        go, done = handoff.Flag(write_fd, pin=True), handoff.Flag(done_w)
+        seen: list[set[int]] = []
+        stop = threading.Event()
+
+        def worker() -> None:
+            while not stop.is_set():
+                if handoff.post_and_wait(None, go, read_fd, 5000) and not stop.is_set():
+                    seen.append(os.sched_getaffinity(0))
+                    done.post()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        for _ in range(3):  # the first post may come before the worker has waited once
+            assert handoff.post_and_wait(go, done, done_r, 5000)
+        assert len(seen[-1]) == 1 and seen[-1] <= own
+        assert os.sched_getaffinity(0) == own  # the posting (host) thread is never pinned
+        go.unpin()
+        assert handoff.post_and_wait(go, done, done_r, 5000)  # pinned again by a waiting poster
+        go.unpin()
+        go.post()  # posted without waiting: it keeps its own CPUs
+        deadline = time.monotonic() + 5.0
+        while len(seen) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen[-1] == own
+        stop.set()
+        go.post()
+        thread.join(5.0)
+    finally:
+        for fd in (read_fd, write_fd, done_r, done_w):
+            os.close(fd)
+
+
+def test_a_call_left_at_its_timeout_runs_on_with_the_threads_own_cpus(flags: str) -> None:
+    release = threading.Event()
+    own = os.sched_getaffinity(0)
+    warm = call_threads.start(lambda: None)
+    assert warm.wait(5.0)
+    after: list[set[int]] = []
+    hung = call_threads.start(lambda: release.wait(30.0) and after.append(os.sched_getaffinity(0)))
+    assert not hung.wait(0.2)
+    release.set()
+    assert hung.wait(5.0)
+    assert after == [own]
+
+
 @capability
 def add_ints(a: int, b: int) -> int:
     """Add."""
