@@ -283,7 +283,12 @@ def test_a_call_left_at_its_timeout_runs_on_with_the_threads_own_cpus(flags: str
     warm = call_threads.start(lambda: None)
     assert warm.wait(5.0)
     after: list[set[int]] = []
-    hung = call_threads.start(lambda: release.wait(30.0) and after.append(os.sched_getaffinity(0)))
+
+    def hang() -> None:
+        release.wait(30.0)
+        after.append(os.sched_getaffinity(0))
+
+    hung = call_threads.start(hang)
     assert not hung.wait(0.2)
     release.set()
     assert hung.wait(5.0)
