@@ -111,7 +111,7 @@ static PyObject *Flag_post(Flag *self, PyObject *unused) {
 
 static PyObject *Flag_unpin(Flag *self, PyObject *unused) {
     int tid = atomic_load(&self->tid);
-    if (self->cpu >= 0 && tid != 0) {
+    if (self->pin && self->cpu >= 0 && tid != 0) {
         if (sched_setaffinity(tid, sizeof self->own, &self->own) != 0) self->pin = 0;
         self->cpu = -1;
     }
@@ -120,13 +120,14 @@ static PyObject *Flag_unpin(Flag *self, PyObject *unused) {
 
 static PyObject *Flag_close(Flag *self, PyObject *unused) {
     self->fd = -1;
+    self->pin = 0; /* its waiter's thread id may be reused by another thread once it exits */
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Flag_methods[] = {
     {"post", (PyCFunction)Flag_post, METH_NOARGS, "Post the flag; wake its waiter when it sleeps."},
     {"unpin", (PyCFunction)Flag_unpin, METH_NOARGS, "Give the waiter back the CPUs it had before any pinning."},
-    {"close", (PyCFunction)Flag_close, METH_NOARGS, "Forget the pipe (it is being closed): posts write nothing."},
+    {"close", (PyCFunction)Flag_close, METH_NOARGS, "Forget the pipe (it is being closed): posts write nothing, and nothing is pinned or unpinned any more."},
     {NULL, NULL, 0, NULL},
 };
 

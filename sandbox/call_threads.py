@@ -257,6 +257,7 @@ class _Worker:
                 call.done = True
             del call
             if leave:
+                self.go.close()  # nobody posts it again; its thread id may be reused once this thread exits
                 self.done.post()
                 return
             got = _post_and_wait(self.done, go, go_r, idle_ms)
