@@ -134,22 +134,22 @@ class RunBridge:
     def _run_lean(self, cap: Capability, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """`_run_call` for a run without secrets, policy and records (so nothing to resolve,
         ask, redact or record) and a call that is not awaited on the host's loop: the same
-        result or the same fault."""
+        result or the same fault. Runs in a context copied for this call alone, so what it
+        sets there needs no reset."""
         set_call_deadline(self._control.deadline)
         with self._lock:
             self.calls += 1
-        detail, token = open_call_detail()  # filled by the capability through record_detail() and warn()
+        detail, _token = open_call_detail()  # filled by the capability through record_detail() and warn()
         try:
-            return cap.call_bound(cap.bind(args, kwargs))
+            return cap.invoke(args, kwargs)
         except CapabilityFault as fault:
             raise fault from None
         except Exception as exc:
             raise CapabilityFault("CapabilityError", f"{cap.name}() failed: {type(exc).__name__}: {exc}") from None
         finally:
-            close_call_detail(token)
-            if detail.get("warnings"):
+            if detail:
                 with self._lock:
-                    self.warnings.extend(detail["warnings"])
+                    self.warnings.extend(detail.get("warnings", ()))
 
     def _run_call(self, pending: PendingCall, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """On a call thread: the call, its redaction, then its record unless it was abandoned."""

@@ -15,7 +15,7 @@ import inspect
 import keyword
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
@@ -131,6 +131,8 @@ class Capability:
         self._fast_params = _fast_parameters(self.signature, hints)
         self._fast_names = frozenset(p[0] for p in self._fast_params) if self._fast_params is not None else frozenset()
         self._fast_result = next((t for t in _EXACT if self.return_type is t), None)
+        self._fast_kinds = tuple(p[1] for p in self._fast_params) if self._fast_params is not None else ()
+        self._positional = self._fast_kinds if _binds_by_position(func, self._fast_params) else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -151,7 +153,7 @@ class Capability:
         """
         fast = self._fast_params
         if fast is not None and len(args) <= len(fast):
-            arguments = _bind_exact(fast, self._fast_names, args, kwargs)
+            arguments = _bind_exact(fast, self._fast_names, self._fast_kinds, args, kwargs)
             if arguments is not None:
                 return arguments
         try:
@@ -180,9 +182,28 @@ class Capability:
         The function's own exceptions propagate; a result that cannot be dumped raises
         `CapabilityFault` ``CapabilityError``.
         """
-        result = self.func(**arguments)
+        return self._converted(self.func(**arguments))
+
+    def invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """``call_bound(bind(args, kwargs))``, for a caller that needs no bound arguments (no
+        policy to ask, no record to write): the same result, the same faults and exceptions.
+
+        A call that passes every parameter by position, each of exactly its declared
+        ``int``/``str``/``bool``/``float`` type (see `bind`), calls the function with those
+        values as they are; this needs a plain function whose own parameters are the
+        signature's, in order (so passing by position is passing by name).
+        """
+        kinds = self._positional
+        if kinds is not None and not kwargs and len(args) == len(kinds) and _all_exact(kinds, args):
+            return self._converted(self.func(*args))
+        return self._converted(self.func(**self.bind(args, kwargs)))
+
+    def _converted(self, result: Any) -> Any:
+        """The function's ``result`` as plain data (see `call_bound`)."""
         kind = self._fast_result
-        if kind is not None and type(result) is kind and (kind is str or kind is bool or _exact_ok(result)):
+        if type(result) is kind and kind is not None and (
+                kind is str or kind is bool or (kind is int and result.bit_length() <= MAX_INT_BITS)
+                or (kind is float and result - result == 0.0)):
             return result
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
@@ -307,20 +328,15 @@ def _fast_parameters(signature: inspect.Signature, hints: dict[str, Any]
     return tuple(params)
 
 
-def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str], args: list[Any],
-                kwargs: dict[str, Any]) -> dict[str, Any] | None:
+def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str], kinds: tuple[type, ...],
+                args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The arguments by name when each value has exactly its parameter's type (see
     `Capability.bind`); None when anything needs the full path (which also reports errors)."""
     if len(args) > len(params):
         return None  # too many arguments: the full path reports it
-    arguments: dict[str, Any] = {}
-    value: Any
-    for (name, kind, _default), value in zip(params, args):
-        # `_exact_ok`, inlined: this loop runs for every argument of every call
-        if type(value) is not kind or (kind is int and value.bit_length() > MAX_INT_BITS) or (
-                kind is float and not math.isfinite(value)):
-            return None
-        arguments[name] = value
+    if not _all_exact(kinds, args):  # ``kinds`` is as long as ``args`` or longer: their positions
+        return None
+    arguments: dict[str, Any] = {name: value for (name, _kind, _default), value in zip(params, args)}
     if not kwargs and len(args) == len(params):
         return arguments
     for name, value in kwargs.items():
@@ -339,6 +355,28 @@ def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str],
         else:
             result[name] = default
     return result
+
+
+def _all_exact(kinds: Sequence[Any], values: Sequence[Any]) -> bool:
+    """True when each value has exactly its kind (one of `_EXACT`) and `_exact_ok` holds for it."""
+    for kind, value in zip(kinds, values):
+        # `_exact_ok`, inlined: this loop runs for every argument of every call
+        if type(value) is not kind or (kind is int and value.bit_length() > MAX_INT_BITS) or (
+                kind is float and value - value != 0.0):
+            return False
+    return True
+
+
+def _binds_by_position(func: Callable[..., Any], params: tuple[tuple[str, type, Any], ...] | None) -> bool:
+    """True when ``params`` are exact-type parameters (see `_fast_parameters`) and ``func`` is a
+    plain Python function whose own positional parameters are exactly their names, in order: then
+    a call by position binds as the call by name does, whatever ``__signature__`` or
+    ``__wrapped__`` make `inspect.signature` say."""
+    if params is None or not inspect.isfunction(func):
+        return False
+    code = func.__code__
+    names = tuple(name for name, _kind, _default in params)
+    return not code.co_posonlyargcount and code.co_argcount == len(names) and code.co_varnames[:len(names)] == names
 
 
 def _hints(func: Callable[..., Any], name: str) -> dict[str, Any]:

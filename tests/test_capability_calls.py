@@ -14,9 +14,14 @@ import threading
 import time
 from typing import Any
 
-import pytest
+import functools
+import inspect
 
-from runtimes.restricted.grants import primitives_within
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtimes.restricted.grants import primitive_within, primitives_within
 from runtimes.wire import MAX_INT_BITS, ValueTooLarge, WireError, plain
 from sandbox import Sandbox, call_threads
 from sandbox.capabilities import Capability, capability
@@ -39,6 +44,7 @@ def _full_path(func: Any) -> Capability:
     cap = Capability(func)
     cap._fast_params = None  # what every call did before the exact-type path existed
     cap._fast_result = None
+    cap._positional = None
     return cap
 
 
@@ -134,6 +140,71 @@ def test_small_primitives_skip_plain_only_when_plain_keeps_them(values: tuple[An
 def test_which_values_skip_the_walk(values: tuple[Any, ...], expected: bool) -> None:
     assert primitives_within(values, {}, 1 << 20) is expected
     assert not primitives_within(values, {}, 8)  # never past the cap
+
+
+_VALUES = st.one_of(
+    st.integers(), st.integers(min_value=2 ** (MAX_INT_BITS - 2), max_value=2 ** (MAX_INT_BITS + 2)), st.booleans(),
+    st.floats(), st.text(max_size=5), st.none(), st.just(_Str("s")), st.lists(st.integers(), max_size=2),
+)
+
+
+def _invoke_outcome(cap: Capability, args: list[Any], kwargs: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        value = cap.invoke(list(args), dict(kwargs))
+    except CapabilityFault as fault:
+        return fault.guest_type, fault.message
+    except Exception as exc:  # the function's own exception propagates from both paths
+        return type(exc).__name__, str(exc)
+    return "ok", (type(value), value if value == value else "nan")
+
+
+def mixed(a: int, b: str, c: bool, d: float) -> float:
+    return d if c else float(a % 7) + len(b)
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+@settings(max_examples=300, deadline=None)
+@given(args=st.lists(_VALUES, max_size=5),
+       kwargs=st.dictionaries(st.sampled_from(["a", "b", "c", "d", "zzz"]), _VALUES, max_size=3),
+       func=st.sampled_from([typed, floats, mixed]))
+def test_invoke_matches_bind_then_call_bound_on_the_full_path(args: list[Any], kwargs: dict[str, Any], func: Any) -> None:
+    class Reference(Capability):
+        def invoke(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+            return self.call_bound(self.bind(args, kwargs))
+
+    reference = Reference(func)
+    reference._fast_params, reference._fast_result, reference._positional = None, None, None
+    assert _invoke_outcome(Capability(func), args, kwargs) == _invoke_outcome(reference, args, kwargs)
+
+
+def by_position(a: int, b: int) -> int:
+    return a * 10 + b
+
+
+def swapped(b: int, a: int) -> int:
+    return a * 10 + b
+
+
+swapped.__signature__ = inspect.signature(by_position)  # type: ignore[attr-defined]  # says (a, b)
+
+
+@functools.wraps(by_position)
+def keywords_only(**kwargs: int) -> int:  # `inspect.signature` reports the wrapped function's (a, b)
+    return kwargs["a"] * 10 + kwargs["b"]
+
+
+def test_invoke_passes_by_name_when_the_signature_is_not_the_functions_own() -> None:
+    for func in (swapped, keywords_only):
+        cap = Capability(func)
+        assert cap._positional is None
+        assert cap.invoke([1, 2], {}) == 12 == cap.call_bound(cap.bind([1, 2], {}))
+    assert Capability(by_position)._positional == (int, int)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_VALUES, cap=st.sampled_from([0, 64, 68, 69, 70, 87, 88, 89, 100, 1 << 20]))
+def test_one_value_skips_the_walk_exactly_when_a_tuple_of_it_would(value: Any, cap: int) -> None:
+    assert primitive_within(value, cap) == primitives_within((value,), {}, cap)
 
 
 @pytest.mark.parametrize(("args", "kwargs"), [([1, 2], {}), ([1], {"b": 2}), ([1], {}), ([1, 2, 3], {})])

@@ -170,7 +170,7 @@ def capability_function(name: str, link: CallLink) -> Callable[..., Any]:
         finally:
             if cap is not None:
                 cap.resume()
-        if primitives_within((result,), {}, value_cap):
+        if primitive_within(result, value_cap):
             return result
         try:
             return plain(result, max_bytes=value_cap, check=budget.check_time)
@@ -189,14 +189,21 @@ def primitives_within(args: Sequence[Any], kwargs: Mapping[str, Any], value_cap:
     if len(args) + len(kwargs) > 16:
         return False
     bound = 64
-    for value in (*args, *kwargs.values()):
+    values: Sequence[Any] = args
+    if kwargs:
+        for key in kwargs:
+            if type(key) is not str:  # a str subclass: `plain` makes it a str
+                return False
+            bound += 12 * len(key) + 2
+        values = (*args, *kwargs.values())
+    for value in values:
         kind = type(value)
-        if kind is str:
-            bound += 12 * len(value) + 2  # a JSON escape is at most 6 bytes per UTF-16 unit
-        elif kind is int:
+        if kind is int:
             if value.bit_length() > 64:
                 return False
             bound += 24
+        elif kind is str:
+            bound += 12 * len(value) + 2  # a JSON escape is at most 6 bytes per UTF-16 unit
         elif kind is float:
             if value - value != 0.0:  # inf or nan
                 return False
@@ -205,8 +212,16 @@ def primitives_within(args: Sequence[Any], kwargs: Mapping[str, Any], value_cap:
             bound += 5
         else:
             return False
-    for key in kwargs:
-        if type(key) is not str:  # a str subclass: `plain` makes it a str
-            return False
-        bound += 12 * len(key) + 2
     return bound <= value_cap
+
+
+def primitive_within(value: Any, value_cap: int) -> bool:
+    """`primitives_within` of the one value ``value`` (a result), without building the tuple."""
+    kind = type(value)
+    if kind is int:
+        return value.bit_length() <= 64 and value_cap >= 88
+    if kind is str:
+        return 66 + 12 * len(value) <= value_cap
+    if kind is float:
+        return value - value == 0.0 and value_cap >= 88
+    return (value is None or kind is bool) and value_cap >= 69
