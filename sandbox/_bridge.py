@@ -10,7 +10,6 @@ are made here only: `cancelled_fault`, `deadline_fault`, `deny`.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import threading
 import time
@@ -24,6 +23,8 @@ from sandbox.runtime import CapabilityFault, RunControl
 from sandbox.secrets import NO_REDACTION, Redactor, SecretBroker
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sandbox.audit import RunRecorder
     from sandbox.policy import PolicyState
 
@@ -198,6 +199,8 @@ class RunBridge:
                     raise deny(verdict.reason, ends_run=verdict.terminate)
             if cap.is_async and self._loop is not None:
                 coroutine = _in_context(contextvars.copy_context(), cap.func(**arguments))
+                import asyncio
+
                 pending.async_future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
                 result = cap.dump_result(pending.async_future.result())
             else:

@@ -8,12 +8,12 @@ Functions here take the `Sandbox` whose configuration they read as their first a
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import keyword
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +30,8 @@ from sandbox.runtime import Job, Outcome, RunControl, limit_error
 from sandbox.secrets import NO_REDACTION, Redactor, SecretBroker
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sandbox._session import Session
     from sandbox.policy import Principal
     from sandbox.sandbox import Sandbox
@@ -82,6 +84,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread, or None. A process that never imported asyncio
+    has none, so asyncio is not imported to ask."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
     try:
         return asyncio.get_running_loop()
     except RuntimeError:

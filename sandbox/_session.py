@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -20,6 +19,8 @@ from sandbox.results import RunResult
 from sandbox.runtime import DriverSession, Job, Outcome
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sandbox.policy import Principal
     from sandbox.sandbox import Sandbox
 
@@ -81,6 +82,8 @@ class Session:
         on_output: OutputCallback | None = None,
     ) -> RunResult:
         """`run` for asyncio hosts; cancelling the awaiting task cancels the run."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         self._check_open()
         spec = prepare(self._sandbox, code, inputs, limits, principal)

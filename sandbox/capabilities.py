@@ -9,7 +9,6 @@ renders a Python stub (code mode) and a JSON tool schema (tool mode).
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import keyword
@@ -206,6 +205,8 @@ class Capability:
                 or (kind is float and result - result == 0.0)):
             return result
         if inspect.isawaitable(result):
+            import asyncio
+
             result = asyncio.run(_await(result))
         return self.dump_result(result)
 

@@ -7,16 +7,17 @@ run's output limit, redacted like the final result.
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future
-from typing import Any, Generator, NamedTuple
+from typing import TYPE_CHECKING, Any, Generator, NamedTuple
 
 from sandbox.results import RunResult
 from sandbox.runtime import RunControl
 from sandbox.secrets import Redactor
+
+if TYPE_CHECKING:  # asyncio and concurrent.futures load when a handle is made or awaited, not with the package
+    from concurrent.futures import Future
 
 _END = object()
 
@@ -41,6 +42,8 @@ class RunHandle:
 
     def __init__(self, run_id: str, control: RunControl) -> None:
         self.run_id = run_id
+        from concurrent.futures import Future
+
         self._control = control
         self._future: Future[RunResult] = Future()
         self._chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -64,6 +67,8 @@ class RunHandle:
         return self._wait().__await__()
 
     async def _wait(self) -> RunResult:
+        import asyncio
+
         try:
             return await asyncio.shield(asyncio.wrap_future(self._future))
         except asyncio.CancelledError:
@@ -73,6 +78,8 @@ class RunHandle:
     async def _stop_after_cancel(self) -> None:
         """The awaiting task was cancelled: cancel the run and give it a moment to stop, so
         that no guest keeps running behind a cancelled task."""
+        import asyncio
+
         self.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._future)), 1.0)
@@ -104,6 +111,8 @@ class RunHandle:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[OutputChunk]:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         try:
             while True:

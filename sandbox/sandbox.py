@@ -24,7 +24,6 @@ and one redacted `RunRecord` per run (Session runs included) is emitted after th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -60,7 +59,9 @@ from sandbox.results import RunResult
 from sandbox.runtime import KNOWN_LAYERS
 from sandbox.secrets import Secret, scope_allows_capability, validate_secrets
 
-if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records does not pay for them
+if TYPE_CHECKING:  # imported lazily: a sandbox without policy or records (or asyncio) does not pay for them
+    import asyncio
+
     from pydantic import BaseModel
 
     from sandbox.audit import RecordSink
@@ -239,6 +240,8 @@ class Sandbox:
         """``Sandbox(runtime, **kwargs)`` for asyncio hosts: construction (which for ``wasi``
         may load or, on first use, build the guest) runs on a worker thread, so the event
         loop keeps running. Raises what the constructor raises."""
+        import asyncio
+
         return await asyncio.to_thread(cls, runtime, **kwargs)
 
     def run(
@@ -273,6 +276,8 @@ class Sandbox:
     ) -> RunResult:
         """`run` for asyncio hosts: the guest runs on a worker thread, async capabilities on this
         loop. Cancelling the awaiting task cancels the run (the guest stops; the record says so)."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         spec = self._prepare(code, inputs, limits, principal)
         return await self._start_spec(spec, None, loop, on_output)

@@ -46,6 +46,16 @@ def test_a_restricted_sandbox_never_loads_the_network_wasm_or_crypto_stacks():
     assert seen["log_filters"] == 0
 
 
+@pytest.mark.parametrize("runtime", ["restricted", "wasi"])
+def test_a_synchronous_run_loads_no_asyncio(runtime):
+    seen = run_python(
+        f"import json, sys\nfrom sandbox import Sandbox\nwith Sandbox({runtime!r}) as sb:\n"
+        "    assert sb.run('1 + 1').value == 2\n"
+        "print(json.dumps(sorted(m for m in ('asyncio', 'concurrent.futures') if m in sys.modules)))"
+    )
+    assert seen == []
+
+
 def test_egress_is_loaded_on_first_use_with_its_log_guard():
     seen = loaded_after("from sandbox import Egress\nEgress(allow=['example.com'])")
     assert "httpx" in seen["heavy"] and seen["log_filters"] > 0
