@@ -21,6 +21,12 @@ from sandbox.capabilities import MAX_NAME_LENGTH
 from sandbox.wasi import _ffi
 from sandbox.wasi._host import RunState, args_cap, host_call, tls
 
+_hostcall: Any
+try:
+    from sandbox.wasi import _hostcall
+except ImportError:  # not built (pip install -e . / make setup builds it): `call_trampoline` serves
+    _hostcall = None
+
 
 class ReportTooLarge(Exception):
     """The guest's report is over the report cap; it was not read."""
@@ -31,17 +37,39 @@ _MAX_NAME_BYTES = MAX_NAME_LENGTH + 1
 so it is never decoded whole on the host."""
 
 
-def _take_args(args: Any) -> tuple[str, str | None]:
-    """The capability name and arguments text of a call; arguments over the size cap are
-    dropped unread and read as None (`host_call` then ends the run on limit ``value``)."""
-    name = _ffi.take_string(args[0], _MAX_NAME_BYTES)
+def _over_cap(size: int) -> bool:
+    """Whether arguments of ``size`` bytes are over the current run's cap; if so the run notes
+    it, the arguments are dropped unread and `host_call` gets None (and ends the run on limit
+    ``value``)."""
     state: RunState | None = getattr(tls, "state", None)
-    size = _ffi.string_size(args[1])
     if state is not None and size > args_cap(state.job.limits):
         state.oversized = size
+        return True
+    return False
+
+
+def _take_args(args: Any) -> tuple[str, str | None]:
+    """The capability name and arguments text of a call (None: over the size cap, unread)."""
+    name = _ffi.take_string(args[0], _MAX_NAME_BYTES)
+    if _over_cap(_ffi.string_size(args[1])):
         _ffi.drop_string(args[1])
         return name, None
     return name, _ffi.take_string(args[1])
+
+
+def _native_call(context: int, name: str, args: Any) -> str | int:
+    """``host.call`` for the C trampoline of `sandbox.wasi._hostcall`, which has decoded the
+    name (within `_MAX_NAME_BYTES`) and lends the arguments (``size``, ``text()``). Returns what
+    `call_trampoline` gives: the result's JSON, or ``!`` and a fault's; or a trap (an
+    `_ffi.trap` error) when the host side itself failed."""
+    store = _ffi.CallContext(context)
+    try:
+        ok, text, _ = host_call(store, name, None if _over_cap(args.size) else args.text(), ())
+        return text if ok else "!" + text
+    except BaseException as exc:  # noqa: BLE001 - becomes a trap; never unwinds into C
+        return _ffi.trap(f"sandbox host call failed: {type(exc).__name__}: {exc}")
+    finally:
+        _ffi.release(store)
 
 
 @_ffi.host_function
@@ -58,6 +86,11 @@ def call_trampoline(data, context, ty, args, nargs, results, nresults):
         return _ffi.trap(f"sandbox host call failed: {type(exc).__name__}: {exc}")
     finally:
         _ffi.release(store)
+
+
+host_call_function: Any = (call_trampoline if _hostcall is None
+                           else _ffi.NativeHostFunction(_hostcall, _native_call, _MAX_NAME_BYTES))
+"""What the linker defines as ``host.call``: the C trampoline when built, else `call_trampoline`."""
 
 
 @_ffi.host_function

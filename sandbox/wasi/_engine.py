@@ -24,7 +24,7 @@ from wasmtime.component import Component, Linker, ResourceType
 
 from sandbox.limits import Limits
 from sandbox.wasi import _ffi, _clock, build
-from sandbox.wasi._abi import FIRST_WARM_OPTIONS, WARM_INPUTS, call_run, call_trampoline, call_with_handles_trampoline, output_trampoline
+from sandbox.wasi._abi import FIRST_WARM_OPTIONS, WARM_INPUTS, call_run, call_with_handles_trampoline, host_call_function, output_trampoline
 from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
 from sandbox.wasi._trap import TrapHandlers
 
@@ -276,7 +276,7 @@ class Runtime:
                 _clock.define(root, name)
             with root.add_instance(INTERFACE) as host:
                 host.add_resource("secret", ResourceType.host(SECRET_TYPE), drop_secret)
-                _ffi.add_function(host, "call", call_trampoline)
+                _ffi.add_function(host, "call", host_call_function)
                 _ffi.add_function(host, "call-with-handles", call_with_handles_trampoline)
                 _ffi.add_function(host, "output", output_trampoline)
                 host.add_func("sleep", host_sleep)

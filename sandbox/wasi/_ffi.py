@@ -74,9 +74,52 @@ def store_context(context: Any) -> StoreContext:
     return StoreContext(context)
 
 
-def release(store: StoreContext) -> None:
+def release(store: "StoreContext | CallContext") -> None:
     """Invalidate ``store`` (the context pointer dies when the host function returns)."""
     store._invalidate()
+
+
+_CONTEXT_P = ctypes.POINTER(ffi.wasmtime_context_t)
+
+
+class CallContext:
+    """The store context of a host call that Wasmtime made into C (`native_host_function`), by
+    address: what `set_fuel` and `expire_epoch` accept, at the cost of one object instead of a
+    ctypes pointer unless they are used. Valid only until the call returns: `release` it then,
+    and a later use raises `WasmtimeError` instead of reaching a dead context."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: int) -> None:
+        self.address: int | None = address
+
+    def _context(self) -> Any:
+        if not self.address:
+            raise WasmtimeError("the host call this context belonged to has returned")
+        return ctypes.cast(self.address, _CONTEXT_P)
+
+    def _invalidate(self) -> None:
+        self.address = None
+
+
+class NativeHostFunction:
+    """A host function written in C (`sandbox.wasi._hostcall`), set up for this wasmtime-py's
+    value layout and C API functions, with its ``handler``: define it with `add_function` and
+    keep this object alive as long as the linker. Raises ValueError when the layout is not the
+    one the C module was compiled for."""
+
+    __slots__ = ("callback", "data", "_owner")
+
+    def __init__(self, module: Any, handler: Callable[[int, str, Any], str | int], max_name_bytes: int) -> None:
+        val = ffi.wasmtime_component_val_t
+        address = module.configure(
+            ctypes.cast(ffi.dll.wasm_byte_vec_new_uninitialized, ctypes.c_void_p).value,
+            ctypes.cast(ffi.dll.wasm_byte_vec_delete, ctypes.c_void_p).value,
+            ctypes.cast(ffi.dll.wasmtime_error_new, ctypes.c_void_p).value,
+            ctypes.sizeof(val), val.of.offset, _STRING_KIND, BOOL.value,
+        )
+        self.callback = host_function(address)
+        self._owner, self.data = module.bind(handler, max_name_bytes)
 
 
 def set_fuel(store: Store | StoreContext, fuel: int) -> None:
@@ -97,11 +140,14 @@ def on_epoch_deadline(store: Store, callback: Any) -> None:
 
 
 def add_function(instance: Any, name: str, callback: Any) -> None:
-    """Define ``name`` in a linker instance as the raw host function ``callback`` (which the
-    caller keeps alive for as long as the linker lives)."""
+    """Define ``name`` in a linker instance as the raw host function ``callback`` or the
+    `NativeHostFunction` (which the caller keeps alive for as long as the linker lives)."""
     raw = name.encode()
+    data = None
+    if isinstance(callback, NativeHostFunction):
+        callback, data = callback.callback, callback.data
     error = ffi.wasmtime_component_linker_instance_add_func(
-        instance.ptr(), ctypes.create_string_buffer(raw), len(raw), callback, None, _no_finalizer
+        instance.ptr(), ctypes.create_string_buffer(raw), len(raw), callback, data, _no_finalizer
     )
     if error:
         raise WasmtimeError._from_ptr(error)

@@ -1,0 +1,130 @@
+"""The C trampoline of the wasi guest's ``host.call`` (`sandbox.wasi._hostcall`), called here the
+way Wasmtime calls it: component values in, a string value or a trap out, no Python exception
+through C, and argument text that a handler cannot read after the call returned."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import pytest
+
+from sandbox.wasi import _ffi
+
+_hostcall = pytest.importorskip("sandbox.wasi._hostcall", reason="the C extension is not built")
+from wasmtime import WasmtimeError, _ffi as wffi  # noqa: E402
+
+
+def _call(handler: Any, name: bytes | str, args: str, *, max_name: int = 64) -> tuple[int, Any, Any]:
+    """Call the trampoline with ``handler``: (trap address or 0, the args values, the result value)."""
+    function = _ffi.NativeHostFunction(_hostcall, handler, max_name)
+    values = _ffi.new_values(2)
+    raw = name if isinstance(name, bytes) else name.encode()
+    vec = wffi.wasm_byte_vec_t()
+    wffi.wasm_byte_vec_new(vec, len(raw), ctypes.cast(ctypes.create_string_buffer(raw, len(raw) or 1),
+                                                      ctypes.POINTER(wffi.wasm_byte_t)))
+    values[0].kind = _ffi.STRING
+    values[0].of.string = vec
+    _ffi.put_string(values[1], args)
+    result = _ffi.new_values(1)
+    trap = function.callback(function.data, None, None, values, 2, result, 1)
+    return trap or 0, values, result
+
+
+def _trap_message(address: int) -> str:
+    return str(WasmtimeError._from_ptr(ctypes.cast(address, ctypes.POINTER(wffi.wasmtime_error_t))))
+
+
+def _arguments_freed(values: Any) -> bool:
+    return all(values[i].kind == _ffi.BOOL.value for i in range(2))
+
+
+def test_the_handler_gets_the_context_name_and_lent_text_and_its_text_is_the_result():
+    seen = []
+
+    def handler(context, name, args):
+        seen.append((context, name, args.size, args.text()))
+        return "[1,2]"
+
+    trap, values, result = _call(handler, "echo", '[["é"],{}]')
+    assert trap == 0 and seen == [(0, "echo", len('[["é"],{}]'.encode()), '[["é"],{}]')]
+    assert _ffi.is_string(result[0]) and _ffi.take_string(result[0]) == "[1,2]"
+    assert _arguments_freed(values)
+
+
+def test_a_name_is_decoded_within_its_cap_and_a_character_cut_there_is_dropped():
+    names = []
+    _call(lambda context, name, args: names.append(name) or "0", "ab" + "é" * 10, "[]", max_name=5)
+    assert names == ["abé"]  # 5 bytes: a, b, é (2 bytes), half an é
+
+
+def test_lent_text_cannot_be_read_after_the_call():
+    kept = []
+
+    def handler(context, name, args):
+        kept.append(args)
+        return "0"
+
+    trap, values, _ = _call(handler, "echo", "[[1],{}]")
+    assert trap == 0 and _arguments_freed(values)
+    assert kept[0].size == 8
+    with pytest.raises(ValueError, match="returned"):
+        kept[0].text()
+
+
+def test_an_oversized_text_is_never_decoded_unless_asked():
+    def handler(context, name, args):
+        return f"{args.size}"
+
+    trap, values, result = _call(handler, "echo", "x" * 100_000)
+    assert trap == 0 and _ffi.take_string(result[0]) == "100000" and _arguments_freed(values)
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (lambda context, name, args: 1 / 0, "sandbox host call failed"),
+        (lambda context, name, args: None, "neither text nor a trap"),
+        (lambda context, name, args: "\ud800", "not valid Unicode"),
+        (lambda context, name, args: _ffi.trap("from the handler"), "from the handler"),
+    ],
+)
+def test_a_failing_handler_traps_without_unwinding_into_c(handler, message):
+    trap, values, _ = _call(handler, "echo", "[]")
+    assert trap != 0 and message in _trap_message(trap)
+    assert _arguments_freed(values)
+
+
+def test_invalid_utf8_in_the_arguments_raises_in_the_handler():
+    errors = []
+
+    def handler(context, name, args):
+        try:
+            args.text()
+        except UnicodeDecodeError as exc:
+            errors.append(exc)
+        return "0"
+
+    function = _ffi.NativeHostFunction(_hostcall, handler, 64)
+    values = _ffi.new_values(2)
+    _ffi.put_string(values[0], "echo")
+    _ffi.put_string(values[1], "ab")
+    ctypes.memmove(values[1].of.string.data, b"\xff\xfe", 2)
+    result = _ffi.new_values(1)
+    assert not function.callback(function.data, None, None, values, 2, result, 1)
+    assert len(errors) == 1 and _arguments_freed(values)
+
+
+def test_a_call_context_is_dead_once_released():
+    context = _ffi.CallContext(12345)
+    _ffi.release(context)
+    with pytest.raises(WasmtimeError):
+        _ffi.set_fuel(context, 1)
+
+
+def test_configure_refuses_another_layout():
+    val = wffi.wasmtime_component_val_t
+    functions = [ctypes.cast(getattr(wffi.dll, name), ctypes.c_void_p).value
+                 for name in ("wasm_byte_vec_new_uninitialized", "wasm_byte_vec_delete", "wasmtime_error_new")]
+    with pytest.raises(ValueError, match="layout"):
+        _hostcall.configure(*functions, ctypes.sizeof(val) + 8, val.of.offset, _ffi.STRING.value, _ffi.BOOL.value)
