@@ -4,8 +4,8 @@
 Lifecycle (all before any job arrives, so none of it is on a run's critical path):
 
 1. parent-death signal SIGKILL; close every descriptor but the channel (stdio is /dev/null);
-2. run the warm-up job along a real job's path (`warm_up`), paying the copy-on-write faults
-   and warming caches;
+2. run the warm-up job along a real job's path (`warm_loop`: the job loop itself, over a local
+   socket pair), paying the copy-on-write faults and warming caches;
 3. drop to the sandbox uid (root hosts), load the seccomp allowlist;
 4. write ``ready`` and block reading the job.
 
@@ -27,6 +27,7 @@ import marshal
 import os
 import resource
 import signal
+import socket
 import time
 import types
 from typing import Any
@@ -54,15 +55,16 @@ WARMUP_LIMITS = {"cpu_seconds": 5.0, "wall_seconds": 10.0, "memory_bytes": 256 <
 def warmup_frame() -> bytes:
     """The warm-up job framed as the host frames a job: `WARMUP_CODE` compiled as the host
     compiles it (shipped as bytecode), with an input and the fields a job carries. Built once in
-    the zygote; every child runs it with `warm_up`."""
+    the zygote, which runs it with `warm_up`; every child runs it with `warm_loop`. Its rlimits
+    (no core dumps) are ones every run's plan sets anyway, and its CPU timer is disarmed at its end."""
     code = compile_guest(WARMUP_CODE).code
     if not isinstance(code, types.CodeType):
         raise RuntimeError("the warm-up program does not compile")
     bytecode = base64.b64encode(marshal.dumps(code)).decode("ascii")
     return encode({"t": "job", "code": WARMUP_CODE, "bytecode": bytecode, "limits": WARMUP_LIMITS,
                    "inputs": wire.encode({"seed": [1, "a", 2.5, None]}), "capabilities": [], "secrets": [],
-                   "session": False, "raw": False, "rlimits": [], "cpu_timer": None, "deadline": None,
-                   "timings": False})
+                   "session": False, "raw": False, "rlimits": [[resource.RLIMIT_CORE, 0, 0]],
+                   "cpu_timer": WARMUP_LIMITS["cpu_seconds"], "deadline": None, "timings": False})
 
 
 def warm_up(executor: Any, frame: bytes) -> None:
@@ -72,6 +74,20 @@ def warm_up(executor: Any, frame: bytes) -> None:
     job = decode(frame[4:])
     result = _execute(executor, job, call_host=_no_host, state=None, on_output=_discard, on_tick=None)
     encode(_done(job, result, cpu=0.0, cpu_total=0.0, maxrss=0))
+
+
+def warm_loop(executor: Any, frame: bytes) -> None:
+    """Run the warm-up job through `_loop`, the path of a real job in a child (its frame read
+    from a socket, its rlimits applied and CPU timer armed, its output streamed, its ``done``
+    frame written; all into a local socket pair that is then closed), so that a run's first use
+    of each page that path writes does not cost a copy-on-write fault during the run."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.sendall(frame)
+        _loop(theirs.fileno(), executor, allow_raw=False)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def _discard(text: str) -> None:
@@ -143,7 +159,7 @@ def serve(chan: int, *, executor: Any, seccomp_filter: Any, uid: int | None, gid
         # Before any confinement of our own. Without compiling: the host ships jobs compiled, so
         # warming the compiler too (a copy-on-write fault for every page it touches, ~1 ms of CPU
         # per child) would only help sources over the host's cap.
-        warm_up(executor, warmup)
+        warm_loop(executor, warmup)
         if uid is not None:
             confine.drop_to_uid(uid, gid if gid is not None else uid)
             layers.append("uid")
