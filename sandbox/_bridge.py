@@ -106,7 +106,7 @@ class RunBridge:
         try:
             # Cancel sets the flag before it calls the hooks: a cancel that came before ``add``
             # is seen here (the call is handed over, not waited for), one that comes after wakes the wait.
-            done = call.wait(0.0 if control.cancelled else control.deadline - time.monotonic())
+            done = call.wait_until(0.0 if control.cancelled else control.deadline)
         finally:
             waiting.discard(call)
         if not done and pending is not None:

@@ -156,7 +156,12 @@ class Call(Generic[T]):
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the work (or `wake`); True when it is done."""
+        return self.wait_until(time.monotonic() + timeout)
+
+    def wait_until(self, deadline: float) -> bool:
+        """`wait` until the `time.monotonic` instant ``deadline``; True when the work is done."""
         worker = self._worker
+        timeout = deadline - time.monotonic()
         if not self._given:
             if self._woken or timeout <= 0:
                 self.release()
@@ -167,7 +172,6 @@ class Call(Generic[T]):
             return self.done
         else:
             post = None
-        deadline = time.monotonic() + timeout
         while True:
             _post_and_wait(post, worker.done, worker.done_r, math.ceil(timeout * 1000))
             if self.done:
@@ -201,7 +205,7 @@ class _Worker:
     when nothing refers to it any more.
     """
 
-    __slots__ = ("go_r", "go_w", "done_r", "done_w", "go", "done", "_call", "busy", "owned", "retired")
+    __slots__ = ("go_r", "go_w", "done_r", "done_w", "go", "done", "next_call", "busy", "owned", "retired")
 
     def __init__(self) -> None:
         self.go_r, self.go_w = os.pipe()
@@ -210,18 +214,14 @@ class _Worker:
             os.set_blocking(fd, False)
         self.go = _new_flag(self.go_w, pin=True)
         self.done = _new_flag(self.done_w)
-        self._call: Call[Any] | None = None
+        self.next_call: Call[Any] | None = None
+        """The call its caller prepared (`start`); taken when the caller posts ``go``."""
         self.busy = True
         self.owned = True
         self.retired = False
         with _lock:
             _workers.add(self)
         threading.Thread(target=self._serve, name="sandbox-host-call", daemon=True).start()
-
-    def give(self, call: Call[Any]) -> None:
-        """Hand ``call`` to this worker (busy, and taken by the caller); it runs once the call is
-        waited for or released."""
-        self._call = call
 
     def _serve(self) -> None:
         idle_ms = int(IDLE_SECONDS * 1000)
@@ -239,7 +239,7 @@ class _Worker:
                         return
                 got = _post_and_wait(None, go, go_r, idle_ms)  # taken just now: its work is on the way
                 continue
-            call, self._call = self._call, None
+            call, self.next_call = self.next_call, None
             if call is None:
                 got = _post_and_wait(None, go, go_r, idle_ms)
                 continue
@@ -286,7 +286,8 @@ class _Worker:
 def start(func: Callable[..., T], *args: Any) -> Call[T]:
     """Prepare ``func(*args)`` for a daemon thread: the calling thread's partner when it is free,
     else an idle worker, else a new one. It runs once the call is waited for or released."""
-    worker: _Worker | None = getattr(_local, "partner", None)
+    partner: _Worker | None = getattr(_local, "partner", None)
+    worker = partner
     with _lock:
         if worker is not None and (worker.busy or worker.retired):
             worker.owned = False  # busy with an abandoned call, or gone: it joins the idle list when done
@@ -297,11 +298,11 @@ def start(func: Callable[..., T], *args: Any) -> Call[T]:
             worker.busy = worker.owned = True
     if worker is None:
         worker = _Worker()
-    _local.partner = worker
+    if worker is not partner:
+        _local.partner = worker
     call: Call[T] = Call(func, args, worker)
-    worker.give(call)
+    worker.next_call = call  # it runs once the call is waited for or released
     return call
-
 
 def submit(func: Callable[[], T]) -> Call[T]:
     """Run ``func()`` on a daemon thread (see `start`); for one-off work such as post-run steps."""

@@ -286,6 +286,19 @@ def test_a_hanging_call_is_left_at_the_timeout_and_the_next_call_gets_another_th
     assert hung.result() is True
 
 
+def test_wait_until_an_instant_returns_at_it_or_hands_over_when_it_passed(flags: str) -> None:
+    release = threading.Event()
+    hung = call_threads.start(release.wait, 30.0)
+    started = time.monotonic()
+    assert not hung.wait_until(started + 0.2)
+    assert 0.15 < time.monotonic() - started < 2.0
+    release.set()
+    ran = threading.Event()
+    late = call_threads.start(ran.set)
+    assert not late.wait_until(time.monotonic() - 1.0)  # handed over, not waited for
+    assert ran.wait(5.0)
+
+
 def test_wake_ends_the_wait_without_the_result(flags: str) -> None:
     release = threading.Event()
     call = call_threads.start(release.wait, 30.0)
