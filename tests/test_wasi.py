@@ -154,8 +154,33 @@ def test_corrupt_or_stale_cache_entry_is_rebuilt(cache_copy, no_build, damage):
     assert result == "rebuilt" and no_build == [artifact]
 
 
+def _dist_info(root: Path, dirname: str, version: str) -> None:
+    (root / dirname).mkdir(parents=True)
+    (root / dirname / "METADATA").write_text(f"Metadata-Version: 2.1\nName: x\nVersion: {version}\n")
+
+
+def test_the_cache_key_reads_each_version_that_importlib_metadata_reads(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    _dist_info(tmp_path / "first", "Demo_Dist-1.0.dist-info", "1.0")
+    _dist_info(tmp_path / "second", "demo.dist-2.0.dist-info", "2.0")
+    _dist_info(tmp_path / "second", "other-3.0.egg-info", "3.0")
+    monkeypatch.syspath_prepend(str(tmp_path / "second"))
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))  # the first entry that has it wins
+    monkeypatch.syspath_prepend(str(tmp_path / "missing"))
+    importlib.invalidate_caches()
+    for name in ("wasmtime", "componentize-py", "componentize_py", "pydantic", "demo-dist", "DEMO.dist", "other",
+                 "not-installed-anywhere"):
+        try:
+            expected: str | None = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            expected = None
+        assert wasi_build._dist_version(name) == expected, name
+    assert wasi_build._dist_version("demo-dist") == "1.0"
+
+
 def test_missing_componentize_py_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(wasi_build.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)  # build.py imports shutil when it builds
     monkeypatch.setitem(sys.modules, "componentize_py", None)
     with pytest.raises(wasi_build.WasiBuildError, match="componentize-py.*pip install"):
         wasi_build._componentize_command()

@@ -39,15 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -102,20 +98,49 @@ def _guest_sources() -> list[tuple[str, Path]]:
 
 
 _VERSION = re.compile(r"^Version:[ \t]*(\S+)", re.MULTILINE)
+_SEPARATORS = re.compile(r"[-_.]+")
 
 
 def _dist_version(name: str) -> str | None:
     """The installed version of distribution ``name``, or None when it is not installed.
 
-    Read from the ``Version`` header of its metadata file: `importlib.metadata.version` parses
-    the whole file with the ``email`` package, whose first import costs more than loading the
-    guest from the cache does."""
+    Found where `importlib.metadata` finds it, the first ``sys.path`` directory holding a
+    ``<name>-<version>.dist-info`` (or ``.egg-info``) directory, and read from the ``Version``
+    header of its metadata file, without importing `importlib.metadata`: that import (``email``,
+    ``zipfile``, ``csv``) costs more than loading the guest from the cache does. Whatever this
+    scan cannot settle (a zip on ``sys.path``, an egg-info file, no match) is left to
+    `importlib.metadata`, so the answer is the same."""
+    wanted = _SEPARATORS.sub("_", name).lower()
+    for entry in sys.path:
+        directory = entry or "."
+        try:
+            names = os.listdir(directory)
+        except (FileNotFoundError, PermissionError):
+            continue  # importlib.metadata skips these too
+        except OSError:
+            return _dist_version_by_metadata(name)  # a zip file: only importlib.metadata reads it in order
+        for candidate in names:
+            stem, _, suffix = candidate.rpartition(".")
+            if suffix not in ("dist-info", "egg-info") or _SEPARATORS.sub("_", stem.partition("-")[0]).lower() != wanted:
+                continue
+            for meta in ("METADATA", "PKG-INFO"):
+                try:
+                    match = _VERSION.search(Path(directory, candidate, meta).read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if match:
+                    return match.group(1)
+            return _dist_version_by_metadata(name)
+    return _dist_version_by_metadata(name)
+
+
+def _dist_version_by_metadata(name: str) -> str | None:
+    import importlib.metadata
+
     try:
-        dist = importlib.metadata.Distribution.from_name(name)
+        return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
-    match = _VERSION.search(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
-    return match.group(1) if match else dist.version
 
 
 def _componentize_version() -> str:
@@ -218,6 +243,8 @@ def _discard(entry: CacheEntry) -> None:
 
 
 def _componentize_command() -> list[str]:
+    import shutil
+
     exe = shutil.which("componentize-py", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if exe is None:
         try:
@@ -230,6 +257,10 @@ def _componentize_command() -> list[str]:
 
 def build_wasm(out: Path) -> None:
     """Run componentize-py on a staging copy of the guest sources; write the component to ``out``."""
+    import shutil  # the build's modules load only when it runs, not when the cached guest is loaded
+    import subprocess
+    import tempfile
+
     command = _componentize_command()
     with tempfile.TemporaryDirectory(prefix="sandbox-wasi-build-") as tmp:
         stage = Path(tmp) / "app"
@@ -343,6 +374,8 @@ def build(engine: wasmtime.Engine, entry: CacheEntry, *, quiet: bool = False) ->
 
 
 def _build(engine: wasmtime.Engine, entry: CacheEntry, directory: Path, progress: BuildProgress) -> Component:
+    import tempfile
+
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sandbox-wasi-", dir=directory) as tmp:
         wasm = Path(tmp) / "guest.wasm"
@@ -360,7 +393,7 @@ def _build(engine: wasmtime.Engine, entry: CacheEntry, directory: Path, progress
             "key": entry.key,
             "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
-            "wasmtime": importlib.metadata.version("wasmtime"),
+            "wasmtime": _dist_version("wasmtime"),
             "componentize_py": _componentize_version(),
             "built_at": time.time(),
         }
