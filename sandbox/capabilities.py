@@ -278,6 +278,8 @@ class ApiDescription(BaseModel):
     """The guest API of a sandbox: a Python stub for code mode, JSON tool schemas for tool mode,
     and the modules guest code may import."""
 
+    model_config = ConfigDict(defer_build=True)
+
     stub: str
     tools: list[dict[str, Any]]
     modules: list[str] = []

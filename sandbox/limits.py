@@ -64,7 +64,7 @@ class Limits(BaseModel):
     restricted runtime enforces them cooperatively (tick checks and size guards).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     cpu_seconds: Seconds = 5.0
     """CPU time the guest may use. Default 5 s."""
@@ -90,3 +90,9 @@ class Limits(BaseModel):
         if not math.isfinite(value):
             raise ConfigurationError("must be finite: every run needs a deadline")
         return value
+
+
+DEFAULT_LIMITS = Limits.model_construct()
+"""``Limits()``, made without running the validators (pydantic does not validate defaults
+either), so that a sandbox without explicit limits builds no validator: the model's validator
+is built on first use (``defer_build``), not when this module is imported."""

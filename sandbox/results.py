@@ -27,7 +27,7 @@ class ErrorInfo(BaseModel):
     or a ``type`` longer than 256 is cut and ends with ``"… [truncated]"``.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     kind: ErrorKind
     type: str
@@ -49,7 +49,7 @@ class ErrorInfo(BaseModel):
 class Usage(BaseModel):
     """Resources one run used. ``peak_memory_bytes`` is None where the runtime cannot measure it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -68,7 +68,7 @@ class FileChange(BaseModel):
     if the host file still has ``before_sha256``.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     path: str
     action: Literal["created", "modified", "deleted"]
@@ -93,7 +93,7 @@ class RunResult(BaseModel):
     `Limits.max_output_bytes`. ``layers`` names the isolation layers that were actually applied.
     """
 
-    model_config = ConfigDict(frozen=True, ser_json_bytes="base64")
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", defer_build=True)
 
     ok: bool
     value: Any = None

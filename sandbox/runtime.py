@@ -159,7 +159,7 @@ class Job:
 class Outcome(BaseModel):
     """A driver's report of one run (the wire outcome of `runtimes.wire`, validated)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     ok: bool
     value: Any = None

@@ -54,7 +54,7 @@ from sandbox.capabilities import (
 )
 from sandbox.errors import ConfigurationError, SandboxClosed
 from sandbox.handles import RunHandle
-from sandbox.limits import Limits
+from sandbox.limits import DEFAULT_LIMITS, Limits
 from sandbox.results import RunResult
 from sandbox.runtime import KNOWN_LAYERS
 from sandbox.secrets import Secret, scope_allows_capability, validate_secrets
@@ -189,7 +189,7 @@ class Sandbox:
             if not isinstance(egress, Egress):
                 raise TypeError(f"egress must be a sandbox.Egress, not {type(egress).__name__}")
         self.runtime = runtime
-        self.limits = limits or Limits()
+        self.limits = limits or DEFAULT_LIMITS
         self.secrets = validate_secrets(secrets)
         self.egress = egress
         if egress is not None:

@@ -56,6 +56,28 @@ def test_a_synchronous_run_loads_no_asyncio(runtime):
     assert seen == []
 
 
+def test_the_first_wasi_run_builds_no_pydantic_validator_and_reads_no_package_metadata():
+    seen = run_python(
+        "import json, sys\nfrom pydantic import BaseModel\nfrom sandbox import Sandbox\n"
+        "with Sandbox('wasi') as sb:\n    assert sb.run('1 + 1').value == 2\n"
+        "def models(cls):\n    for sub in cls.__subclasses__():\n        yield sub\n        yield from models(sub)\n"
+        "print(json.dumps({'built': sorted(m.__name__ for m in models(BaseModel) if m.__pydantic_complete__),\n"
+        "                  'metadata': 'importlib.metadata' in sys.modules}))"
+    )
+    assert seen == {"built": [], "metadata": False}
+
+
+def test_the_default_limits_are_those_of_a_validated_limits():
+    from sandbox.limits import DEFAULT_LIMITS, Limits
+
+    validated = Limits()
+    assert DEFAULT_LIMITS == validated and repr(DEFAULT_LIMITS) == repr(validated)
+    assert DEFAULT_LIMITS.model_fields_set == validated.model_fields_set == set()
+    assert DEFAULT_LIMITS.model_dump() == validated.model_dump()
+    with sandbox.Sandbox() as sb:
+        assert sb.limits is DEFAULT_LIMITS
+
+
 def test_egress_is_loaded_on_first_use_with_its_log_guard():
     seen = loaded_after("from sandbox import Egress\nEgress(allow=['example.com'])")
     assert "httpx" in seen["heavy"] and seen["log_filters"] > 0

@@ -60,7 +60,7 @@ class Secret(BaseModel):
     ``description`` is shown to the guest in the handle's repr (with the name and scope).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True, defer_build=True)
 
     value: SecretStr | None = None
     env: str | None = None

@@ -22,7 +22,7 @@ import wasmtime
 from wasmtime import Store, WasiConfig
 from wasmtime.component import Component, Linker, ResourceType
 
-from sandbox.limits import Limits
+from sandbox.limits import DEFAULT_LIMITS
 from sandbox.wasi import _ffi, _clock, build
 from sandbox.wasi._abi import FIRST_WARM_OPTIONS, WARM_INPUTS, call_run, call_with_handles_trampoline, host_call_function, output_trampoline
 from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
@@ -44,7 +44,7 @@ start, and Wasmtime checks that against the run's own limit)."""
 TICK_SECONDS = 0.005
 """Epoch tick period; wall limits are accurate to about one tick."""
 
-_SPARE_LIMIT = Limits().memory_bytes
+_SPARE_LIMIT = DEFAULT_LIMITS.memory_bytes
 """Spares are made with the default memory limit; a run with another limit re-sets it
 (``Store.set_limits`` costs ~0.2 ms, so it is skipped when the limit is the same)."""
 

@@ -53,7 +53,7 @@ from wasmtime import WasmtimeError
 from wasmtime.component import ResourceHost
 
 from runtimes import wire
-from sandbox.limits import Limits
+from sandbox.limits import DEFAULT_LIMITS, Limits
 from sandbox.results import ErrorInfo
 from sandbox.runtime import Job, Outcome, StreamedOutput, internal_error, limit_error
 from sandbox.wasi._abi import ReportTooLarge, call_run, run_inputs, run_options
@@ -239,7 +239,7 @@ class WasiDriver:
     def startup_fuel(self, limits: Limits | None = None) -> int:
         """Fuel the guest's start-up (instantiation) consumed, for benchmarks and tests."""
         rt = get_runtime()
-        inst = self._instantiate(rt, limits or Limits(), spare=False)
+        inst = self._instantiate(rt, limits or DEFAULT_LIMITS, spare=False)
         assert not isinstance(inst, ErrorInfo)
         try:
             return inst.startup_fuel
