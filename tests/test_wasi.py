@@ -179,6 +179,20 @@ def test_the_cache_key_reads_each_version_that_importlib_metadata_reads(tmp_path
     assert wasi_build._dist_version("demo-dist") == "1.0"
 
 
+@pytest.mark.parametrize("xdg", [None, "", "relative/cache", "/abs/xdg-cache", "/abs/trailing/"])
+@pytest.mark.parametrize("home", ["/home/someone", "/home/someone/", "", "relative-home"])
+def test_the_cache_directory_is_the_one_platformdirs_names(monkeypatch, xdg, home):
+    import platformdirs
+
+    monkeypatch.delenv("SANDBOX_WASI_CACHE", raising=False)
+    monkeypatch.setenv("HOME", home)
+    if xdg is None:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    assert wasi_build.cache_dir() == Path(platformdirs.user_cache_dir("sandbox")) / "wasi"
+
+
 def test_missing_componentize_py_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)  # build.py imports shutil when it builds
     monkeypatch.setitem(sys.modules, "componentize_py", None)

@@ -159,12 +159,28 @@ def guest_hash() -> str:
 
 
 def cache_dir() -> Path:
+    """``$SANDBOX_WASI_CACHE``, else ``wasi`` in the user's cache directory for ``sandbox``
+    (platformdirs' ``user_cache_dir``)."""
     override = os.environ.get("SANDBOX_WASI_CACHE")
     if override:
         return Path(override)
+    return Path(_user_cache_dir()) / "wasi"
+
+
+def _user_cache_dir() -> str:
+    """``platformdirs.user_cache_dir("sandbox")``. On Linux with an absolute ``$XDG_CACHE_HOME``
+    or ``$HOME`` it is computed here, as platformdirs computes it (importing platformdirs, and
+    the tempfile and shutil it loads, costs more than loading the cached guest); anywhere else
+    platformdirs answers."""
+    if sys.platform == "linux" and "ANDROID_DATA" not in os.environ:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        if os.path.isabs(xdg):
+            return os.path.join(xdg, "sandbox")
+        if os.path.isabs(os.environ.get("HOME", "")):
+            return os.path.join(os.path.expanduser("~/.cache"), "sandbox")
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("sandbox")) / "wasi"
+    return platformdirs.user_cache_dir("sandbox")
 
 
 def cache_key() -> str:
