@@ -140,7 +140,8 @@ class RunBridge:
         set_call_deadline(self._control.deadline)
         with self._lock:
             self.calls += 1
-        detail, _token = open_call_detail()  # filled by the capability through record_detail() and warn()
+        detail: dict[str, Any] = {}
+        open_call_detail(detail)  # filled by the capability through record_detail() and warn()
         try:
             return cap.invoke(args, kwargs)
         except CapabilityFault as fault:
@@ -188,7 +189,8 @@ class RunBridge:
             self.calls += 1
         arguments: dict[str, Any] | None = None
         verdict = None
-        detail, token = open_call_detail()  # filled by the capability through record_detail()
+        detail: dict[str, Any] = {}
+        token = open_call_detail(detail)  # filled by the capability through record_detail()
         try:
             if self._secrets is not None:
                 args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Callable
 
 _CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("sandbox_call_deadline", default=None)
 
@@ -25,10 +26,10 @@ def run_remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def set_call_deadline(deadline: float | None) -> contextvars.Token:
-    """Make `run_remaining` count down to ``deadline`` (a `time.monotonic` instant) in this
-    context (host bridge use); returns the token to reset it with."""
-    return _CALL_DEADLINE.set(deadline)
+set_call_deadline: Callable[[float | None], contextvars.Token] = _CALL_DEADLINE.set
+"""``set_call_deadline(deadline)``: make `run_remaining` count down to ``deadline`` (a
+`time.monotonic` instant) in this context (host bridge use); returns the token to reset it with.
+The context variable's own ``set`` (a capability call makes no Python call for it)."""
 
 
 def call_timeout(configured: float) -> float:

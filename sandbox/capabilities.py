@@ -49,10 +49,10 @@ def warn(message: str) -> None:
         bucket.setdefault("warnings", []).append(str(message))
 
 
-def open_call_detail() -> tuple[dict[str, Any], contextvars.Token]:
-    """Start collecting `record_detail` for one call (host bridge use): the dict and a reset token."""
-    bucket: dict[str, Any] = {}
-    return bucket, _CALL_DETAIL.set(bucket)
+open_call_detail: Callable[[dict[str, Any]], contextvars.Token] = _CALL_DETAIL.set
+"""``open_call_detail(bucket)``: collect `record_detail` and `warn` of the call running in this
+context into ``bucket`` (host bridge use); returns the token `close_call_detail` takes. The
+context variable's own ``set`` (a capability call makes no Python call for it)."""
 
 
 def close_call_detail(token: contextvars.Token) -> None:
@@ -127,6 +127,9 @@ class Capability:
             f"{self.name.replace('.', '_')}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
         self._result = TypeAdapter(self.return_type)
+        self._names = tuple(self.signature.parameters)
+        self._all_positional = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in self.signature.parameters.values())
+        """Every parameter may be passed by position: arguments for all of them, by position, bind in order."""
         self._fast_params = _fast_parameters(self.signature, hints)
         self._fast_names = frozenset(p[0] for p in self._fast_params) if self._fast_params is not None else frozenset()
         self._fast_result = next((t for t in _EXACT if self.return_type is t), None)
@@ -155,15 +158,19 @@ class Capability:
             arguments = _bind_exact(fast, self._fast_names, self._fast_kinds, args, kwargs)
             if arguments is not None:
                 return arguments
+        names = self._names
+        if self._all_positional and not kwargs and len(args) == len(names):
+            given = dict(zip(names, args))  # what the signature binds them to
+        else:
+            try:
+                given = dict(self.signature.bind(*args, **kwargs).arguments)
+            except TypeError as exc:
+                raise CapabilityFault("TypeError", f"{self.name}(): {exc}") from None
         try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise CapabilityFault("TypeError", f"{self.name}(): {exc}") from None
-        try:
-            model = self.arguments_model.model_validate(dict(bound.arguments))
+            model = self.arguments_model.model_validate(given)
         except ValidationError as exc:
             raise CapabilityFault("ValueError", f"{self.name}(): invalid arguments: {_summarise(exc)}") from None
-        return {name: getattr(model, name) for name in self.signature.parameters}
+        return {name: getattr(model, name) for name in names}
 
     def action_for(self, arguments: Mapping[str, Any]) -> str:
         """The action a call with validated ``arguments`` performs, for policy rules: what the

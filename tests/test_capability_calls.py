@@ -177,6 +177,24 @@ def test_invoke_matches_bind_then_call_bound_on_the_full_path(args: list[Any], k
     assert _invoke_outcome(Capability(func), args, kwargs) == _invoke_outcome(reference, args, kwargs)
 
 
+def shaped(items: list[int], label: str, extra: dict | None = None) -> dict:
+    return {"items": items, "label": label, "extra": extra}
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=st.lists(st.one_of(_VALUES, st.dictionaries(st.text(max_size=2), _VALUES, max_size=2)), max_size=4),
+       kwargs=st.dictionaries(st.sampled_from(["a", "b", "items", "label", "extra"]), _VALUES, max_size=2),
+       func=st.sampled_from([typed, mixed, shaped, keyword_only]))
+def test_bind_by_position_matches_the_signatures_binding(args: list[Any], kwargs: dict[str, Any], func: Any) -> None:
+    reference = _full_path(func)
+    reference._all_positional = False  # every call through `inspect.Signature.bind`
+    got = _outcome(lambda: _full_path(func).bind(list(args), dict(kwargs)))
+    want = _outcome(lambda: reference.bind(list(args), dict(kwargs)))
+    assert got == want
+    if got[0] == "ok":
+        assert list(got[1]) == list(want[1])
+
+
 def by_position(a: int, b: int) -> int:
     return a * 10 + b
 
