@@ -598,3 +598,28 @@ def test_only_a_reaped_process_reads_as_hung_up():
         assert _hung_up(pidfd, 0)
     finally:
         os.close(pidfd)
+
+
+AFFINITY_PAYLOAD = """\
+import os, time
+first = sorted(os.sched_getaffinity(0))
+time.sleep(0.1)
+result = [first, sorted(os.sched_getaffinity(0))]
+"""
+
+
+def test_a_run_is_pinned_to_one_cpu_only_at_its_start(driver):
+    """The host pins a run's child to its own CPU when it hands over the job (`ChildHandle.pin_here`)
+    and gives it back all the zygote's CPUs after `PIN_SECONDS`, so long runs, and runs side by
+    side, are not kept on one CPU."""
+    from sandbox.process.child_handle import PIN_SECONDS
+
+    cpus = sorted(os.sched_getaffinity(driver._zygote.pid))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing to pin to")
+    assert PIN_SECONDS < 0.05
+    out = driver._run_raw(AFFINITY_PAYLOAD, LIMITS)
+    assert out.ok, out.error
+    first, later = out.value
+    assert len(first) == 1 and first[0] in cpus, first
+    assert later == cpus, later

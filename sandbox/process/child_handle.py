@@ -8,6 +8,8 @@ reaped it).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import math
 import os
 import select
@@ -35,6 +37,17 @@ _REAP_HANGS_UP = False
 the first child whose reaping the zygote reported (its pidfd polled after that report). Process-wide
 and set at most once, from False to True: the kernel does not change under the process, and while
 it reads False a wait only takes the slower path through the zygote's report."""
+
+
+PIN_SECONDS = 0.005
+"""How long a run's child stays pinned to the CPU of the host thread that handed it the job
+(`ChildHandle.pin_here`) before it gets its CPUs back (`ChildHandle.unpin`)."""
+_pinning = True
+"""Whether pinning is tried: turned off (process-wide) the first time the kernel refuses it."""
+_libc = ctypes.CDLL(None, use_errno=True)
+_sched_getcpu = _libc.sched_getcpu
+_sched_getcpu.restype = ctypes.c_int
+_sched_getcpu.argtypes = ()
 
 
 def _hung_up(fd: int, timeout_ms: int) -> bool:
@@ -75,6 +88,7 @@ class ChildHandle:
         self.closed = False
         self.cpu_total = 0.0
         self.limits_plan: dict[int, tuple[int, int]] | None = None
+        self.pinned = False
         self._buf = bytearray()  # bytes read from the channel, not yet returned as frames
 
     # -- channel -------------------------------------------------------------------------
@@ -126,11 +140,15 @@ class ChildHandle:
             return None
         return value if not check_alive or self.alive() else None
 
-    def send(self, message: dict, deadline: float | None = None) -> None:
+    def send(self, message: dict, deadline: float | None = None, *, pin: bool = False) -> None:
         """Write ``message``; raises `OSError` (``TimeoutError``) if the child has not taken it
-        all by ``deadline``."""
+        all by ``deadline``. With ``pin``, the child is first pinned to this thread's CPU
+        (`pin_here`: a job, which this thread then waits on)."""
+        frame = encode(message)
+        if pin:
+            self.pin_here()
         self.chan.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
-        self.chan.sendall(encode(message))
+        self.chan.sendall(frame)
 
     def wait_ready(self, deadline: float) -> dict:
         if self.ready is None:
@@ -140,6 +158,44 @@ class ChildHandle:
             self.ready = msg
             self.cpu_total = reported_seconds(msg.get("cpu")) or 0.0
         return self.ready
+
+    # -- placement -----------------------------------------------------------------------
+    def pin_here(self) -> None:
+        """Keep the child on the CPU this thread runs on, best effort; call `unpin` once the
+        run has lasted `PIN_SECONDS`.
+
+        The thread is about to hand the child a job and sleep until it answers. Pinned, the
+        child wakes on this CPU, where the thread is going to sleep, instead of on the other,
+        idle one: on a VM, waking an idle (halted) vCPU costs the hypervisor's wake-up on the run's
+        path, and so do the later wake-ups that follow the child (its exit, the zygote's reap).
+        The pin is lifted after `PIN_SECONDS` so that a long run, or several at once, are spread
+        over the CPUs again. Pinning is off for good once the kernel refuses it.
+        """
+        global _pinning
+        if not _pinning or self.closed or self.exited.is_set():
+            return
+        cpu = _sched_getcpu()
+        if cpu < 0:
+            return
+        try:
+            os.sched_setaffinity(self.pid, (cpu,))
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EINVAL):
+                _pinning = False
+            return
+        self.pinned = True
+
+    def unpin(self) -> None:
+        """Give a pinned child back the CPUs it had (the zygote's); nothing if it is not pinned."""
+        if not self.pinned:
+            return
+        self.pinned = False
+        if self.closed or self.exited.is_set():
+            return
+        try:
+            os.sched_setaffinity(self.pid, self.zygote.cpus)
+        except OSError:
+            pass
 
     # -- lifecycle -----------------------------------------------------------------------
     def kill(self, reason: str = "protocol") -> None:

@@ -29,7 +29,8 @@ from runtimes.restricted.transformer import compile_guest
 from runtimes.wire import Fault
 from sandbox.errors import ConfigurationError, IsolationUnavailable
 from sandbox.limits import LimitName
-from sandbox.process.child_handle import EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, ChildHandle, FrameTooLarge, reported_seconds
+from sandbox.process.child_handle import (EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, PIN_SECONDS, ChildHandle, FrameTooLarge,
+                                          reported_seconds)
 from sandbox.process.rlimits import rlimit_plan
 from sandbox.process.phases import PhaseClock
 from sandbox.process.session import ProcessSession, waited_too_long
@@ -253,7 +254,7 @@ class ProcessDriver:
                         "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets],
                         "cpu_timer": None if "rlimits" in self._disable else limits.cpu_seconds + _CPU_TIMER_MARGIN,
-                        "deadline": deadline - _CHILD_DEADLINE_MARGIN, "timings": job.timings})
+                        "deadline": deadline - _CHILD_DEADLINE_MARGIN, "timings": job.timings}, pin=True)
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False
@@ -264,11 +265,18 @@ class ProcessDriver:
         cpu_check = None if "rlimits" in self._disable else time.monotonic() + cpu_budget
         if cpu_start is None:
             cpu_start = child.cpu_total
+        unpin_at = time.monotonic() + PIN_SECONDS if child.pinned else None
         while True:
             wait_until = cpu_check if cpu_check is not None and cpu_check < deadline else deadline
+            if unpin_at is not None and unpin_at < wait_until:
+                wait_until = unpin_at
             try:
                 msg = child.recv(wait_until, max_frame)
             except TimeoutError:
+                if unpin_at is not None and time.monotonic() >= unpin_at:
+                    child.unpin()
+                    unpin_at = None
+                    continue
                 if wait_until < deadline:
                     used = child.cpu_clock()
                     if used is None:

@@ -68,6 +68,8 @@ class ZygoteClient:
             raise IsolationUnavailable("the process zygote failed to start (set SANDBOX_PROCESS_DEBUG=1 to see why)")
         self.hello = hello
         self.pid = int(hello["pid"])
+        # The CPUs the zygote and every child it forks may run on: a pinned child gets them back.
+        self.cpus = frozenset(os.sched_getaffinity(self.pid))
         self.spares: queue.Queue[ChildHandle | None] = queue.Queue()
         self._pending = spares  # forks asked for whose child has not joined ``spares`` yet
         self._settled = threading.Condition()
