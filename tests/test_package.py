@@ -67,6 +67,51 @@ def test_the_first_wasi_run_builds_no_pydantic_validator_and_reads_no_package_me
     assert seen == {"built": [], "metadata": False}
 
 
+def test_models_first_validated_on_many_threads_at_once_validate_as_when_built_at_import():
+    # The models build their validators on first use: the first uses race here, in fresh
+    # interpreters, and every thread must see the model's own validation (a half-rebuilt model
+    # must never fall back to another validator).
+    code = """
+import json, threading
+from pydantic import ValidationError
+from sandbox.limits import Limits
+from sandbox.results import ErrorInfo, RunResult
+from sandbox.runtime import Outcome
+
+start, seen, lock = threading.Barrier(8), [], threading.Lock()
+
+def check():
+    start.wait()
+    out = []
+    out.append(Limits(cpu_seconds=2, memory_bytes="64M").memory_bytes == 64 << 20)
+    for bad in ({"cpu": 1}, {"cpu_seconds": -1}, {"wall_seconds": float("inf")}):
+        try:
+            Limits(**bad)
+            out.append(False)
+        except ValidationError:
+            out.append(True)
+    out.append(ErrorInfo.model_validate({"kind": "internal", "type": "X" * 300, "message": "m"}).type.endswith("[truncated]"))
+    try:
+        ErrorInfo.model_validate({"kind": "bogus", "type": "T", "message": "m"})
+        out.append(False)
+    except ValidationError:
+        out.append(True)
+    out.append(RunResult(ok=True, run_id="r", runtime="wasi", isolation="wasm").model_dump()["usage"]["capability_calls"] == 0)
+    out.append(Outcome(ok=False).model_dump_json().startswith("{"))
+    with lock:
+        seen.append(all(out))
+
+threads = [threading.Thread(target=check) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(seen))
+"""
+    for _ in range(3):
+        assert run_python(code) == [True] * 8
+
+
 def test_the_default_limits_are_those_of_a_validated_limits():
     from sandbox.limits import DEFAULT_LIMITS, Limits
 
