@@ -92,14 +92,25 @@ def token_of(state: RunState, rep: int) -> str | None:
 
 
 _DECODER = json.JSONDecoder(object_hook=wire.decode_hook)
+_scan = json.scanner.make_scanner(_DECODER)  # type: ignore[attr-defined]
 _SHALLOW = min(wire.JSON_DEPTH, wire.max_nodes(0))
 
 
 def decode_wire(text: str, max_bytes: int) -> Any:
     """`runtimes.wire.loads_bounded` (same result, same errors), without its structure scans
-    for a small value: a text with at most `_SHALLOW` commas and openings is under the node
-    cap and cannot nest deeper than `wire.JSON_DEPTH`, so it is decoded directly."""
-    if len(text) <= max_bytes and text.count(",") + text.count("[") + text.count("{") <= _SHALLOW:
+    for a small value: a text with at most `_SHALLOW` commas and openings (so any text of at
+    most `_SHALLOW` characters) is under the node cap and cannot nest deeper than
+    `wire.JSON_DEPTH`, so it is decoded directly: by the decoder's own scanner when the value
+    spans the whole text (as compact JSON does), else by `json.JSONDecoder.decode` (whitespace,
+    trailing data and errors as it handles them)."""
+    size = len(text)
+    if size <= max_bytes and (size <= _SHALLOW or text.count(",") + text.count("[") + text.count("{") <= _SHALLOW):
+        try:
+            value, end = _scan(text, 0)
+            if end == size:
+                return value
+        except (StopIteration, ValueError):
+            pass
         try:
             return _DECODER.decode(text)
         except ValueError as exc:
@@ -120,11 +131,7 @@ def result_json(result: Any, max_bytes: int) -> str:
         if len(text) <= max_bytes:
             return text
     elif wire.small_scalar(result, max_bytes):
-        if result is None:
-            return "null"
-        if kind is bool:
-            return "true" if result else "false"
-        return repr(result)
+        return wire.scalar_json(result)
     return wire.dumps(wire.encode(result, max_bytes=max_bytes))
 
 
@@ -169,15 +176,17 @@ def host_call(store: Any, name: str, args_json: str | None, handles: Sequence[An
     ``args_json`` is None when the trampoline refused it unread (over the size cap)."""
     reps: list[int] = []
     returned: list[ResourceHost] = []
-    try:
-        for handle in handles:
-            host = handle.to_host(store)
-            reps.append(host.rep)
-            host.close()
-            handle.close()
-        returned = [ResourceHost.own(rep, SECRET_TYPE) for rep in reps]
-    except Exception:  # noqa: BLE001 - a handle that is not ours; reject the whole call
-        return (False, _refuse(getattr(tls, "state", None), name, Fault("TypeError", "invalid secret handle")), returned)
+    if handles:
+        try:
+            for handle in handles:
+                host = handle.to_host(store)
+                reps.append(host.rep)
+                host.close()
+                handle.close()
+            returned = [ResourceHost.own(rep, SECRET_TYPE) for rep in reps]
+        except Exception:  # noqa: BLE001 - a handle that is not ours; reject the whole call
+            return (False, _refuse(getattr(tls, "state", None), name, Fault("TypeError", "invalid secret handle")),
+                    returned)
     state: RunState | None = getattr(tls, "state", None)
     if state is None:
         return (False, fault_payload(Fault("CapabilityError", "no run is active")), returned)
