@@ -528,6 +528,17 @@ def small_scalar(value: Any, max_bytes: int) -> bool:
         or (kind is float and value - value == 0.0))
 
 
+def scalar_json(value: Any) -> str:
+    """The JSON text of a `small_scalar` ``value``: its ``repr``, or ``null``, ``true``, ``false``."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return repr(value)
+
+
 def _not_serializable(obj: Any) -> Any:
     """The encoder's ``default``: the TypeError ``json.dumps`` raises for an object it cannot encode."""
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")

@@ -690,7 +690,7 @@ def test_a_spare_warmed_for_another_configuration_shows_none_of_it():
 
     probe = _UNGATED + (
         "import sys\napp = sys.modules['app']\n"
-        "[sorted(app._capabilities), app._options_text, repr(app._options), sorted(app._flat)]"
+        "[sorted(app._capabilities), app._options_text, repr(app._config.installs), repr(app._config.secrets)]"
     )
     with Sandbox("wasi", capabilities=[first_config_only], secrets={"first_config_key": Secret(value="tok-never-seen", capabilities=["first_config_only"])}) as first, \
             Sandbox("wasi") as second:

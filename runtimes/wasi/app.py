@@ -155,28 +155,25 @@ def _loads(text: str):
 
 
 def _make_capability(name: str):
-    loads, dumps, encode, plain = _loads, wire.dumps, wire.encode, _PLAIN
+    dumps, encode, scan, plain, enc = wire.dumps, wire.encode, _scan, _PLAIN, wire._encoder
     call, call_with_handles = host.call, host.call_with_handles
     state, resources = _run_state, _resources
 
     def capability(*args, **kwargs):
-        if _current_output is not None:
-            _current_output.flush()
+        output = _current_output
+        if output is not None and output._pending:
+            output.flush()
         holders: list | None = []
-        for value in args:
-            if type(value) not in plain:
-                break
-        else:
-            for value in kwargs.values():
-                if type(value) not in plain:
-                    break
-            else:
-                holders = None  # only scalars: no conversion, no handles
-        if holders is None:
+        # only scalars (the common case): no conversion, no handles
+        if plain.issuperset(map(type, args)) and (not kwargs or plain.issuperset(map(type, kwargs.values()))):
             try:
-                payload = dumps([args, kwargs])
+                if kwargs or enc is None:
+                    payload = dumps([args, kwargs])
+                else:  # the same text as dumps([args, {}]), without encoding the empty dict
+                    payload = "[" + "".join(enc(args, 0)) + ",{}]"
+                holders = None
             except ValueError:  # a non-finite float: let encode name it
-                holders = []
+                pass
         if holders is not None:
 
             def handle_token(obj):
@@ -201,13 +198,19 @@ def _make_capability(name: str):
                 for entry, resource in zip(holders, returned):
                     resources[id(entry[0])] = (entry[0], resource)
                 if ok:
-                    return loads(text)
-                fault = loads(text)
+                    return _loads(text)
+                fault = _loads(text)
                 raise fault_type(fault.get("type"))(fault.get("message", ""))
         text = call(name, payload)  # the result's JSON, or "!" and a fault's
-        if not text.startswith("!"):
-            return loads(text)
-        fault = loads(text[1:])
+        try:
+            value, end = scan(text, 0)
+            if end == len(text):
+                return value
+        except StopIteration:  # not JSON from its first character: a fault's "!"
+            pass
+        if text[:1] != "!":
+            return _loads(text)  # JSON with more around it: as _loads reads (or refuses) it
+        fault = _loads(text[1:])
         raise fault_type(fault.get("type"))(fault.get("message", ""))
 
     short = name.rsplit(".", 1)[-1]
@@ -428,15 +431,18 @@ def _compile_module(code: str):
     return body, last
 
 
-def _encoded(value, cap: int):
-    """``wire.encode(value, lenient=True, max_bytes=cap)``, without its walk for a scalar it
-    returns unchanged: a `wire.small_scalar`, a str whose JSON form fits ``cap`` even if every
-    character took 12 bytes (a surrogate pair)."""
+_enc_str = json.encoder.encode_basestring_ascii
+
+
+def _value_json(value, cap: int) -> str:
+    """``wire.dumps(wire.encode(value, lenient=True, max_bytes=cap))``, without the walk for a
+    scalar that encode returns unchanged: a `wire.small_scalar`, a str whose JSON form fits
+    ``cap`` even if every character took 12 bytes (a surrogate pair)."""
     if wire.small_scalar(value, cap):
-        return value
+        return wire.scalar_json(value)
     if type(value) is str and 12 * len(value) + 2 <= cap:
-        return value
-    return wire.encode(value, lenient=True, max_bytes=cap)
+        return _enc_str(value)
+    return wire.dumps(wire.encode(value, lenient=True, max_bytes=cap))
 
 
 _session_globals: dict | None = None
@@ -457,19 +463,19 @@ def _capability(name: str):
     return func
 
 
-def _install(g: dict, options: dict, inputs: dict, secrets: list) -> None:
-    names = options.get("capabilities", ())
-    flat = _flat.get(id(names))
-    if flat is not None and flat is names:  # no dotted name: no namespaces to build
-        for name in flat:
-            g[name] = _capability(name)
+_NO_SECRETS = Namespace("secrets", {})
+
+
+def _install(g: dict, config: "_Config", inputs: dict, secrets: list) -> None:
+    g.update(config.installs)
+    if config.secrets:
+        handles = {}
+        for (name, description), resource in zip(config.secrets, secrets):
+            handle = handles[name] = SecretHandle(name, description)
+            _resources[id(handle)] = (handle, resource)
+        g["secrets"] = Namespace("secrets", handles)
     else:
-        g.update(capability_globals(names, _capability))
-    handles = {}
-    for (name, description), resource in zip(options.get("secrets", ()), secrets):
-        handle = handles[name] = SecretHandle(name, description)
-        _resources[id(handle)] = (handle, resource)
-    g["secrets"] = Namespace("secrets", handles)
+        g["secrets"] = _NO_SECRETS
     for key, value in inputs.items():
         g[key] = value  # decoded from the wire by `_loads`
 
@@ -479,16 +485,16 @@ _seeded = False
 has drawn from it since (the host's warm-up of a fresh instance reseeds it)."""
 
 
-def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = False) -> dict:
+def _run(code: str, config: "_Config", inputs: dict, secrets: list, warm: bool = False) -> str:
+    """Run ``code``; return the JSON text of its outcome (see the ``run`` export in the WIT world)."""
     global _session_globals, _current_output, _seeded
-    cap = int(options.get("max_output", 1 << 20))
-    value_cap = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
+    value_cap = config.max_value
     _run_state["max_value"] = value_cap
     _run_state["stop"] = None
     state = _OUTPUT
-    state.reset(cap)
+    state.reset(config.max_output)
     _current_output = state
-    if options.get("session"):
+    if config.session:
         if _session_globals is None:
             _session_globals = _fresh_globals()
         g = _session_globals
@@ -500,12 +506,12 @@ def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = Fal
         if not _seeded or warm:
             random.seed()
         _seeded = warm
-    _install(g, options, inputs, secrets)
-    value = None
+    _install(g, config, inputs, secrets)
+    text = "null"
     error = None
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _STDOUT, _STDERR
-    limit = _depth() + int(options.get("recursion", 500)) + 3
+    limit = _depth() + config.recursion + 3
     if sys.getrecursionlimit() != limit:  # set by an earlier run, unless its code changed it
         sys.setrecursionlimit(limit)
     try:
@@ -520,16 +526,15 @@ def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = Fal
                 if body is not None:
                     exec(body, g)
                 if last is not None:
-                    value = eval(last, g)
-                    value = _encoded(value, value_cap)
+                    text = _value_json(eval(last, g), value_cap)
             except wire.ValueTooLarge as exc:
-                value = None
+                text = "null"
                 error = wire.value_error(exc)
             except (MemoryError, RecursionError) as exc:
-                value = None
+                text = "null"
                 error = _limit_error(exc, guest_lineno(exc))
             except BaseException as exc:  # SystemExit, KeyboardInterrupt too: all are guest errors
-                value = None
+                text = "null"
                 error = wire.error(error_kind(exc), type(exc).__name__, message_of(exc), lineno=guest_lineno(exc))
                 exc.__traceback__ = None
     finally:
@@ -537,10 +542,18 @@ def _run(code: str, options: dict, inputs: dict, secrets: list, warm: bool = Fal
         _current_output = None
         state.flush()
     if _run_state["stop"] is not None:  # arguments over the cap, whatever the guest caught
-        value, error = None, _run_state["stop"]
-    if error is None and not state.truncated:
-        return {"value": value}  # the host reads a missing key as its default (no error, not truncated)
-    return {"value": None if error is not None else value, "output_truncated": state.truncated, "error": error}
+        text, error = "null", _run_state["stop"]
+    return _report(text, error, state.truncated)
+
+
+def _report(text: str, error: dict | None, truncated: bool) -> str:
+    """The JSON text of a run's outcome whose value has the JSON text ``text``: ``{"value"}``
+    when it ended without an error and its output was not truncated (the host reads a missing
+    key as its default), else ``{"value", "output_truncated", "error"}``."""
+    if error is None and not truncated:
+        return '{"value":' + text + "}"
+    return ('{"value":' + ("null" if error is not None else text) + ',"output_truncated":'
+            + ("true" if truncated else "false") + ',"error":' + wire.dumps(error) + "}")
 
 
 _DEPTH: list = []
@@ -571,12 +584,26 @@ _LIMIT_OUTCOMES = {
 }
 
 
-_flat: dict = {}
-"""id -> the current options' capability names, when none of them is dotted."""
+class _Config:
+    """What a run needs from its options, worked out once per options text: the host sends the
+    same text for every run of one configuration (the inputs travel separately)."""
+
+    __slots__ = ("max_output", "max_value", "recursion", "session", "installs", "secrets")
+
+    def __init__(self, options: dict) -> None:
+        self.max_output = int(options.get("max_output", 1 << 20))
+        self.max_value = int(options.get("max_value", wire.DEFAULT_VALUE_BYTES))
+        self.recursion = int(options.get("recursion", 500))
+        self.session = bool(options.get("session"))
+        self.installs = capability_globals(options.get("capabilities", ()), _capability)
+        """The capability globals every run (re)installs: functions, and namespaces for dotted names."""
+        self.secrets = [tuple(pair) for pair in options.get("secrets", ())]
+        """(name, description) of each secret handle, in the order of the run's resources."""
+
+
 _options_text: str | None = None
-_options: dict = {}
-"""The last options text and its parsed form: the host sends the same text for every run of
-one configuration (the inputs travel separately), and nothing here mutates it."""
+_config: _Config | None = None
+"""The last options text and what it configures."""
 WARM_INPUTS = ""
 """The ``inputs-json`` of the host's warm-up of a fresh instance (never a run's: those are JSON
 objects). The warm-up runs ``None`` with the options of the run expected next, so that run finds
@@ -585,20 +612,17 @@ them parsed and its capability functions made."""
 
 class WitWorld(wit_world.WitWorld):
     def run(self, code: str, options_json: str, inputs_json: str, secrets: list) -> str:
-        global _options_text, _options
+        global _options_text, _config
         limit: type[MemoryError] | type[RecursionError] | None = None
         try:
-            if options_json != _options_text:
-                _options, _options_text = _loads(options_json), options_json
-                names = _options.get("capabilities", ())
-                _flat.clear()
+            config = _config
+            if config is None or options_json != _options_text:
                 _capabilities.clear()  # another configuration's names stay out of this one's runs
-                if type(names) is list and all(type(n) is str and "." not in n for n in names):
-                    _flat[id(names)] = names
+                config = _Config(_loads(options_json))
+                _config, _options_text = config, options_json
             warm = inputs_json == WARM_INPUTS
             inputs = _loads(inputs_json) if inputs_json != "{}" and not warm else {}
-            result = _run(code, _options, inputs, secrets, warm)
-            return wire.dumps(result)
+            return _run(code, config, inputs, secrets, warm)
         except MemoryError:
             limit = MemoryError
         except RecursionError:
