@@ -21,11 +21,11 @@ from sandbox.capabilities import MAX_NAME_LENGTH
 from sandbox.wasi import _ffi
 from sandbox.wasi._host import RunState, args_cap, host_call, tls
 
-_hostcall: Any
+_cabi: Any
 try:
-    from sandbox.wasi import _hostcall
+    from sandbox.wasi import _cabi
 except ImportError:  # not built (pip install -e . / make setup builds it): `call_trampoline` serves
-    _hostcall = None
+    _cabi = None
 
 
 class ReportTooLarge(Exception):
@@ -58,7 +58,7 @@ def _take_args(args: Any) -> tuple[str, str | None]:
 
 
 def _native_call(context: int, name: str, args: Any) -> str | int:
-    """``host.call`` for the C trampoline of `sandbox.wasi._hostcall`, which has decoded the
+    """``host.call`` for the C trampoline of `sandbox.wasi._cabi`, which has decoded the
     name (within `_MAX_NAME_BYTES`) and lends the arguments (``size``, ``text()``). Returns what
     `call_trampoline` gives: the result's JSON, or ``!`` and a fault's; or a trap (an
     `_ffi.trap` error) when the host side itself failed."""
@@ -88,8 +88,8 @@ def call_trampoline(data, context, ty, args, nargs, results, nresults):
         _ffi.release(store)
 
 
-host_call_function: Any = (call_trampoline if _hostcall is None
-                           else _ffi.NativeHostFunction(_hostcall, _native_call, _MAX_NAME_BYTES))
+host_call_function: Any = (call_trampoline if _cabi is None
+                           else _ffi.NativeHostFunction(_cabi, _native_call, _MAX_NAME_BYTES))
 """What the linker defines as ``host.call``: the C trampoline when built, else `call_trampoline`."""
 
 
@@ -139,7 +139,19 @@ def call_run(store: Store, func: Any, code: str, options: _ffi.StaticString, inp
     `ReportTooLarge` without being decoded; a trap raises `WasmtimeError`.
 
     ``options`` (and ``inputs`` when it is a `StaticString`) are lent to the call, not copied
-    into values of their own: Wasmtime only reads a call's arguments."""
+    into values of their own: Wasmtime only reads a call's arguments. Without handles the call
+    is made by `sandbox.wasi._cabi` when it is built."""
+    if _cabi is not None and not handles:
+        kind, payload = _cabi.call_run(*_ffi.native_run_arguments(store, func), code, options.address,
+                                       inputs if isinstance(inputs, str) else inputs.address,
+                                       _ffi.EMPTY_LIST_ADDRESS, max_report)
+        if kind == 0:
+            return payload
+        if kind == 1:
+            raise ReportTooLarge(f"the guest's report of {payload} bytes is over the {max_report}-byte cap")
+        if kind == 2:
+            raise _ffi.error_at(payload)
+        raise WasmtimeError("the guest's run export returned a non-string")
     params = _ffi.new_values(4)
     result = _ffi.new_value()
     owned = [0]

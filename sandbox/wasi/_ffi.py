@@ -103,7 +103,7 @@ class CallContext:
 
 
 class NativeHostFunction:
-    """A host function written in C (`sandbox.wasi._hostcall`), set up for this wasmtime-py's
+    """A host function written in C (`sandbox.wasi._cabi`), set up for this wasmtime-py's
     value layout and C API functions, with its ``handler``: define it with `add_function` and
     keep this object alive as long as the linker. Raises ValueError when the layout is not the
     one the C module was compiled for."""
@@ -111,15 +111,32 @@ class NativeHostFunction:
     __slots__ = ("callback", "data", "_owner")
 
     def __init__(self, module: Any, handler: Callable[[int, str, Any], str | int], max_name_bytes: int) -> None:
-        val = ffi.wasmtime_component_val_t
-        address = module.configure(
-            ctypes.cast(ffi.dll.wasm_byte_vec_new_uninitialized, ctypes.c_void_p).value,
-            ctypes.cast(ffi.dll.wasm_byte_vec_delete, ctypes.c_void_p).value,
-            ctypes.cast(ffi.dll.wasmtime_error_new, ctypes.c_void_p).value,
-            ctypes.sizeof(val), val.of.offset, _STRING_KIND, BOOL.value,
-        )
-        self.callback = host_function(address)
+        self.callback = host_function(configure_native(module))
         self._owner, self.data = module.bind(handler, max_name_bytes)
+
+
+def configure_native(module: Any) -> int:
+    """Give `sandbox.wasi._cabi` this wasmtime-py's value layout and C API functions (the same
+    every time); returns its host function's address. Raises ValueError when the layout is not
+    the one the C module was compiled for."""
+    val = ffi.wasmtime_component_val_t
+    return int(module.configure(
+        *(ctypes.cast(getattr(ffi.dll, name), ctypes.c_void_p).value
+          for name in ("wasm_byte_vec_new_uninitialized", "wasm_byte_vec_delete", "wasmtime_error_new",
+                       "wasmtime_component_val_delete", "wasmtime_component_func_call")),
+        ctypes.sizeof(val), val.of.offset, _STRING_KIND, BOOL.value, LIST.value,
+    ))
+
+
+def native_run_arguments(store: Store, func: Any) -> tuple[int, int]:
+    """The addresses `sandbox.wasi._cabi.call_run` takes for calling ``func`` in ``store``: valid
+    while both are alive and the store is open (a closed store raises ValueError)."""
+    return ctypes.addressof(func._func), ctypes.cast(store._context(), ctypes.c_void_p).value or 0
+
+
+def error_at(address: int) -> WasmtimeError:
+    """The `WasmtimeError` for an error pointer a native call returned (taking ownership of it)."""
+    return WasmtimeError._from_ptr(ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)))
 
 
 def set_fuel(store: Store | StoreContext, fuel: int) -> None:
@@ -197,13 +214,15 @@ class StaticString:
     call's arguments are only read: Wasmtime copies them before the guest runs). Placed with
     `put_static`; never freed with `delete_value`."""
 
-    __slots__ = ("text", "_buffer", "_vec")
+    __slots__ = ("text", "_buffer", "_vec", "address")
 
     def __init__(self, text: str) -> None:
         data = text.encode("utf-8")
         self.text = text
         self._buffer = ctypes.create_string_buffer(data, len(data) or 1)
         self._vec = ffi.wasm_byte_vec_t(len(data), ctypes.cast(self._buffer, ctypes.POINTER(ffi.wasm_byte_t)))
+        self.address = ctypes.addressof(self._vec)
+        """Where its payload (size, then data) is, for `sandbox.wasi._cabi.call_run` to lend."""
 
 
 def put_static(val: Any, text: StaticString) -> None:
@@ -214,6 +233,8 @@ def put_static(val: Any, text: StaticString) -> None:
 
 _EMPTY_LIST = ffi.wasmtime_component_vallist_t()
 ffi.wasmtime_component_vallist_new_uninit(_EMPTY_LIST, 0)  # made once, never freed
+EMPTY_LIST_ADDRESS = ctypes.addressof(_EMPTY_LIST)
+"""Where the empty list's payload is, for `sandbox.wasi._cabi.call_run` to lend."""
 
 
 def put_empty_list(val: Any) -> None:

@@ -1,23 +1,25 @@
-"""The C trampoline of the wasi guest's ``host.call`` (`sandbox.wasi._hostcall`), called here the
-way Wasmtime calls it: component values in, a string value or a trap out, no Python exception
-through C, and argument text that a handler cannot read after the call returned."""
+"""The C side of the wasi guest's calls (`sandbox.wasi._cabi`). Its ``host.call`` trampoline,
+called here the way Wasmtime calls it: component values in, a string value or a trap out, no
+Python exception through C, and argument text that a handler cannot read after the call
+returned. Its ``run`` export call is what every wasi run in the other tests goes through."""
 
 from __future__ import annotations
 
 import ctypes
+import json
 from typing import Any
 
 import pytest
 
 from sandbox.wasi import _ffi
 
-_hostcall = pytest.importorskip("sandbox.wasi._hostcall", reason="the C extension is not built")
+_cabi = pytest.importorskip("sandbox.wasi._cabi", reason="the C extension is not built")
 from wasmtime import WasmtimeError, _ffi as wffi  # noqa: E402
 
 
 def _call(handler: Any, name: bytes | str, args: str, *, max_name: int = 64) -> tuple[int, Any, Any]:
     """Call the trampoline with ``handler``: (trap address or 0, the args values, the result value)."""
-    function = _ffi.NativeHostFunction(_hostcall, handler, max_name)
+    function = _ffi.NativeHostFunction(_cabi, handler, max_name)
     values = _ffi.new_values(2)
     raw = name if isinstance(name, bytes) else name.encode()
     vec = wffi.wasm_byte_vec_t()
@@ -105,7 +107,7 @@ def test_invalid_utf8_in_the_arguments_raises_in_the_handler():
             errors.append(exc)
         return "0"
 
-    function = _ffi.NativeHostFunction(_hostcall, handler, 64)
+    function = _ffi.NativeHostFunction(_cabi, handler, 64)
     values = _ffi.new_values(2)
     _ffi.put_string(values[0], "echo")
     _ffi.put_string(values[1], "ab")
@@ -122,9 +124,38 @@ def test_a_call_context_is_dead_once_released():
         _ffi.set_fuel(context, 1)
 
 
-def test_configure_refuses_another_layout():
+_FUNCTIONS = ("wasm_byte_vec_new_uninitialized", "wasm_byte_vec_delete", "wasmtime_error_new",
+              "wasmtime_component_val_delete", "wasmtime_component_func_call")
+
+
+def test_configure_refuses_another_layout_or_other_functions():
     val = wffi.wasmtime_component_val_t
-    functions = [ctypes.cast(getattr(wffi.dll, name), ctypes.c_void_p).value
-                 for name in ("wasm_byte_vec_new_uninitialized", "wasm_byte_vec_delete", "wasmtime_error_new")]
+    functions = [ctypes.cast(getattr(wffi.dll, name), ctypes.c_void_p).value for name in _FUNCTIONS]
+    kinds = (_ffi.STRING.value, _ffi.BOOL.value, _ffi.LIST.value)
     with pytest.raises(ValueError, match="layout"):
-        _hostcall.configure(*functions, ctypes.sizeof(val) + 8, val.of.offset, _ffi.STRING.value, _ffi.BOOL.value)
+        _cabi.configure(*functions, ctypes.sizeof(val) + 8, val.of.offset, *kinds)
+    _ffi.configure_native(_cabi)  # the same again: accepted
+    with pytest.raises(ValueError, match="differently"):
+        _cabi.configure(*functions[::-1], ctypes.sizeof(val), val.of.offset, *kinds)
+
+
+def test_the_run_export_call_reports_a_report_over_its_cap_unread_and_a_trap_as_an_error():
+    from sandbox.limits import Limits
+    from sandbox.wasi._abi import NO_INPUTS, ReportTooLarge, call_run, run_options
+    from sandbox.wasi._engine import get_runtime
+    from wasmtime import WasmtimeError
+
+    rt = get_runtime()
+    inst = rt.new_instance(Limits().memory_bytes)
+    try:
+        options = _ffi.StaticString(json.dumps({"capabilities": [], "secrets": [], "max_output": 1024,
+                                                "max_value": 1 << 20, "recursion": 100, "session": True}))
+        assert json.loads(call_run(inst.store, inst.func, "'é' * 3", options, NO_INPUTS, [])) == {"value": "ééé"}
+        assert json.loads(call_run(inst.store, inst.func, "x", options, '{"x": [1]}', [])) == {"value": [1]}
+        with pytest.raises(ReportTooLarge, match="over the 100-byte cap"):
+            call_run(inst.store, inst.func, "'x' * 200", options, NO_INPUTS, [], 100)
+        inst.store.set_fuel(1000)
+        with pytest.raises(WasmtimeError, match="fuel"):
+            call_run(inst.store, inst.func, "while True: pass", options, NO_INPUTS, [])
+    finally:
+        inst.store.close()

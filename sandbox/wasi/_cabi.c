@@ -1,12 +1,15 @@
-/* _hostcall: the wasi guest's `host.call(name: string, args-json: string) -> string` import as a
-C function that Wasmtime calls directly (sandbox.wasi._abi registers it when this module is
-built; without it the same import is a ctypes callback in Python).
+/* _cabi: the C side of sandbox.wasi._abi, for the two calls every capability call and every run
+make: the guest's `host.call(name: string, args-json: string) -> string` import, as a C function
+that Wasmtime calls directly, and the call of the guest's `run` export. sandbox.wasi._abi uses
+them when this module is built; without it the same calls go through ctypes in Python.
 
-Why C: a ctypes callback converts its seven arguments to Python objects on every call, and reading
-and writing the string values through ctypes structures costs several microseconds more; a
-capability round trip pays both. Here the call costs one Python call of its handler:
-handler(context: int, name: str, args: LentText) -> str | int. `bind` pairs a handler with a
-name cap; the pair's address is the ``data`` Wasmtime passes back to the function.
+Why C: a ctypes callback converts its seven arguments to Python objects on every call, and
+reading and writing component values through ctypes structures costs about a microsecond per
+field; a capability round trip and a session run each paid around ten.
+
+host.call: one Python call of its handler, handler(context: int, name: str, args: LentText)
+-> str | int. `bind` pairs a handler with a name cap; the pair's address is the ``data``
+Wasmtime passes back to the function.
 
 - ``name`` is decoded from at most ``max_name_bytes`` bytes (a character cut there is dropped):
   a longer name is no capability's, and is never decoded whole.
@@ -20,7 +23,11 @@ name cap; the pair's address is the ``data`` Wasmtime passes back to the functio
 - Both argument strings are freed here and their values left as plain bools, as the Python
   trampoline does.
 
-The value layout (wasmtime's component/val.h) and the three C API functions used are given to
+run: `call_run` lowers the code, lends the options (and inputs, when given as a lent string)
+and an empty handle list, calls the export with the GIL released, and returns the report
+decoded, or its size unread when it is over the cap, or the trap.
+
+The value layout (wasmtime's component/val.h) and the C API functions used are given to
 `configure` from wasmtime-py's own bindings; it checks the layout against this file's.
 */
 #define PY_SSIZE_T_CLEAN
@@ -71,7 +78,7 @@ static PyGetSetDef lent_getset[] = {
 };
 
 static PyTypeObject LentTextType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sandbox.wasi._hostcall.LentText",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sandbox.wasi._cabi.LentText",
     .tp_basicsize = sizeof(LentText),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A host call's argument text, lent to its handler for the call's duration.",
@@ -82,6 +89,9 @@ static PyTypeObject LentTextType = {
 typedef void (*vec_new_fn)(byte_vec *out, size_t size);
 typedef void (*vec_delete_fn)(byte_vec *vec);
 typedef void *(*error_new_fn)(const char *message);
+typedef void (*val_delete_fn)(component_val *val);
+typedef void *(*func_call_fn)(const void *func, void *context, const component_val *args, size_t nargs,
+                              component_val *results, size_t nresults);
 
 typedef struct {
     PyObject *handler;
@@ -91,7 +101,9 @@ typedef struct {
 static vec_new_fn vec_new = NULL;
 static vec_delete_fn vec_delete = NULL;
 static error_new_fn error_new = NULL;
-static uint8_t kind_string, kind_bool;
+static val_delete_fn val_delete = NULL;
+static func_call_fn func_call = NULL;
+static uint8_t kind_string, kind_bool, kind_list;
 
 static void drop_string(component_val *val) {
     vec_delete(&val->of.string);
@@ -162,21 +174,27 @@ static void *trampoline(void *data, void *context, const void *type, component_v
 }
 
 static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 7) {
+    if (argc != 10) {
         PyErr_SetString(PyExc_TypeError,
-                        "configure(vec_new, vec_delete, error_new, val_size, of_offset, string_kind, bool_kind)");
+                        "configure(vec_new, vec_delete, error_new, val_delete, func_call, val_size, of_offset, "
+                        "string_kind, bool_kind, list_kind)");
         return NULL;
     }
-    void *new_fn = PyLong_AsVoidPtr(argv[0]), *delete_fn = PyLong_AsVoidPtr(argv[1]),
-         *error_fn = PyLong_AsVoidPtr(argv[2]);
-    size_t val_size = PyLong_AsSize_t(argv[3]), of_offset = PyLong_AsSize_t(argv[4]);
-    long string_kind = PyLong_AsLong(argv[5]), bool_kind = PyLong_AsLong(argv[6]);
+    void *fns[5];
+    for (int i = 0; i < 5; i++) {
+        fns[i] = PyLong_AsVoidPtr(argv[i]);
+        if (fns[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a C API function address is missing");
+            return NULL;
+        }
+    }
+    size_t val_size = PyLong_AsSize_t(argv[5]), of_offset = PyLong_AsSize_t(argv[6]);
+    long kinds[3];
+    for (int i = 0; i < 3; i++)
+        kinds[i] = PyLong_AsLong(argv[7 + i]);
     if (PyErr_Occurred())
         return NULL;
-    if (new_fn == NULL || delete_fn == NULL || error_fn == NULL) {
-        PyErr_SetString(PyExc_ValueError, "a C API function address is missing");
-        return NULL;
-    }
     if (val_size != sizeof(component_val) || of_offset != offsetof(component_val, of)) {
         PyErr_Format(PyExc_ValueError,
                      "wasmtime's component value layout (size %zu, union at %zu) is not this module's "
@@ -184,26 +202,119 @@ static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t a
                      val_size, of_offset, sizeof(component_val), offsetof(component_val, of));
         return NULL;
     }
-    if (string_kind < 0 || string_kind > 255 || bool_kind < 0 || bool_kind > 255) {
-        PyErr_SetString(PyExc_ValueError, "a value kind is out of range");
-        return NULL;
+    for (int i = 0; i < 3; i++) {
+        if (kinds[i] < 0 || kinds[i] > 255) {
+            PyErr_SetString(PyExc_ValueError, "a value kind is out of range");
+            return NULL;
+        }
     }
-    if (vec_new != NULL && (vec_new != (vec_new_fn)new_fn || vec_delete != (vec_delete_fn)delete_fn ||
-                            error_new != (error_new_fn)error_fn || kind_string != (uint8_t)string_kind ||
-                            kind_bool != (uint8_t)bool_kind)) {
+    if (vec_new != NULL &&
+        (vec_new != (vec_new_fn)fns[0] || vec_delete != (vec_delete_fn)fns[1] || error_new != (error_new_fn)fns[2] ||
+         val_delete != (val_delete_fn)fns[3] || func_call != (func_call_fn)fns[4] ||
+         kind_string != (uint8_t)kinds[0] || kind_bool != (uint8_t)kinds[1] || kind_list != (uint8_t)kinds[2])) {
         PyErr_SetString(PyExc_ValueError, "configured already, differently");
         return NULL;
     }
-    vec_new = (vec_new_fn)new_fn;
-    vec_delete = (vec_delete_fn)delete_fn;
-    error_new = (error_new_fn)error_fn;
-    kind_string = (uint8_t)string_kind;
-    kind_bool = (uint8_t)bool_kind;
+    vec_new = (vec_new_fn)fns[0];
+    vec_delete = (vec_delete_fn)fns[1];
+    error_new = (error_new_fn)fns[2];
+    val_delete = (val_delete_fn)fns[3];
+    func_call = (func_call_fn)fns[4];
+    kind_string = (uint8_t)kinds[0];
+    kind_bool = (uint8_t)kinds[1];
+    kind_list = (uint8_t)kinds[2];
     return PyLong_FromVoidPtr((void *)trampoline);
 }
 
+/* A string value of ``text``'s UTF-8 bytes, owned (free it with vec_delete). -1 with an exception set
+   when ``text`` has no UTF-8 form (a lone surrogate). */
+static int put_owned_string(component_val *val, PyObject *text) {
+    Py_ssize_t size;
+    const char *data = PyUnicode_AsUTF8AndSize(text, &size);
+    if (data == NULL)
+        return -1;
+    vec_new(&val->of.string, (size_t)size);
+    if (size > 0)
+        memcpy(val->of.string.data, data, (size_t)size);
+    val->kind = kind_string;
+    return 0;
+}
+
+/* A value of ``kind`` whose 16-byte payload (a byte vec or a value list: size, then data) is copied
+   from ``address``: lent, never freed here. */
+static int put_lent(component_val *val, uint8_t kind, PyObject *address) {
+    void *from = PyLong_AsVoidPtr(address);
+    if (from == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a lent value's address is missing");
+        return -1;
+    }
+    memcpy(&val->of.string, from, sizeof(byte_vec));
+    val->kind = kind;
+    return 0;
+}
+
+static PyObject *call_run(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 7 || !PyUnicode_Check(argv[2]) || !PyLong_Check(argv[3]) || !PyLong_Check(argv[5]) ||
+        !PyLong_Check(argv[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "call_run(func: int, context: int, code: str, options: int, inputs: str | int, "
+                        "handles: int, max_report: int)");
+        return NULL;
+    }
+    if (func_call == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    void *func = PyLong_AsVoidPtr(argv[0]), *context = PyLong_AsVoidPtr(argv[1]);
+    size_t max_report = PyLong_AsSize_t(argv[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (func == NULL || context == NULL) {
+        PyErr_SetString(PyExc_ValueError, "no function or store context");
+        return NULL;
+    }
+    int inputs_owned = PyUnicode_Check(argv[4]);
+    component_val params[4], result;
+    memset(params, 0, sizeof params);
+    memset(&result, 0, sizeof result);
+    if (put_owned_string(&params[0], argv[2]) < 0)
+        return NULL;
+    if (put_lent(&params[1], kind_string, argv[3]) < 0 ||
+        (inputs_owned ? put_owned_string(&params[2], argv[4]) : put_lent(&params[2], kind_string, argv[4])) < 0 ||
+        put_lent(&params[3], kind_list, argv[5]) < 0) {
+        vec_delete(&params[0].of.string);
+        if (inputs_owned && params[2].kind == kind_string)
+            vec_delete(&params[2].of.string);
+        return NULL;
+    }
+    void *error;
+    Py_BEGIN_ALLOW_THREADS
+    error = func_call(func, context, params, 4, &result, 1);
+    Py_END_ALLOW_THREADS
+    vec_delete(&params[0].of.string);
+    if (inputs_owned)
+        vec_delete(&params[2].of.string);
+    if (error != NULL)
+        return Py_BuildValue("(iN)", 2, PyLong_FromVoidPtr(error));
+    if (result.kind != kind_string) {
+        val_delete(&result);
+        return Py_BuildValue("(iO)", 3, Py_None);
+    }
+    size_t size = result.of.string.size;
+    if (size > max_report) {
+        val_delete(&result);
+        return Py_BuildValue("(in)", 1, (Py_ssize_t)size);
+    }
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)result.of.string.data, (Py_ssize_t)size, "strict");
+    val_delete(&result);
+    if (text == NULL)
+        return NULL;
+    return Py_BuildValue("(iN)", 0, text);
+}
+
 static void free_binding(PyObject *capsule) {
-    binding *bound = (binding *)PyCapsule_GetPointer(capsule, "sandbox.wasi._hostcall.binding");
+    binding *bound = (binding *)PyCapsule_GetPointer(capsule, "sandbox.wasi._cabi.binding");
     if (bound == NULL) {
         PyErr_Clear();
         return;
@@ -230,7 +341,7 @@ static PyObject *bind(PyObject *module, PyObject *const *argv, Py_ssize_t argc) 
     Py_INCREF(argv[0]);
     bound->handler = argv[0];
     bound->max_name_bytes = max_name;
-    PyObject *capsule = PyCapsule_New(bound, "sandbox.wasi._hostcall.binding", free_binding);
+    PyObject *capsule = PyCapsule_New(bound, "sandbox.wasi._cabi.binding", free_binding);
     if (capsule == NULL) {
         Py_DECREF(argv[0]);
         PyMem_Free(bound);
@@ -246,20 +357,25 @@ static PyObject *bind(PyObject *module, PyObject *const *argv, Py_ssize_t argc) 
 
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(vec_new, vec_delete, error_new, val_size, of_offset, string_kind, bool_kind) -> the "
-     "trampoline's address. Raises ValueError for a layout other than this module's, or when "
-     "configured already with other values."},
+     "configure(vec_new, vec_delete, error_new, val_delete, func_call, val_size, of_offset, string_kind, "
+     "bool_kind, list_kind) -> the host.call trampoline's address. Raises ValueError for a layout other "
+     "than this module's, or when configured already with other values."},
+    {"call_run", (PyCFunction)(void (*)(void))call_run, METH_FASTCALL,
+     "call_run(func, context, code, options, inputs, handles, max_report) -> (0, report) | (1, size over "
+     "the cap) | (2, error address) | (3, None: not a string). ``options``, ``handles`` (and ``inputs`` "
+     "when an int) are addresses of lent 16-byte payloads; ``code`` (and ``inputs`` when a str) are "
+     "lowered here."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,
      "bind(handler, max_name_bytes) -> (owner, address): the ``data`` for the trampoline, valid while "
      "``owner`` lives."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hostcall",
-                                    "The wasi guest's host.call import as a C function (see the source's header).",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cabi",
+                                    "The wasi guest's host.call import and run export call in C (see the source's header).",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__hostcall(void) {
+PyMODINIT_FUNC PyInit__cabi(void) {
     if (PyType_Ready(&LentTextType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
