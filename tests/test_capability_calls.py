@@ -313,7 +313,9 @@ def test_wait_until_an_instant_returns_at_it_or_hands_over_when_it_passed(flags:
     release.set()
     ran = threading.Event()
     late = call_threads.start(ran.set)
-    assert not late.wait_until(time.monotonic() - 1.0)  # handed over, not waited for
+    started = time.monotonic()
+    late.wait_until(started - 1.0)  # handed over, not waited for (True only if it was done already)
+    assert time.monotonic() - started < 1.0
     assert ran.wait(5.0)
 
 
@@ -332,7 +334,9 @@ def test_wake_ends_the_wait_without_the_result(flags: str) -> None:
 def test_a_call_handed_over_without_a_wait_runs_and_frees_its_thread(flags: str) -> None:
     ran = threading.Event()
     call = call_threads.start(ran.set)
-    assert not call.wait(0.0)  # a wait with no time left hands the call over and returns at once
+    started = time.monotonic()
+    call.wait(0.0)  # no time left: hands the call over and returns at once (True only if it was done already)
+    assert time.monotonic() - started < 1.0
     assert ran.wait(5.0)
     threads: list[int] = []
     again = call_threads.start(lambda: threads.append(threading.get_ident()) or "next")
