@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextvars
 import inspect
 import keyword
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
 from runtimes.wire import MAX_INT_BITS, plain
+from sandbox.capability_fast_paths import (
+    EXACT, all_exact, bind_exact, binds_by_position, exact_ok, fast_parameters, plain_shape,
+)
 from sandbox.call_time import run_remaining
 from sandbox.errors import ConfigurationError
 from sandbox.runtime import CapabilityFault
@@ -127,14 +129,15 @@ class Capability:
             f"{self.name.replace('.', '_')}_arguments", __config__=ConfigDict(extra="forbid"), **fields
         )
         self._result = TypeAdapter(self.return_type)
+        self._plain_shape = plain_shape(self.return_type)
         self._names = tuple(self.signature.parameters)
         self._all_positional = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in self.signature.parameters.values())
         """Every parameter may be passed by position: arguments for all of them, by position, bind in order."""
-        self._fast_params = _fast_parameters(self.signature, hints)
+        self._fast_params = fast_parameters(self.signature, hints)
         self._fast_names = frozenset(p[0] for p in self._fast_params) if self._fast_params is not None else frozenset()
-        self._fast_result = next((t for t in _EXACT if self.return_type is t), None)
+        self._fast_result = next((t for t in EXACT if self.return_type is t), None)
         self._fast_kinds = tuple(p[1] for p in self._fast_params) if self._fast_params is not None else ()
-        self._positional = self._fast_kinds if _binds_by_position(func, self._fast_params) else None
+        self._positional = self._fast_kinds if binds_by_position(func, self._fast_params) else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -155,7 +158,7 @@ class Capability:
         """
         fast = self._fast_params
         if fast is not None and len(args) <= len(fast):
-            arguments = _bind_exact(fast, self._fast_names, self._fast_kinds, args, kwargs)
+            arguments = bind_exact(fast, self._fast_names, self._fast_kinds, args, kwargs)
             if arguments is not None:
                 return arguments
         names = self._names
@@ -200,7 +203,7 @@ class Capability:
         signature's, in order (so passing by position is passing by name).
         """
         kinds = self._positional
-        if kinds is not None and not kwargs and len(args) == len(kinds) and _all_exact(kinds, args):
+        if kinds is not None and not kwargs and len(args) == len(kinds) and all_exact(kinds, args):
             return self._converted(self.func(*args))
         return self._converted(self.func(**self.bind(args, kwargs)))
 
@@ -222,10 +225,20 @@ class Capability:
         (dates, Decimal, UUID, bytes, tuples, sets) keep their type, numpy/pandas scalars become
         Python values, anything else takes its pydantic JSON form (an enum its value, a path its text).
         A result of exactly the declared ``int``/``str``/``bool``/finite ``float`` type is
-        returned as is (what the conversion would return)."""
+        returned as is (what the conversion would return). For a declared ``Any``, ``None``,
+        ``dict``, ``list``, ``dict[str, Any]``, ``list[Any]``, ``list[dict]`` or
+        ``list[dict[str, Any]]`` and a result of that shape (exact types), the declared type's
+        serializer keeps every value as it infers it: the result is copied by `plain` alone, and
+        when `plain` refuses something in it, the conversion above decides."""
         kind = self._fast_result
-        if kind is not None and type(result) is kind and _exact_ok(result):
+        if kind is not None and type(result) is kind and exact_ok(result):
             return result
+        shape = self._plain_shape
+        if shape is not None and shape(result):
+            try:
+                return plain(result)
+            except Exception:  # noqa: BLE001 - something plain refuses: the declared type's conversion decides
+                pass
         try:
             return plain(self._result.dump_python(result, mode="python"), default=to_jsonable_python)
         except Exception as exc:  # pydantic raises several types for unserialisable values
@@ -305,88 +318,6 @@ def describe(
         tools=[c.tool_schema() for c in capabilities.values()],
         modules=list(modules),
     )
-
-
-_EXACT: tuple[type, ...] = (int, str, bool, float)
-"""Annotations whose values of exactly that type validate and dump to themselves."""
-
-
-def _exact_ok(value: Any) -> bool:
-    """For a value whose type is exactly one of `_EXACT`: True when validation and the wire
-    would keep it as is (an int within `MAX_INT_BITS`, a finite float)."""
-    kind = type(value)
-    if kind is int:
-        return value.bit_length() <= MAX_INT_BITS
-    if kind is float:
-        return math.isfinite(value)
-    return True
-
-
-def _fast_parameters(signature: inspect.Signature, hints: dict[str, Any]
-                     ) -> tuple[tuple[str, type, Any], ...] | None:
-    """(name, exact type, default or `inspect.Parameter.empty`) per parameter when every
-    annotation is exactly one of `_EXACT`; None otherwise."""
-    params = []
-    for param in signature.parameters.values():
-        if param.kind is not param.POSITIONAL_OR_KEYWORD:
-            return None  # keyword-only or variadic parameters bind by the full rules
-        kind = next((t for t in _EXACT if hints[param.name] is t), None)
-        default = param.default
-        if kind is None or not (default is param.empty or default is None or type(default) in _EXACT):
-            return None  # a mutable default: pydantic hands out a copy
-        params.append((param.name, kind, param.default))
-    return tuple(params)
-
-
-def _bind_exact(params: tuple[tuple[str, Any, Any], ...], names: frozenset[str], kinds: tuple[type, ...],
-                args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-    """The arguments by name when each value has exactly its parameter's type (see
-    `Capability.bind`); None when anything needs the full path (which also reports errors)."""
-    if len(args) > len(params):
-        return None  # too many arguments: the full path reports it
-    if not _all_exact(kinds, args):  # ``kinds`` is as long as ``args`` or longer: their positions
-        return None
-    arguments: dict[str, Any] = {name: value for (name, _kind, _default), value in zip(params, args)}
-    if not kwargs and len(args) == len(params):
-        return arguments
-    for name, value in kwargs.items():
-        if name in arguments or name not in names:
-            return None
-        arguments[name] = value
-    result: dict[str, Any] = {}
-    for name, kind, default in params:
-        if name in arguments:
-            value = arguments[name]
-            if name in kwargs and (type(value) is not kind or not _exact_ok(value)):
-                return None
-            result[name] = value
-        elif default is inspect.Parameter.empty:
-            return None
-        else:
-            result[name] = default
-    return result
-
-
-def _all_exact(kinds: Sequence[Any], values: Sequence[Any]) -> bool:
-    """True when each value has exactly its kind (one of `_EXACT`) and `_exact_ok` holds for it."""
-    for kind, value in zip(kinds, values):
-        # `_exact_ok`, inlined: this loop runs for every argument of every call
-        if type(value) is not kind or (kind is int and value.bit_length() > MAX_INT_BITS) or (
-                kind is float and value - value != 0.0):
-            return False
-    return True
-
-
-def _binds_by_position(func: Callable[..., Any], params: tuple[tuple[str, type, Any], ...] | None) -> bool:
-    """True when ``params`` are exact-type parameters (see `_fast_parameters`) and ``func`` is a
-    plain Python function whose own positional parameters are exactly their names, in order: then
-    a call by position binds as the call by name does, whatever ``__signature__`` or
-    ``__wrapped__`` make `inspect.signature` say."""
-    if params is None or not inspect.isfunction(func):
-        return False
-    code = func.__code__
-    names = tuple(name for name, _kind, _default in params)
-    return not code.co_posonlyargcount and code.co_argcount == len(names) and code.co_varnames[:len(names)] == names
 
 
 def _hints(func: Callable[..., Any], name: str) -> dict[str, Any]:

@@ -14,8 +14,13 @@ import threading
 import time
 from typing import Any
 
+import collections
+import datetime
+import decimal
+import enum
 import functools
 import inspect
+import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -193,6 +198,42 @@ def test_bind_by_position_matches_the_signatures_binding(args: list[Any], kwargs
     assert got == want
     if got[0] == "ok":
         assert list(got[1]) == list(want[1])
+
+
+class _Small(enum.IntEnum):
+    A = 1
+
+
+class _Word(str, enum.Enum):
+    A = "a"
+
+
+class _Plain(enum.Enum):
+    A = 1
+
+
+_LEAVES = st.one_of(
+    _VALUES, st.binary(max_size=3), st.sampled_from([_Small.A, _Word.A, _Plain.A, _Str("k"), (1, "x"), {1, 2},
+                                                     frozenset({3}), datetime.date(2020, 1, 2), decimal.Decimal("1.5"),
+                                                     uuid.UUID(int=7), collections.OrderedDict(a=1), float("nan")]),
+)
+_RESULTS = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=2), st.just(_Str("s")), st.integers()),
+                                                 inner, max_size=3)), max_leaves=8)
+
+
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+@settings(max_examples=400, deadline=None)
+@given(value=_RESULTS, declared=st.sampled_from(
+    ["Any", "None", "dict", "list", "dict[str, Any]", "list[Any]", "list[dict]", "list[dict[str, Any]]",
+     "dict[str, int]", "list[int]"]))
+def test_results_of_a_plain_shape_match_the_declared_types_conversion(value: Any, declared: str) -> None:
+    namespace: dict[str, Any] = {"Any": Any}
+    exec(f"def produce() -> {declared}:\n    return None", namespace)  # noqa: S102 - a return annotation under test
+    fast, full = Capability(namespace["produce"]), Capability(namespace["produce"])
+    full._plain_shape = None
+    got, want = _outcome(lambda: fast.dump_result(value)), _outcome(lambda: full.dump_result(value))
+    assert repr(got) == repr(want)
 
 
 def by_position(a: int, b: int) -> int:
