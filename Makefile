@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # the C extensions (setup.py lists the same sources); module names and built files follow from them
-EXT_SOURCES := runtimes/restricted/_alloccap.c runtimes/restricted/_deepstack.c sandbox/_handoff.c sandbox/wasi/_cabi.c runtimes/_wirecopy.c
+EXT_SOURCES := runtimes/restricted/_alloccap.c runtimes/restricted/_deepstack.c sandbox/_handoff.c sandbox/wasi/_cabi.c sandbox/wasi/_ticker.c runtimes/_wirecopy.c
 EXT_MODULES := $(subst /,.,$(basename $(EXT_SOURCES)))
 
 .PHONY: setup system-deps guest demo test bench soak security-counts clean

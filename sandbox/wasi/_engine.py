@@ -28,6 +28,12 @@ from sandbox.wasi._abi import FIRST_WARM_OPTIONS, WARM_INPUTS, call_run, call_wi
 from sandbox.wasi._host import INTERFACE, SECRET_TYPE, RunState, drop_secret, host_sleep, tls
 from sandbox.wasi._trap import TrapHandlers
 
+_ticker: Any
+try:
+    from sandbox.wasi import _ticker
+except ImportError:  # not built (pip install -e . / make setup builds it): `Ticker` uses a Python thread
+    _ticker = None
+
 STARTUP_FUEL = 200_000_000
 """Allowance for instantiating the guest (its start-up); not charged to the user's budget."""
 
@@ -79,7 +85,9 @@ def on_epoch_deadline(context, data, delta, kind):
 
 
 class Ticker:
-    """Advances the engine epoch every `TICK_SECONDS` while at least one run is active."""
+    """Advances the engine epoch every `TICK_SECONDS` while at least one run is active: on a
+    native thread that never takes the GIL (`sandbox.wasi._ticker`) when that is built, else on
+    a Python thread."""
 
     def __init__(self, engine: wasmtime.Engine, interval: float) -> None:
         self._engine = engine
@@ -87,8 +95,15 @@ class Ticker:
         self._cond = threading.Condition()
         self._active = 0
         self._thread: threading.Thread | None = None
+        self._native: Any = None
+        if _ticker is not None:
+            _ffi.start_native_ticker(_ticker, engine, interval)
+            self._native = _ticker
 
     def enter(self) -> None:
+        if self._native is not None:
+            self._native.enter()
+            return
         with self._cond:
             self._active += 1
             if self._thread is None:
@@ -97,6 +112,9 @@ class Ticker:
             self._cond.notify()
 
     def exit(self) -> None:
+        if self._native is not None:
+            self._native.exit()
+            return
         with self._cond:
             self._active -= 1
 

@@ -134,6 +134,14 @@ def native_run_arguments(store: Store, func: Any) -> tuple[int, int]:
     return ctypes.addressof(func._func), ctypes.cast(store._context(), ctypes.c_void_p).value or 0
 
 
+def start_native_ticker(module: Any, engine: Any, interval: float) -> None:
+    """Configure `sandbox.wasi._ticker` to advance ``engine``'s epoch every ``interval`` seconds,
+    through a clone of the engine that it keeps. RuntimeError when it serves an engine already."""
+    owned = ctypes.cast(ffi.wasmtime_engine_clone(engine.ptr()), ctypes.c_void_p).value
+    module.configure(ctypes.cast(ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value, owned,
+                     max(1, round(interval * 1e9)))
+
+
 def error_at(address: int) -> WasmtimeError:
     """The `WasmtimeError` for an error pointer a native call returned (taking ownership of it)."""
     return WasmtimeError._from_ptr(ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)))
