@@ -137,13 +137,13 @@ def capability_function(name: str, link: CallLink) -> Callable[..., Any]:
         if call_host is None or budget is None:
             _LOG.warning("capability %s called after its run ended: refused", name)
             raise PolicyDenied(f"{name}(): the run that was granted this capability has ended")
-        value_cap, handle_token = link.value_cap, link.handle_token
+        value_cap = link.value_cap
         try:
             if primitives_within(args, kwargs, value_cap):  # what `plain` would return, without the walk
-                wire_args, wire_kwargs = list(args), dict(kwargs)
+                wire_args, wire_kwargs = list(args), kwargs  # ``kwargs`` is this call's own dict
             else:
-                wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=handle_token, max_bytes=value_cap,
-                                               check=budget.check_time)
+                wire_args, wire_kwargs = plain([list(args), kwargs], handle_token=link.handle_token,
+                                               max_bytes=value_cap, check=budget.check_time)
         except ValueTooLarge as exc:
             raise budget.trip_limit(VALUE, f"{name}() arguments: {exc}") from None
         except WireError as exc:
