@@ -138,6 +138,8 @@ class Capability:
         self._fast_result = next((t for t in EXACT if self.return_type is t), None)
         self._fast_kinds = tuple(p[1] for p in self._fast_params) if self._fast_params is not None else ()
         self._positional = self._fast_kinds if binds_by_position(func, self._fast_params) else None
+        self._positional_func = func
+        """The function ``_positional`` was worked out for: a copy given another ``func`` binds by name."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -203,7 +205,8 @@ class Capability:
         signature's, in order (so passing by position is passing by name).
         """
         kinds = self._positional
-        if kinds is not None and not kwargs and len(args) == len(kinds) and all_exact(kinds, args):
+        if (kinds is not None and not kwargs and len(args) == len(kinds) and self.func is self._positional_func
+                and all_exact(kinds, args)):
             return self._converted(self.func(*args))
         return self._converted(self.func(**self.bind(args, kwargs)))
 

@@ -260,6 +260,14 @@ def test_invoke_passes_by_name_when_the_signature_is_not_the_functions_own() -> 
     assert Capability(by_position)._positional == (int, int)
 
 
+def test_a_copy_given_another_function_binds_by_name() -> None:
+    template = Capability(by_position)
+    copy = object.__new__(Capability)  # as the overlay makes a run's copies of its capabilities
+    copy.__dict__.update(template.__dict__)
+    copy.func = lambda b, a: a * 10 + b  # the same names, in another order
+    assert copy.invoke([1, 2], {}) == 12 == copy.call_bound(copy.bind([1, 2], {}))
+
+
 @settings(max_examples=300, deadline=None)
 @given(value=_VALUES, cap=st.sampled_from([0, 64, 68, 69, 70, 87, 88, 89, 100, 1 << 20]))
 def test_one_value_skips_the_walk_exactly_when_a_tuple_of_it_would(value: Any, cap: int) -> None:
