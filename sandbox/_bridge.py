@@ -149,9 +149,9 @@ class RunBridge:
         except Exception as exc:
             raise CapabilityFault("CapabilityError", f"{cap.name}() failed: {type(exc).__name__}: {exc}") from None
         finally:
-            if detail:
+            if detail and detail.get("warnings"):
                 with self._lock:
-                    self.warnings.extend(detail.get("warnings", ()))
+                    self.warnings.extend(detail["warnings"])
 
     def _run_call(self, pending: PendingCall, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """On a call thread: the call, its redaction, then its record unless it was abandoned."""

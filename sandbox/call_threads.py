@@ -304,6 +304,7 @@ def start(func: Callable[..., T], *args: Any) -> Call[T]:
     worker.next_call = call  # it runs once the call is waited for or released
     return call
 
+
 def submit(func: Callable[[], T]) -> Call[T]:
     """Run ``func()`` on a daemon thread (see `start`); for one-off work such as post-run steps."""
     return start(func)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from runtimes.restricted.grants import primitive_within, primitives_within
 from runtimes.wire import MAX_INT_BITS, ValueTooLarge, WireError, plain
 from sandbox import Sandbox, call_threads
-from sandbox.capabilities import Capability, capability
+from sandbox.capabilities import Capability, capability, record_detail, warn
 from sandbox.runtime import CapabilityFault
 
 
@@ -460,6 +460,23 @@ def add_ints(a: int, b: int) -> int:
 def echo_any(value: dict, label: str = "x") -> dict:
     """Echo."""
     return {"label": label, **value}
+
+
+@capability
+def noting(a: int) -> int:
+    """Record odd detail, or warn."""
+    if a:
+        warn(f"cut at {a}")
+    else:
+        record_detail(warnings=None, rows=3)
+    return a
+
+
+def test_detail_and_warnings_of_lean_calls() -> None:
+    result = Sandbox(capabilities=[noting]).run("[noting(0), noting(2)]")
+    assert result.ok, result.error
+    assert result.value == [0, 2]
+    assert result.warnings == ["cut at 2"]
 
 
 def test_many_calls_in_one_run_keep_their_results() -> None:
