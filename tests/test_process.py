@@ -623,3 +623,17 @@ def test_a_run_is_pinned_to_one_cpu_only_at_its_start(driver):
     first, later = out.value
     assert len(first) == 1 and first[0] in cpus, first
     assert later == cpus, later
+
+
+def test_every_fresh_run_child_is_replaced(driver):
+    """A fresh run's child is replaced whether the run was short, outlived its CPU pin, failed or
+    was killed: afterwards the pool settles with every spare back and waiting."""
+    codes = ["1 + 1", "t = 0\nfor i in range(300000):\n    t += i\nt", "1 / 0", "while True:\n    pass"]
+    for code in codes:
+        driver.run(job(code, Limits(cpu_seconds=0.2, wall_seconds=2)))
+    assert driver.warm(60) is True
+    zygote = driver._zygote
+    with zygote.spares.mutex:
+        waiting = list(zygote.spares.queue)
+    assert len(waiting) == driver._spares
+    assert all(c is not None and c.alive() for c in waiting)
