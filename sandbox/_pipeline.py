@@ -212,7 +212,7 @@ def execute(
     if on_output is not None or handle is not None:
         sink, streamer = output_sink(on_output, handle, redactor)
     measure = self.timings
-    job = Job(run_id, code, run_limits, bridge, spec.inputs, tuple(self.capabilities),
+    job = Job(run_id, code, run_limits, bridge, spec.inputs, self._capability_names,
               broker.handles if broker is not None else (), control, sink, measure)
     driver_start = time.perf_counter() if measure else 0.0
     try:

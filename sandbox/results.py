@@ -144,24 +144,29 @@ _set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-_FIELDS: dict[type, frozenset[str]] = {}
+_FIELDS: dict[type, tuple[int, set[str]]] = {}
 
 
 def trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
     """A ``cls`` holding ``values`` as they are: for host-built data already of the field types,
     with every field given. It is what ``cls.model_construct(**values)`` builds for these plain
-    models (no aliases, extra fields, private attributes or post-init hook; `_plain_model`
-    checks that at import), without its per-field loop, which costs several microseconds per
+    frozen models (no aliases, extra fields, private attributes or post-init hook; `_plain_model`
+    checks that on a class's first use), without its per-field loop, which costs several microseconds per
     model on every run. ``values`` becomes the model's ``__dict__``: pass a fresh dict. Fields
-    left out get their defaults (a missing required field raises `TypeError`)."""
-    fields = _FIELDS.get(cls)
-    if fields is None:
-        fields = _FIELDS[cls] = frozenset(cls.model_fields)
-    if len(values) != len(fields):
+    left out get their defaults (a missing required field raises `TypeError`).
+
+    Every model built here shares one ``model_fields_set`` per class (all fields): pydantic
+    changes that set in place only when a field is assigned, which a frozen model refuses
+    (`model_copy` gives the copy a set of its own first)."""
+    entry = _FIELDS.get(cls)
+    if entry is None:
+        _plain_model(cls)
+        entry = _FIELDS[cls] = (len(cls.model_fields), set(cls.model_fields))
+    if len(values) != entry[0]:
         values = _complete(cls, values)
     model = _new(cls)
     _set_dict(model, values)
-    _set_fields_set(model, set(fields))
+    _set_fields_set(model, entry[1])
     _set_extra(model, None)
     _set_private(model, None)
     return model
@@ -183,9 +188,6 @@ def _plain_model(cls: type[BaseModel]) -> None:
     """Raise `TypeError` when `trusted` would not build what ``model_construct`` builds for ``cls``."""
     aliased = [name for name, field in cls.model_fields.items() if field.alias or field.validation_alias]
     if (aliased or cls.model_config.get("extra") == "allow" or cls.__private_attributes__
-            or cls.__pydantic_post_init__ or cls.__pydantic_root_model__):
-        raise TypeError(f"{cls.__name__} is not a plain model: build it with model_construct")
+            or cls.__pydantic_post_init__ or cls.__pydantic_root_model__ or not cls.model_config.get("frozen")):
+        raise TypeError(f"{cls.__name__} is not a plain frozen model: build it with model_construct")
 
-
-for _cls in (ErrorInfo, Usage, RunResult):
-    _plain_model(_cls)

@@ -75,10 +75,12 @@ class RunControl:
     ``deadline`` is a `time.monotonic` instant: the run's whole wall budget ends there, setup
     and capability calls included. `cancel` sets ``cancelled`` and calls every hook registered
     with `on_cancel` (a driver registers how to stop its guest: a tick flag, an epoch deadline,
-    a kill). Hooks run on the cancelling thread, must be quick and must not raise.
+    a kill), each exactly once. Hooks run on the cancelling thread, must be quick and must not raise.
     """
 
-    __slots__ = ("deadline", "cancelled", "abandoned", "_hooks", "_lock")
+    __slots__ = ("deadline", "cancelled", "abandoned", "_hooks")
+    _lock = threading.Lock()
+    """Makes `cancel` a test-and-set; one for every control (a cancel is rare and short)."""
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -86,7 +88,6 @@ class RunControl:
         self.abandoned: str | None = None
         """The capability that was still running at the deadline (its result was discarded)."""
         self._hooks: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
 
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once it passed)."""
@@ -98,30 +99,38 @@ class RunControl:
             if self.cancelled:
                 return False
             self.cancelled = True
-            hooks, self._hooks = tuple(self._hooks), []
-        for hook in hooks:
+        # Each hook is taken out of the list by one atomic operation, here or in `on_cancel`
+        # (a registration that raced with this cancel): whoever takes it calls it.
+        hooks = self._hooks
+        while True:
+            try:
+                hook = hooks.pop(0)
+            except IndexError:
+                return True
             try:
                 hook()
             except Exception:  # noqa: BLE001 - a hook failing must not keep the others from running
                 pass
-        return True
 
     def on_cancel(self, hook: Callable[[], None]) -> Callable[[], None]:
         """Call ``hook`` when the run is cancelled (at once if it already is); returns a remover."""
-        with self._lock:
-            if not self.cancelled:
-                self._hooks.append(hook)
-                return functools.partial(self._remove, hook)
-        hook()
-        return _nothing
+        hooks = self._hooks
+        hooks.append(hook)
+        if self.cancelled:  # `cancel` may have emptied the list before the append: take it back
+            try:
+                hooks.remove(hook)
+            except ValueError:  # `cancel` took it and calls it
+                return _nothing
+            hook()
+            return _nothing
+        return functools.partial(_discard, hooks, hook)
 
-    def _remove(self, hook: Callable[[], None]) -> None:
-        # No lock: `cancel` takes a copy of the list (under its lock) and calls the copy's
-        # hooks, and a removal from the list is one atomic list operation.
-        try:
-            self._hooks.remove(hook)
-        except ValueError:
-            pass
+
+def _discard(hooks: list[Callable[[], None]], hook: Callable[[], None]) -> None:
+    try:
+        hooks.remove(hook)
+    except ValueError:  # taken by `cancel`, or removed before
+        pass
 
 
 def _nothing() -> None:

@@ -203,6 +203,7 @@ class Sandbox:
         granted = list(capabilities) + (self._egress.capabilities if self._egress is not None else [])
         granted += files.capabilities if files is not None else []
         self.capabilities = collect(granted)
+        self._capability_names = tuple(self.capabilities)
         self._async_capabilities = any(cap.is_async for cap in self.capabilities.values())
         for secret_name, secret in self.secrets.items():
             for pattern in secret.capabilities:

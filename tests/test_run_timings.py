@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from sandbox import Sandbox
 from sandbox.errors import ConfigurationError
@@ -113,3 +114,20 @@ def test_a_session_keeps_ticking_after_a_run_that_hit_a_limit() -> None:
         assert looped.ok and looped.value == 5000, looped.error
         again = session.run("while True:\n    pass", limits=Limits(cpu_seconds=0.2, wall_seconds=0.5))
         assert again.error is not None and again.error.limit in ("cpu", "wall")
+
+
+def test_trusted_models_share_a_fields_set_that_a_copy_does_not_change() -> None:
+    first = trusted(Usage, {"wall_seconds": 1.0, "cpu_seconds": 0.5, "peak_memory_bytes": None, "capability_calls": 0})
+    second = trusted(Usage, {"wall_seconds": 2.0, "cpu_seconds": 0.5, "peak_memory_bytes": None, "capability_calls": 0})
+    fields = set(Usage.model_fields)
+    copied = first.model_copy(update={"capability_calls": 3})
+    assert copied.capability_calls == 3 and copied.model_fields_set == fields
+    assert first.model_fields_set == second.model_fields_set == fields
+    with pytest.raises(ValidationError):
+        first.capability_calls = 4  # type: ignore[misc]  # frozen: the shared set is never added to
+
+    class Loose(BaseModel):
+        x: int = 0
+
+    with pytest.raises(TypeError, match="frozen"):
+        trusted(Loose, {"x": 1})

@@ -27,7 +27,7 @@ from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.restricted.guest_state import GuestState, Output, give_back, take_spare
 from runtimes.restricted.scaffold import Scaffold
 from runtimes.restricted.transformer import RESULT_NAME, Compiled, compile_guest
-from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, outcome, plain, value_error
+from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, outcome, plain, small_scalar, value_error
 
 __all__ = ["GuestState", "Output", "execute"]
 
@@ -341,7 +341,8 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value
         try:
             exec(code, guest_globals)
             value = guest_globals.pop(RESULT_NAME, None)
-            if not primitives_within((value,), _NO_KEYWORDS, value_cap):  # else `plain` would return it as it is
+            # `plain` would return a small scalar or a short str as it is: skip its walk.
+            if not (small_scalar(value, value_cap) or primitives_within((value,), _NO_KEYWORDS, value_cap)):
                 value = plain(value, lenient=True, max_bytes=value_cap, check=budget.check_time)
         finally:
             set_active_budget(previous)
