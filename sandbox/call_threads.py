@@ -113,9 +113,9 @@ _local = threading.local()
 class Call(Generic[T]):
     """One piece of work handed to a worker: its outcome once done, and the waiter's side.
 
-    The work is handed over by the first `wait` (or `release`); `wait` returns when the work is
-    done, when `wake` is called, or at the timeout, whichever comes first. Only the thread that
-    started the call may wait for it, and it must wait for it or `release` it.
+    The work is handed over by the first `wait` or `wait_until` (or `release`); a wait returns
+    when the work is done, when `wake` is called, or at its time, whichever comes first. Only the
+    thread that started the call may wait for it, and it must wait for it or `release` it.
     """
 
     __slots__ = ("_func", "_args", "_worker", "_given", "_woken", "_ok", "_value", "done")
