@@ -39,13 +39,15 @@ _LIMITS_DICTS: dict[int, tuple[Limits, dict[str, Any]]] = {}
 
 
 def _limits_dict(limits: Limits) -> dict[str, Any]:
-    """``limits.model_dump()``, cached by identity (hashing a pydantic model costs more than the
-    run it is for); the cache holds the models it keys, so an id is never reused while cached."""
+    """``limits.model_dump()`` (the fields are plain numbers, so their values as they are), cached
+    by identity (hashing a pydantic model costs more than the run it is for); the cache holds the
+    models it keys, so an id is never reused while cached. Read without pydantic's serializer,
+    which `Limits` builds only on first use."""
     entry = _LIMITS_DICTS.get(id(limits))
     if entry is None or entry[0] is not limits:
         if len(_LIMITS_DICTS) >= 64:
             _LIMITS_DICTS.clear()
-        entry = _LIMITS_DICTS[id(limits)] = (limits, limits.model_dump())
+        entry = _LIMITS_DICTS[id(limits)] = (limits, {name: getattr(limits, name) for name in Limits.model_fields})
     return entry[1]
 
 

@@ -56,10 +56,11 @@ def test_a_synchronous_run_loads_no_asyncio(runtime):
     assert seen == []
 
 
-def test_the_first_wasi_run_builds_no_pydantic_validator_and_reads_no_package_metadata():
+@pytest.mark.parametrize("runtime", ["restricted", "wasi"])
+def test_the_first_run_builds_no_pydantic_validator_and_reads_no_package_metadata(runtime):
     seen = run_python(
         "import json, sys\nfrom pydantic import BaseModel\nfrom sandbox import Sandbox\n"
-        "with Sandbox('wasi') as sb:\n    assert sb.run('1 + 1').value == 2\n"
+        f"with Sandbox({runtime!r}) as sb:\n    assert sb.run('1 + 1').value == 2\n"
         "def models(cls):\n    for sub in cls.__subclasses__():\n        yield sub\n        yield from models(sub)\n"
         "print(json.dumps({'built': sorted(m.__name__ for m in models(BaseModel) if m.__pydantic_complete__),\n"
         "                  'metadata': 'importlib.metadata' in sys.modules}))"
@@ -121,6 +122,10 @@ def test_the_default_limits_are_those_of_a_validated_limits():
     assert DEFAULT_LIMITS.model_dump() == validated.model_dump()
     with sandbox.Sandbox() as sb:
         assert sb.limits is DEFAULT_LIMITS
+    from sandbox.restricted import _limits_dict
+
+    for limits in (DEFAULT_LIMITS, Limits(cpu_seconds=2, memory_bytes="64M", max_recursion_depth=50)):
+        assert _limits_dict(limits) == limits.model_dump()
 
 
 def test_egress_is_loaded_on_first_use_with_its_log_guard():
