@@ -149,8 +149,16 @@ def test_which_values_skip_the_walk(values: tuple[Any, ...], expected: bool) -> 
 
 _VALUES = st.one_of(
     st.integers(), st.integers(min_value=2 ** (MAX_INT_BITS - 2), max_value=2 ** (MAX_INT_BITS + 2)), st.booleans(),
-    st.floats(), st.text(max_size=5), st.none(), st.just(_Str("s")), st.lists(st.integers(), max_size=2),
+    st.floats(), st.text(max_size=5), st.none(), st.sampled_from([_Str("s"), float("nan"), float("inf")]),
+    st.lists(st.integers(), max_size=2),
 )
+
+
+_SCALARS = st.one_of(
+    st.integers(), st.integers(min_value=2 ** 63, max_value=2 ** 66), st.booleans(), st.floats(), st.text(max_size=40),
+    st.none(), st.sampled_from([_Str("s"), float("nan"), float("inf"), -float("inf")]),
+)
+"""Mostly what the walk may be skipped for, and the values next to the line (65-bit ints, inf, nan, a str subclass)."""
 
 
 def _invoke_outcome(cap: Capability, args: list[Any], kwargs: dict[str, Any]) -> tuple[str, Any]:
@@ -279,6 +287,18 @@ def test_keyword_only_parameters_bind_as_the_full_path_does(args: list[Any], kwa
     got = _outcome(lambda: Capability(keyword_only).bind(list(args), dict(kwargs)))
     want = _outcome(lambda: _full_path(keyword_only).bind(list(args), dict(kwargs)))
     assert got == want
+
+
+@settings(max_examples=400, deadline=None)
+@given(args=st.lists(_SCALARS, max_size=18), kwargs=st.dictionaries(st.one_of(st.text(max_size=3), st.just(_Str("k"))),
+                                                                _SCALARS, max_size=4),
+       cap=st.sampled_from([64, 100, 200, 1 << 20]))
+def test_arguments_skip_the_walk_only_when_plain_would_return_them_unchanged(
+        args: list[Any], kwargs: dict[str, Any], cap: int) -> None:
+    if primitives_within(tuple(args), kwargs, cap):
+        copied = plain([list(args), kwargs], max_bytes=cap)
+        assert all(a is b for a, b in zip(copied[0], args)) and len(copied[0]) == len(args)
+        assert all(type(k) is str and copied[1][k] is v for k, v in kwargs.items())
 
 
 def test_a_str_subclass_key_takes_the_walk() -> None:
