@@ -486,15 +486,16 @@ has drawn from it since (the host's warm-up of a fresh instance reseeds it)."""
 
 
 def _pretouch() -> None:
-    """Allocate and free about 200 KB of small objects: the pages of linear memory that a run's
-    first allocations take are then written once already. A fresh instance's memory is mapped
-    untouched, and a page first written during a run costs a page fault (about 5 us each on a
-    VM): a 100-iteration loop in a fresh instance took about 110 of them, a capability loop or
-    a small JSON round trip 110 to 360, and only 0 to 35 after this. The host's warm-up of a
-    spare instance calls it, off the critical path of the run that takes the spare; the freed
-    memory holds nothing but those objects."""
+    """Allocate and free about 200 KB of small objects, and compile a small module: the pages
+    of linear memory that a run's first allocations take are then written once already. A
+    fresh instance's memory is mapped untouched, and a page first written during a run costs a
+    page fault (about 5 us each on a VM): in a fresh instance a 100-iteration loop took about
+    130 of them, a small JSON round trip about 500, and 15 and 55 after this. The host's
+    warm-up of a spare instance calls it, off the critical path of the run that takes the
+    spare; the freed memory holds nothing but those objects."""
     cells = [[i] for i in range(2000)]
     del cells
+    _compile_module("x = 0\nfor i in range(2):\n    x += i\nx")  # the parser's and compiler's memory too
 
 
 def _run(code: str, config: "_Config", inputs: dict, secrets: list, warm: bool = False) -> str:
