@@ -41,7 +41,9 @@ def check_modules(modules: Iterable[str], runtime: str, isolation: str | None) -
 
 
 def make_driver(runtime: str, isolation: str | None, workers: int, require: frozenset[str],
-                 modules: tuple[str, ...] = ()) -> Driver:
+                 modules: tuple[str, ...] = (), capabilities: tuple[str, ...] = ()) -> Driver:
+    """The driver of ``runtime`` (and ``isolation``); ``capabilities`` are the guest names every job
+    of this sandbox grants (process isolation warms its children up with them)."""
     if runtime == "wasi":
         from sandbox.wasi import WasiDriver
 
@@ -49,7 +51,7 @@ def make_driver(runtime: str, isolation: str | None, workers: int, require: froz
     elif isolation == "process":
         from sandbox.process import ProcessDriver
 
-        driver = ProcessDriver(workers=workers, require=require, modules=modules)
+        driver = ProcessDriver(workers=workers, require=require, modules=modules, capabilities=capabilities)
     else:
         from sandbox.restricted import RestrictedDriver
 

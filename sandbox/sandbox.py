@@ -225,7 +225,7 @@ class Sandbox:
             self.principal = coerce_principal(principal)
             self.records = check_sink(records)
         self.modules = extra_modules
-        self._driver = _make_driver(runtime, isolation, workers, required, extra_modules)
+        self._driver = _make_driver(runtime, isolation, workers, required, extra_modules, self._capability_names)
         self.isolation = self._driver.isolation
         if not isinstance(timings, bool):
             raise ConfigurationError(f"timings must be True or False, got {timings!r}")

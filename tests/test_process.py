@@ -637,3 +637,20 @@ def test_every_fresh_run_child_is_replaced(driver):
         waiting = list(zygote.spares.queue)
     assert len(waiting) == driver._spares
     assert all(c is not None and c.alive() for c in waiting)
+
+
+def test_children_warmed_with_the_capabilities_still_serve_every_job():
+    """Children warm up with the capability names the driver was given (a `Sandbox`'s), so a job
+    granting them reuses the warm-up's bindings: its calls still reach this job's bridge, and jobs
+    granting other names or none see exactly their own."""
+    with ProcessDriver(workers=1, capabilities=("f", "tools.g")) as d:
+        for _ in range(2):
+            bridge = Bridge()
+            out = d.run(job("[f(1)['name'], tools.g(x=2)['kwargs']]", capabilities=("f", "tools.g"), bridge=bridge))
+            assert out.ok and out.value == ["f", {"x": 2}], out.error
+            assert [name for name, _, _ in bridge.calls] == ["f", "tools.g"]
+        out = d.run(job("f(1)", capabilities=()))
+        assert not out.ok and out.error.type == "NameError", out.error
+        bridge = Bridge()
+        out = d.run(job("h(3)['args']", capabilities=("h",), bridge=bridge))
+        assert out.ok and out.value == [3] and bridge.calls == [("h", [3], {})], out.error

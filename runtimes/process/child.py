@@ -57,9 +57,11 @@ _WARMUP_DEADLINE = 30 * 24 * 3600.0
 real job's, which the warm-up never reaches."""
 
 
-def warmup_frame() -> bytes:
+def warmup_frame(capabilities: tuple[str, ...] = ()) -> bytes:
     """The warm-up job framed as the host frames a job: `WARMUP_CODE` compiled as the host
-    compiles it (shipped as bytecode), with an input and the fields a job carries. Built once in
+    compiles it (shipped as bytecode), with an input, ``capabilities`` (the names the host's jobs
+    grant, which the warm-up never calls: a job granting the same names then finds them bound in
+    the guest state the warm-up left) and the fields a job carries. Built once in
     the zygote, which runs it with `warm_up`; every child runs it with `warm_loop`. Its rlimits
     (no core dumps) are ones every run's plan sets anyway, and its CPU timer is disarmed at its end."""
     code = compile_guest(WARMUP_CODE).code
@@ -67,7 +69,7 @@ def warmup_frame() -> bytes:
         raise RuntimeError("the warm-up program does not compile")
     bytecode = base64.b64encode(marshal.dumps(code)).decode("ascii")
     return encode({"t": "job", "code": WARMUP_CODE, "bytecode": bytecode, "limits": WARMUP_LIMITS,
-                   "inputs": wire.encode({"seed": [1, "a", 2.5, None]}), "capabilities": [],
+                   "inputs": wire.encode({"seed": [1, "a", 2.5, None]}), "capabilities": list(capabilities),
                    "secrets": [], "session": False, "raw": False, "rlimits": [[resource.RLIMIT_CORE, 0, 0]],
                    "cpu_timer": WARMUP_LIMITS["cpu_seconds"], "deadline": time.monotonic() + _WARMUP_DEADLINE,
                    "timings": False})

@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-seccomp", action="store_true")
     parser.add_argument("--allow-raw", action="store_true")
     parser.add_argument("--module", action="append", default=[])
+    parser.add_argument("--capability", action="append", default=[])
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
 
     sys.dont_write_bytecode = True
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             __import__(name)
         except ImportError:
             pass
-    warmup = child.warmup_frame()
+    warmup = child.warmup_frame(tuple(args.capability))
     child.warm_up(executor, warmup)
     layers.append("restricted-python")
     from runtimes.restricted import alloc_cap

@@ -71,7 +71,9 @@ class ProcessDriver:
     pandas, which implies numpy) to the import allowlist of this driver's children only; the
     zygote imports them (every submodule) and builds their proxies before confinement. An
     unknown name raises `ConfigurationError`; one that does not import on the host makes the zygote
-    fail to start (`IsolationUnavailable`).
+    fail to start (`IsolationUnavailable`). ``capabilities`` are the guest names this driver's
+    jobs usually grant (a `Sandbox`'s): children run their warm-up job with them, so that a
+    job granting the same names finds its capability globals already bound.
     """
 
     name = "restricted"
@@ -79,7 +81,8 @@ class ProcessDriver:
 
     def __init__(self, workers: int = 1, require: frozenset[str] | set[str] | tuple[str, ...] = frozenset(), *,
                  uid: int | None = None, spares: int | None = None, modules: tuple[str, ...] = (),
-                 _allow_raw: bool = False, _disable: frozenset[str] = frozenset()) -> None:
+                 capabilities: tuple[str, ...] = (), _allow_raw: bool = False,
+                 _disable: frozenset[str] = frozenset()) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigurationError(f"workers must be a positive int, got {workers!r}")
         require = frozenset(require)
@@ -100,6 +103,7 @@ class ProcessDriver:
             uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
         self._uid = uid if os.geteuid() == 0 and "uid" not in _disable else None
         self._spares = spares if spares is not None else workers + 1
+        self._capabilities = tuple(capabilities)
         self._allow_raw = _allow_raw
         self._disable = frozenset(_disable)
         self._slots = threading.BoundedSemaphore(workers)
@@ -135,7 +139,7 @@ class ProcessDriver:
                 if self._zygote is not None:
                     self._zygote.close()
                 self._zygote = ZygoteClient(spares=self._spares, uid=self._uid, allow_raw=self._allow_raw,
-                                       disable=self._disable, modules=self.modules)
+                                            disable=self._disable, modules=self.modules, capabilities=self._capabilities)
             return self._zygote
 
     def _take(self, deadline: float) -> ChildHandle:

@@ -38,7 +38,7 @@ class ZygoteClient:
     """The zygote process, its control socket and the reader thread that collects spares."""
 
     def __init__(self, *, spares: int, uid: int | None, allow_raw: bool, disable: frozenset[str],
-                 modules: tuple[str, ...] = ()) -> None:
+                 modules: tuple[str, ...] = (), capabilities: tuple[str, ...] = ()) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         boot = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
                 "from runtimes.process.zygote import main; main()")
@@ -50,6 +50,8 @@ class ZygoteClient:
         cmd += [f"--no-{layer}" for layer in sorted(disable & {"seccomp", "landlock", "netns"})]
         for name in modules:
             cmd += ["--module", name]
+        for name in capabilities:
+            cmd.append(f"--capability={name}")
         debug = os.environ.get("SANDBOX_PROCESS_DEBUG")
         self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=None if debug else subprocess.DEVNULL,
