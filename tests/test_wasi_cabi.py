@@ -125,7 +125,8 @@ def test_a_call_context_is_dead_once_released():
 
 
 _FUNCTIONS = ("wasm_byte_vec_new_uninitialized", "wasm_byte_vec_delete", "wasmtime_error_new",
-              "wasmtime_component_val_delete", "wasmtime_component_func_call")
+              "wasmtime_component_val_delete", "wasmtime_component_func_call", "wasmtime_context_set_fuel",
+              "wasmtime_context_set_epoch_deadline")
 
 
 def test_configure_refuses_another_layout_or_other_functions():
@@ -154,8 +155,8 @@ def test_the_run_export_call_reports_a_report_over_its_cap_unread_and_a_trap_as_
         assert json.loads(call_run(inst.store, inst.func, "x", options, '{"x": [1]}', [])) == {"value": [1]}
         with pytest.raises(ReportTooLarge, match="over the 100-byte cap"):
             call_run(inst.store, inst.func, "'x' * 200", options, NO_INPUTS, [], 100)
-        inst.store.set_fuel(1000)
         with pytest.raises(WasmtimeError, match="fuel"):
-            call_run(inst.store, inst.func, "while True: pass", options, NO_INPUTS, [])
+            call_run(inst.store, inst.func, "while True: pass", options, NO_INPUTS, [], fuel=1000)
+        assert inst.store.get_fuel() == 0
     finally:
         inst.store.close()

@@ -134,8 +134,9 @@ def output_trampoline(data, context, ty, args, nargs, results, nresults):
 
 
 def call_run(store: Store, func: Any, code: str, options: _ffi.StaticString, inputs: str | _ffi.StaticString,
-             handles: list[ResourceHost], max_report: int = 1 << 30) -> str:
-    """Call the ``run`` export directly. A report over ``max_report`` bytes raises
+             handles: list[ResourceHost], max_report: int = 1 << 30, fuel: int | None = None) -> str:
+    """Call the ``run`` export directly, first giving the store ``fuel`` and an epoch deadline
+    of one tick when ``fuel`` is given. A report over ``max_report`` bytes raises
     `ReportTooLarge` without being decoded; a trap raises `WasmtimeError`.
 
     ``options`` (and ``inputs`` when it is a `StaticString`) are lent to the call, not copied
@@ -144,7 +145,7 @@ def call_run(store: Store, func: Any, code: str, options: _ffi.StaticString, inp
     if _cabi is not None and not handles:
         kind, payload = _cabi.call_run(*_ffi.native_run_arguments(store, func), code, options.address,
                                        inputs if isinstance(inputs, str) else inputs.address,
-                                       _ffi.EMPTY_LIST_ADDRESS, max_report)
+                                       _ffi.EMPTY_LIST_ADDRESS, max_report, -1 if fuel is None else fuel)
         if kind == 0:
             return payload
         if kind == 1:
@@ -152,6 +153,9 @@ def call_run(store: Store, func: Any, code: str, options: _ffi.StaticString, inp
         if kind == 2:
             raise _ffi.error_at(payload)
         raise WasmtimeError("the guest's run export returned a non-string")
+    if fuel is not None:
+        store.set_fuel(fuel)
+        store.set_epoch_deadline(1)
     params = _ffi.new_values(4)
     result = _ffi.new_value()
     owned = [0]

@@ -24,7 +24,8 @@ Wasmtime passes back to the function.
   trampoline does.
 
 run: `call_run` lowers the code, lends the options (and inputs, when given as a lent string)
-and an empty handle list, calls the export with the GIL released, and returns the report
+and an empty handle list, sets the run's fuel and an epoch deadline of one tick (unless the
+fuel given is negative), calls the export with the GIL released, and returns the report
 decoded, or its size unread when it is over the cap, or the trap.
 
 The value layout (wasmtime's component/val.h) and the C API functions used are given to
@@ -92,6 +93,8 @@ typedef void *(*error_new_fn)(const char *message);
 typedef void (*val_delete_fn)(component_val *val);
 typedef void *(*func_call_fn)(const void *func, void *context, const component_val *args, size_t nargs,
                               component_val *results, size_t nresults);
+typedef void *(*set_fuel_fn)(void *context, uint64_t fuel);
+typedef void (*set_epoch_deadline_fn)(void *context, uint64_t ticks);
 
 typedef struct {
     PyObject *handler;
@@ -103,6 +106,8 @@ static vec_delete_fn vec_delete = NULL;
 static error_new_fn error_new = NULL;
 static val_delete_fn val_delete = NULL;
 static func_call_fn func_call = NULL;
+static set_fuel_fn set_fuel = NULL;
+static set_epoch_deadline_fn set_epoch_deadline = NULL;
 static uint8_t kind_string, kind_bool, kind_list;
 
 static void drop_string(component_val *val) {
@@ -174,14 +179,14 @@ static void *trampoline(void *data, void *context, const void *type, component_v
 }
 
 static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 10) {
+    if (argc != 12) {
         PyErr_SetString(PyExc_TypeError,
-                        "configure(vec_new, vec_delete, error_new, val_delete, func_call, val_size, of_offset, "
-                        "string_kind, bool_kind, list_kind)");
+                        "configure(vec_new, vec_delete, error_new, val_delete, func_call, set_fuel, "
+                        "set_epoch_deadline, val_size, of_offset, string_kind, bool_kind, list_kind)");
         return NULL;
     }
-    void *fns[5];
-    for (int i = 0; i < 5; i++) {
+    void *fns[7];
+    for (int i = 0; i < 7; i++) {
         fns[i] = PyLong_AsVoidPtr(argv[i]);
         if (fns[i] == NULL) {
             if (!PyErr_Occurred())
@@ -189,10 +194,10 @@ static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t a
             return NULL;
         }
     }
-    size_t val_size = PyLong_AsSize_t(argv[5]), of_offset = PyLong_AsSize_t(argv[6]);
+    size_t val_size = PyLong_AsSize_t(argv[7]), of_offset = PyLong_AsSize_t(argv[8]);
     long kinds[3];
     for (int i = 0; i < 3; i++)
-        kinds[i] = PyLong_AsLong(argv[7 + i]);
+        kinds[i] = PyLong_AsLong(argv[9 + i]);
     if (PyErr_Occurred())
         return NULL;
     if (val_size != sizeof(component_val) || of_offset != offsetof(component_val, of)) {
@@ -211,6 +216,7 @@ static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t a
     if (vec_new != NULL &&
         (vec_new != (vec_new_fn)fns[0] || vec_delete != (vec_delete_fn)fns[1] || error_new != (error_new_fn)fns[2] ||
          val_delete != (val_delete_fn)fns[3] || func_call != (func_call_fn)fns[4] ||
+         set_fuel != (set_fuel_fn)fns[5] || set_epoch_deadline != (set_epoch_deadline_fn)fns[6] ||
          kind_string != (uint8_t)kinds[0] || kind_bool != (uint8_t)kinds[1] || kind_list != (uint8_t)kinds[2])) {
         PyErr_SetString(PyExc_ValueError, "configured already, differently");
         return NULL;
@@ -220,6 +226,8 @@ static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t a
     error_new = (error_new_fn)fns[2];
     val_delete = (val_delete_fn)fns[3];
     func_call = (func_call_fn)fns[4];
+    set_fuel = (set_fuel_fn)fns[5];
+    set_epoch_deadline = (set_epoch_deadline_fn)fns[6];
     kind_string = (uint8_t)kinds[0];
     kind_bool = (uint8_t)kinds[1];
     kind_list = (uint8_t)kinds[2];
@@ -255,11 +263,11 @@ static int put_lent(component_val *val, uint8_t kind, PyObject *address) {
 }
 
 static PyObject *call_run(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 7 || !PyUnicode_Check(argv[2]) || !PyLong_Check(argv[3]) || !PyLong_Check(argv[5]) ||
-        !PyLong_Check(argv[6])) {
+    if (argc != 8 || !PyUnicode_Check(argv[2]) || !PyLong_Check(argv[3]) || !PyLong_Check(argv[5]) ||
+        !PyLong_Check(argv[6]) || !PyLong_Check(argv[7])) {
         PyErr_SetString(PyExc_TypeError,
                         "call_run(func: int, context: int, code: str, options: int, inputs: str | int, "
-                        "handles: int, max_report: int)");
+                        "handles: int, max_report: int, fuel: int)");
         return NULL;
     }
     if (func_call == NULL) {
@@ -268,6 +276,7 @@ static PyObject *call_run(PyObject *module, PyObject *const *argv, Py_ssize_t ar
     }
     void *func = PyLong_AsVoidPtr(argv[0]), *context = PyLong_AsVoidPtr(argv[1]);
     size_t max_report = PyLong_AsSize_t(argv[6]);
+    long long fuel = PyLong_AsLongLong(argv[7]);
     if (PyErr_Occurred())
         return NULL;
     if (func == NULL || context == NULL) {
@@ -288,10 +297,17 @@ static PyObject *call_run(PyObject *module, PyObject *const *argv, Py_ssize_t ar
             vec_delete(&params[2].of.string);
         return NULL;
     }
-    void *error;
-    Py_BEGIN_ALLOW_THREADS
-    error = func_call(func, context, params, 4, &result, 1);
-    Py_END_ALLOW_THREADS
+    void *error = NULL;
+    if (fuel >= 0) {
+        error = set_fuel(context, (uint64_t)fuel);
+        if (error == NULL)
+            set_epoch_deadline(context, 1);
+    }
+    if (error == NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        error = func_call(func, context, params, 4, &result, 1);
+        Py_END_ALLOW_THREADS
+    }
     vec_delete(&params[0].of.string);
     if (inputs_owned)
         vec_delete(&params[2].of.string);
@@ -357,12 +373,13 @@ static PyObject *bind(PyObject *module, PyObject *const *argv, Py_ssize_t argc) 
 
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "configure(vec_new, vec_delete, error_new, val_delete, func_call, val_size, of_offset, string_kind, "
-     "bool_kind, list_kind) -> the host.call trampoline's address. Raises ValueError for a layout other "
+     "configure(vec_new, vec_delete, error_new, val_delete, func_call, set_fuel, set_epoch_deadline, val_size, "
+     "of_offset, string_kind, bool_kind, list_kind) -> the host.call trampoline's address. Raises ValueError for a layout other "
      "than this module's, or when configured already with other values."},
     {"call_run", (PyCFunction)(void (*)(void))call_run, METH_FASTCALL,
-     "call_run(func, context, code, options, inputs, handles, max_report) -> (0, report) | (1, size over "
-     "the cap) | (2, error address) | (3, None: not a string). ``options``, ``handles`` (and ``inputs`` "
+     "call_run(func, context, code, options, inputs, handles, max_report, fuel) -> (0, report) | (1, size "
+     "over the cap) | (2, error address) | (3, None: not a string). A fuel of 0 or more is set first, with "
+     "an epoch deadline of one tick. ``options``, ``handles`` (and ``inputs`` "
      "when an int) are addresses of lent 16-byte payloads; ``code`` (and ``inputs`` when a str) are "
      "lowered here."},
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL,

@@ -123,7 +123,8 @@ def configure_native(module: Any) -> int:
     return int(module.configure(
         *(ctypes.cast(getattr(ffi.dll, name), ctypes.c_void_p).value
           for name in ("wasm_byte_vec_new_uninitialized", "wasm_byte_vec_delete", "wasmtime_error_new",
-                       "wasmtime_component_val_delete", "wasmtime_component_func_call")),
+                       "wasmtime_component_val_delete", "wasmtime_component_func_call", "wasmtime_context_set_fuel",
+                       "wasmtime_context_set_epoch_deadline")),
         ctypes.sizeof(val), val.of.offset, _STRING_KIND, BOOL.value, LIST.value,
     ))
 

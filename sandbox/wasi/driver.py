@@ -116,8 +116,6 @@ class WasiDriver:
         limits = job.limits
         budget = max(1, int(limits.cpu_seconds * self.fuel_per_cpu_second))
         store = inst.store
-        store.set_fuel(budget)
-        store.set_epoch_deadline(1)  # then every tick, `sandbox.wasi._engine.on_epoch_deadline` decides
         tokens: dict[int, str] = {}
         handles = []
         for spec in job.secrets:
@@ -139,7 +137,9 @@ class WasiDriver:
         text = None
         oversized: ReportTooLarge | None = None
         try:
-            text = call_run(store, inst.func, job.code, options, inputs, handles, max_report)
+            # the budget, and an epoch deadline of one tick: then every tick,
+            # `sandbox.wasi._engine.on_epoch_deadline` decides
+            text = call_run(store, inst.func, job.code, options, inputs, handles, max_report, budget)
         except WasmtimeError as exc:
             trap = exc
         except ReportTooLarge as exc:
