@@ -160,3 +160,30 @@ def test_the_run_export_call_reports_a_report_over_its_cap_unread_and_a_trap_as_
         assert inst.store.get_fuel() == 0
     finally:
         inst.store.close()
+
+
+def test_a_stale_build_of_the_extension_is_set_aside_for_ctypes():
+    """An extension built from another version of _cabi.c (configure takes other arguments) must
+    not break wasi: the ctypes calls serve, and a warning says to rebuild."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, types, logging\n"
+        "logging.basicConfig()\n"
+        "stale = types.ModuleType('sandbox.wasi._cabi')\n"
+        "stale.configure = lambda *args: (_ for _ in ()).throw(TypeError('configure() takes 10 arguments'))\n"
+        "sys.modules['sandbox.wasi._cabi'] = stale\n"
+        "from sandbox.wasi import _abi\n"
+        "assert _abi._cabi is None and _abi.host_call_function is _abi.call_trampoline\n"
+        "from sandbox import Sandbox\n"
+        "def add(a: int, b: int) -> int:\n"
+        "    '''Add.'''\n"
+        "    return a + b\n"
+        "with Sandbox('wasi', capabilities=[add]) as sb:\n"
+        "    assert sb.run('add(1, 2)').value == 3\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert "rebuild it" in done.stderr

@@ -10,6 +10,7 @@ the same way. The host-side meaning of each call lives in `sandbox.wasi._host`.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from wasmtime import Store, WasmtimeError
@@ -88,9 +89,16 @@ def call_trampoline(data, context, ty, args, nargs, results, nresults):
         _ffi.release(store)
 
 
-host_call_function: Any = (call_trampoline if _cabi is None
-                           else _ffi.NativeHostFunction(_cabi, _native_call, _MAX_NAME_BYTES))
+host_call_function: Any = call_trampoline
 """What the linker defines as ``host.call``: the C trampoline when built, else `call_trampoline`."""
+if _cabi is not None:
+    try:
+        host_call_function = _ffi.NativeHostFunction(_cabi, _native_call, _MAX_NAME_BYTES)
+    except (TypeError, ValueError) as exc:  # built from another version of _cabi.c, or for another wasmtime
+        logging.getLogger("sandbox.wasi").warning(
+            "sandbox: the built sandbox/wasi/_cabi extension does not fit this checkout (%s); wasi calls go "
+            "through ctypes instead (slower): rebuild it (pip install -e . or make setup)", exc)
+        _cabi = None
 
 
 @_ffi.host_function
