@@ -187,3 +187,20 @@ def test_a_stale_build_of_the_extension_is_set_aside_for_ctypes():
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
     assert "rebuild it" in done.stderr
+
+
+def test_handlers_are_reads_each_signals_handler_address():
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(256)
+    signals = (signal.SIGSEGV, signal.SIGBUS)
+    addresses = []
+    for sig in signals:
+        assert libc.sigaction(int(sig), None, buffer) == 0
+        addresses.append(ctypes.c_void_p.from_buffer(buffer).value or 0)
+    assert _cabi.handlers_are(tuple(signals), tuple(addresses))
+    assert not _cabi.handlers_are(tuple(signals), (addresses[0], addresses[1] + 16))
+    assert _cabi.handlers_are((), ())
+    with pytest.raises(OSError):
+        _cabi.handlers_are((10_000,), (0,))

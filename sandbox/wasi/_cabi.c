@@ -28,11 +28,15 @@ and an empty handle list, sets the run's fuel and an epoch deadline of one tick 
 fuel given is negative), calls the export with the GIL released, and returns the report
 decoded, or its size unread when it is over the cap, or the trap.
 
+Before a run, `handlers_are` checks that the fatal-signal handlers Wasmtime installed are still
+the ones in place (another library may replace them): four sigaction reads without ctypes.
+
 The value layout (wasmtime's component/val.h) and the C API functions used are given to
 `configure` from wasmtime-py's own bindings; it checks the layout against this file's.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -371,11 +375,35 @@ static PyObject *bind(PyObject *module, PyObject *const *argv, Py_ssize_t argc) 
     return Py_BuildValue("(NN)", capsule, address);
 }
 
+static PyObject *handlers_are(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
+    if (argc != 2 || !PyTuple_Check(argv[0]) || !PyTuple_Check(argv[1]) ||
+        PyTuple_GET_SIZE(argv[0]) != PyTuple_GET_SIZE(argv[1])) {
+        PyErr_SetString(PyExc_TypeError, "handlers_are(signals: tuple[int, ...], handlers: tuple[int, ...])");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(argv[0]); i++) {
+        int sig = (int)PyLong_AsLong(PyTuple_GET_ITEM(argv[0], i));
+        void *expected = PyLong_AsVoidPtr(PyTuple_GET_ITEM(argv[1], i));
+        if (PyErr_Occurred())
+            return NULL;
+        struct sigaction current;
+        if (sigaction(sig, NULL, &current) != 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        /* the handler's address, whichever member of the union it was set through */
+        if ((void *)current.sa_handler != expected)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(vec_new, vec_delete, error_new, val_delete, func_call, set_fuel, set_epoch_deadline, val_size, "
      "of_offset, string_kind, bool_kind, list_kind) -> the host.call trampoline's address. Raises ValueError for a layout other "
      "than this module's, or when configured already with other values."},
+    {"handlers_are", (PyCFunction)(void (*)(void))handlers_are, METH_FASTCALL,
+     "handlers_are(signals, handlers) -> whether each signal's handler is at the address given (OSError "
+     "when one cannot be read)."},
     {"call_run", (PyCFunction)(void (*)(void))call_run, METH_FASTCALL,
      "call_run(func, context, code, options, inputs, handles, max_report, fuel) -> (0, report) | (1, size "
      "over the cap) | (2, error address) | (3, None: not a string). A fuel of 0 or more is set first, with "

@@ -33,6 +33,12 @@ from sandbox.limits import Limits
 from sandbox.results import ErrorInfo, ErrorKind
 from sandbox.runtime import limit_error
 
+_handlers_are: typing.Callable[[tuple[int, ...], tuple[int, ...]], bool] | None
+try:
+    from sandbox.wasi._cabi import handlers_are as _handlers_are
+except ImportError:  # not built, or built from an older _cabi.c: the ctypes reads below serve
+    _handlers_are = None
+
 if TYPE_CHECKING:
     from sandbox.wasi._host import RunState
 
@@ -52,6 +58,8 @@ class TrapHandlers:
     def __init__(self) -> None:
         self._saved: dict[int, bytes] = {}
         self._saved_handlers: tuple[tuple[int, int], ...] = ()
+        self._signals: tuple[int, ...] = ()
+        self._addresses: tuple[int, ...] = ()
         self._lock = threading.Lock()
         self._warned = False
         self._libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -67,11 +75,15 @@ class TrapHandlers:
             self._saved_handlers = tuple(
                 (sig, ctypes.c_void_p.from_buffer_copy(raw[_HANDLER]).value or 0) for sig, raw in self._saved.items()
             )
+            self._signals = tuple(sig for sig, _ in self._saved_handlers)
+            self._addresses = tuple(address for _, address in self._saved_handlers)
 
     def ensure(self) -> None:
         """Reinstall the recorded handlers where another library replaced them."""
         if self._libc is None or not self._saved:
             return
+        if _handlers_are is not None and _handlers_are(self._signals, self._addresses):
+            return  # all in place (read without ctypes); otherwise the locked check below decides
         with self._lock:
             sigaction, probe, handler = self._libc.sigaction, self._probe, self._probe_handler
             replaced = []
