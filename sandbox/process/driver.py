@@ -108,6 +108,10 @@ class ProcessDriver:
         self._disable = frozenset(_disable)
         self._slots = threading.BoundedSemaphore(workers)
         self._lock = threading.Lock()
+        # Runs talking to their child right now: a run pins its child to its CPU only when it is
+        # the only one (`ChildHandle.pin_here`), so runs side by side spread over the CPUs.
+        self._exchanging = 0
+        self._exchanging_lock = threading.Lock()
         self._closed = False
         self._zygote: ZygoteClient | None = None
         zygote = self._ensure_zygote()
@@ -224,9 +228,13 @@ class ProcessDriver:
         """
         output = StreamedOutput(job)
         remove = job.control.on_cancel(lambda: child.kill("cancelled"))
+        with self._exchanging_lock:
+            self._exchanging += 1
         try:
             outcome, alive = self._exchange(child, job, deadline, output, session=session, raw=raw)
         finally:
+            with self._exchanging_lock:
+                self._exchanging -= 1
             remove()
         return output.attach(outcome), alive
 
@@ -258,7 +266,8 @@ class ProcessDriver:
                         "capabilities": list(job.capabilities), "inputs": wire.encode(dict(job.inputs)),
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets],
                         "cpu_timer": None if "rlimits" in self._disable else limits.cpu_seconds + _CPU_TIMER_MARGIN,
-                        "deadline": deadline - _CHILD_DEADLINE_MARGIN, "timings": job.timings}, pin=True)
+                        "deadline": deadline - _CHILD_DEADLINE_MARGIN, "timings": job.timings},
+                       pin=self._exchanging == 1)
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False
