@@ -99,11 +99,13 @@ def install_grants(
             tokens[id(handle)] = (handle, token)
         guest_globals["secrets"] = Namespace("secrets", handles)
 
-    def handle_token(obj: Any) -> str | None:
-        entry = tokens.get(id(obj)) or stale.get(id(obj))
-        return entry[1] if entry is not None and entry[0] is obj else None
+    if tokens or stale:  # else no handle of this state exists: `_no_token` (set by `close`) answers
 
-    link.handle_token = handle_token
+        def handle_token(obj: Any) -> str | None:
+            entry = tokens.get(id(obj)) or stale.get(id(obj))
+            return entry[1] if entry is not None and entry[0] is obj else None
+
+        link.handle_token = handle_token
 
     guest_globals.update(link.namespace)
 
