@@ -80,6 +80,7 @@ class RunBridge:
         self._waiting: set[call_threads.Call[Any]] = set()
         self._cancel_hooked = False
         self.calls = 0
+        """Calls of granted capabilities handed to a call thread (see `call`)."""
         self.warnings: list[str] = []  # from `sandbox.capabilities.warn`, in call order
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -95,6 +96,10 @@ class RunBridge:
             self._cancel_hooked = True
             control.on_cancel(self._wake_waiting)
         cap = self._capabilities.get(name)
+        if cap is not None:
+            # Counted as it is handed over, by the thread that hands it over: a run hands its
+            # calls over one at a time (its guest runs on one thread), so no lock is needed.
+            self.calls += 1
         pending: PendingCall | None = None
         if self._lean and cap is not None and not (cap.is_async and self._loop is not None):
             call = call_threads.start(contextvars.copy_context().run, self._run_lean, cap, args, kwargs)
@@ -138,8 +143,6 @@ class RunBridge:
         result or the same fault. Runs in a context copied for this call alone, so what it
         sets there needs no reset."""
         set_call_deadline(self._control.deadline)
-        with self._lock:
-            self.calls += 1
         detail: dict[str, Any] = {}
         open_call_detail(detail)  # filled by the capability through record_detail() and warn()
         try:
@@ -185,8 +188,6 @@ class RunBridge:
             fault = CapabilityFault("CapabilityError", f"no capability named {name!r} was granted to this run")
             record.update(arguments=None, status="invalid", error=fault.message)
             raise fault
-        with self._lock:
-            self.calls += 1
         arguments: dict[str, Any] | None = None
         verdict = None
         detail: dict[str, Any] = {}
