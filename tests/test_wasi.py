@@ -787,3 +787,23 @@ def test_guest_traps_stay_results_after_another_library_installs_signal_handlers
                           timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["memory", "memory", "2", "1"]
+
+
+def test_a_cpu_limit_past_the_fuel_counter_runs_with_the_most_fuel():
+    from sandbox import Sandbox
+
+    result = Sandbox("wasi", limits=Limits(cpu_seconds=1e10, wall_seconds=30)).run("1 + 1")
+    assert result.ok and result.value == 2
+
+
+def test_a_spare_count_that_is_not_a_number_fails_fast_saying_what_to_set():
+    import subprocess
+
+    probe = ("from sandbox import Sandbox\n"
+             "from sandbox.errors import ConfigurationError\n"
+             "try:\n    Sandbox('wasi').run('1')\n"
+             "except ConfigurationError as exc:\n    print('refused', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[1]), env={**os.environ, "SANDBOX_WASI_SPARES": "abc"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("refused") and "SANDBOX_WASI_SPARES" in proc.stdout

@@ -131,8 +131,8 @@ static void *trampoline(void *data, void *context, const void *type, component_v
     if (nargs != 2 || nresults != 1 || args[0].kind != kind_string || args[1].kind != kind_string)
         return error_new("sandbox host call: unexpected signature");
     binding *bound = (binding *)data;
-    size_t max_name_bytes = bound->max_name_bytes;
     PyGILState_STATE gil = PyGILState_Ensure();
+    size_t max_name_bytes = bound->max_name_bytes; /* read under the GIL: its capsule is freed under it */
     void *error = NULL;
     byte_vec *name_vec = &args[0].of.string, *args_vec = &args[1].of.string;
     size_t name_size = name_vec->size < max_name_bytes ? name_vec->size : max_name_bytes;
@@ -198,12 +198,18 @@ static PyObject *configure(PyObject *module, PyObject *const *argv, Py_ssize_t a
             return NULL;
         }
     }
-    size_t val_size = PyLong_AsSize_t(argv[7]), of_offset = PyLong_AsSize_t(argv[8]);
-    long kinds[3];
-    for (int i = 0; i < 3; i++)
-        kinds[i] = PyLong_AsLong(argv[9 + i]);
-    if (PyErr_Occurred())
+    size_t val_size = PyLong_AsSize_t(argv[7]);
+    if (val_size == (size_t)-1 && PyErr_Occurred())
         return NULL;
+    size_t of_offset = PyLong_AsSize_t(argv[8]);
+    if (of_offset == (size_t)-1 && PyErr_Occurred())
+        return NULL;
+    long kinds[3];
+    for (int i = 0; i < 3; i++) {
+        kinds[i] = PyLong_AsLong(argv[9 + i]);
+        if (kinds[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
     if (val_size != sizeof(component_val) || of_offset != offsetof(component_val, of)) {
         PyErr_Format(PyExc_ValueError,
                      "wasmtime's component value layout (size %zu, union at %zu) is not this module's "
@@ -267,7 +273,8 @@ static int put_lent(component_val *val, uint8_t kind, PyObject *address) {
 }
 
 static PyObject *call_run(PyObject *module, PyObject *const *argv, Py_ssize_t argc) {
-    if (argc != 8 || !PyUnicode_Check(argv[2]) || !PyLong_Check(argv[3]) || !PyLong_Check(argv[5]) ||
+    if (argc != 8 || !PyLong_Check(argv[0]) || !PyLong_Check(argv[1]) || !PyUnicode_Check(argv[2]) ||
+        !PyLong_Check(argv[3]) || !PyLong_Check(argv[5]) ||
         !PyLong_Check(argv[6]) || !PyLong_Check(argv[7])) {
         PyErr_SetString(PyExc_TypeError,
                         "call_run(func: int, context: int, code: str, options: int, inputs: str | int, "
@@ -278,10 +285,17 @@ static PyObject *call_run(PyObject *module, PyObject *const *argv, Py_ssize_t ar
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return NULL;
     }
-    void *func = PyLong_AsVoidPtr(argv[0]), *context = PyLong_AsVoidPtr(argv[1]);
+    void *func = PyLong_AsVoidPtr(argv[0]);
+    if (func == NULL && PyErr_Occurred())
+        return NULL;
+    void *context = PyLong_AsVoidPtr(argv[1]);
+    if (context == NULL && PyErr_Occurred())
+        return NULL;
     size_t max_report = PyLong_AsSize_t(argv[6]);
+    if (max_report == (size_t)-1 && PyErr_Occurred())
+        return NULL;
     long long fuel = PyLong_AsLongLong(argv[7]);
-    if (PyErr_Occurred())
+    if (fuel == -1 && PyErr_Occurred())
         return NULL;
     if (func == NULL || context == NULL) {
         PyErr_SetString(PyExc_ValueError, "no function or store context");

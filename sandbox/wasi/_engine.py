@@ -15,6 +15,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import wasmtime
 from wasmtime import Store, WasiConfig
 from wasmtime.component import Component, Linker, ResourceType
 
+from sandbox.errors import ConfigurationError
 from sandbox.limits import DEFAULT_LIMITS
 from sandbox.wasi import _ffi, _clock, build
 from sandbox.wasi._abi import FIRST_WARM_OPTIONS, WARM_INPUTS, call_run, call_with_handles_trampoline, host_call_function, output_trampoline
@@ -97,8 +99,13 @@ class Ticker:
         self._thread: threading.Thread | None = None
         self._native: Any = None
         if _ticker is not None:
-            _ffi.start_native_ticker(_ticker, engine, interval)
-            self._native = _ticker
+            try:
+                _ffi.start_native_ticker(_ticker, engine, interval)
+            except (TypeError, ValueError, RuntimeError) as exc:  # a stale build, or one serving another engine
+                warnings.warn(f"sandbox.wasi._ticker unusable ({exc}); the epoch ticks on a Python thread "
+                              "(rebuild it with `make setup`)", RuntimeWarning, stacklevel=2)
+            else:
+                self._native = _ticker
 
     def enter(self) -> None:
         if self._native is not None:
@@ -303,8 +310,12 @@ class Runtime:
         if index is None:
             raise build.WasiBuildError("the cached wasi guest has no `run` export; rebuild it with `python -m sandbox.wasi.build --force`")
         self.run_index = index
+        spares = os.environ.get("SANDBOX_WASI_SPARES", str(SPARES))
+        if not spares.isdigit():
+            raise ConfigurationError(f"SANDBOX_WASI_SPARES={spares!r}: set it to a whole number of spare instances "
+                                     "(0 turns spares off) or unset it")
         self.ticker = Ticker(self.engine, TICK_SECONDS)
-        self.spares = Spares(self, int(os.environ.get("SANDBOX_WASI_SPARES", SPARES)))
+        self.spares = Spares(self, int(spares))
 
     def enter(self) -> None:
         """A run starts: the epoch ticks, and the spares thread counts it (back-pressure)."""

@@ -83,7 +83,7 @@ _CONTEXT_P = ctypes.POINTER(ffi.wasmtime_context_t)
 
 
 class CallContext:
-    """The store context of a host call that Wasmtime made into C (`native_host_function`), by
+    """The store context of a host call that Wasmtime made into C (`NativeHostFunction`), by
     address: what `set_fuel` and `expire_epoch` accept, at the cost of one object instead of a
     ctypes pointer unless they are used. Valid only until the call returns: `release` it then,
     and a later use raises `WasmtimeError` instead of reaching a dead context."""

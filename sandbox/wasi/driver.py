@@ -69,6 +69,9 @@ Measured on the dev machine: CPython-in-Wasm burns 2.6 G fuel/s (sorting, memory
 a factor of two either way, deterministically (the same code always stops at the same point);
 the wall-clock limit is the hard backstop.
 """
+_MAX_FUEL = (1 << 63) - 1
+"""The most fuel a run gets (Wasmtime's fuel is a signed 64-bit count); a larger ``cpu_seconds``
+is capped here, and the wall-clock limit still ends the run."""
 
 LAYERS = ("wasm", "wasi-no-ambient", "fuel", "epoch-deadline", "store-memory-limit")
 
@@ -114,7 +117,7 @@ class WasiDriver:
                            layers=LAYERS)
         rt.trap_handlers.ensure()
         limits = job.limits
-        budget = max(1, int(limits.cpu_seconds * self.fuel_per_cpu_second))
+        budget = min(max(1, int(limits.cpu_seconds * self.fuel_per_cpu_second)), _MAX_FUEL)
         store = inst.store
         tokens: dict[int, str] = {}
         handles = []
