@@ -10,12 +10,13 @@ instead of going to sleep on it.
 Waiting by spinning (on the flag, with the GIL released) was measured on a 2-CPU host shared
 with other work and lost there: a waiter spinning on the CPU its poster needs delays it.
 
-A flag made with pin=True keeps its waiter (a worker thread of ours, never a host thread) on
-the CPU of the thread that last posted it with post_and_wait: on a 2-vCPU VM a pipe wake-up
-often lands the woken thread on the other, idle vCPU, which costs about 10 us more per hand-off
-than staying on the poster's CPU, where the poster is about to sleep. `unpin` gives the waiter
-back the CPUs it had (for work nobody waits for, such as an abandoned call). The affinity is
-set only when the poster's CPU changed, and pinning turns itself off when the kernel refuses it.
+A flag made with pin=True moves its waiter (one of our call threads) to the CPU of the thread
+that posts it with post_and_wait, for the wake-up only: on a 2-vCPU VM a pipe wake-up often
+lands the woken thread on the other, idle vCPU, which costs about 10 us more per hand-off than
+staying on the poster's CPU, where the poster is about to sleep. The waiter gives itself back
+the CPUs it had as soon as it wakes, before it returns to run anything, so the code it runs (a
+host capability, and any thread or process that code starts) never inherits the pin. Pinning
+turns itself off when the kernel refuses it.
 
 Flag states: EMPTY (nothing posted), POSTED (posted, not yet consumed), SLEEPING (the waiter
 sleeps on the pipe). One waiter per flag at a time; any number of posters.
@@ -39,8 +40,8 @@ typedef struct {
     PyObject_HEAD
     atomic_int state;
     int fd; /* non-blocking write end of the waiter's pipe; -1 once closed */
-    int pin; /* 1: keep the waiter on the poster's CPU (see above) */
-    int cpu; /* the one CPU the waiter is pinned to; -1 when it has its own CPUs */
+    int pin; /* 1: wake the waiter on the poster's CPU (see above) */
+    atomic_int cpu; /* the one CPU the waiter is pinned to; -1 when it has its own CPUs */
     atomic_int tid; /* the waiter's thread id, once it has waited; 0 before */
     cpu_set_t own; /* the waiter's CPUs before any pinning */
 } Flag;
@@ -55,17 +56,23 @@ static void note_waiter(Flag *flag) {
     atomic_store(&flag->tid, (int)syscall(SYS_gettid));
 }
 
-/* Move the waiter of ``flag`` to the calling thread's CPU, unless it is there. Under the GIL. */
+/* Move the waiter of ``flag`` to the calling thread's CPU for its next wake-up. Under the GIL. */
 static void pin_to_here(Flag *flag) {
     int tid = atomic_load(&flag->tid);
     if (!flag->pin || tid == 0) return;
     int cpu = sched_getcpu();
-    if (cpu < 0 || cpu == flag->cpu || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &flag->own)) return;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &flag->own)) return;
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
-    if (sched_setaffinity(tid, sizeof one, &one) == 0) flag->cpu = cpu;
+    if (sched_setaffinity(tid, sizeof one, &one) == 0) atomic_store(&flag->cpu, cpu);
     else flag->pin = 0;
+}
+
+/* The waiter, awake: back to its own CPUs if a poster pinned it. Needs no GIL. */
+static void unpin_self(Flag *flag) {
+    if (atomic_exchange(&flag->cpu, -1) >= 0 && sched_setaffinity(0, sizeof flag->own, &flag->own) != 0)
+        flag->pin = 0;
 }
 
 /* Post ``flag``; wakes its waiter when it sleeps. Needs no GIL. */
@@ -99,22 +106,13 @@ static PyObject *Flag_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     atomic_init(&self->tid, 0);
     self->fd = fd;
     self->pin = pin;
-    self->cpu = -1;
+    atomic_init(&self->cpu, -1);
     CPU_ZERO(&self->own);
     return (PyObject *)self;
 }
 
 static PyObject *Flag_post(Flag *self, PyObject *unused) {
     post_nogil(self);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Flag_unpin(Flag *self, PyObject *unused) {
-    int tid = atomic_load(&self->tid);
-    if (self->pin && self->cpu >= 0 && tid != 0) {
-        if (sched_setaffinity(tid, sizeof self->own, &self->own) != 0) self->pin = 0;
-        self->cpu = -1;
-    }
     Py_RETURN_NONE;
 }
 
@@ -126,8 +124,7 @@ static PyObject *Flag_close(Flag *self, PyObject *unused) {
 
 static PyMethodDef Flag_methods[] = {
     {"post", (PyCFunction)Flag_post, METH_NOARGS, "Post the flag; wake its waiter when it sleeps."},
-    {"unpin", (PyCFunction)Flag_unpin, METH_NOARGS, "Give the waiter back the CPUs it had before any pinning."},
-    {"close", (PyCFunction)Flag_close, METH_NOARGS, "Forget the pipe (it is being closed): posts write nothing, and nothing is pinned or unpinned any more."},
+    {"close", (PyCFunction)Flag_close, METH_NOARGS, "Forget the pipe (it is being closed): posts write nothing and pin nothing."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -137,7 +134,7 @@ static PyTypeObject FlagType = {
     .tp_basicsize = sizeof(Flag),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Flag(fd, *, pin=False): one waiter waits for a post, sleeping on the pipe whose write end is fd; "
-              "with pin, post_and_wait keeps the waiter on the poster's CPU.",
+              "with pin, post_and_wait wakes the waiter on the poster's CPU.",
     .tp_new = Flag_new,
     .tp_methods = Flag_methods,
 };
@@ -147,14 +144,18 @@ static PyTypeObject FlagType = {
 came or a stale byte woke the sleep). The flag is left EMPTY either way. Needs no GIL. */
 static int wait_nogil(Flag *flag, int fd, int timeout_ms) {
     note_waiter(flag);
-    if (arm_nogil(flag)) return 1;
-    struct pollfd ready = {.fd = fd, .events = POLLIN};
-    if (poll(&ready, 1, timeout_ms) > 0) {
-        char drain[64]; /* the wake-up byte, and stale ones from earlier sleeps */
-        ssize_t got = read(fd, drain, sizeof drain);
-        (void)got;
+    int got = arm_nogil(flag);
+    if (!got) {
+        struct pollfd ready = {.fd = fd, .events = POLLIN};
+        if (poll(&ready, 1, timeout_ms) > 0) {
+            char drain[64]; /* the wake-up byte, and stale ones from earlier sleeps */
+            ssize_t read_bytes = read(fd, drain, sizeof drain);
+            (void)read_bytes;
+        }
+        got = atomic_exchange(&flag->state, EMPTY) == POSTED;
     }
-    return atomic_exchange(&flag->state, EMPTY) == POSTED;
+    if (flag->pin) unpin_self(flag);
+    return got;
 }
 
 static PyObject *post_and_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {

@@ -14,10 +14,10 @@ which a post writes to only while the waiter sleeps. The caller hands a call ove
 flag with the GIL released across both, so the worker finds the GIL free. Pipes rather than locks
 for the sleep, because writing to a pipe releases the GIL before the wake-up and the kernel treats
 it as a synchronous wake-up: the woken thread finds the GIL free, where a lock wakes a thread
-that must then wait for the GIL. A worker is also kept on its caller's CPU while the caller
-waits (its ``go`` flag pins it), since waking a thread on an idle CPU is slow in a VM (a round
-trip measured 4.6 us pinned against 21 us unpinned on 2 vCPUs); a call walked away from gets
-its thread's own CPUs back. Without the extension the flags are `_PipeFlag`s (the same
+that must then wait for the GIL. A worker is also woken on its caller's CPU (its ``go`` flag
+pins it for the wake-up, and it unpins itself before it runs the call), since waking a thread on
+an idle CPU is slow in a VM (a round trip measured 4.6 us pinned against 21 us unpinned on
+2 vCPUs). Without the extension the flags are `_PipeFlag`s (the same
 states under a lock).
 """
 
@@ -39,7 +39,6 @@ IDLE_SECONDS = 2.0
 
 class _Flag(Protocol):
     def post(self) -> None: ...
-    def unpin(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -64,9 +63,6 @@ class _PipeFlag:
                 os.write(self._fd, b"x")
             except BlockingIOError:  # a full pipe wakes the waiter anyway
                 pass
-
-    def unpin(self) -> None:
-        pass
 
     def close(self) -> None:
         self._fd = -1
@@ -151,7 +147,6 @@ class Call(Generic[T]):
         """Hand the work over without waiting for it (it runs; its outcome goes nowhere)."""
         if not self._given:
             self._given = True
-            self._worker.go.unpin()  # nobody waits: it may use any CPU
             self._worker.go.post()
 
     def wait(self, timeout: float) -> bool:
@@ -177,14 +172,12 @@ class Call(Generic[T]):
             if self.done:
                 return True
             if self._woken:
-                worker.go.unpin()  # walked away from: it may use any CPU
                 return False
             # No post (time out, signal), or one for an earlier call (abandoned or woken): the
             # work was handed over once; wait again for what is left of the time.
             post = None
             timeout = deadline - time.monotonic()
             if timeout <= 0:
-                worker.go.unpin()
                 return False
 
     def result(self) -> T:
@@ -224,6 +217,14 @@ class _Worker:
         threading.Thread(target=self._serve, name="sandbox-host-call", daemon=True).start()
 
     def _serve(self) -> None:
+        try:
+            self._serve_calls()
+        finally:  # however it leaves, nothing posts or pins this thread again
+            with _lock:
+                self._retire()
+            self.go.close()
+
+    def _serve_calls(self) -> None:
         idle_ms = int(IDLE_SECONDS * 1000)
         go, go_r = self.go, self.go_r
         got = _post_and_wait(None, go, go_r, idle_ms)
@@ -257,7 +258,6 @@ class _Worker:
                 call.done = True
             del call
             if leave:
-                self.go.close()  # nobody posts it again; its thread id may be reused once this thread exits
                 self.done.post()
                 return
             got = _post_and_wait(self.done, go, go_r, idle_ms)
