@@ -78,7 +78,9 @@ class Capability:
 
     Calling the object calls the function directly (host side, no validation). A guest call
     goes through `bind` (validates the arguments) and `call_bound` / `dump_result` (converts
-    the result to JSON-compatible data).
+    the result to JSON-compatible data), or through `invoke` (the two in one, with a by-position
+    call for arguments already of their exact declared types) when nothing needs the bound
+    arguments.
     """
 
     def __init__(self, func: Callable[..., Any], *, name: str | None = None, description: str | None = None,
@@ -137,7 +139,8 @@ class Capability:
         self._fast_names = frozenset(p[0] for p in self._fast_params) if self._fast_params is not None else frozenset()
         self._fast_result = next((t for t in EXACT if self.return_type is t), None)
         self._fast_kinds = tuple(p[1] for p in self._fast_params) if self._fast_params is not None else ()
-        self._positional = self._fast_kinds if binds_by_position(func, self._fast_params) else None
+        overridden = type(self).bind is not Capability.bind or type(self).call_bound is not Capability.call_bound
+        self._positional = None if overridden or not binds_by_position(func, self._fast_params) else self._fast_kinds
         self._positional_func = func
         """The function ``_positional`` was worked out for: a copy given another ``func`` binds by name."""
 
@@ -202,13 +205,15 @@ class Capability:
         A call that passes every parameter by position, each of exactly its declared
         ``int``/``str``/``bool``/``float`` type (see `bind`), calls the function with those
         values as they are; this needs a plain function whose own parameters are the
-        signature's, in order (so passing by position is passing by name).
+        signature's, in order (so passing by position is passing by name), and a class that
+        keeps `bind` and `call_bound` as they are here (a subclass that overrides either always
+        goes through both).
         """
         kinds = self._positional
         if (kinds is not None and not kwargs and len(args) == len(kinds) and self.func is self._positional_func
                 and all_exact(kinds, args)):
             return self._converted(self.func(*args))
-        return self._converted(self.func(**self.bind(args, kwargs)))
+        return self.call_bound(self.bind(args, kwargs))
 
     def _converted(self, result: Any) -> Any:
         """The function's ``result`` as plain data (see `call_bound`)."""

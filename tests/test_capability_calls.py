@@ -279,6 +279,19 @@ def test_a_copy_given_another_function_binds_by_name() -> None:
     assert copy.invoke([1, 2], {}) == 12 == copy.call_bound(copy.bind([1, 2], {}))
 
 
+def test_a_subclass_that_overrides_bind_or_call_bound_is_called_through_them() -> None:
+    class Clamped(Capability):
+        def bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+            return {name: min(value, 5) for name, value in super().bind(args, kwargs).items()}
+
+    class Doubled(Capability):
+        def call_bound(self, arguments: dict[str, Any]) -> Any:
+            return 2 * super().call_bound(arguments)
+
+    assert Clamped(by_position).invoke([1, 9], {}) == 15
+    assert Doubled(by_position).invoke([1, 2], {}) == 24
+
+
 @settings(max_examples=300, deadline=None)
 @given(value=_VALUES, cap=st.sampled_from([0, 64, 68, 69, 70, 87, 88, 89, 100, 1 << 20]))
 def test_one_value_skips_the_walk_exactly_when_a_tuple_of_it_would(value: Any, cap: int) -> None:
