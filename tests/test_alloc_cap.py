@@ -336,3 +336,28 @@ def test_small_blocks_are_charged_one_by_one_without_plain_pymalloc(allocator):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False", "True", "True"]
+
+
+WRAPPED = """
+import tracemalloc
+from runtimes.restricted import alloc_cap
+def charged():
+    cap = alloc_cap.new_cap()
+    cap.arm(1 << 30)
+    try:
+        block = bytearray(1 << 20)
+        return cap.used >= 1 << 20
+    finally:
+        cap.disarm()
+print(charged())
+tracemalloc.start()  # its hooks wrap ours (and forward to them): arm() must probe, not assume
+print(charged())
+tracemalloc.stop()  # ours are outermost again
+print(charged())
+"""
+
+
+def test_the_cap_charges_whether_or_not_its_hooks_are_the_outermost_allocator():
+    proc = subprocess.run([sys.executable, "-c", WRAPPED], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True", "True"]

@@ -496,6 +496,21 @@ static int arena_hook_in_force(void)
     return now.alloc == hook_arena_alloc && now.free == hook_arena_free;  /* only install() sets them */
 }
 
+/* Our hooks are the outermost allocator of both domains (only install_domain sets them): every
+   allocation of the domains reaches them, which the probe would only confirm. */
+static int hooks_outermost(void)
+{
+    PyMemAllocatorEx now;
+    PyMemAllocatorDomain domains_[2] = {PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
+    for (int i = 0; i < 2; i++) {
+        PyMem_GetAllocator(domains_[i], &now);
+        if (now.malloc != hook_malloc || now.calloc != hook_calloc || now.realloc != hook_realloc
+                || now.free != hook_free)
+            return 0;
+    }
+    return 1;
+}
+
 /* Wrap the domains whose current chain does not reach our hooks (checked by the caller). */
 static int install(int mem, int obj)
 {
@@ -578,8 +593,9 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
     self->thread = PyThread_get_thread_ident();
     Py_INCREF(self);  /* an armed cap outlives its arming thread's reference */
     current = self;
-    int mem_ok, obj_ok;
-    probe(self, &mem_ok, &obj_ok);
+    int mem_ok = 1, obj_ok = 1;
+    if (!hooks_outermost())  /* another allocator was set over ours: do allocations still reach us? */
+        probe(self, &mem_ok, &obj_ok);
     if (!(mem_ok && obj_ok)) {
         current = NULL;
         int failed = install(!mem_ok, !obj_ok);
@@ -597,7 +613,7 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
         }
     }
     self->by_arena = pymalloc_seen && arena_hook_in_force();
-    self->peak = self->used;  /* the probes' blocks are freed: only the table is charged */
+    self->peak = self->used;  /* any probe's blocks are freed: only the table is charged */
     Py_RETURN_NONE;
 }
 
