@@ -73,6 +73,20 @@ CAPABILITY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$
 _RESERVED = frozenset({"secrets", "print", "PolicyDenied", "CapabilityError"})
 
 
+def check_capability_name(name: str) -> None:
+    """Raise `ConfigurationError` (saying what to change) unless ``name`` is a valid capability
+    name: identifiers joined by dots, no keyword, at most `MAX_NAME_LENGTH` characters, not reserved."""
+    if not CAPABILITY_NAME.match(name) or any(keyword.iskeyword(part) for part in name.split(".")):
+        raise ConfigurationError(
+            f"capability name {name!r} is not valid: use identifiers joined by dots, e.g. 'sql.query'"
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigurationError(f"capability name {name[:40]!r}... is longer than {MAX_NAME_LENGTH} "
+                                 "characters: choose a shorter name")
+    if name.split(".")[0] in _RESERVED or name.startswith("_"):
+        raise ConfigurationError(f"capability name {name!r} is reserved: choose another name")
+
+
 class Capability:
     """A host function exposed to guest code under ``name``.
 
@@ -89,15 +103,7 @@ class Capability:
             raise TypeError(f"@capability needs a function, got {type(func).__name__}")
         self.func = func
         self.name: str = name or str(getattr(func, "__name__", ""))
-        if not CAPABILITY_NAME.match(self.name) or any(keyword.iskeyword(part) for part in self.name.split(".")):
-            raise ConfigurationError(
-                f"capability name {self.name!r} is not valid: use identifiers joined by dots, e.g. 'sql.query'"
-            )
-        if len(self.name) > MAX_NAME_LENGTH:
-            raise ConfigurationError(f"capability name {self.name[:40]!r}... is longer than {MAX_NAME_LENGTH} "
-                                     "characters: choose a shorter name")
-        if self.name.split(".")[0] in _RESERVED or self.name.startswith("_"):
-            raise ConfigurationError(f"capability name {self.name!r} is reserved: choose another name")
+        check_capability_name(self.name)
         self.description = inspect.cleandoc(description or func.__doc__ or "")
         self.action = action
         self.release: Callable[[], None] | None = None

@@ -53,23 +53,37 @@ WARMUP_LIMITS = {"cpu_seconds": 5.0, "wall_seconds": 10.0, "memory_bytes": 256 <
 
 
 _WARMUP_DEADLINE = 30 * 24 * 3600.0
-"""The warm-up job's deadline is this far from the zygote's start: a full-precision float like a
-real job's, which the warm-up never reaches."""
+"""The warm-up job's deadline is this far from the start of each warm-up (`warm_up`, `warm_loop`):
+a full-precision float like a real job's, which the warm-up never reaches."""
+
+
+def _referenced_names(code: types.CodeType) -> set[str]:
+    """Every global or attribute name ``code`` and the code objects nested in it refer to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _referenced_names(const)
+    return names
 
 
 def warmup_frame(capabilities: tuple[str, ...] = ()) -> bytes:
     """The warm-up job framed as the host frames a job: `WARMUP_CODE` compiled as the host
     compiles it (shipped as bytecode), with an input, ``capabilities`` (the names the host's jobs
-    grant, which the warm-up never calls: a job granting the same names then finds them bound in
-    the guest state the warm-up left) and the fields a job carries. Built once in
-    the zygote, which runs it with `warm_up`; every child runs it with `warm_loop`. Its rlimits
-    (no core dumps) are ones every run's plan sets anyway, and its CPU timer is disarmed at its end."""
+    grant: a job granting the same names then finds them bound in the guest state the warm-up
+    left) and the fields a job carries. A capability's globals shadow the builtins, so a name
+    whose global the warm-up's code refers to (``sorted``, ``len``, or ``sorted.x``'s ``sorted``)
+    is left out: the warm-up never calls a capability. Built once in the zygote, which runs it
+    with `warm_up`; every child runs it with `warm_loop`, which gives it a deadline of its own.
+    Its rlimits (no core dumps) are ones every run's plan sets anyway, and its CPU timer is
+    disarmed at its end."""
     code = compile_guest(WARMUP_CODE).code
     if not isinstance(code, types.CodeType):
         raise RuntimeError("the warm-up program does not compile")
+    referenced = _referenced_names(code)
+    names = [name for name in capabilities if name.split(".")[0] not in referenced]
     bytecode = base64.b64encode(marshal.dumps(code)).decode("ascii")
     return encode({"t": "job", "code": WARMUP_CODE, "bytecode": bytecode, "limits": WARMUP_LIMITS,
-                   "inputs": wire.encode({"seed": [1, "a", 2.5, None]}), "capabilities": list(capabilities),
+                   "inputs": wire.encode({"seed": [1, "a", 2.5, None]}), "capabilities": names,
                    "secrets": [], "session": False, "raw": False, "rlimits": [[resource.RLIMIT_CORE, 0, 0]],
                    "cpu_timer": WARMUP_LIMITS["cpu_seconds"], "deadline": time.monotonic() + _WARMUP_DEADLINE,
                    "timings": False})
@@ -84,15 +98,32 @@ def warm_up(executor: Any, frame: bytes) -> None:
     encode(_done(job, result, cpu=0.0, cpu_total=0.0, maxrss=0))
 
 
-def warm_loop(executor: Any, frame: bytes) -> None:
+def warm_loop(executor: Any, frame: bytes) -> dict:
     """Run the warm-up job through `_loop`, the path of a real job in a child (its frame read
     from a socket, its rlimits applied and CPU timer armed, its output streamed, its ``done``
     frame written; all into a local socket pair that is then closed), so that a run's first use
-    of each page that path writes does not cost a copy-on-write fault during the run."""
+    of each page that path writes does not cost a copy-on-write fault during the run.
+
+    The job's deadline is set here, from now (the frame was built when the zygote started).
+    Returns the warm-up's outcome. Never waits on a host: the job's side of the pair is shut for
+    writing once the frame is sent, so a call to the host (which the warm-up does not make)
+    reads end-of-file and the warm-up ends with an internal error, its CPU timer disarmed."""
+    job = decode(frame[4:])
+    job["deadline"] = time.monotonic() + _WARMUP_DEADLINE
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        ours.sendall(frame)
-        _loop(theirs.fileno(), executor, allow_raw=False)
+        ours.sendall(encode(job))
+        ours.shutdown(socket.SHUT_WR)
+        try:
+            _loop(theirs.fileno(), executor, allow_raw=False)
+        except ChannelClosed as exc:
+            confine.arm_cpu_timer(0)
+            return wire.outcome(error=wire.error("internal", "ChannelClosed", f"the warm-up called the host: {exc}"))
+        theirs.close()
+        while True:
+            message = read_message(ours.fileno())
+            if message.get("t") == "done":
+                return message.get("outcome") or {}
     finally:
         ours.close()
         theirs.close()

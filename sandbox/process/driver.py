@@ -27,6 +27,7 @@ from runtimes.process.framing import ChannelClosed
 from runtimes.restricted.modules import OPTIONAL_MODULES
 from runtimes.restricted.transformer import compile_guest
 from runtimes.wire import Fault
+from sandbox.capabilities import check_capability_name
 from sandbox.errors import ConfigurationError, IsolationUnavailable
 from sandbox.limits import LimitName
 from sandbox.process.child_handle import (EXIT_TIMEOUT, KILLED_EXIT_TIMEOUT, PIN_SECONDS, ChildHandle, FrameTooLarge,
@@ -72,8 +73,9 @@ class ProcessDriver:
     zygote imports them (every submodule) and builds their proxies before confinement. An
     unknown name raises `ConfigurationError`; one that does not import on the host makes the zygote
     fail to start (`IsolationUnavailable`). ``capabilities`` are the guest names this driver's
-    jobs usually grant (a `Sandbox`'s): children run their warm-up job with them, so that a
-    job granting the same names finds its capability globals already bound.
+    jobs usually grant (a `Sandbox`'s; a str, or a name that is not a valid capability name, raises
+    `ConfigurationError`): children run their warm-up job with them, so that a job granting the
+    same names finds its capability globals already bound.
     """
 
     name = "restricted"
@@ -103,7 +105,13 @@ class ProcessDriver:
             uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
         self._uid = uid if os.geteuid() == 0 and "uid" not in _disable else None
         self._spares = spares if spares is not None else workers + 1
-        self._capabilities = tuple(capabilities)
+        names = capabilities if isinstance(capabilities, str) else tuple(capabilities)
+        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+            raise ConfigurationError(f"capabilities must be a tuple of capability names, e.g. ('sql.query',), "
+                                     f"got {capabilities!r}")
+        for name in names:
+            check_capability_name(name)
+        self._capabilities = names
         self._allow_raw = _allow_raw
         self._disable = frozenset(_disable)
         self._slots = threading.BoundedSemaphore(workers)
@@ -116,12 +124,14 @@ class ProcessDriver:
         self._zygote: ZygoteClient | None = None
         zygote = self._ensure_zygote()
         # Check the layers of a real child, not just the zygote's promise.
-        child = zygote.take(START_TIMEOUT)
+        child: ChildHandle | None = None
         try:
+            child = zygote.take(START_TIMEOUT)
             ready = child.wait_ready(time.monotonic() + START_TIMEOUT)
         except (ChannelClosed, TimeoutError) as exc:
-            child.kill()
-            child.close()
+            if child is not None:
+                child.kill()
+                child.close()
             self.close()
             raise IsolationUnavailable(f"the first process worker failed to start: {exc}") from None
         zygote.put_back(child)
