@@ -26,10 +26,12 @@ a fresh interpreter started once per driver, never a fork of this multi-threaded
 - usage: CPU time and peak RSS (``ru_maxrss``, which includes the ~16 MiB the child
   inherits) come from the child's own ``getrusage`` when it reports, and from the zygote's
   ``wait4`` when it dies; a compromised child could misreport its own usage, not its limits;
-- while a run is the driver's only one in flight, the host pins its child to the CPU of the
-  thread that hands it the job, and gives it back the zygote's CPUs after 5 ms
-  (`ChildHandle.pin_here`): the child then wakes where that thread goes to sleep instead of on
-  an idle vCPU, and a long run is spread over the CPUs again;
+- while a fresh run is the driver's only one in flight, the host pins its child to the CPU of
+  the thread that hands it the job (when that CPU is one of the zygote's), and gives it back the
+  zygote's CPUs after 5 ms (`ChildHandle.pin_here`): the child then wakes where that thread goes
+  to sleep instead of on an idle vCPU, and a long run is spread over the CPUs again. A session's
+  child is never pinned (it would stay pinned between runs shorter than the pin; unpinning it
+  at each run's end costs more than the pin saves);
 - capability calls come back over that channel; the host answers them through
   ``job.bridge`` (capabilities and secrets never enter the child);
 - at the wall deadline the host SIGKILLs the child through its pidfd; a death by signal is

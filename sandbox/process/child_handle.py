@@ -40,7 +40,7 @@ it reads False a wait only takes the slower path through the zygote's report."""
 
 
 PIN_SECONDS = 0.005
-"""How long a run's child stays pinned to the CPU of the host thread that handed it the job
+"""How long a fresh run's child stays pinned to the CPU of the host thread that handed it the job
 (`ChildHandle.pin_here`) before it gets its CPUs back (`ChildHandle.unpin`)."""
 _pinning = True
 """Whether pinning is tried: turned off (process-wide) the first time the kernel refuses it."""
@@ -169,33 +169,41 @@ class ChildHandle:
         idle one: on a VM, waking an idle (halted) vCPU costs the hypervisor's wake-up on the run's
         path, and so do the later wake-ups that follow the child (its exit, the zygote's reap).
         The pin is lifted after `PIN_SECONDS` so that a long run, or several at once, are spread
-        over the CPUs again. Pinning is off for good once the kernel refuses it.
+        over the CPUs again. Nothing is done when this thread's CPU is not one of the zygote's
+        (the child may not run there) or when the child has exited: its pid is checked against
+        its pidfd right before the call, since once reaped the pid may name another process.
+        Pinning is off for good once the kernel refuses it (EPERM).
         """
         global _pinning
-        if not _pinning or self.closed or self.exited.is_set():
+        if not _pinning or not self.alive():
             return
         cpu = _sched_getcpu()
-        if cpu < 0:
+        if cpu < 0 or cpu not in self.zygote.cpus:
             return
         try:
             os.sched_setaffinity(self.pid, (cpu,))
         except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.EINVAL):
+            if exc.errno == errno.EPERM:
                 _pinning = False
             return
         self.pinned = True
 
     def unpin(self) -> None:
-        """Give a pinned child back the CPUs it had (the zygote's); nothing if it is not pinned."""
+        """Give a pinned child back the CPUs it had (the zygote's, re-read once if they no longer
+        exist: `ZygoteClient.refresh_cpus`); nothing if it is not pinned or has exited (its pid
+        is checked against its pidfd right before each call, as in `pin_here`)."""
         if not self.pinned:
             return
         self.pinned = False
-        if self.closed or self.exited.is_set():
-            return
-        try:
-            os.sched_setaffinity(self.pid, self.zygote.cpus)
-        except OSError:
-            pass
+        for _attempt in range(2):
+            if not self.alive():
+                return
+            try:
+                os.sched_setaffinity(self.pid, self.zygote.cpus)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self.zygote.refresh_cpus():
+                    return
 
     # -- lifecycle -----------------------------------------------------------------------
     def kill(self, reason: str = "protocol") -> None:

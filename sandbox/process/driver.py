@@ -116,7 +116,7 @@ class ProcessDriver:
         self._disable = frozenset(_disable)
         self._slots = threading.BoundedSemaphore(workers)
         self._lock = threading.Lock()
-        # Runs talking to their child right now: a run pins its child to its CPU only when it is
+        # Runs talking to their child right now: a fresh run pins its child to its CPU only when it is
         # the only one (`ChildHandle.pin_here`), so runs side by side spread over the CPUs.
         self._exchanging = 0
         self._exchanging_lock = threading.Lock()
@@ -277,7 +277,7 @@ class ProcessDriver:
                         "secrets": [[s.name, s.token, s.description] for s in job.secrets],
                         "cpu_timer": None if "rlimits" in self._disable else limits.cpu_seconds + _CPU_TIMER_MARGIN,
                         "deadline": deadline - _CHILD_DEADLINE_MARGIN, "timings": job.timings},
-                       pin=self._exchanging == 1)
+                       pin=self._exchanging == 1 and not session)
         except (OSError, ValueError, TypeError) as exc:
             child.kill()
             return self._death(child, job, f"could not start the run: {exc}"), False

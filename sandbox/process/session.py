@@ -1,4 +1,4 @@
-"""`ProcessSession`: a pinned confined child that keeps its guest globals across runs."""
+"""`ProcessSession`: a dedicated confined child that keeps its guest globals across runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class ProcessSession:
-    """A pinned child that keeps its guest globals across runs.
+    """A dedicated confined child that keeps its guest globals across runs.
 
     If a run kills the child (a limit), the outcome says so and the next run starts on a
     fresh child with empty globals.

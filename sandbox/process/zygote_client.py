@@ -140,6 +140,18 @@ class ZygoteClient:
             with self._settled:
                 self._settled.notify_all()
 
+    def refresh_cpus(self) -> bool:
+        """Re-read `cpus` from the zygote (the CPUs it may run on changed, e.g. its cpuset):
+        True when they changed, False when they did not or cannot be read (the zygote is gone)."""
+        if self.dead:
+            return False
+        try:
+            cpus = frozenset(os.sched_getaffinity(self.pid))
+        except OSError:
+            return False
+        changed, self.cpus = cpus != self.cpus, cpus
+        return changed
+
     def take(self, timeout: float) -> ChildHandle:
         """The next pre-forked child. Call `replenish` once the run is over."""
         if self.dead:
