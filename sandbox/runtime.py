@@ -13,6 +13,7 @@ strictly as the runtime can, with the limit named in the error.
 from __future__ import annotations
 
 import functools
+import os
 import logging
 import threading
 import time
@@ -80,7 +81,8 @@ class RunControl:
 
     __slots__ = ("deadline", "cancelled", "abandoned", "_hooks")
     _lock = threading.Lock()
-    """Makes `cancel` a test-and-set; one for every control (a cancel is rare and short)."""
+    """Makes `cancel` a test-and-set; one for every control (a cancel is rare and short), made
+    anew in a forked child (a fork while another thread held it would leave it held there)."""
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -124,6 +126,14 @@ class RunControl:
             hook()
             return _nothing
         return functools.partial(_discard, hooks, hook)
+
+
+def _new_cancel_lock() -> None:
+    RunControl._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_cancel_lock)
 
 
 def _discard(hooks: list[Callable[[], None]], hook: Callable[[], None]) -> None:

@@ -179,6 +179,23 @@ def test_the_cache_key_reads_each_version_that_importlib_metadata_reads(tmp_path
     assert wasi_build._dist_version("demo-dist") == "1.0"
 
 
+def test_the_cache_key_reads_versions_from_an_egg_and_an_upper_case_suffix_as_importlib_metadata_does(
+        tmp_path, monkeypatch):
+    import importlib.metadata
+
+    (tmp_path / "demo-9.0-py3.11.egg" / "EGG-INFO").mkdir(parents=True)
+    (tmp_path / "demo-9.0-py3.11.egg" / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: demo\nVersion: 9.0\n")
+    _dist_info(tmp_path / "upper", "Other-5.0.DIST-INFO", "5.0")
+    _dist_info(tmp_path / "second", "demo-2.0.dist-info", "2.0")
+    _dist_info(tmp_path / "second", "other-1.0.dist-info", "1.0")
+    monkeypatch.syspath_prepend(str(tmp_path / "second"))
+    monkeypatch.syspath_prepend(str(tmp_path / "upper"))
+    monkeypatch.syspath_prepend(str(tmp_path / "demo-9.0-py3.11.egg"))
+    importlib.invalidate_caches()
+    for name in ("demo", "other"):
+        assert wasi_build._dist_version(name) == importlib.metadata.version(name), name
+
+
 @pytest.mark.parametrize("xdg", [None, "", "relative/cache", "/abs/xdg-cache", "/abs/trailing/"])
 @pytest.mark.parametrize("home", ["/home/someone", "/home/someone/", "", "relative-home"])
 def test_the_cache_directory_is_the_one_platformdirs_names(monkeypatch, xdg, home):

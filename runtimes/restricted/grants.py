@@ -59,7 +59,8 @@ class CallLink:
         self.exposed = _members(self.namespace)
 
     def open(self, call_host: Callable[[str, list, dict], Any], budget: Budget, value_cap: int) -> None:
-        """Route calls to this run (its ``handle_token`` is set by `install_grants`)."""
+        """Route calls to this run (`install_grants` sets its ``handle_token`` when the run has secret
+        handles to resolve; `close` resets it)."""
         self.budget, self.value_cap, self.call_host = budget, value_cap, call_host
 
     def close(self) -> None:

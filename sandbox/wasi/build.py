@@ -108,11 +108,13 @@ def _dist_version(name: str) -> str | None:
     ``<name>-<version>.dist-info`` (or ``.egg-info``) directory, and read from the ``Version``
     header of its metadata file, without importing `importlib.metadata`: that import (``email``,
     ``zipfile``, ``csv``) costs more than loading the guest from the cache does. Whatever this
-    scan cannot settle (a zip on ``sys.path``, an egg-info file, no match) is left to
+    scan cannot settle (a zip or an egg on ``sys.path``, an egg-info file, no match) is left to
     `importlib.metadata`, so the answer is the same."""
     wanted = _SEPARATORS.sub("_", name).lower()
     for entry in sys.path:
         directory = entry or "."
+        if directory.lower().rstrip("/").endswith(".egg"):
+            return _dist_version_by_metadata(name)  # an egg's EGG-INFO: only importlib.metadata reads it in order
         try:
             names = os.listdir(directory)
         except (FileNotFoundError, PermissionError):
@@ -121,7 +123,7 @@ def _dist_version(name: str) -> str | None:
             return _dist_version_by_metadata(name)  # a zip file: only importlib.metadata reads it in order
         for candidate in names:
             stem, _, suffix = candidate.rpartition(".")
-            if suffix not in ("dist-info", "egg-info") or _SEPARATORS.sub("_", stem.partition("-")[0]).lower() != wanted:
+            if suffix.lower() not in ("dist-info", "egg-info") or _SEPARATORS.sub("_", stem.partition("-")[0]).lower() != wanted:
                 continue
             for meta in ("METADATA", "PKG-INFO"):
                 try:
@@ -172,7 +174,7 @@ def _user_cache_dir() -> str:
     or ``$HOME`` it is computed here, as platformdirs computes it (importing platformdirs, and
     the tempfile and shutil it loads, costs more than loading the cached guest); anywhere else
     platformdirs answers."""
-    if sys.platform == "linux" and "ANDROID_DATA" not in os.environ:
+    if sys.platform == "linux" and not hasattr(sys, "getandroidapilevel") and "ANDROID_DATA" not in os.environ:
         xdg = os.environ.get("XDG_CACHE_HOME", "")
         if os.path.isabs(xdg):
             return os.path.join(xdg, "sandbox")
