@@ -485,19 +485,6 @@ _seeded = False
 has drawn from it since (the host's warm-up of a fresh instance reseeds it)."""
 
 
-def _pretouch() -> None:
-    """Allocate and free about 200 KB of small objects, and compile a small module: the pages
-    of linear memory that a run's first allocations take are then written once already. A
-    fresh instance's memory is mapped untouched, and a page first written during a run costs a
-    page fault (about 5 us each on a VM): in a fresh instance a 100-iteration loop took about
-    130 of them, a small JSON round trip about 500, and 15 and 55 after this. The host's
-    warm-up of a spare instance calls it, off the critical path of the run that takes the
-    spare; the freed memory holds nothing but those objects."""
-    cells = [[i] for i in range(2000)]
-    del cells
-    _compile_module("x = 0\nfor i in range(2):\n    x += i\nx")  # the parser's and compiler's memory too
-
-
 def _run(code: str, config: "_Config", inputs: dict, secrets: list, warm: bool = False) -> str:
     """Run ``code``; return the JSON text of its outcome (see the ``run`` export in the WIT world)."""
     global _session_globals, _current_output, _seeded
@@ -519,8 +506,6 @@ def _run(code: str, config: "_Config", inputs: dict, secrets: list, warm: bool =
         if not _seeded or warm:
             random.seed()
         _seeded = warm
-        if warm:
-            _pretouch()
     _install(g, config, inputs, secrets)
     text = "null"
     error = None
