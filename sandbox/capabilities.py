@@ -19,7 +19,7 @@ from typing import Any, get_type_hints, overload
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
-from runtimes.wire import MAX_INT_BITS, plain
+from runtimes.wire import plain
 from sandbox.capability_fast_paths import (
     EXACT, all_exact, bind_exact, binds_by_position, exact_ok, fast_parameters, plain_shape,
 )
@@ -224,15 +224,13 @@ class Capability:
     def _converted(self, result: Any) -> Any:
         """The function's ``result`` as plain data (see `call_bound`)."""
         kind = self._fast_result
-        if type(result) is kind and kind is not None and (
-                kind is str or kind is bool or (kind is int and result.bit_length() <= MAX_INT_BITS)
-                or (kind is float and result - result == 0.0)):
+        if type(result) is kind and kind is not None and exact_ok(result):
             return result
         if inspect.isawaitable(result):
             import asyncio
 
-            result = asyncio.run(_await(result))
-        return self.dump_result(result)
+            return self.dump_result(asyncio.run(_await(result)))
+        return self._converted_in_full(result)
 
     def dump_result(self, result: Any) -> Any:
         """Convert a host result to plain data through the declared return type: typed values
@@ -247,6 +245,10 @@ class Capability:
         kind = self._fast_result
         if kind is not None and type(result) is kind and exact_ok(result):
             return result
+        return self._converted_in_full(result)
+
+    def _converted_in_full(self, result: Any) -> Any:
+        """`dump_result` for a result that is not exactly of a declared primitive type."""
         shape = self._plain_shape
         if shape is not None and shape(result):
             try:
