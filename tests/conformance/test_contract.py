@@ -218,6 +218,22 @@ def test_terminating_denial_cannot_be_swallowed(make_sandbox):
     assert result.value is None
 
 
+@capability(name="sorted")
+def host_sorted(items: list) -> str:
+    """A capability named like a builtin: granted, the name is the host's."""
+    return f"host sorted {len(items)}"
+
+
+def test_a_capability_named_like_a_builtin_is_the_hosts_when_granted_and_the_builtin_otherwise(make_sandbox):
+    granted = make_sandbox(capabilities=[host_sorted, add])
+    result = granted.run("[sorted([3, 1, 2]), add(1)]")
+    assert result.ok, result.error
+    assert result.value == ["host sorted 3", 2] and result.usage.capability_calls == 2
+    fresh = make_sandbox(capabilities=[add]).run("[sorted([3, 1, 2]), add(1)]")
+    assert fresh.ok, fresh.error
+    assert fresh.value == [[1, 2, 3], 2]  # a later sandbox without it sees the builtin
+
+
 def test_ungranted_capability_is_not_visible(make_sandbox):
     result = make_sandbox(capabilities=[add]).run("get_weather('Paris')")
     assert result.error.type == "NameError"
