@@ -2,8 +2,10 @@
 
 Memory cases run in one fresh interpreter that measures the host's peak RSS (VmHWM, reset
 between cases through /proc/self/clear_refs) around each run of ``Sandbox("restricted")``
-with ``memory_bytes=256 MiB``: every case must stop with ``limit_exceeded`` (memory, or size
-when a guard refuses it first) and grow the host's RSS by less than ``memory_bytes + 16 MiB``.
+with ``memory_bytes=256 MiB``: every case must stop with ``limit_exceeded`` (memory) and grow
+the host's RSS by less than ``memory_bytes + 16 MiB``. They run once with the C allocator as it
+is, and once with glibc tuned to keep what is freed: blocks of up to 32 MiB served from its heap
+and a heap never trimmed on free, so freed memory stays resident and a realloc() copies.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ CASES = {
     "caught_memory_error": "x = []\ntry:\n    while True:\n        x.append(bytearray(1 << 20))\nexcept MemoryError:\n    x = None\n'survived'",
 }
 
+ALLOCATORS = {
+    "as-is": None,
+    "keeps-freed": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296",
+}
+
 MEASURE = r"""
 import gc, json, sys
 from sandbox import Limits, Sandbox
@@ -84,11 +91,14 @@ for name, code in json.loads(sys.argv[1]).items():
 """
 
 
-@pytest.fixture(scope="module")
-def measured() -> dict[str, dict]:
+@pytest.fixture(scope="module", params=sorted(ALLOCATORS))
+def measured(request: pytest.FixtureRequest) -> dict[str, dict]:
+    env = dict(os.environ)
+    if ALLOCATORS[request.param] is not None:
+        env["GLIBC_TUNABLES"] = ALLOCATORS[request.param]
     proc = subprocess.run(
         [sys.executable, "-c", MEASURE % {"memory": MEMORY}, json.dumps(CASES)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -138,6 +148,50 @@ before = status("VmRSS")
 limits = [sandbox.run(code).error.limit for code in json.loads(sys.argv[1])]
 print(json.dumps({"growth": status("VmHWM") - before, "limits": limits}))
 """
+
+
+def test_freed_blocks_are_held_until_the_allocator_gives_them_back():
+    """A freed large block stays counted (held) until a refused allocation trims the C
+    allocator; then the held charges are given back and the allocation is decided again. So a
+    guest that churns through many times its limit in large blocks is never refused, and the
+    live count (`used`) and the peak are what it holds at once."""
+    cap = alloc_cap.new_cap()
+    cap.arm(32 << 20)
+    try:
+        base = cap.used
+        for _ in range(64):
+            block = bytes(4 << 20)  # 256 MiB in all, 4 MiB at a time
+            del block
+        held, used, tripped = cap.held, cap.used, cap.tripped
+        peak = cap.peak
+    finally:
+        cap.disarm()
+    assert not tripped
+    assert 0 < held <= 32 << 20, held
+    assert used - base < 1 << 20, used - base
+    assert 4 << 20 <= peak < 6 << 20, peak
+
+
+def test_a_growing_buffer_is_charged_its_old_and_new_size_at_once():
+    """realloc() may copy into a new block before freeing the old one, so growing a buffer
+    must fit both: a bytearray grown in place stops at about half the limit, never past it."""
+    cap = alloc_cap.new_cap()
+    limit = 64 << 20
+    grown = bytearray()
+    cap.arm(limit)
+    try:
+        try:
+            while True:
+                grown += b"x" * (1 << 20)
+        except MemoryError:
+            pass
+        size, tripped, peak = len(grown), cap.tripped, cap.peak
+        grown = bytearray()
+    finally:
+        cap.disarm()
+    assert tripped
+    assert limit // 4 < size < limit * 3 // 4, size >> 20
+    assert peak <= limit + (4 << 20), peak
 
 
 def test_restricted_runs_report_the_layer_and_the_peak():

@@ -45,6 +45,15 @@ Design (the simplest one that stays correct whatever was allocated before or els
   drops the table.
 - The table's own memory is charged to its Cap too (growth is refused past the limit), so host
   memory used on behalf of the guest is bounded by the limit.
+- Freed memory is not always returned: glibc keeps freed chunks of its heap resident (and, after
+  large blocks are freed, serves blocks of up to 32 MiB from that heap), and realloc() of a heap
+  chunk it cannot grow in place copies it into a new block before freeing the old one. So the
+  charge of a freed large block is held (still counted against the limit), and a realloc()
+  must fit its new size while the old block is still charged; the charge of a moved block is
+  held too. When an allocation does not fit and charges are held, the cap calls malloc_trim(0),
+  which returns the free pages to the system, and gives the held charges back before deciding.
+  Freed arenas are given back at once: pymalloc unmaps them. A growing buffer can therefore
+  reach about half the limit, not all of it, and resident growth stays within it.
 - Past the limit an allocation returns NULL (CPython raises MemoryError) and the Cap is marked
   tripped. After a trip a reserve of RESERVE bytes is allowed, so the interpreter can build the
   exception that stops the run and unwind. Freeing never fails.
@@ -82,8 +91,9 @@ typedef struct CapObject {
     size_t mask;              /* number of slots - 1 */
     size_t count;             /* recorded blocks */
     size_t limit;
-    size_t used;              /* charges of recorded blocks + table bytes */
-    size_t peak;
+    size_t used;              /* charges of recorded blocks + table bytes + held */
+    size_t held;              /* charges of freed blocks the C allocator may still keep resident */
+    size_t peak;              /* most bytes live at once (used - held) */
     int tripped;
     int armed;                /* between arm() and disarm() */
     int by_arena;             /* small pymalloc blocks are charged through their arenas */
@@ -146,11 +156,31 @@ static size_t allowance(CapObject *c)
     return c->limit + (c->tripped ? RESERVE : 0);
 }
 
-static int admit(CapObject *c, size_t charge)
+/* Give the held charges back once the C allocator has returned its free pages to the system. */
+static void release_held(CapObject *c)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+    c->used -= c->held;
+    c->held = 0;
+}
+
+static int fits(CapObject *c, size_t charge)
 {
     size_t allow = allowance(c);
-    if (c->used <= allow && charge <= allow - c->used)
+    return c->used <= allow && charge <= allow - c->used;
+}
+
+static int admit(CapObject *c, size_t charge)
+{
+    if (fits(c, charge))
         return 1;
+    if (c->held) {
+        release_held(c);
+        if (fits(c, charge))
+            return 1;
+    }
     c->tripped = 1;
     return 0;
 }
@@ -158,8 +188,15 @@ static int admit(CapObject *c, size_t charge)
 static void charge_add(CapObject *c, size_t charge)
 {
     c->used += charge;
-    if (c->used > c->peak)
-        c->peak = c->used;
+    if (c->used - c->held > c->peak)
+        c->peak = c->used - c->held;
+}
+
+/* A recorded block of ``c`` was freed (or moved by realloc): glibc keeps freed heap chunks
+   resident, and may have copied a moved block, so its charge stays counted until release_held. */
+static void hold(CapObject *c, size_t charge)
+{
+    c->held += charge;
 }
 
 static void live_add(CapObject *c)
@@ -212,7 +249,7 @@ static int table_reserve(CapObject *c)
     else
         live_add(c);
     charge_add(c, new_bytes);
-    c->used -= slots_now * sizeof(uint64_t);
+    hold(c, slots_now * sizeof(uint64_t));
     c->slots = fresh;
     c->mask = new_slots - 1;
     return 0;
@@ -256,14 +293,18 @@ static uint16_t table_remove(CapObject *c, uint64_t addr)
     return 0;
 }
 
-/* Stop tracking ``ptr`` in whichever live Cap recorded it, giving its charge back. */
-static __attribute__((noinline)) void untrack_slow(void *ptr)
+/* Stop tracking ``ptr`` in whichever live Cap recorded it: its charge is given back, or held
+   when the C allocator may keep the block's memory resident (see hold()). */
+static __attribute__((noinline)) void untrack_slow(void *ptr, int resident)
 {
     uint64_t addr = (uint64_t)(uintptr_t)ptr;
     for (CapObject *c = live; c != NULL; c = c->next_live) {
         uint16_t code = table_remove(c, addr);
         if (code) {
-            c->used -= decode(code);
+            if (resident)
+                hold(c, decode(code));
+            else
+                c->used -= decode(code);
             return;
         }
     }
@@ -271,12 +312,12 @@ static __attribute__((noinline)) void untrack_slow(void *ptr)
 
 /* untrack(), with the common case inline: the tables hold few entries (large blocks and
    arenas), so the home slot of a freed small block is almost always empty. */
-static inline void untrack(void *ptr)
+static inline void untrack(void *ptr, int resident)
 {
     uint64_t addr = (uint64_t)(uintptr_t)ptr;
     for (CapObject *c = live; c != NULL; c = c->next_live) {
         if (c->slots[slot_of(addr, c->mask)]) {
-            untrack_slow(ptr);
+            untrack_slow(ptr, resident);
             return;
         }
     }
@@ -412,14 +453,13 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
         return q;
     }
     if (c != NULL) {
-        size_t kept = owner == c ? decode(old_code) : 0;
         if (!encode(size, &new_code, &new_charge)) {
             c->tripped = 1;
             return NULL;
         }
-        if (new_charge > kept && !admit(c, new_charge - kept))
-            return NULL;
-        if (owner != c && (table_reserve(c) < 0 || !admit(c, new_charge)))
+        /* the old block stays charged during the call: the allocator may copy into a new block
+           before it frees the old one (glibc does for a chunk in its heap) */
+        if (table_reserve(c) < 0 || !admit(c, new_charge))
             return NULL;
     }
     void *q = prev->realloc(prev->ctx, ptr, size);
@@ -427,7 +467,10 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
         return NULL;  /* the old block is unchanged, and so is its record */
     if (owner != NULL) {
         table_remove(owner, addr);
-        owner->used -= decode(old_code);
+        if (q != ptr)
+            hold(owner, decode(old_code));
+        else
+            owner->used -= decode(old_code);
     }
     if (c != NULL) {
         table_insert(c, q, new_code);
@@ -440,7 +483,7 @@ static void hook_free(void *ctx, void *ptr)
 {
     Domain *d = ctx;
     if (ptr != NULL && live != NULL)
-        untrack(ptr);
+        untrack(ptr, 1);
     d->prev.free(d->prev.ctx, ptr);
 }
 
@@ -469,7 +512,7 @@ static void *hook_arena_alloc(void *ctx, size_t size)
 static void hook_arena_free(void *ctx, void *ptr, size_t size)
 {
     if (ptr != NULL && live != NULL)
-        untrack(ptr);
+        untrack(ptr, 0);  /* pymalloc unmaps its arenas: the pages are returned at once */
     prev_arena.free(prev_arena.ctx, ptr, size);
 }
 
@@ -585,7 +628,7 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
     }
     table_drop(self);
     self->limit = (size_t)limit;
-    self->used = self->peak = 0;
+    self->used = self->held = self->peak = 0;
     self->tripped = 0;
     self->arena_failures = 0;
     self->by_arena = 0;  /* decided below, once the hooks are known to be in force */
@@ -652,7 +695,8 @@ static PyObject *Cap_disarm(CapObject *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *Cap_get_used(CapObject *self, void *closure) { return PyLong_FromSize_t(self->used); }
+static PyObject *Cap_get_used(CapObject *self, void *closure) { return PyLong_FromSize_t(self->used - self->held); }
+static PyObject *Cap_get_held(CapObject *self, void *closure) { return PyLong_FromSize_t(self->held); }
 static PyObject *Cap_get_peak(CapObject *self, void *closure) { return PyLong_FromSize_t(self->peak); }
 static PyObject *Cap_get_limit(CapObject *self, void *closure) { return PyLong_FromSize_t(self->limit); }
 static PyObject *Cap_get_tripped(CapObject *self, void *closure) { return PyBool_FromLong(self->tripped); }
@@ -672,8 +716,11 @@ static PyMethodDef Cap_methods[] = {
 };
 
 static PyGetSetDef Cap_getset[] = {
-    {"used", (getter)Cap_get_used, NULL, "Bytes charged now (live counted blocks and the side table).", NULL},
-    {"peak", (getter)Cap_get_peak, NULL, "Most bytes charged at once since arm().", NULL},
+    {"used", (getter)Cap_get_used, NULL, "Bytes live now (counted blocks and the side table).", NULL},
+    {"held", (getter)Cap_get_held, NULL,
+     "Bytes of freed blocks still counted against the limit: the C allocator may keep them resident "
+     "until the next trim, which a refused allocation triggers.", NULL},
+    {"peak", (getter)Cap_get_peak, NULL, "Most bytes live at once since arm().", NULL},
     {"limit", (getter)Cap_get_limit, NULL, "The limit given to arm().", NULL},
     {"tripped", (getter)Cap_get_tripped, NULL, "True once an allocation was refused since arm().", NULL},
     {"blocks", (getter)Cap_get_blocks, NULL, "Blocks recorded (allocated while armed, not yet freed).", NULL},
