@@ -51,7 +51,8 @@ Design (the simplest one that stays correct whatever was allocated before or els
   charge of a freed large block is held (still counted against the limit), and a realloc()
   must fit its new size while the old block is still charged; the charge of a moved block is
   held too. When an allocation does not fit and charges are held, the cap calls malloc_trim(0),
-  which returns the free pages to the system, and gives the held charges back before deciding.
+  which returns the free pages to the system, and gives the held charges back before deciding
+  (without the trim while what it gave back untrimmed stays within limit/16).
   Freed arenas are given back at once: pymalloc unmaps them. A growing buffer can therefore
   reach about half the limit, not all of it, and resident growth stays within it.
 - Past the limit an allocation returns NULL (CPython raises MemoryError) and the Cap is marked
@@ -93,6 +94,7 @@ typedef struct CapObject {
     size_t limit;
     size_t used;              /* charges of recorded blocks + table bytes + held */
     size_t held;              /* charges of freed blocks the C allocator may still keep resident */
+    size_t untrimmed;         /* held charges given back without a trim since the last one */
     size_t peak;              /* most bytes live at once (used - held) */
     int tripped;
     int armed;                /* between arm() and disarm() */
@@ -156,12 +158,20 @@ static size_t allowance(CapObject *c)
     return c->limit + (c->tripped ? RESERVE : 0);
 }
 
-/* Give the held charges back once the C allocator has returned its free pages to the system. */
+/* Give the held charges back. The C allocator is trimmed first (its free pages returned to the
+   system) unless what was given back untrimmed since the last trim stays within limit/16, part of
+   the share of memory_bytes that alloc_cap.py keeps: a trim walks every arena of the process, so
+   a guest freeing and allocating at its limit does not trim on every allocation. */
 static void release_held(CapObject *c)
 {
+    if (c->held > c->limit / 16 || c->untrimmed > c->limit / 16 - c->held) {
 #ifdef __GLIBC__
-    malloc_trim(0);
+        malloc_trim(0);
 #endif
+        c->untrimmed = 0;
+    } else {
+        c->untrimmed += c->held;
+    }
     c->used -= c->held;
     c->held = 0;
 }
@@ -628,7 +638,7 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
     }
     table_drop(self);
     self->limit = (size_t)limit;
-    self->used = self->held = self->peak = 0;
+    self->used = self->held = self->untrimmed = self->peak = 0;
     self->tripped = 0;
     self->arena_failures = 0;
     self->by_arena = 0;  /* decided below, once the hooks are known to be in force */

@@ -42,9 +42,10 @@ that is depends on the cap's mode (``Cap.small_by_arena``, decided at each ``arm
   included), each larger block its size rounded to its allocator unit. Only malloc's
   bookkeeping around the large blocks is left out, and the kept share covers it: resident
   growth stays within ``memory_bytes``. Freed large blocks stay charged (``Cap.held``) until a
-  refused allocation makes the cap trim the C allocator, and a growing buffer is charged its
-  old and new size at once, since the allocator may copy it (so one buffer grown in place stops
-  at about half the limit).
+  refused allocation makes the cap trim the C allocator (the share also covers the up to 1/16
+  of the armed limit it gives back between trims), and a growing buffer is charged its old and
+  new size at once, since the allocator may copy it (so one buffer grown in place stops at
+  about half the limit).
 - Per block (``PYTHONMALLOC=malloc`` or ``debug``, another allocator or arena hook installed
   over ours, CPython 3.14 or later): every block, small ones included, is charged its size
   rounded to 16 bytes. The cap then bounds the bytes the guest holds, not resident growth:
