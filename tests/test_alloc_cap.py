@@ -194,6 +194,54 @@ def test_a_growing_buffer_is_charged_its_old_and_new_size_at_once():
     assert peak <= limit + (4 << 20), peak
 
 
+def test_a_buffer_shrinking_at_the_limit_is_not_refused():
+    """Shrinking needs no room: a buffer cut back while the cap is full succeeds and gives
+    back what it no longer holds."""
+    cap = alloc_cap.new_cap()
+    limit = 64 << 20
+    cap.arm(limit)
+    try:
+        big = bytearray(40 << 20)
+        filler = []
+        try:
+            while True:
+                filler.append(bytearray(1 << 20))
+        except MemoryError:
+            pass
+        before = cap.used + cap.held
+        del big[19 << 20:]
+        after = cap.used + cap.held
+        filler.clear()
+        del big
+    finally:
+        cap.disarm()
+    assert after <= before  # the cut was not refused and charged nothing more
+
+
+def test_the_charge_never_passes_the_limit_while_blocks_come_and_go():
+    """Live and held charges together stay within the limit (plus the reserve after a trip)
+    through churn, growth and a trip: the invariant that bounds the host's resident growth."""
+    cap = alloc_cap.new_cap()
+    limit = 48 << 20
+    seen = 0
+    cap.arm(limit)
+    try:
+        grown = bytearray()
+        try:
+            for i in range(400):
+                block = bytes((i % 7 + 1) << 20)
+                grown += block[: 1 << 19]
+                seen = max(seen, cap.used + cap.held)
+                del block
+        except MemoryError:
+            pass
+        seen = max(seen, cap.used + cap.held)
+        grown = bytearray()
+    finally:
+        cap.disarm()
+    assert 0 < seen <= limit + (4 << 20), seen >> 20
+
+
 def test_restricted_runs_report_the_layer_and_the_peak():
     with Sandbox("restricted") as sandbox:
         result = sandbox.run("x = bytearray(50 << 20)\nlen(x)")

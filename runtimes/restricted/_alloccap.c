@@ -40,7 +40,8 @@ Design (the simplest one that stays correct whatever was allocated before or els
     (low 48 bits) and the encoded size (high 16 bits).
   free() and realloc() from any thread, and arena frees, look the address up in the tables of
   live Caps (usually none or one, and small: large blocks and arenas only): a recorded block is
-  removed and its charge given back; any other block is passed through untouched. A block or
+  removed and its charge held (see below; an arena's is given back at once); any other block is
+  passed through untouched. A block or
   arena recorded while armed and freed after disarm() is simply no longer tracked: disarm()
   drops the table.
 - The table's own memory is charged to its Cap too (growth is refused past the limit), so host
@@ -48,13 +49,14 @@ Design (the simplest one that stays correct whatever was allocated before or els
 - Freed memory is not always returned: glibc keeps freed chunks of its heap resident (and, after
   large blocks are freed, serves blocks of up to 32 MiB from that heap), and realloc() of a heap
   chunk it cannot grow in place copies it into a new block before freeing the old one. So the
-  charge of a freed large block is held (still counted against the limit), and a realloc()
-  must fit its new size while the old block is still charged; the charge of a moved block is
-  held too. When an allocation does not fit and charges are held, the cap calls malloc_trim(0),
-  which returns the free pages to the system, and gives the held charges back before deciding
-  (without the trim while what it gave back untrimmed stays within limit/16).
-  Freed arenas are given back at once: pymalloc unmaps them. A growing buffer can therefore
-  reach about half the limit, not all of it, and resident growth stays within it.
+  charge of a freed large block is held (still counted against the limit); freed arenas are
+  given back at once, since pymalloc unmaps them. When an allocation does not fit and charges
+  are held, the cap calls malloc_trim(0), which returns the free pages to the system, and gives
+  the held charges back before deciding (without the trim while what it gave back untrimmed
+  stays within limit/16). A realloc() that grows a block must fit its new size while the old
+  block is still charged, and the charge of a moved block is held: a buffer grown in place
+  therefore stops at about half the limit, and resident growth stays within it. A realloc()
+  that shrinks a block is never refused (glibc shrinks in place).
 - Past the limit an allocation returns NULL (CPython raises MemoryError) and the Cap is marked
   tripped. After a trip a reserve of RESERVE bytes is allowed, so the interpreter can build the
   exception that stops the run and unwind. Freeing never fails.
@@ -186,7 +188,7 @@ static int admit(CapObject *c, size_t charge)
 {
     if (fits(c, charge))
         return 1;
-    if (c->held) {
+    if (c->held && charge <= allowance(c)) {
         release_held(c);
         if (fits(c, charge))
             return 1;
@@ -467,9 +469,10 @@ static void *hook_realloc(void *ctx, void *ptr, size_t size)
             c->tripped = 1;
             return NULL;
         }
-        /* the old block stays charged during the call: the allocator may copy into a new block
-           before it frees the old one (glibc does for a chunk in its heap) */
-        if (table_reserve(c) < 0 || !admit(c, new_charge))
+        /* a growing block's old block stays charged during the call: the allocator may copy into
+           a new block before it frees the old one (glibc does for a chunk in its heap) */
+        int shrinks = owner == c && new_charge <= decode(old_code);
+        if ((owner != c && table_reserve(c) < 0) || (!shrinks && !admit(c, new_charge)))
             return NULL;
     }
     void *q = prev->realloc(prev->ctx, ptr, size);
@@ -666,7 +669,7 @@ static PyObject *Cap_arm(CapObject *self, PyObject *arg)
         }
     }
     self->by_arena = pymalloc_seen && arena_hook_in_force();
-    self->peak = self->used;  /* any probe's blocks are freed: only the table is charged */
+    self->peak = self->used - self->held;  /* any probe's blocks are freed: only the table is live */
     Py_RETURN_NONE;
 }
 

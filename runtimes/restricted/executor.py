@@ -320,7 +320,7 @@ def _release(state: GuestState, before: tuple[list[int], list[int]] | None) -> N
     stop, cap = kit.budget.stop, kit.budget.cap
     if stop is not None:
         stop.__traceback__ = None
-    if cap is not None and cap.peak > _COLLECT_ABOVE:
+    if cap is not None and (cap.peak > _COLLECT_ABOVE or cap.held > _COLLECT_ABOVE):
         state.dismantle()
         gc.collect()
         alloc_cap.return_free_memory()
