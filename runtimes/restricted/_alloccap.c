@@ -41,9 +41,8 @@ Design (the simplest one that stays correct whatever was allocated before or els
   free() and realloc() from any thread, and arena frees, look the address up in the tables of
   live Caps (usually none or one, and small: large blocks and arenas only): a recorded block is
   removed and its charge held (see below; an arena's is given back at once); any other block is
-  passed through untouched. A block or
-  arena recorded while armed and freed after disarm() is simply no longer tracked: disarm()
-  drops the table.
+  passed through untouched. A block or arena recorded while armed and freed after disarm() is
+  simply no longer tracked: disarm() drops the table.
 - The table's own memory is charged to its Cap too (growth is refused past the limit), so host
   memory used on behalf of the guest is bounded by the limit.
 - Freed memory is not always returned: glibc keeps freed chunks of its heap resident (and, after
