@@ -351,6 +351,28 @@ def test_a_flag_posted_before_the_wait_is_taken_without_sleeping_and_once(flags:
         os.close(write_fd)
 
 
+def test_a_waiter_that_yields_takes_a_post_without_sleeping() -> None:
+    """With ``yield_us`` the waiter gives its CPU away and checks again before it sleeps: a post
+    within that window is taken at once. The flag here writes nothing to any pipe, so a waiter
+    that slept would only see the post when its time ran out."""
+    handoff = pytest.importorskip("sandbox._handoff", reason="not built: make setup (pip install -e .) builds it")
+    read_fd, write_fd = os.pipe()
+    try:
+        flag = handoff.Flag(-1, yield_us=500_000)
+        threading.Timer(0.02, flag.post).start()
+        started = time.monotonic()
+        assert handoff.post_and_wait(None, flag, read_fd, 3000)
+        assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        assert not handoff.post_and_wait(None, flag, read_fd, 0)  # a zero timeout does not yield
+        assert time.monotonic() - started < 0.2
+        with pytest.raises(ValueError, match="yield_us"):
+            handoff.Flag(write_fd, yield_us=-1)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_a_post_wakes_a_sleeping_waiter(flags: str) -> None:
     read_fd, write_fd = os.pipe()
     try:
