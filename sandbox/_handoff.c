@@ -10,12 +10,17 @@ instead of going to sleep on it.
 Waiting by spinning (on the flag, with the GIL released) was measured on a 2-CPU host shared
 with other work and lost there: a waiter spinning on the CPU its poster needs delays it.
 Yielding is different: a flag made with yield_us > 0 has its waiter give its CPU away
-(sched_yield) and check the flag again, for up to that many microseconds, before it sleeps. The
-poster, woken on the waiter's CPU (see pin), runs there in the waiter's place, and a post that
-comes within the window costs no wake-up: on a 2-vCPU VM a sleeping waiter is often woken on
-the other, idle vCPU, which cost about 20 us more per call that runs 10 us or longer. Only the
-flags a caller waits on for a call's end use it (`sandbox.call_threads`); a flag waited on
-with a zero timeout is not yielded on.
+(sched_yield) and check the flag again, for up to that many microseconds (and never past its
+timeout), before it sleeps. The poster, woken on the waiter's CPU (see pin), runs there in the
+waiter's place, and a post that comes within the window costs no wake-up: on a 2-vCPU VM a
+sleeping waiter is often woken on the other, idle vCPU, which cost about 20 us more per call
+that runs 10 us or longer. Only the flags a caller waits on for a call's end use it
+(`sandbox.call_threads`). The waiter stops yielding as soon as it stops helping:
+- a yield that returns at once means nothing else runs on this CPU (the poster is blocked, in
+  I/O or asleep, or runs elsewhere): the waiter sleeps, instead of spinning on its CPU;
+- a yield that lasts longer than the whole window means another task held this CPU for its time
+  slice (a busy host), during which a post could not wake the waiter: it sleeps, and the next
+  SKIP_AFTER_CONTENTION waits of this flag do not yield at all.
 
 A flag made with pin=True moves its waiter (one of our call threads) to the CPU of the thread
 that posts it with post_and_wait, for the wake-up only: on a 2-vCPU VM a pipe wake-up often
@@ -40,6 +45,9 @@ sleeps on the pipe). One waiter per flag at a time; any number of posters.
 #include <time.h>
 #include <unistd.h>
 
+#define SKIP_AFTER_CONTENTION 1024
+#define IDLE_YIELD_NS 2000 /* a yield this short ran nothing else on the CPU */
+
 #define EMPTY 0
 #define POSTED 1
 #define SLEEPING 2
@@ -50,6 +58,7 @@ typedef struct {
     int fd; /* non-blocking write end of the waiter's pipe; -1 once closed */
     int pin; /* 1: wake the waiter on the poster's CPU (see above) */
     int yield_us; /* the waiter yields its CPU for up to this long before it sleeps (see above) */
+    int skip; /* waits left that do not yield (after contention); the waiter's alone */
     atomic_int cpu; /* the one CPU the waiter is pinned to; -1 when it has its own CPUs */
     atomic_int tid; /* the waiter's thread id, once it has waited; 0 before */
     cpu_set_t own; /* the waiter's CPUs before any pinning */
@@ -109,8 +118,8 @@ static PyObject *Flag_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *names[] = {"", "pin", "yield_us", NULL};
     int fd, pin = 0, yield_us = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$pi:Flag", names, &fd, &pin, &yield_us)) return NULL;
-    if (yield_us < 0 || yield_us > 1000000) {
-        PyErr_SetString(PyExc_ValueError, "Flag: yield_us must be between 0 and 1000000");
+    if (yield_us < 0 || yield_us > 1000) {
+        PyErr_SetString(PyExc_ValueError, "Flag: yield_us must be between 0 and 1000");
         return NULL;
     }
     Flag *self = (Flag *)type->tp_alloc(type, 0);
@@ -120,6 +129,7 @@ static PyObject *Flag_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->fd = fd;
     self->pin = pin;
     self->yield_us = yield_us;
+    self->skip = 0;
     atomic_init(&self->cpu, -1);
     CPU_ZERO(&self->own);
     return (PyObject *)self;
@@ -154,25 +164,49 @@ static PyTypeObject FlagType = {
     .tp_methods = Flag_methods,
 };
 
-/* Wait for a post of ``flag``, sleeping on ``fd`` (the read end of its pipe) at most
-``timeout_ms`` (negative: no limit). 1: a post was consumed; 0: none (the time ran out, a signal
-came or a stale byte woke the sleep). The flag is left EMPTY either way. Needs no GIL. */
-/* Yield the CPU until ``flag`` is posted or ``flag->yield_us`` has passed. Needs no GIL. */
-static void yield_until_posted(Flag *flag) {
-    struct timespec start, now;
-    if (clock_gettime(CLOCK_MONOTONIC, &start) != 0) return;
-    for (;;) {
-        if (atomic_load(&flag->state) == POSTED) return;
-        sched_yield();
-        if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) return;
-        long waited_us = (long)(now.tv_sec - start.tv_sec) * 1000000L + (now.tv_nsec - start.tv_nsec) / 1000;
-        if (waited_us >= flag->yield_us) return;
-    }
+static int64_t now_ns(void) {
+    struct timespec now;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) return -1;
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
+/* Yield the CPU until ``flag`` is posted, ``window_ns`` has passed, or yielding stops helping
+(see above). Returns the nanoseconds spent. Needs no GIL. */
+static int64_t yield_until_posted(Flag *flag, int64_t window_ns) {
+    int64_t start = now_ns(), before = start, after = start;
+    if (start < 0) return 0;
+    while (atomic_load(&flag->state) != POSTED) {
+        sched_yield();
+        after = now_ns();
+        if (after < 0) return 0;
+        if (atomic_load(&flag->state) == POSTED) break;
+        int64_t took = after - before;
+        if (took > (int64_t)flag->yield_us * 1000) {
+            flag->skip = SKIP_AFTER_CONTENTION;
+            break;
+        }
+        if (took < IDLE_YIELD_NS || after - start >= window_ns) break;
+        before = after;
+    }
+    return after - start;
+}
+
+/* Wait for a post of ``flag``, sleeping on ``fd`` (the read end of its pipe) at most
+``timeout_ms`` (negative: no limit), after yielding first when the flag says so. 1: a post was
+consumed; 0: none (the time ran out, a signal came or a stale byte woke the sleep). The flag is
+left EMPTY either way. Needs no GIL. */
 static int wait_nogil(Flag *flag, int fd, int timeout_ms) {
     note_waiter(flag);
-    if (flag->yield_us > 0 && timeout_ms != 0) yield_until_posted(flag);
+    if (flag->yield_us > 0 && timeout_ms != 0) {
+        if (flag->skip > 0) {
+            flag->skip--;
+        } else {
+            int64_t window = (int64_t)flag->yield_us * 1000;
+            if (timeout_ms > 0 && (int64_t)timeout_ms * 1000000 < window) window = (int64_t)timeout_ms * 1000000;
+            int64_t spent_ms = yield_until_posted(flag, window) / 1000000;
+            if (timeout_ms > 0) timeout_ms = spent_ms >= timeout_ms ? 0 : timeout_ms - (int)spent_ms;
+        }
+    }
     int got = arm_nogil(flag);
     if (!got) {
         struct pollfd ready = {.fd = fd, .events = POLLIN};

@@ -18,10 +18,14 @@ that must then wait for the GIL. A worker is also woken on its caller's CPU (its
 pins it for the wake-up, and it unpins itself before it runs the call), since waking a thread on
 an idle CPU is slow in a VM (a round trip measured about 6 us pinned, the pin and unpin
 included, against 17-21 us unpinned, on 2 vCPUs). For the same reason the caller, before it
-sleeps on the ``done`` flag, yields its CPU to the worker for up to `DONE_YIELD_US`: a call that
-ends within that time wakes no one (measured on 2 vCPUs: a capability that runs 10 to 40 us
-costs about 11 us on top of its own time instead of 22 to 30 us). Without the extension the
-flags are `_PipeFlag`s (the same states under a lock, and no pinning or yielding).
+sleeps on the ``done`` flag, yields its CPU (where the worker was just woken) for up to
+`DONE_YIELD_US`: a call that ends within that time wakes no one (measured on 2 vCPUs: a
+capability that runs 10 to 100 us costs 7 to 11 us on top of its own time instead of 18 to
+30 us). The caller stops yielding as soon as a yield runs nothing else (the worker blocks, so
+the caller sleeps instead of spinning), and after a yield that lasted a whole time slice of
+another task (a busy host) its flag does not yield for its next waits (see `sandbox._handoff`).
+Without the extension the flags are `_PipeFlag`s (the same states under a lock, and no pinning
+or yielding).
 """
 
 from __future__ import annotations

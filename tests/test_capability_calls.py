@@ -353,21 +353,54 @@ def test_a_flag_posted_before_the_wait_is_taken_without_sleeping_and_once(flags:
 
 def test_a_waiter_that_yields_takes_a_post_without_sleeping() -> None:
     """With ``yield_us`` the waiter gives its CPU away and checks again before it sleeps: a post
-    within that window is taken at once. The flag here writes nothing to any pipe, so a waiter
-    that slept would only see the post when its time ran out."""
+    made within that window, by a thread that ran on the waiter's CPU, is taken at once. The flag
+    writes to no pipe, so a waiter that slept would only see the post when its time ran out."""
     handoff = pytest.importorskip("sandbox._handoff", reason="not built: make setup (pip install -e .) builds it")
+    cpu = min(os.sched_getaffinity(0))
     read_fd, write_fd = os.pipe()
+    flag = handoff.Flag(-1, yield_us=1000)
+    ready = threading.Event()
+
+    def poster() -> None:
+        os.sched_setaffinity(0, {cpu})
+        ready.set()
+        until = time.perf_counter() + 100e-6
+        while time.perf_counter() < until:  # runs while the waiter yields this CPU to it
+            pass
+        flag.post()
+
+    own = os.sched_getaffinity(0)
     try:
-        flag = handoff.Flag(-1, yield_us=500_000)
-        threading.Timer(0.02, flag.post).start()
+        os.sched_setaffinity(0, {cpu})
+        thread = threading.Thread(target=poster)
+        thread.start()
+        ready.wait()
         started = time.monotonic()
         assert handoff.post_and_wait(None, flag, read_fd, 3000)
         assert time.monotonic() - started < 1.0
-        started = time.monotonic()
-        assert not handoff.post_and_wait(None, flag, read_fd, 0)  # a zero timeout does not yield
-        assert time.monotonic() - started < 0.2
-        with pytest.raises(ValueError, match="yield_us"):
-            handoff.Flag(write_fd, yield_us=-1)
+        thread.join()
+    finally:
+        os.sched_setaffinity(0, own)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_a_waiter_with_nothing_to_yield_to_sleeps_until_its_time() -> None:
+    """A yield that runs nothing else on the waiter's CPU ends the yielding: a wait that nobody
+    posts costs almost no CPU and ends at its timeout, and ``yield_us`` is bounded."""
+    handoff = pytest.importorskip("sandbox._handoff", reason="not built: make setup (pip install -e .) builds it")
+    read_fd, write_fd = os.pipe()
+    try:
+        flag = handoff.Flag(write_fd, yield_us=1000)
+        cpu_before, started = time.thread_time(), time.monotonic()
+        for _ in range(20):
+            assert not handoff.post_and_wait(None, flag, read_fd, 5)
+        elapsed, cpu = time.monotonic() - started, time.thread_time() - cpu_before
+        assert 0.09 < elapsed < 2.0, elapsed
+        assert cpu < 0.01, cpu  # 20 waits, each up to 1 ms of yielding if it spun
+        for bad in (-1, 1001):
+            with pytest.raises(ValueError, match="yield_us"):
+                handoff.Flag(write_fd, yield_us=bad)
     finally:
         os.close(read_fd)
         os.close(write_fd)
