@@ -18,9 +18,12 @@ that runs 10 us or longer. Only the flags a caller waits on for a call's end use
 (`sandbox.call_threads`). The waiter stops yielding as soon as it stops helping:
 - a yield that returns at once means nothing else runs on this CPU (the poster is blocked, in
   I/O or asleep, or runs elsewhere): the waiter sleeps, instead of spinning on its CPU;
-- a yield that lasts longer than the whole window means another task held this CPU for its time
-  slice (a busy host), during which a post could not wake the waiter: it sleeps, and the next
-  SKIP_AFTER_CONTENTION waits of this flag do not yield at all.
+- a yield after which the waiter finds no post, or finds one made more than the whole window
+  earlier, and which lasted longer than the window, means another task held this CPU for its
+  time slice (a busy host), during which a post could not wake the waiter: it stops, and the
+  next SKIP_AFTER_CONTENTION waits of this flag do not yield at all. (A poster that ran its own
+  long work on this CPU and then posted is not contention: the waiter finds its post fresh.)
+The window is at most 1 ms, and the time spent yielding is taken off the wait's timeout.
 
 A flag made with pin=True moves its waiter (one of our call threads) to the CPU of the thread
 that posts it with post_and_wait, for the wake-up only: on a 2-vCPU VM a pipe wake-up often
@@ -59,6 +62,7 @@ typedef struct {
     int pin; /* 1: wake the waiter on the poster's CPU (see above) */
     int yield_us; /* the waiter yields its CPU for up to this long before it sleeps (see above) */
     int skip; /* waits left that do not yield (after contention); the waiter's alone */
+    _Atomic int64_t posted_ns; /* when the last post found the flag not posted (CLOCK_MONOTONIC) */
     atomic_int cpu; /* the one CPU the waiter is pinned to; -1 when it has its own CPUs */
     atomic_int tid; /* the waiter's thread id, once it has waited; 0 before */
     cpu_set_t own; /* the waiter's CPUs before any pinning */
@@ -93,8 +97,15 @@ static void unpin_self(Flag *flag) {
         flag->pin = 0;
 }
 
+static int64_t now_ns(void) {
+    struct timespec now;
+    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) return -1;
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
 /* Post ``flag``; wakes its waiter when it sleeps. Needs no GIL. */
 static void post_nogil(Flag *flag) {
+    if (flag->yield_us > 0 && atomic_load(&flag->state) != POSTED) atomic_store(&flag->posted_ns, now_ns());
     if (atomic_exchange(&flag->state, POSTED) == SLEEPING && flag->fd >= 0) {
         char byte = 'x';
         ssize_t written = write(flag->fd, &byte, 1); /* a full pipe already wakes the waiter */
@@ -130,6 +141,7 @@ static PyObject *Flag_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->pin = pin;
     self->yield_us = yield_us;
     self->skip = 0;
+    atomic_init(&self->posted_ns, 0);
     atomic_init(&self->cpu, -1);
     CPU_ZERO(&self->own);
     return (PyObject *)self;
@@ -164,28 +176,22 @@ static PyTypeObject FlagType = {
     .tp_methods = Flag_methods,
 };
 
-static int64_t now_ns(void) {
-    struct timespec now;
-    if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) return -1;
-    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-/* Yield the CPU until ``flag`` is posted, ``window_ns`` has passed, or yielding stops helping
-(see above). Returns the nanoseconds spent. Needs no GIL. */
-static int64_t yield_until_posted(Flag *flag, int64_t window_ns) {
-    int64_t start = now_ns(), before = start, after = start;
+/* Yield the CPU until ``flag`` is posted, its window (yield_us) has passed, or yielding stops
+helping (see above). Returns the nanoseconds spent. Needs no GIL. */
+static int64_t yield_until_posted(Flag *flag) {
+    int64_t window = (int64_t)flag->yield_us * 1000, start = now_ns(), before = start, after = start;
     if (start < 0) return 0;
     while (atomic_load(&flag->state) != POSTED) {
         sched_yield();
         after = now_ns();
         if (after < 0) return 0;
-        if (atomic_load(&flag->state) == POSTED) break;
         int64_t took = after - before;
-        if (took > (int64_t)flag->yield_us * 1000) {
+        int posted = atomic_load(&flag->state) == POSTED;
+        if (took > window && (!posted || after - atomic_load(&flag->posted_ns) > window)) {
             flag->skip = SKIP_AFTER_CONTENTION;
             break;
         }
-        if (took < IDLE_YIELD_NS || after - start >= window_ns) break;
+        if (posted || took < IDLE_YIELD_NS || after - start >= window) break;
         before = after;
     }
     return after - start;
@@ -201,9 +207,7 @@ static int wait_nogil(Flag *flag, int fd, int timeout_ms) {
         if (flag->skip > 0) {
             flag->skip--;
         } else {
-            int64_t window = (int64_t)flag->yield_us * 1000;
-            if (timeout_ms > 0 && (int64_t)timeout_ms * 1000000 < window) window = (int64_t)timeout_ms * 1000000;
-            int64_t spent_ms = yield_until_posted(flag, window) / 1000000;
+            int64_t spent_ms = yield_until_posted(flag) / 1000000;
             if (timeout_ms > 0) timeout_ms = spent_ms >= timeout_ms ? 0 : timeout_ms - (int)spent_ms;
         }
     }
