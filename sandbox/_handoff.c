@@ -10,8 +10,7 @@ instead of going to sleep on it.
 Waiting by spinning (on the flag, with the GIL released) was measured on a 2-CPU host shared
 with other work and lost there: a waiter spinning on the CPU its poster needs delays it.
 Yielding is different: a flag made with yield_us > 0 has its waiter give its CPU away
-(sched_yield) and check the flag again, for up to that many microseconds (and never past its
-timeout), before it sleeps. The poster, woken on the waiter's CPU (see pin), runs there in the
+(sched_yield) and check the flag again, for up to that many microseconds, before it sleeps. The poster, woken on the waiter's CPU (see pin), runs there in the
 waiter's place, and a post that comes within the window costs no wake-up: on a 2-vCPU VM a
 sleeping waiter is often woken on the other, idle vCPU, which cost about 20 us more per call
 that runs 10 us or longer. Only the flags a caller waits on for a call's end use it

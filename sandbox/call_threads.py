@@ -53,7 +53,8 @@ class _Flag(Protocol):
 
 class _PipeFlag:
     """`sandbox._handoff.Flag` in Python, where the extension is not built: the same states
-    (empty, posted, sleeping) under a lock, waited for by `_pipe_post_and_wait`; it pins nothing."""
+    (empty, posted, sleeping) under a lock, waited for by `_pipe_post_and_wait`; it pins nothing
+    and its waiter does not yield (``pin`` and ``yield_us`` are accepted and ignored)."""
 
     __slots__ = ("_fd", "state", "lock", "poller")
 
