@@ -261,12 +261,9 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__handoff(void) {
-    if (PyType_Ready(&FlagType) < 0) return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL) return NULL;
-    Py_INCREF(&FlagType);
-    if (PyModule_AddObject(module, "Flag", (PyObject *)&FlagType) < 0) {
-        Py_DECREF(&FlagType);
+    if (PyModule_AddType(module, &FlagType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

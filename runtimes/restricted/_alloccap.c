@@ -783,14 +783,10 @@ PyMODINIT_FUNC PyInit__alloccap(void)
     PyErr_SetString(PyExc_ImportError, "_alloccap relies on the GIL and does not support free-threaded builds");
     return NULL;
 #endif
-    if (PyType_Ready(&CapType) < 0)
-        return NULL;
     PyObject *module = PyModule_Create(&moduledef);
     if (module == NULL)
         return NULL;
-    Py_INCREF(&CapType);
-    if (PyModule_AddObject(module, "Cap", (PyObject *)&CapType) < 0) {
-        Py_DECREF(&CapType);
+    if (PyModule_AddType(module, &CapType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -435,14 +435,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cabi",
                                     -1, methods};
 
 PyMODINIT_FUNC PyInit__cabi(void) {
-    if (PyType_Ready(&LentTextType) < 0)
-        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&LentTextType);
-    if (PyModule_AddObject(m, "LentText", (PyObject *)&LentTextType) < 0) {
-        Py_DECREF(&LentTextType);
+    if (PyModule_AddType(m, &LentTextType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
