@@ -144,7 +144,7 @@ def _shape_key(annotation: Any) -> str | None:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin not in (dict, list) or type(annotation) is not types.GenericAlias:
         return None
-    inner = [_shape_key(arg) for arg in args]
     if origin is dict:
         return "dict[str, Any]" if args == (str, Any) else None
-    return f"list[{inner[0]}]" if len(args) == 1 and inner[0] in ("Any", "dict", "dict[str, Any]") else None
+    inner = _shape_key(args[0]) if len(args) == 1 else None
+    return f"list[{inner}]" if inner in ("Any", "dict", "dict[str, Any]") else None
