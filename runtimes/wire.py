@@ -528,15 +528,23 @@ def small_scalar(value: Any, max_bytes: int) -> bool:
         or (kind is float and value - value == 0.0))
 
 
-def scalar_json(value: Any) -> str:
-    """The JSON text of a `small_scalar` ``value``: its ``repr``, or ``null``, ``true``, ``false``."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return repr(value)
+def value_json(value: Any, max_bytes: int, *, lenient: bool = False) -> str:
+    """``dumps(encode(value, lenient=lenient, max_bytes=max_bytes))`` (the same text, the same
+    errors), without the walk for a value `encode` returns unchanged: a `small_scalar` (its JSON
+    text is its ``repr``, or ``null``, ``true``, ``false``), or a str whose JSON form fits
+    ``max_bytes`` even if every character took 12 bytes (a surrogate pair), so that no text
+    larger than the cap is built."""
+    kind = type(value)
+    if kind is str:
+        if 12 * len(value) + 2 <= max_bytes:
+            return _enc_str(value)
+    elif small_scalar(value, max_bytes):
+        if value is None:
+            return "null"
+        if kind is bool:
+            return "true" if value else "false"
+        return repr(value)
+    return dumps(encode(value, lenient=lenient, max_bytes=max_bytes))
 
 
 def _not_serializable(obj: Any) -> Any:

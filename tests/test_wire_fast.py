@@ -273,11 +273,10 @@ def test_dumps_gives_what_json_dumps_gives(value: Any) -> None:
                                    1e308, float("inf"), float("nan"), "s", 1.5j])
 @pytest.mark.parametrize("cap", [wire.SMALL_SCALAR_ROOM - 1, wire.SMALL_SCALAR_ROOM])
 def test_a_small_scalar_is_encoded_unchanged_and_its_json_is_what_the_host_sends(value: Any, cap: int) -> None:
-    from sandbox.wasi._host import result_json
 
     if wire.small_scalar(value, cap):
         assert cap >= wire.SMALL_SCALAR_ROOM and type(value) in (type(None), bool, int, float)
         assert wire.encode(value, max_bytes=cap) is value and wire.encode(value, lenient=True, max_bytes=cap) is value
-        assert result_json(value, cap) == wire.dumps(value) == json.dumps(value)
+        assert wire.value_json(value, cap) == wire.dumps(value) == json.dumps(value)
     else:
         assert cap < wire.SMALL_SCALAR_ROOM or value in (1 << 62, "s", 1.5j) or value != value or value == float("inf")

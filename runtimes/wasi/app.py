@@ -431,20 +431,6 @@ def _compile_module(code: str):
     return body, last
 
 
-_enc_str = json.encoder.encode_basestring_ascii
-
-
-def _value_json(value, cap: int) -> str:
-    """``wire.dumps(wire.encode(value, lenient=True, max_bytes=cap))``, without the walk for a
-    scalar that encode returns unchanged: a `wire.small_scalar`, a str whose JSON form fits
-    ``cap`` even if every character took 12 bytes (a surrogate pair)."""
-    if wire.small_scalar(value, cap):
-        return wire.scalar_json(value)
-    if type(value) is str and 12 * len(value) + 2 <= cap:
-        return _enc_str(value)
-    return wire.dumps(wire.encode(value, lenient=True, max_bytes=cap))
-
-
 _session_globals: dict | None = None
 
 
@@ -526,7 +512,7 @@ def _run(code: str, config: "_Config", inputs: dict, secrets: list, warm: bool =
                 if body is not None:
                     exec(body, g)
                 if last is not None:
-                    text = _value_json(eval(last, g), value_cap)
+                    text = wire.value_json(eval(last, g), value_cap, lenient=True)
             except wire.ValueTooLarge as exc:
                 text = "null"
                 error = wire.value_error(exc)

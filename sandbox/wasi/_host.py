@@ -118,23 +118,6 @@ def decode_wire(text: str, max_bytes: int) -> Any:
     return wire.loads_bounded(text, max_bytes=max_bytes)
 
 
-_enc_str = json.encoder.encode_basestring_ascii
-
-
-def result_json(result: Any, max_bytes: int) -> str:
-    """``wire.dumps(wire.encode(result, max_bytes=max_bytes))`` (same text, same errors), without
-    the walk for a scalar: a `wire.small_scalar` (its JSON text is its repr), a str whose JSON
-    form fits ``max_bytes``."""
-    kind = type(result)
-    if kind is str and len(result) <= max_bytes:
-        text = _enc_str(result)
-        if len(text) <= max_bytes:
-            return text
-    elif wire.small_scalar(result, max_bytes):
-        return wire.scalar_json(result)
-    return wire.dumps(wire.encode(result, max_bytes=max_bytes))
-
-
 def fault_payload(fault: Fault) -> str:
     return json.dumps(fault.to_wire())
 
@@ -219,7 +202,7 @@ def host_call(store: Any, name: str, args_json: str | None, handles: Sequence[An
         if time.monotonic() >= state.deadline:  # the guest traps when it resumes: skip converting the result
             raise Fault("CapabilityError", "the run's wall-clock deadline passed during the call")
         try:
-            text = result_json(result, limits.max_value_bytes)
+            text = wire.value_json(result, limits.max_value_bytes)
         except (TypeError, ValueError) as exc:
             raise Fault("CapabilityError", f"{name}() returned data that cannot reach the guest: {exc}") from None
         return (True, text, returned)
