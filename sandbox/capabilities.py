@@ -222,15 +222,13 @@ class Capability:
         return self.call_bound(self.bind(args, kwargs))
 
     def _converted(self, result: Any) -> Any:
-        """The function's ``result`` as plain data (see `call_bound`)."""
-        kind = self._fast_result
-        if type(result) is kind and kind is not None and exact_ok(result):
-            return result
+        """The function's ``result`` as plain data (see `call_bound`): awaited first when it is
+        awaitable, then `dump_result` (a subclass's own included)."""
         if inspect.isawaitable(result):
             import asyncio
 
-            return self.dump_result(asyncio.run(_await(result)))
-        return self._converted_in_full(result)
+            result = asyncio.run(_await(result))
+        return self.dump_result(result)
 
     def dump_result(self, result: Any) -> Any:
         """Convert a host result to plain data through the declared return type: typed values
@@ -245,10 +243,6 @@ class Capability:
         kind = self._fast_result
         if kind is not None and type(result) is kind and exact_ok(result):
             return result
-        return self._converted_in_full(result)
-
-    def _converted_in_full(self, result: Any) -> Any:
-        """`dump_result` for a result that is not exactly of a declared primitive type."""
         shape = self._plain_shape
         if shape is not None and shape(result):
             try:

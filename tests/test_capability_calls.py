@@ -293,6 +293,15 @@ def test_a_subclass_that_overrides_bind_or_call_bound_is_called_through_them() -
     assert Doubled(by_position).invoke([1, 2], {}) == 24
 
 
+def test_a_subclass_that_overrides_dump_result_converts_every_result() -> None:
+    class Tagged(Capability):
+        def dump_result(self, result: Any) -> Any:
+            return {"tagged": super().dump_result(result)}
+
+    tagged = Tagged(by_position)
+    assert tagged.invoke([1, 2], {}) == {"tagged": 12} == tagged.call_bound(tagged.bind([1, 2], {}))
+
+
 @settings(max_examples=300, deadline=None)
 @given(value=_VALUES, cap=st.sampled_from([0, 64, 68, 69, 70, 87, 88, 89, 100, 1 << 20]))
 def test_one_value_skips_the_walk_exactly_when_a_tuple_of_it_would(value: Any, cap: int) -> None:
