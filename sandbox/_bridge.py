@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox import call_threads
 from sandbox.call_time import set_call_deadline
-from sandbox.capabilities import Capability, close_call_detail, open_call_detail
+from sandbox.capabilities import Capability, open_call_detail
 from sandbox.runtime import CapabilityFault, RunControl
 from sandbox.secrets import NO_REDACTION, Redactor, SecretBroker
 
@@ -191,7 +191,7 @@ class RunBridge:
         arguments: dict[str, Any] | None = None
         verdict = None
         detail: dict[str, Any] = {}
-        token = open_call_detail(detail)  # filled by the capability through record_detail()
+        open_call_detail(detail)  # filled by the capability through record_detail(); the call's own context
         try:
             if self._secrets is not None:
                 args, kwargs = self._secrets.resolve_arguments(name, args, kwargs)
@@ -223,7 +223,6 @@ class RunBridge:
             record.update(arguments=arguments, status="failed", verdict=verdict, detail=detail, error=failure.message)
             raise failure from None
         finally:
-            close_call_detail(token)
             if detail.get("warnings"):
                 with self._lock:
                     self.warnings.extend(self._redactor.text(w) for w in detail["warnings"])

@@ -53,12 +53,8 @@ def warn(message: str) -> None:
 
 open_call_detail: Callable[[dict[str, Any]], contextvars.Token] = _CALL_DETAIL.set
 """``open_call_detail(bucket)``: collect `record_detail` and `warn` of the call running in this
-context into ``bucket`` (host bridge use); returns the token `close_call_detail` takes. The
-context variable's own ``set`` (a capability call makes no Python call for it)."""
-
-
-def close_call_detail(token: contextvars.Token) -> None:
-    _CALL_DETAIL.reset(token)
+context into ``bucket`` (host bridge use, in a context copied for that call alone, so it needs no
+reset). The context variable's own ``set`` (a capability call makes no Python call for it)."""
 
 
 remaining_time = run_remaining
