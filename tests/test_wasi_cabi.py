@@ -78,8 +78,14 @@ def test_an_oversized_text_is_never_decoded_unless_asked():
     def handler(context, name, args):
         return f"{args.size}"
 
-    trap, values, result = _call(handler, "echo", "x" * 100_000)
-    assert trap == 0 and _ffi.take_string(result[0]) == "100000" and _arguments_freed(values)
+    function = _ffi.NativeHostFunction(_cabi, handler, 64)
+    values = _ffi.new_values(2)
+    _ffi.put_string(values[0], "echo")
+    _ffi.put_string(values[1], "x" * 100_000)
+    ctypes.memmove(values[1].of.string.data, b"\xff", 1)  # a decode, had one been made, would fail
+    result = _ffi.new_values(1)
+    trap = function.callback(function.data, None, None, values, 2, result, 1)
+    assert not trap and _ffi.take_string(result[0]) == "100000" and _arguments_freed(values)
 
 
 @pytest.mark.parametrize(
@@ -204,3 +210,6 @@ def test_handlers_are_reads_each_signals_handler_address():
     assert _cabi.handlers_are((), ())
     with pytest.raises(OSError):
         _cabi.handlers_are((10_000,), (0,))
+    for out_of_range in (0, -1, 1 << 40):
+        with pytest.raises(ValueError, match="out of range"):
+            _cabi.handlers_are((out_of_range,), (0,))

@@ -36,6 +36,7 @@ The value layout (wasmtime's component/val.h) and the C API functions used are g
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -396,12 +397,18 @@ static PyObject *handlers_are(PyObject *module, PyObject *const *argv, Py_ssize_
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(argv[0]); i++) {
-        int sig = (int)PyLong_AsLong(PyTuple_GET_ITEM(argv[0], i));
+        long sig = PyLong_AsLong(PyTuple_GET_ITEM(argv[0], i));
+        if (sig == -1 && PyErr_Occurred())
+            return NULL;
+        if (sig <= 0 || sig > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "handlers_are: a signal number out of range");
+            return NULL;
+        }
         void *expected = PyLong_AsVoidPtr(PyTuple_GET_ITEM(argv[1], i));
-        if (PyErr_Occurred())
+        if (expected == NULL && PyErr_Occurred())
             return NULL;
         struct sigaction current;
-        if (sigaction(sig, NULL, &current) != 0)
+        if (sigaction((int)sig, NULL, &current) != 0)
             return PyErr_SetFromErrno(PyExc_OSError);
         /* the handler's address, whichever member of the union it was set through */
         if ((void *)current.sa_handler != expected)

@@ -138,9 +138,13 @@ def native_run_arguments(store: Store, func: Any) -> tuple[int, int]:
 def start_native_ticker(module: Any, engine: Any, interval: float) -> None:
     """Configure `sandbox.wasi._ticker` to advance ``engine``'s epoch every ``interval`` seconds,
     through a clone of the engine that it keeps. RuntimeError when it serves an engine already."""
-    owned = ctypes.cast(ffi.wasmtime_engine_clone(engine.ptr()), ctypes.c_void_p).value
-    module.configure(ctypes.cast(ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value, owned,
-                     max(1, round(interval * 1e9)))
+    clone = ffi.wasmtime_engine_clone(engine.ptr())
+    try:
+        module.configure(ctypes.cast(ffi.dll.wasmtime_engine_increment_epoch, ctypes.c_void_p).value,
+                         ctypes.cast(clone, ctypes.c_void_p).value, max(1, round(interval * 1e9)))
+    except BaseException:
+        ffi.wasm_engine_delete(clone)  # never handed over
+        raise
 
 
 def error_at(address: int) -> WasmtimeError:
