@@ -57,7 +57,6 @@ class TrapHandlers:
 
     def __init__(self) -> None:
         self._saved: dict[int, bytes] = {}
-        self._saved_handlers: tuple[tuple[int, int], ...] = ()
         self._signals: tuple[int, ...] = ()
         self._addresses: tuple[int, ...] = ()
         self._lock = threading.Lock()
@@ -72,11 +71,9 @@ class TrapHandlers:
             return
         with self._lock:
             self._saved = {int(sig): self._read(sig) for sig in _SIGNALS}
-            self._saved_handlers = tuple(
-                (sig, ctypes.c_void_p.from_buffer_copy(raw[_HANDLER]).value or 0) for sig, raw in self._saved.items()
-            )
-            self._signals = tuple(sig for sig, _ in self._saved_handlers)
-            self._addresses = tuple(address for _, address in self._saved_handlers)
+            self._signals = tuple(self._saved)
+            self._addresses = tuple(ctypes.c_void_p.from_buffer_copy(raw[_HANDLER]).value or 0
+                                    for raw in self._saved.values())
 
     def ensure(self) -> None:
         """Reinstall the recorded handlers where another library replaced them."""
@@ -87,7 +84,7 @@ class TrapHandlers:
         with self._lock:
             sigaction, probe, handler = self._libc.sigaction, self._probe, self._probe_handler
             replaced = []
-            for sig, address in self._saved_handlers:
+            for sig, address in zip(self._signals, self._addresses):
                 if sigaction(sig, None, probe) != 0:
                     raise OSError(ctypes.get_errno(), f"sandbox: cannot read the handler for signal {sig}")
                 if (handler.value or 0) != address:
