@@ -22,7 +22,7 @@ from typing import Any
 from runtimes.guest import CPU, LIMIT_MESSAGES, SecretHandle, error_kind, guest_lineno, limit_of
 from runtimes.restricted import alloc_cap
 from runtimes.restricted.budget import WATCHDOG, Budget, LimitExceeded, Terminated, set_active_budget
-from runtimes.restricted.grants import install_grants, primitives_within
+from runtimes.restricted.grants import install_grants, primitive_within
 from runtimes.restricted.guest_stack import GUEST_STACK
 from runtimes.restricted.guest_state import GuestState, Output, give_back, take_spare
 from runtimes.restricted.scaffold import Scaffold
@@ -31,7 +31,6 @@ from runtimes.wire import DEFAULT_VALUE_BYTES, ValueTooLarge, WireError, error, 
 
 __all__ = ["GuestState", "Output", "execute"]
 
-_NO_KEYWORDS: Mapping[str, Any] = {}
 _MAX_STALE_HANDLES = 4096
 _COLLECT_ABOVE = 8 << 20
 """Peak bytes of a fresh run above which its end runs a garbage collection."""
@@ -342,7 +341,7 @@ def _run_program(code: Any, guest_globals: dict[str, Any], budget: Budget, value
             exec(code, guest_globals)
             value = guest_globals.pop(RESULT_NAME, None)
             # `plain` would return a small scalar or a short str as it is: skip its walk.
-            if not (small_scalar(value, value_cap) or primitives_within((value,), _NO_KEYWORDS, value_cap)):
+            if not (small_scalar(value, value_cap) or primitive_within(value, value_cap)):
                 value = plain(value, lenient=True, max_bytes=value_cap, check=budget.check_time)
         finally:
             set_active_budget(previous)

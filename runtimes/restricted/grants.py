@@ -185,34 +185,46 @@ def capability_function(name: str, link: CallLink) -> Callable[..., Any]:
     return capability
 
 
+_ROOM = 64
+"""`primitives_within`'s JSON size bound before any value: the brackets and separators of the call."""
+_NUMBER = 24
+"""The most JSON text an int of at most 64 bits or a finite float takes."""
+_WORD = 5
+"""The most JSON text None or a bool takes (``false``)."""
+
+
+def _str_bound(text: str) -> int:
+    return 12 * len(text) + 2  # quoted; a JSON escape is at most 6 bytes per UTF-16 unit
+
+
 def primitives_within(args: Sequence[Any], kwargs: Mapping[str, Any], value_cap: int) -> bool:
     """True when every value is an int of at most 64 bits, a finite float, a bool, None or a
     str, and an upper bound of their JSON size is within ``value_cap``: then `plain` would
     return each value itself and raise nothing, so the walk can be skipped."""
     if len(args) + len(kwargs) > 16:
         return False
-    bound = 64
+    bound = _ROOM
     values: Sequence[Any] = args
     if kwargs:
         for key in kwargs:
             if type(key) is not str:  # a str subclass: `plain` makes it a str
                 return False
-            bound += 12 * len(key) + 2
+            bound += _str_bound(key)
         values = (*args, *kwargs.values())
     for value in values:
         kind = type(value)
         if kind is int:
             if value.bit_length() > 64:
                 return False
-            bound += 24
+            bound += _NUMBER
         elif kind is str:
-            bound += 12 * len(value) + 2  # a JSON escape is at most 6 bytes per UTF-16 unit
+            bound += _str_bound(value)
         elif kind is float:
             if value - value != 0.0:  # inf or nan
                 return False
-            bound += 24
+            bound += _NUMBER
         elif value is None or kind is bool:
-            bound += 5
+            bound += _WORD
         else:
             return False
     return bound <= value_cap
@@ -222,9 +234,9 @@ def primitive_within(value: Any, value_cap: int) -> bool:
     """`primitives_within` of the one value ``value`` (a result), without building the tuple."""
     kind = type(value)
     if kind is int:
-        return value.bit_length() <= 64 and value_cap >= 88
+        return value.bit_length() <= 64 and _ROOM + _NUMBER <= value_cap
     if kind is str:
-        return 66 + 12 * len(value) <= value_cap
+        return _ROOM + _str_bound(value) <= value_cap
     if kind is float:
-        return value - value == 0.0 and value_cap >= 88
-    return (value is None or kind is bool) and value_cap >= 69
+        return value - value == 0.0 and _ROOM + _NUMBER <= value_cap
+    return (value is None or kind is bool) and _ROOM + _WORD <= value_cap
