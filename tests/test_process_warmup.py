@@ -109,7 +109,7 @@ def test_a_first_child_that_never_comes_is_a_typed_error_and_closes_the_driver(m
     assert {p.pid for p in psutil.Process().children()} <= before
 
 
-@pytest.mark.parametrize("capabilities", ["sorted", ("1x",), ("a-b",), ("_x",), ("print",), ("class",), (3,)])
+@pytest.mark.parametrize("capabilities", ["sorted", ("1x",), ("a-b",), ("_x",), ("print",), ("class",), (3,), 3, ([],)])
 def test_capability_names_are_checked(capabilities):
     with pytest.raises(ConfigurationError, match="capabilit"):
         ProcessDriver(capabilities=capabilities)

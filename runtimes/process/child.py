@@ -118,7 +118,7 @@ def warm_loop(executor: Any, frame: bytes) -> dict:
             _loop(theirs.fileno(), executor, allow_raw=False)
         except ChannelClosed as exc:
             confine.arm_cpu_timer(0)
-            return wire.outcome(error=wire.error("internal", "ChannelClosed", f"the warm-up called the host: {exc}"))
+            return wire.outcome(error=wire.error("internal", "ChannelClosed", f"the warm-up job did not finish: {exc}"))
         theirs.close()
         while True:
             message = read_message(ours.fileno())

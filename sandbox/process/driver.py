@@ -105,8 +105,11 @@ class ProcessDriver:
             uid = int(os.environ.get("SANDBOX_PROCESS_UID", DEFAULT_UID))
         self._uid = uid if os.geteuid() == 0 and "uid" not in _disable else None
         self._spares = spares if spares is not None else workers + 1
-        names = capabilities if isinstance(capabilities, str) else tuple(capabilities)
-        if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        try:
+            names = tuple(dict.fromkeys(capabilities)) if not isinstance(capabilities, str) else None
+        except TypeError:  # not iterable, or an unhashable item
+            names = None
+        if names is None or not all(isinstance(name, str) for name in names):
             raise ConfigurationError(f"capabilities must be a tuple of capability names, e.g. ('sql.query',), "
                                      f"got {capabilities!r}")
         for name in names:
