@@ -30,6 +30,7 @@ SLACK = 16 << 20
 
 CASES = {
     "bytearray_loop": "b = bytearray()\nwhile True:\n    b += b'x' * (1 << 20)",
+    "bytes_concat_loop": "b = b''\nwhile True:\n    b += b'x' * (1 << 20)",
     "bytearray_list": "x = []\nwhile True:\n    x.append(bytearray(1 << 20))",
     "string_doubling": "s = 'a'\nwhile True:\n    s = s + s",
     "list_comprehension": "x = [i for i in range(10 ** 8)]",

@@ -55,7 +55,7 @@ Design (the simplest one that stays correct whatever was allocated before or els
   stays within limit/16). A realloc() that grows a block must fit its new size while the old
   block is still charged, and the charge of a moved block is held: a buffer grown in place
   therefore stops at about half the limit, and resident growth stays within it. A realloc()
-  that shrinks a block is never refused (glibc shrinks in place).
+  that shrinks a block this cap recorded is never refused (glibc shrinks in place).
 - Past the limit an allocation returns NULL (CPython raises MemoryError) and the Cap is marked
   tripped. After a trip a reserve of RESERVE bytes is allowed, so the interpreter can build the
   exception that stops the run and unwind. Freeing never fails.
