@@ -282,6 +282,18 @@ def test_memory_limit(make_sandbox):
     assert (result.error.kind, result.error.type, result.error.limit) == ("limit_exceeded", "memory", "memory"), result.error
 
 
+def test_a_buffer_grown_in_place_fits_in_about_half_the_memory_limit(make_sandbox):
+    """Growing a buffer may copy it (old and new at once), and every runtime counts that: under
+    256 MiB a bytearray grown to 100 MiB fits, one grown to 200 MiB is the memory limit."""
+    sb = make_sandbox(limits=Limits(memory_bytes=256 << 20, wall_seconds=30))
+    code = "b = bytearray()\nfor i in range({}):\n    b += b'x' * (1 << 20)\nlen(b) >> 20"
+    fits = sb.run(code.format(100))
+    assert fits.ok and fits.value == 100, fits.error
+    over = sb.run(code.format(200))
+    assert (over.error.kind, over.error.limit) == ("limit_exceeded", "memory"), over.error
+    assert sb.run("sum(range(1000))").value == 499500  # the runtime runs on afterwards
+
+
 def test_recursion_limit(make_sandbox):
     result = make_sandbox().run("def f(n):\n    return f(n + 1)\nf(0)")
     assert not result.ok
